@@ -1,0 +1,41 @@
+"""causalmad: mechanistic anomaly detection by causal abstraction and causal scrubbing."""
+
+from __future__ import annotations
+
+from causalmad.errors import (
+    AlignmentError,
+    CausalMADError,
+    HypothesisError,
+    InputError,
+    NotFittedError,
+    SiteError,
+    TaskError,
+)
+from causalmad.hypothesis import Hypothesis, Readout
+from causalmad.models import ModelAdapter, ModuleAdapter, TransformerLensAdapter, adapt
+from causalmad.sites import Site
+from causalmad.task import Split, Task, available_tasks, load_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignmentError",
+    "CausalMADError",
+    "HypothesisError",
+    "InputError",
+    "ModelAdapter",
+    "ModuleAdapter",
+    "NotFittedError",
+    "Readout",
+    "Site",
+    "SiteError",
+    "Split",
+    "Task",
+    "TaskError",
+    "TransformerLensAdapter",
+    "Hypothesis",
+    "__version__",
+    "adapt",
+    "available_tasks",
+    "load_task",
+]

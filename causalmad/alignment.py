@@ -1,0 +1,283 @@
+"""Alignment: find where in the model each hypothesis variable lives.
+
+For an inner variable ``V`` and a candidate site ``S``, the interchange intervention
+accuracy (IIA; Geiger et al., "Inducing Causal Structure for Interpretable Neural
+Networks", ICML 2022) is the fraction of (base, source) pairs on which the model, run on
+the base with ``S`` taken from the source, outputs what the hypothesis predicts for the
+base with ``V`` set to its value on the source. causalmad only uses pairs whose source
+*differs* from the base on ``V``, so a site that does nothing scores 0, not the share of
+pairs where ``V`` happens to agree.
+
+The search ranks every candidate site (hooks x token positions x heads) by IIA on an
+alignment split, then reports held-out IIA of every candidate on a disjoint split.
+Optionally, at the best whole-vector sites, it learns a low-rank rotated subspace with
+distributed alignment search (DAS; Geiger et al., "Finding Alignments Between
+Interpretable Causal Variables and Distributed Neural Representations", CLeaR 2024),
+using pyvene's ``LowRankRotatedSpaceIntervention``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from causalmad.errors import AlignmentError
+from causalmad.hypothesis import Hypothesis
+from causalmad.interventions import _PyveneModel, interchange_pyvene, preserved_training_state
+from causalmad.models import ModelAdapter
+from causalmad.sites import Site
+
+logger = logging.getLogger(__name__)
+
+Values = list[dict[str, Hashable]]
+
+
+@dataclass
+class Candidate:
+    """One candidate site for one variable, with its IIA on both splits."""
+
+    variable: str
+    site: Site
+    iia: float
+    heldout_iia: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"variable": self.variable, "site": self.site.key, "iia": round(self.iia, 4),
+                "heldout_iia": round(self.heldout_iia, 4)}
+
+
+@dataclass
+class Alignment:
+    """Variable -> candidates, best first (by alignment-split IIA)."""
+
+    candidates: dict[str, list[Candidate]] = field(default_factory=dict)
+
+    def best(self, variable: str) -> Candidate:
+        if variable not in self.candidates or not self.candidates[variable]:
+            raise AlignmentError(f"No aligned site for variable {variable!r}.")
+        return self.candidates[variable][0]
+
+    @property
+    def variables(self) -> list[str]:
+        return list(self.candidates)
+
+    def heldout_iia(self) -> dict[str, float]:
+        """Held-out IIA of each variable's best site."""
+        return {v: self.best(v).heldout_iia for v in self.candidates}
+
+    def table(self) -> list[dict[str, object]]:
+        """Every candidate as a record, best first per variable."""
+        return [c.as_dict() for cs in self.candidates.values() for c in cs]
+
+    def __repr__(self) -> str:
+        best = ", ".join(f"{v}->{self.best(v).site.key} (held-out IIA {self.best(v).heldout_iia:.3f})"
+                         for v in self.candidates)
+        return f"Alignment({best})"
+
+
+# ---------------------------------------------------------------------- readouts
+def predicted_outputs(hypothesis: Hypothesis, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's prediction for each output variable (class index in its readout)."""
+    preds = {}
+    for out in hypothesis.outputs:
+        preds[out] = readout_logits(hypothesis, out, logits).argmax(-1).cpu()
+    return preds
+
+
+def readout_logits(hypothesis: Hypothesis, output: str, logits: torch.Tensor) -> torch.Tensor:
+    """``[n, classes]`` logits an output variable reads."""
+    r = hypothesis.readout(output)
+    x = logits if r.position is None else logits[:, r.position]
+    return x if r.logits is None else x[:, list(r.logits)]
+
+
+def _targets(hypothesis: Hypothesis, values: Values) -> dict[str, torch.Tensor]:
+    return {o: torch.tensor([int(v[o]) for v in values]) for o in hypothesis.outputs}
+
+
+# ---------------------------------------------------------------------- pairs and IIA
+def sample_pairs(
+    variable: str, base_values: Values, source_values: Values, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``[m, 2]`` (base, source) index pairs whose ``variable`` values differ."""
+    src_vals = np.array([hash(v[variable]) for v in source_values])
+    base_vals = np.array([hash(v[variable]) for v in base_values])
+    pairs = []
+    bases = rng.permutation(len(base_values))
+    for b in bases:
+        choices = np.flatnonzero(src_vals != base_vals[b])
+        if len(choices):
+            pairs.append((b, rng.choice(choices)))
+        if len(pairs) >= n:
+            break
+    if not pairs:
+        raise AlignmentError(
+            f"Variable {variable!r} takes a single value on the trusted data, so no interchange "
+            "can change it; it cannot be aligned. Add trusted inputs where it varies."
+        )
+    return np.array(pairs)
+
+
+def interchange_accuracy(
+    adapter: ModelAdapter,
+    hypothesis: Hypothesis,
+    variable: str,
+    site: Site,
+    base_x: torch.Tensor,
+    base_values: Values,
+    source_x: torch.Tensor,
+    source_values: Values,
+    pairs: np.ndarray,
+) -> float:
+    """IIA of ``variable`` at ``site`` on (base, source) ``pairs`` (through pyvene)."""
+    cf = [hypothesis.counterfactual(base_values[b], {variable: source_values[s][variable]}) for b, s in pairs]
+    logits = interchange_pyvene(adapter, base_x[pairs[:, 0]], source_x[pairs[:, 1]], site)
+    pred = predicted_outputs(hypothesis, logits)
+    target = _targets(hypothesis, cf)
+    ok = torch.ones(len(pairs), dtype=torch.bool)
+    for o in hypothesis.outputs:
+        ok &= pred[o] == target[o]
+    return float(ok.float().mean())
+
+
+# ---------------------------------------------------------------------- search
+def candidate_sites(adapter: ModelAdapter, hypothesis: Hypothesis, variable: str, seq_len: int) -> list[Site]:
+    """Hooks x position sets x heads to try for ``variable``.
+
+    Positions: the readout positions of the outputs downstream of ``variable``, each alone
+    and all together (a variable may be computed where each output is read).
+    """
+    if not adapter.has_positions:
+        return [Site(h.name) for h in adapter.candidate_hooks()]
+    positions = []
+    for out in hypothesis.outputs_affected_by(variable):
+        p = hypothesis.readout(out).position
+        if p is not None:
+            positions.append(p % seq_len)
+    position_sets = [(p,) for p in sorted(set(positions))]
+    if len(position_sets) > 1:
+        position_sets.append(tuple(sorted(set(positions))))
+    if not position_sets:
+        position_sets = [tuple(range(seq_len))]
+    sites = []
+    for hook in adapter.candidate_hooks():
+        for pos in position_sets:
+            if hook.n_heads:
+                sites += [Site(hook.name, pos, head=h) for h in range(hook.n_heads)]
+            else:
+                sites.append(Site(hook.name, pos))
+    return sites
+
+
+def search(
+    adapter: ModelAdapter,
+    hypothesis: Hypothesis,
+    variables: Sequence[str],
+    align: tuple[torch.Tensor, Values],
+    pool: tuple[torch.Tensor, Values],
+    heldout: tuple[torch.Tensor, Values],
+    n_pairs: int = 256,
+    random_state: int = 0,
+    das_rank: int | None = None,
+    das_top: int = 3,
+    das_steps: int = 200,
+    sites: dict[str, list[Site]] | None = None,
+) -> Alignment:
+    """Rank candidate sites of each variable by IIA; report held-out IIA of each.
+
+    Args:
+        align, pool, heldout: (inputs, hypothesis values) of the alignment split (bases
+            for ranking), the source pool, and the held-out split (bases for reporting).
+        das_rank: if set, learn a rank-``das_rank`` rotated subspace at the ``das_top``
+            best whole-vector sites of each variable and add those as candidates.
+        sites: optional variable -> candidate sites, replacing the default grid.
+    """
+    rng = np.random.default_rng(random_state)
+    seq_len = int(align[0].shape[1]) if align[0].ndim > 1 else 1
+    alignment = Alignment()
+    for var in variables:
+        grid = (sites or {}).get(var) or candidate_sites(adapter, hypothesis, var, seq_len)
+        pairs_a = sample_pairs(var, align[1], pool[1], n_pairs, rng)
+        pairs_h = sample_pairs(var, heldout[1], pool[1], n_pairs, rng)
+
+        def score(site: Site, pairs: np.ndarray, base: tuple[torch.Tensor, Values]) -> float:
+            return interchange_accuracy(adapter, hypothesis, var, site, base[0], base[1], pool[0], pool[1], pairs)
+
+        scored = [(score(s, pairs_a, align), s) for s in grid]
+        if das_rank:
+            whole = [s for _, s in sorted(scored, key=lambda t: -t[0]) if s.head is None and s.basis is None]
+            for s in whole[:das_top]:
+                rotated = learn_rotation(adapter, hypothesis, var, s, align, pool, pairs_a, das_rank,
+                                         das_steps, random_state)
+                scored.append((score(rotated, pairs_a, align), rotated))
+        scored.sort(key=lambda t: -t[0])
+        alignment.candidates[var] = [Candidate(var, s, iia, score(s, pairs_h, heldout)) for iia, s in scored]
+        logger.info("aligned %s", alignment.candidates[var][0].as_dict())
+    return alignment
+
+
+# ---------------------------------------------------------------------- DAS
+def learn_rotation(
+    adapter: ModelAdapter,
+    hypothesis: Hypothesis,
+    variable: str,
+    site: Site,
+    align: tuple[torch.Tensor, Values],
+    pool: tuple[torch.Tensor, Values],
+    pairs: np.ndarray,
+    rank: int,
+    steps: int = 200,
+    random_state: int = 0,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+) -> Site:
+    """Learn a rank-``rank`` subspace at ``site`` where ``variable`` lives (DAS via pyvene).
+
+    Trained on counterfactual labels of the given (alignment base, pool source) pairs;
+    returns ``site`` restricted to the learned orthonormal basis.
+    """
+    import pyvene as pv
+
+    if not adapter.has_positions or site.positions is None:
+        raise AlignmentError("DAS needs a site with token positions.")
+    base_x, base_vals = align
+    src_x, src_vals = pool
+    torch.manual_seed(random_state)
+    x0 = base_x[:1].to(adapter.device)
+    with torch.no_grad():
+        from causalmad.interventions import capture
+
+        width = capture(adapter, x0, [Site(site.hook)])[0].shape[-1]
+    intervention = pv.LowRankRotatedSpaceIntervention(embed_dim=width, low_rank_dimension=rank, keep_last_dim=True)
+    config = pv.IntervenableConfig(representations=[{
+        "component": f"model.{site.hook}.output", "unit": "pos",
+        "max_number_of_units": len(site.positions), "intervention": intervention,  # type: ignore[arg-type]
+    }])
+    cf = [hypothesis.counterfactual(base_vals[b], {variable: src_vals[s][variable]}) for b, s in pairs]
+    targets = _targets(hypothesis, cf)
+    rng = np.random.default_rng(random_state)
+    with preserved_training_state(adapter.model):
+        model = pv.IntervenableModel(config, _PyveneModel(adapter))
+        params = [p for iv in model.interventions.values() for p in (iv[0] if isinstance(iv, tuple) else iv).parameters()]
+        opt = torch.optim.Adam(params, lr=lr)
+        for _ in range(steps):
+            idx = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
+            b = base_x[pairs[idx, 0]].to(adapter.device)
+            s = src_x[pairs[idx, 1]].to(adapter.device)
+            pos_b, pos_s = site.position_index(b), site.position_index(s)
+            _, logits = model({"input_ids": b}, [{"input_ids": s}],
+                              unit_locations={"sources->base": ([pos_s.tolist()], [pos_b.tolist()])})
+            loss = sum(
+                torch.nn.functional.cross_entropy(readout_logits(hypothesis, o, logits), targets[o][idx].to(logits.device))
+                for o in hypothesis.outputs
+            )
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            opt.step()
+        basis = intervention.rotate_layer.weight.detach().float().cpu()
+    basis, _ = torch.linalg.qr(basis)
+    return site.with_basis(basis, f"das k={rank}")

@@ -1,0 +1,53 @@
+"""The exception hierarchy of causalmad.
+
+Every error causalmad raises for bad input derives from :class:`CausalMADError`, and also
+from the builtin exception a user would naturally catch (``ValueError``, ``KeyError``), so
+``except ValueError`` keeps working in code that does not know causalmad.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CausalMADError(Exception):
+    """Base class of every error causalmad raises on purpose."""
+
+
+class HypothesisError(CausalMADError, ValueError):
+    """A hypothesis graph is malformed (cycle, unknown parent, bad mechanism, ...)."""
+
+
+class SiteError(CausalMADError, KeyError):
+    """A site names a hook, module, position or head that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputError(CausalMADError, ValueError):
+    """Inputs do not fit the model (shape, dtype, range, NaN) or a dataset is too small."""
+
+
+class NotFittedError(CausalMADError, ValueError, AttributeError):
+    """A detector method that needs ``fit`` was called before ``fit``."""
+
+
+class AlignmentError(CausalMADError, ValueError):
+    """Alignment could not be carried out as asked (no candidate site, no usable pairs)."""
+
+
+class TaskError(CausalMADError, KeyError):
+    """An unknown task name, or a task that could not be built."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """Return a ``" Did you mean ...?"`` suffix for an unknown ``name``, or ``""``."""
+    matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    if not matches:
+        return ""
+    return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"

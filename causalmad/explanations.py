@@ -1,0 +1,110 @@
+"""The family of candidate explanations that the robust search validates and scores.
+
+One explanation can miss what another catches, so the scrubbing detector tests many
+(the "robust classification" view of mechanistic anomaly detection: an input is
+anomalous if *some* explanation that holds on all trusted data fails on it). The family:
+
+* **hypothesis** — the declared hypothesis at each usable cut: every aligned inner
+  variable's site (its subspace) resampled from a source agreeing on that variable; and
+  the hypothesis' output mechanisms: the last residual stream at each output's readout
+  position resampled from a source agreeing on that output's parents.
+* **hypothesis-subset** — each variable's claim alone, each output mechanism alone.
+* **hypothesis-free** — per hook and token position: "only the top-k trusted principal
+  subspace matters" (the orthogonal complement resampled from a random trusted input),
+  "this position does not matter" (all of it resampled); per attention head and
+  position: "this head does not matter". These are *partial* scrubs: each resamples one
+  piece of what a claim calls irrelevant, so the anomaly's own cause stays in place and
+  a model that depends on it on ``x`` breaks.
+
+Explanations that do not hold on held-out trusted data are dropped (and reported) by the
+detector; see :mod:`causalmad.detectors.scrubbing`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from causalmad.alignment import Alignment
+from causalmad.hypothesis import Hypothesis
+from causalmad.models import ModelAdapter
+from causalmad.scrubbing import Explanation, Resample, SourcePool
+from causalmad.sites import Site
+
+
+def hypothesis_explanations(
+    adapter: ModelAdapter, hypothesis: Hypothesis, alignment: Alignment | None, min_iia: float, seq_len: int
+) -> list[Explanation]:
+    """Explanations built from the declared hypothesis and its alignment."""
+    family: list[Explanation] = []
+    usable = {}
+    if alignment is not None:
+        for var, cands in alignment.candidates.items():
+            good = [c for c in cands if c.iia >= min_iia]
+            if good:
+                usable[var] = good
+    # the declared hypothesis with each variable at its best site, then at each cut
+    if usable:
+        best = [Resample(cands[0].site, (var,)) for var, cands in usable.items()]
+        family.append(Explanation("hypothesis: all variables (best sites)", "hypothesis", best, tuple(usable)))
+        hooks = {c.site.hook for cands in usable.values() for c in cands}
+        for hook in sorted(hooks):
+            at_cut = {v: next((c for c in cs if c.site.hook == hook), None) for v, cs in usable.items()}
+            if all(at_cut.values()) and len(usable) > 1:
+                rules = [Resample(c.site, (v,)) for v, c in at_cut.items() if c is not None]
+                family.append(Explanation(f"hypothesis: all variables at {hook}", "hypothesis", rules, tuple(usable)))
+        if len(usable) > 1:
+            for var, cands in usable.items():
+                family.append(Explanation(f"variable {var} at {cands[0].site.key}", "hypothesis-subset",
+                                          [Resample(cands[0].site, (var,))], (var,)))
+    # output mechanisms: each output computed from its parents only
+    if adapter.has_positions:
+        final = adapter.final_hook()
+        rules = []
+        for out in hypothesis.outputs:
+            pos = hypothesis.readout(out).position
+            if pos is None:
+                continue
+            parents = tuple(hypothesis.parents(out))
+            rule = Resample(Site(final, (pos % seq_len,)), parents)
+            rules.append(rule)
+            family.append(Explanation(f"output {out} <- {', '.join(parents)}", "hypothesis-subset", [rule], (out, *parents)))
+        if len(rules) > 1:
+            family.append(Explanation("hypothesis: all output mechanisms", "hypothesis", rules, tuple(hypothesis.outputs)))
+    return family
+
+
+def principal_basis(acts: torch.Tensor, variance: float) -> tuple[torch.Tensor, int]:
+    """Orthonormal basis of the complement of the top-k principal subspace of ``acts``
+    (``[n, d]``), with k the fewest components explaining ``variance`` of the variance."""
+    x = acts.double() - acts.double().mean(0)
+    _, s, vt = torch.linalg.svd(x, full_matrices=True)
+    share = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-12)
+    k = int((share < variance).sum().item()) + 1
+    return vt[k:].T.float().contiguous(), k
+
+
+def hypothesis_free_explanations(
+    adapter: ModelAdapter, pool: SourcePool, seq_len: int, pca_variance: float = 0.99,
+    positions: list[int] | None = None,
+) -> list[Explanation]:
+    """Principal-subspace and component claims per hook, position and head."""
+    family: list[Explanation] = []
+    hooks = [h for h in adapter.candidate_hooks() if h.component in ("resid_pre", "resid_post", "module", "attn_z")]
+    pos_list: list[tuple[int, ...] | None] = [(p,) for p in (positions or range(seq_len))] if adapter.has_positions else [None]
+    for hook in hooks:
+        for pos in pos_list:
+            where = f"{hook.name}" + (f"[pos {pos[0]}]" if pos else "")
+            if hook.n_heads:
+                for head in range(hook.n_heads):
+                    site = Site(hook.name, pos, head=head)
+                    family.append(Explanation(f"head {head} irrelevant at {where}", "hypothesis-free", [Resample(site)]))
+                continue
+            whole = Site(hook.name, pos)
+            acts = pool.acts(whole)
+            acts = acts.reshape(len(acts), -1)
+            complement, k = principal_basis(acts, pca_variance)
+            if complement.shape[1] > 0:
+                site = whole.with_basis(complement, f"outside pca top-{k}")
+                family.append(Explanation(f"only pca top-{k} matters at {where}", "hypothesis-free", [Resample(site)]))
+            family.append(Explanation(f"irrelevant: {where}", "hypothesis-free", [Resample(whole)]))
+    return family

@@ -1,0 +1,315 @@
+"""Hypotheses: high-level causal graphs of what a model computes.
+
+A hypothesis is a directed acyclic graph (a :class:`networkx.DiGraph` underneath) of
+*variables*. Input variables are functions of one raw example; inner variables and output
+variables are functions of their parents' values. Each output variable also carries a
+:class:`Readout` saying which part of the model's output it predicts. This is the
+high-level causal model of causal abstraction (Geiger et al., "Causal Abstractions of
+Neural Networks", NeurIPS 2021) and the hypothesis of causal scrubbing (Chan et al.,
+"Causal Scrubbing", 2022).
+
+Example:
+    >>> h = Hypothesis("sum-parity")
+    >>> h.add_input("a", lambda ex: int(ex[0]))
+    >>> h.add_input("b", lambda ex: int(ex[1]))
+    >>> h.add_variable("s", lambda a, b: a + b, parents=["a", "b"])
+    >>> h.add_output("parity", lambda s: s % 2, parents=["s"], readout=Readout(position=-1))
+    >>> h.values([3, 4])["parity"]
+    1
+    >>> h.counterfactual(h.values([3, 4]), {"s": 10})["parity"]
+    0
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from causalmad.errors import HypothesisError, close_matches
+
+INPUT, INNER, OUTPUT = "input", "inner", "output"
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Which part of the model's output an output variable predicts.
+
+    Args:
+        position: token position of the prediction (negative counts from the end), or
+            ``None`` for models whose output has no position axis (``[batch, classes]``).
+        logits: the logit indices that form the prediction's classes; the output
+            variable's value ``v`` is the class ``logits[v]``. ``None`` means all logits,
+            and the value is the logit index itself.
+    """
+
+    position: int | None = None
+    logits: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.position is not None and not isinstance(self.position, int):
+            raise HypothesisError(
+                f"Readout.position must be an int or None, got {self.position!r}."
+            )
+        if self.logits is not None:
+            logits = tuple(int(i) for i in self.logits)
+            if len(logits) < 2 or len(set(logits)) != len(logits):
+                raise HypothesisError(
+                    f"Readout.logits must list at least two distinct logit indices, got {self.logits!r}."
+                )
+            object.__setattr__(self, "logits", logits)
+
+
+class Hypothesis:
+    """A causal graph of high-level variables, validated as it is declared.
+
+    Args:
+        name: a short name, used in reports.
+    """
+
+    def __init__(self, name: str = "hypothesis") -> None:
+        self.name = name
+        self._graph = nx.DiGraph()
+
+    # ------------------------------------------------------------------ declaring
+    def add_input(self, name: str, mechanism: Callable[[Any], Hashable]) -> None:
+        """Declare an input variable: ``mechanism(example) -> value``."""
+        self._check_new(name)
+        _check_arity(name, mechanism, 1, "one example")
+        self._graph.add_node(name, kind=INPUT, mechanism=mechanism, readout=None)
+
+    def add_variable(
+        self, name: str, mechanism: Callable[..., Hashable], parents: Sequence[str]
+    ) -> None:
+        """Declare an inner variable: ``mechanism(*parent_values) -> value``."""
+        self._add_computed(name, mechanism, parents, INNER, None)
+
+    def add_output(
+        self,
+        name: str,
+        mechanism: Callable[..., int],
+        parents: Sequence[str],
+        readout: Readout,
+    ) -> None:
+        """Declare an output variable, predicting the model's output at ``readout``."""
+        if not isinstance(readout, Readout):
+            raise HypothesisError(
+                f"Output variable {name!r}: readout must be a causalmad.Readout, "
+                f"got {type(readout).__name__}."
+            )
+        self._add_computed(name, mechanism, parents, OUTPUT, readout)
+
+    @classmethod
+    def from_graph(cls, graph: nx.DiGraph, name: str = "hypothesis") -> Hypothesis:
+        """Build a hypothesis from a graph whose nodes carry ``kind``, ``mechanism`` and
+        (for outputs) ``readout`` attributes; parents are the node's predecessors in the
+        order of the optional ``parents`` node attribute, else in graph order."""
+        if not isinstance(graph, nx.DiGraph):
+            raise HypothesisError(f"from_graph expects a networkx.DiGraph, got {type(graph).__name__}.")
+        if not nx.is_directed_acyclic_graph(graph):
+            cycle = " -> ".join(str(u) for u, _ in nx.find_cycle(graph))
+            raise HypothesisError(
+                f"The hypothesis graph has a cycle ({cycle} -> ...); a hypothesis must be "
+                "acyclic. Remove one of these edges."
+            )
+        hyp = cls(name)
+        for node in nx.topological_sort(graph):
+            attrs = graph.nodes[node]
+            kind = attrs.get("kind")
+            mech = attrs.get("mechanism")
+            parents = list(attrs.get("parents", graph.predecessors(node)))
+            if set(parents) != set(graph.predecessors(node)):
+                raise HypothesisError(
+                    f"Variable {node!r}: its 'parents' attribute {parents} does not match its "
+                    f"incoming edges {sorted(graph.predecessors(node))}."
+                )
+            if kind == INPUT:
+                if parents:
+                    raise HypothesisError(f"Input variable {node!r} cannot have parents {parents}.")
+                hyp.add_input(node, mech)
+            elif kind == INNER:
+                hyp.add_variable(node, mech, parents)
+            elif kind == OUTPUT:
+                hyp.add_output(node, mech, parents, attrs.get("readout"))
+            else:
+                raise HypothesisError(
+                    f"Variable {node!r} has kind {kind!r}; expected 'input', 'inner' or 'output'."
+                )
+        return hyp
+
+    def _check_new(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise HypothesisError(f"Variable names must be non-empty strings, got {name!r}.")
+        if name in self._graph:
+            raise HypothesisError(f"Variable {name!r} is already declared; choose another name.")
+
+    def _add_computed(self, name, mechanism, parents, kind, readout) -> None:
+        self._check_new(name)
+        if isinstance(parents, str) or not isinstance(parents, Iterable):
+            raise HypothesisError(
+                f"Variable {name!r}: parents must be a list of variable names, got {parents!r}."
+            )
+        parents = list(parents)
+        if not parents:
+            raise HypothesisError(
+                f"Variable {name!r} has no parents; declare it with add_input if it is a "
+                "function of the raw example."
+            )
+        for p in parents:
+            if p not in self._graph:
+                raise HypothesisError(
+                    f"Variable {name!r} names unknown parent {p!r}; declare parents before "
+                    f"their children.{close_matches(p, self._graph.nodes)}"
+                )
+            if self._graph.nodes[p]["kind"] == OUTPUT:
+                raise HypothesisError(
+                    f"Variable {name!r} names output variable {p!r} as a parent; outputs are "
+                    "leaves. Declare the shared value as an inner variable instead."
+                )
+        _check_arity(name, mechanism, len(parents), f"its {len(parents)} parents {parents}")
+        self._graph.add_node(name, kind=kind, mechanism=mechanism, readout=readout, parents=parents)
+        for p in parents:
+            self._graph.add_edge(p, name)
+
+    def validate(self) -> Hypothesis:
+        """Check the whole graph is usable: at least one input and one output."""
+        if not self.inputs:
+            raise HypothesisError(f"Hypothesis {self.name!r} has no input variable; add one with add_input.")
+        if not self.outputs:
+            raise HypothesisError(
+                f"Hypothesis {self.name!r} has no output variable; add one with add_output "
+                "so that scrubbing knows which model output to read."
+            )
+        return self
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def graph(self) -> nx.DiGraph:
+        """A copy of the underlying graph."""
+        return self._graph.copy()
+
+    def _of_kind(self, kind: str) -> list[str]:
+        return [n for n in self._graph.nodes if self._graph.nodes[n]["kind"] == kind]
+
+    @property
+    def inputs(self) -> list[str]:
+        return self._of_kind(INPUT)
+
+    @property
+    def inner(self) -> list[str]:
+        return self._of_kind(INNER)
+
+    @property
+    def outputs(self) -> list[str]:
+        return self._of_kind(OUTPUT)
+
+    @property
+    def variables(self) -> list[str]:
+        return list(self._graph.nodes)
+
+    def kind(self, name: str) -> str:
+        self._require(name)
+        return self._graph.nodes[name]["kind"]
+
+    def parents(self, name: str) -> list[str]:
+        self._require(name)
+        return list(self._graph.nodes[name].get("parents") or [])
+
+    def readout(self, output: str) -> Readout:
+        self._require(output)
+        return self._graph.nodes[output]["readout"]
+
+    def descendants(self, name: str) -> set[str]:
+        self._require(name)
+        return nx.descendants(self._graph, name)
+
+    def outputs_affected_by(self, name: str) -> list[str]:
+        """Output variables downstream of ``name`` (or ``name`` itself if an output)."""
+        down = self.descendants(name) | {name}
+        return [o for o in self.outputs if o in down]
+
+    def _require(self, name: str) -> None:
+        if name not in self._graph:
+            raise HypothesisError(
+                f"Hypothesis {self.name!r} has no variable {name!r}.{close_matches(name, self._graph.nodes)}"
+            )
+
+    # ------------------------------------------------------------------ evaluating
+    def values(self, example: Any) -> dict[str, Hashable]:
+        """Evaluate every variable on one raw example."""
+        return self.counterfactual({"__example__": example}, {})
+
+    def counterfactual(
+        self, values: Mapping[str, Any], do: Mapping[str, Hashable]
+    ) -> dict[str, Hashable]:
+        """Re-evaluate the graph with the variables in ``do`` fixed.
+
+        Args:
+            values: the base values (as returned by :meth:`values`), or
+                ``{"__example__": example}`` to evaluate from a raw example.
+            do: variable -> value to set; everything downstream is recomputed.
+        """
+        for name in do:
+            self._require(name)
+        from_example = "__example__" in values
+        affected: set[str] = set()
+        for name in do:
+            affected |= nx.descendants(self._graph, name)
+        out: dict[str, Hashable] = {}
+        for node in nx.topological_sort(self._graph):
+            attrs = self._graph.nodes[node]
+            if node in do:
+                out[node] = do[node]
+            elif attrs["kind"] == INPUT:
+                out[node] = _call(node, attrs["mechanism"], values["__example__"]) if from_example else values[node]
+            elif from_example or node in affected:
+                out[node] = _call(node, attrs["mechanism"], *[out[p] for p in attrs["parents"]])
+            else:
+                out[node] = values[node]
+        return out
+
+    def values_batch(self, examples: Iterable[Any]) -> dict[str, list[Hashable]]:
+        """Evaluate every variable on each example; returns variable -> list of values."""
+        rows = [self.values(ex) for ex in examples]
+        return {v: [r[v] for r in rows] for v in self._graph.nodes}
+
+    def __repr__(self) -> str:
+        return (
+            f"Hypothesis({self.name!r}, inputs={self.inputs}, inner={self.inner}, "
+            f"outputs={self.outputs})"
+        )
+
+
+def _call(name: str, fn: Callable[..., Any], *args: Any) -> Hashable:
+    try:
+        value = fn(*args)
+    except Exception as exc:  # a user mechanism failing: say which one
+        raise HypothesisError(f"The mechanism of variable {name!r} raised {exc!r}.") from exc
+    try:
+        hash(value)
+    except TypeError:
+        raise HypothesisError(
+            f"Variable {name!r} returned an unhashable value {value!r} "
+            f"({type(value).__name__}); values must be hashable (int, str, tuple, ...) so "
+            "trusted inputs can be matched on them."
+        ) from None
+    return value
+
+
+def _check_arity(name: str, fn: Any, n: int, what: str) -> None:
+    if not callable(fn):
+        raise HypothesisError(f"Variable {name!r}: mechanism must be callable, got {fn!r}.")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: checked when first called
+    try:
+        sig.bind(*([None] * n))
+    except TypeError:
+        raise HypothesisError(
+            f"Variable {name!r}: its mechanism{sig} cannot be called with {what}; "
+            f"it must take exactly {n} positional argument(s)."
+        ) from None

@@ -1,0 +1,249 @@
+"""Interchange interventions: run a model with activations at sites taken from elsewhere.
+
+An interchange intervention (Geiger et al., 2021) runs the model on a *base* input while
+the activation at a site is replaced by its value on a *source* input. causalmad's one
+operation, at a site with positions ``P`` and subspace basis ``B`` (``[d, k]``), is
+
+    act[:, P] <- act[:, P] + (source[:, P] - act[:, P]) @ B @ B.T
+
+(``B = I`` for the whole activation), with a different source row for every base row.
+
+Two engines compute it and agree to float precision (``tests/test_interventions.py``):
+
+* :func:`interchange_pyvene` builds a pyvene ``IntervenableModel`` (Wu et al., "pyvene",
+  NAACL 2024) and runs base and source together. Alignment uses it.
+* :func:`run_patched` takes source activations gathered once (:func:`capture`) and patches
+  them with plain forward hooks, so many scrubbed variants reuse one trusted gather.
+  Scrubbing uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from causalmad.errors import CausalMADError, SiteError
+from causalmad.models import ModelAdapter
+from causalmad.sites import Site
+
+
+@dataclass
+class Patch:
+    """Patch ``site`` with ``values`` (``[n, p, d]``, or ``[n, d]`` without positions)."""
+
+    site: Site
+    values: torch.Tensor
+
+
+def _as_tensor(output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise SiteError(f"Hook output of type {type(output).__name__} is not a tensor; pick another hook.")
+
+
+def _replace(output: object, new: torch.Tensor) -> object:
+    if isinstance(output, torch.Tensor):
+        return new
+    return (new, *output[1:])  # type: ignore[index]
+
+
+@contextlib.contextmanager
+def _hooks(adapter: ModelAdapter, fns: Sequence[tuple[str, object]]) -> Iterator[list[bool]]:
+    """Install forward hooks; yield a list of fired flags; always remove the hooks."""
+    fired = [False] * len(fns)
+    handles = []
+    try:
+        for i, (name, fn) in enumerate(fns):
+            module = adapter.module(name)
+
+            def hook(mod: nn.Module, args: object, output: object, i: int = i, fn: object = fn) -> object:
+                fired[i] = True
+                return fn(output)  # type: ignore[operator]
+
+            handles.append(module.register_forward_hook(hook))
+        yield fired
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [fns[i][0] for i, f in enumerate(fired) if not f]
+    if missing:
+        raise CausalMADError(f"Hook(s) {missing} never fired during the forward pass; the intervention did not apply.")
+
+
+def _gather(act: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    if pos is None:
+        return act
+    return act.gather(1, pos.to(act.device)[:, :, None].expand(-1, -1, act.shape[-1]))
+
+
+def capture(
+    adapter: ModelAdapter, inputs: torch.Tensor, sites: Sequence[Site], batch_size: int = 1024
+) -> list[torch.Tensor]:
+    """Activations at each site's positions (whole vectors, no projection), on the CPU.
+
+    Returns:
+        one tensor per site, ``[n, p, d]`` (``[n, d]`` for sites without positions).
+    """
+    chunks: list[list[torch.Tensor]] = [[] for _ in sites]
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start : start + batch_size].to(adapter.device)
+        grabbed: dict[str, torch.Tensor] = {}
+
+        def grab(output: object, name: str) -> object:
+            grabbed[name] = _as_tensor(output).detach()
+            return output
+
+        names = sorted({s.hook for s in sites})
+        with torch.no_grad(), _hooks(adapter, [(n, lambda o, n=n: grab(o, n)) for n in names]):
+            adapter.forward(x)
+        for i, s in enumerate(sites):
+            act = _flat(adapter, grabbed[s.hook])
+            chunks[i].append(_gather(act, s.position_index(x)).float().cpu())
+    return [torch.cat(c) for c in chunks]
+
+
+def _flat(adapter: ModelAdapter, act: torch.Tensor) -> torch.Tensor:
+    if adapter.has_positions:
+        if act.ndim != 3:
+            raise SiteError(f"Expected a [batch, pos, d] activation, got shape {tuple(act.shape)}.")
+        return act
+    return act.reshape(act.shape[0], -1)
+
+
+def _apply(act: torch.Tensor, pos: torch.Tensor | None, values: torch.Tensor, proj: torch.Tensor | None) -> torch.Tensor:
+    values = values.to(act.device, act.dtype)
+    cur = _gather(act, pos)
+    if proj is None:
+        new = values
+    else:
+        proj = proj.to(act.device, act.dtype)
+        new = cur + ((values - cur) @ proj) @ proj.T
+    if pos is None:
+        return new
+    idx = pos.to(act.device)[:, :, None].expand(-1, -1, act.shape[-1])
+    return act.scatter(1, idx, new)
+
+
+def run_patched(
+    adapter: ModelAdapter, inputs: torch.Tensor, patches: Sequence[Patch]
+) -> torch.Tensor:
+    """Forward ``inputs`` with every patch applied (one batch, no chunking, no grad).
+
+    Several patches may share a hook; they are applied in order.
+    """
+    by_hook: dict[str, list[Patch]] = {}
+    for p in patches:
+        if len(p.values) != len(inputs):
+            raise CausalMADError(f"Patch at {p.site.key} has {len(p.values)} rows for {len(inputs)} inputs.")
+        by_hook.setdefault(p.site.hook, []).append(p)
+    x = inputs.to(adapter.device)
+    prepared = {
+        hook: [(p.site.position_index(x), p.values, None) for p in ps] for hook, ps in by_hook.items()
+    }
+
+    def make(hook: str):  # noqa: ANN202 - closure factory
+        def fn(output: object) -> object:
+            act = _as_tensor(output)
+            shape = act.shape
+            flat = _flat(adapter, act)
+            for (pos, values, _), p in zip(prepared[hook], by_hook[hook]):
+                proj = p.site.projection(flat.shape[-1], adapter.head_width(hook))
+                flat = _apply(flat, pos, values, proj)
+            return _replace(output, flat.reshape(shape))
+
+        return fn
+
+    with torch.no_grad(), _hooks(adapter, [(h, make(h)) for h in by_hook]):
+        return adapter.forward(x)
+
+
+# ---------------------------------------------------------------------- pyvene engine
+class _PyveneModel(nn.Module):
+    """The small wrapper pyvene needs: it reads ``model.config`` and ``model.device``."""
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        super().__init__()
+        from transformers import PretrainedConfig
+
+        self.adapter = adapter
+        self.model = adapter.model
+        self.config = PretrainedConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    def forward(self, input_ids: torch.Tensor, **_: object) -> torch.Tensor:
+        return self.adapter.forward(input_ids)
+
+
+@contextlib.contextmanager
+def preserved_training_state(model: nn.Module) -> Iterator[None]:
+    """pyvene puts the model in eval mode with gradients off, in place: undo that after."""
+    training = model.training
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        model.train(training)
+        for n, p in model.named_parameters():
+            p.requires_grad_(grads[n])
+
+
+def _projector_class():  # built lazily: importing pyvene is slow
+    import pyvene as pv
+
+    class ProjectedInterchange(pv.Intervention):
+        """``base + (source - base) @ B @ B.T`` (``B = None``: the whole source)."""
+
+        def __init__(self, basis: torch.Tensor | None = None, **kwargs: object) -> None:
+            super().__init__(keep_last_dim=True, **kwargs)
+            self.register_buffer("basis", basis)
+
+        def forward(self, base: torch.Tensor, source: torch.Tensor, subspaces: object = None, **_: object) -> torch.Tensor:
+            if self.basis is None:
+                return source
+            b = self.basis.to(base.dtype)
+            return base + ((source - base) @ b) @ b.T
+
+    return ProjectedInterchange
+
+
+def interchange_pyvene(
+    adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor, site: Site
+) -> torch.Tensor:
+    """Run ``base`` with ``site`` taken from ``source`` (row i from row i), via pyvene.
+
+    Sites without a position axis (plain ``nn.Module`` models) go through
+    :func:`run_patched`, since pyvene's unit locations index a position axis.
+    """
+    if not adapter.has_positions or site.positions is None:
+        values = capture(adapter, source, [site])[0]
+        return run_patched(adapter, base, [Patch(site, values)])
+    import pyvene as pv
+
+    adapter.module(site.hook)  # clear error for unknown names before pyvene sees them
+    x, s = base.to(adapter.device), source.to(adapter.device)
+    pos_b, pos_s = site.position_index(x), site.position_index(s)
+    width = _flat(adapter, capture(adapter, x[:1], [Site(site.hook)])[0]).shape[-1]
+    proj = site.projection(width, adapter.head_width(site.hook))
+    config = pv.IntervenableConfig(
+        representations=[{
+            "component": f"model.{site.hook}.output",
+            "unit": "pos",
+            "max_number_of_units": int(pos_b.shape[1]),
+            "intervention": _projector_class()(None if proj is None else proj.to(adapter.device)),
+        }]
+    )
+    with preserved_training_state(adapter.model):
+        model = pv.IntervenableModel(config, _PyveneModel(adapter))
+        locations = {"sources->base": ([pos_s.tolist()], [pos_b.tolist()])}
+        with torch.no_grad():
+            _, out = model({"input_ids": x}, [{"input_ids": s}], unit_locations=locations)
+    return out

@@ -1,0 +1,254 @@
+"""Model adapters: the one boundary between causalmad and a concrete kind of network.
+
+An adapter runs the model on a batch of inputs, validates inputs before any forward pass,
+resolves hook / module names to ``nn.Module`` objects (the places interventions attach
+to), and lists the candidate hooks that alignment searches. Everything above this module
+(interventions, alignment, scrubbing, detectors) talks to an adapter only, so supporting a
+new kind of model (a Hugging Face model, say) means adding one adapter class here.
+
+Two adapters ship:
+
+* :class:`TransformerLensAdapter` for TransformerLens ``TransformerBridge`` models
+  (including the offline ``TransformerBridge.boot_native`` ones); inputs are token ids
+  ``[batch, pos]``, hooks use TransformerLens names (``blocks.0.hook_resid_post``).
+* :class:`ModuleAdapter` for any ``nn.Module`` taking one float tensor; hooks are module
+  paths (``net.1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from causalmad.errors import InputError, SiteError, close_matches
+
+
+@dataclass(frozen=True)
+class HookInfo:
+    """A hook that alignment may search.
+
+    Attributes:
+        name: hook / module name.
+        layer: depth index used to order hooks (``-1`` for embeddings).
+        component: short component label (``resid_pre``, ``attn_z``, ``mlp_out``, ...).
+        n_heads: number of heads packed in the hook's last axis (0 if none).
+        d_head: width of one head in the last axis.
+    """
+
+    name: str
+    layer: int
+    component: str
+    n_heads: int = 0
+    d_head: int = 0
+
+
+class ModelAdapter(ABC):
+    """Run a model, validate inputs, and resolve hook names for interventions."""
+
+    model: nn.Module
+    has_positions: bool
+
+    @abstractmethod
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Model output logits: ``[batch, pos, classes]`` or ``[batch, classes]``."""
+
+    @abstractmethod
+    def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        """Validate a batch and return it as a tensor; raise :class:`InputError` if bad."""
+
+    @abstractmethod
+    def hook_names(self) -> list[str]:
+        """Every name that :meth:`module` accepts."""
+
+    @abstractmethod
+    def candidate_hooks(self) -> list[HookInfo]:
+        """The hooks alignment searches by default, in model order."""
+
+    @abstractmethod
+    def final_hook(self) -> str:
+        """The hook whose output feeds the readout (last residual stream)."""
+
+    def head_width(self, hook: str) -> int:
+        """Width of one attention head packed in ``hook``'s last axis (0: no heads)."""
+        return 0
+
+    def module(self, name: str) -> nn.Module:
+        """The module whose output a site named ``name`` patches."""
+        names = self.hook_names()
+        if name not in names:
+            raise SiteError(
+                f"The model has no hook or module named {name!r}.{close_matches(name, names)} "
+                f"List the names with adapter.hook_names()."
+            )
+        return self.model.get_submodule(name)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def fingerprint(self) -> str:
+        """A short hash of the model's parameters, to tell models apart."""
+        h = hashlib.sha256()
+        for name, p in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def run(self, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Plain forward in chunks, no gradients; returns logits on the CPU."""
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(inputs), batch_size):
+                outs.append(self.forward(inputs[i : i + batch_size].to(self.device)).float().cpu())
+        return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _check_finite_tensor(inputs: object, what: str) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor):
+        try:
+            inputs = torch.as_tensor(inputs)
+        except Exception:
+            raise InputError(
+                f"{what} must be a tensor or array-like, got {type(inputs).__name__}."
+            ) from None
+    if inputs.ndim == 0:
+        raise InputError(f"{what} must be a batch (first axis = examples), got a scalar.")
+    if len(inputs) == 0:
+        raise InputError(f"{what} is empty; pass at least one example.")
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        bad = (~torch.isfinite(inputs)).reshape(len(inputs), -1).any(1).nonzero().flatten()
+        raise InputError(
+            f"{what} contain NaN or infinite values in {len(bad)} example(s) "
+            f"(first at index {int(bad[0])}); clean or drop them before calling causalmad."
+        )
+    return inputs
+
+
+class TransformerLensAdapter(ModelAdapter):
+    """Adapter for a TransformerLens ``TransformerBridge`` (token ids in, logits out)."""
+
+    has_positions = True
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self._names = sorted(set(dict(model.named_modules()).keys()) | set(model.hook_dict.keys()))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+    def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        x = _check_finite_tensor(inputs, what)
+        if x.is_floating_point():
+            if not torch.equal(x, x.round()):
+                raise InputError(f"{what} must be integer token ids, got non-integer floats.")
+            x = x.long()
+        if x.ndim != 2:
+            raise InputError(
+                f"{what} must have shape [batch, pos] of token ids, got shape {tuple(x.shape)}."
+            )
+        if x.shape[1] > self.cfg.n_ctx:
+            raise InputError(
+                f"{what} have {x.shape[1]} positions but the model's context is n_ctx={self.cfg.n_ctx}."
+            )
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            raise InputError(
+                f"{what} contain token id {lo if lo < 0 else hi}, outside the model's "
+                f"vocabulary [0, {self.cfg.d_vocab})."
+            )
+        return x.long()
+
+    def hook_names(self) -> list[str]:
+        return self._names
+
+    def module(self, name: str) -> nn.Module:
+        if name.endswith("hook_resid_mid"):
+            # On the bridge this alias is only the input of ln2: patching it leaves the
+            # residual stream unchanged, so an intervention there would silently not apply.
+            raise SiteError(
+                f"{name!r} cannot be patched on a TransformerBridge (it is not on the residual "
+                f"path); use {name.replace('hook_resid_mid', 'hook_attn_out')!r} or "
+                f"{name.replace('hook_resid_mid', 'hook_resid_pre')!r} instead."
+            )
+        return super().module(name)
+
+    def candidate_hooks(self) -> list[HookInfo]:
+        c = self.cfg
+        hooks: list[HookInfo] = []
+        for layer in range(c.n_layers):
+            hooks.append(HookInfo(f"blocks.{layer}.hook_resid_pre", layer, "resid_pre"))
+            hooks.append(HookInfo(f"blocks.{layer}.attn.hook_z", layer, "attn_z", c.n_heads, c.d_head))
+            hooks.append(HookInfo(f"blocks.{layer}.hook_attn_out", layer, "attn_out"))
+            if not getattr(c, "attn_only", False):
+                hooks.append(HookInfo(f"blocks.{layer}.hook_mlp_out", layer, "mlp_out"))
+        hooks.append(HookInfo(self.final_hook(), c.n_layers - 1, "resid_post"))
+        return hooks
+
+    def final_hook(self) -> str:
+        return f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"
+
+    def head_width(self, hook: str) -> int:
+        return int(self.cfg.d_head) if hook.endswith("attn.hook_z") else 0
+
+
+class ModuleAdapter(ModelAdapter):
+    """Adapter for a plain ``nn.Module`` mapping a float tensor to logits.
+
+    Args:
+        model: the network.
+        hooks: module paths alignment may search (default: every leaf module except the
+            last, plus the last one as the final hook).
+    """
+
+    has_positions = False
+
+    def __init__(self, model: nn.Module, hooks: list[str] | None = None) -> None:
+        self.model = model
+        modules = dict(model.named_modules())
+        self._names = [n for n in modules if n]
+        leaves = [n for n, m in modules.items() if n and not list(m.children())]
+        self._hooks = list(hooks) if hooks is not None else leaves
+        for h in self._hooks:
+            if h not in modules:
+                raise SiteError(f"The model has no module named {h!r}.{close_matches(h, self._names)}")
+        self.input_shape: tuple[int, ...] | None = None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+    def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        x = _check_finite_tensor(inputs, what)
+        x = x.float()
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(
+                f"{what} have per-example shape {tuple(x.shape[1:])}, but the model was "
+                f"fitted on shape {self.input_shape}."
+            )
+        return x
+
+    def hook_names(self) -> list[str]:
+        return self._names
+
+    def candidate_hooks(self) -> list[HookInfo]:
+        return [HookInfo(h, i, "module") for i, h in enumerate(self._hooks)]
+
+    def final_hook(self) -> str:
+        return self._hooks[-2] if len(self._hooks) > 1 else self._hooks[-1]
+
+
+def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
+    """Wrap ``model`` in the right adapter (an adapter is returned as it is)."""
+    if isinstance(model, ModelAdapter):
+        return model
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if hasattr(model, "cfg") and hasattr(model, "hook_dict") and hasattr(model.cfg, "n_ctx"):
+        return TransformerLensAdapter(model)
+    return ModuleAdapter(model)

@@ -1,0 +1,74 @@
+"""The task interface: what a MAD task hands to detectors and benchmarks.
+
+A task bundles a trained model, trusted inputs (assumed normal), untrusted test splits
+with anomaly labels (used only for evaluation, never by ``fit``), and a reference
+hypothesis. Task definitions live outside the library (``tasks/``) and are found through
+the ``causalmad.tasks`` entry-point group, so that causalmad never imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from causalmad.errors import TaskError, close_matches
+from causalmad.hypothesis import Hypothesis
+
+
+@dataclass
+class Split:
+    """Untrusted test inputs with ground-truth anomaly labels (1 = anomalous)."""
+
+    name: str
+    inputs: torch.Tensor
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.labels) != len(self.inputs):
+            raise TaskError(f"Split {self.name!r}: {len(self.inputs)} inputs but {len(self.labels)} labels.")
+
+    @property
+    def n_normal(self) -> int:
+        return int((self.labels == 0).sum())
+
+    @property
+    def n_anomalous(self) -> int:
+        return int((self.labels == 1).sum())
+
+
+@dataclass
+class Task:
+    """A model, trusted data, labelled untrusted splits and a reference hypothesis."""
+
+    name: str
+    model: nn.Module
+    trusted: torch.Tensor
+    splits: dict[str, Split]
+    hypothesis: Hypothesis | None
+    info: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+def available_tasks() -> dict[str, Callable[..., Task]]:
+    """Task name -> factory, from the ``causalmad.tasks`` entry points."""
+    found: dict[str, Callable[..., Task]] = {}
+    for ep in metadata.entry_points(group="causalmad.tasks"):
+        if ep.name in found:
+            raise TaskError(f"Two installed packages register a task named {ep.name!r}.")
+        found[ep.name] = ep  # loaded lazily in load_task
+    return found
+
+
+def load_task(name: str, **kwargs: Any) -> Task:
+    """Build a registered task by name (``size="tiny"|"full"``, ``seed=...``)."""
+    tasks = available_tasks()
+    if name not in tasks:
+        raise TaskError(f"Unknown task {name!r}; known tasks: {sorted(tasks)}.{close_matches(name, tasks)}")
+    factory = tasks[name].load()  # type: ignore[attr-defined]
+    return factory(**kwargs)

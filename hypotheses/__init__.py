@@ -1,0 +1,1 @@
+"""Reference hypotheses for the causalmad tasks, written against causalmad's public API."""

@@ -1,0 +1,5 @@
+"""MAD tasks with ground truth, written against causalmad's public API.
+
+Each module exposes ``make_task(size="full"|"tiny", seed=0) -> causalmad.Task`` and is
+registered in ``pyproject.toml`` under the ``causalmad.tasks`` entry-point group.
+"""
