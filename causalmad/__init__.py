@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from causalmad.detectors import DETECTORS, Detector, MahalanobisDetector, ScrubbingDetector
 from causalmad.errors import (
     AlignmentError,
     CausalMADError,
@@ -19,7 +20,11 @@ from causalmad.task import Split, Task, available_tasks, load_task
 __version__ = "0.1.0"
 
 __all__ = [
+    "DETECTORS",
     "AlignmentError",
+    "Detector",
+    "MahalanobisDetector",
+    "ScrubbingDetector",
     "CausalMADError",
     "HypothesisError",
     "InputError",

@@ -1,0 +1,112 @@
+"""The detector contract, shared by the scrubbing detector and every baseline.
+
+Modelled on scikit-learn estimators: ``__init__`` only stores arguments; ``fit(trusted)``
+learns, sets ``*_`` attributes and returns ``self``; later methods check the detector is
+fitted. One convention for every detector (as in PyOD): **higher score = more
+anomalous**. ``predict`` flags inputs above a threshold taken from trusted scores held out
+of fitting, at a false-positive rate the user picks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from causalmad.errors import InputError, NotFittedError
+from causalmad.models import ModelAdapter, adapt
+
+DETECTORS: dict[str, type[Detector]] = {}
+
+
+def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
+    """Class decorator adding a detector to :data:`DETECTORS` (duplicate names raise)."""
+
+    def deco(cls: type[Detector]) -> type[Detector]:
+        if name in DETECTORS:
+            raise ValueError(f"A detector named {name!r} is already registered.")
+        DETECTORS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def split_indices(n: int, fractions: tuple[float, ...], random_state: int) -> list[np.ndarray]:
+    """Disjoint random index splits of ``range(n)`` with the given fractions."""
+    perm = np.random.default_rng(random_state).permutation(n)
+    bounds = np.cumsum([0, *[int(round(f * n)) for f in fractions[:-1]]])
+    parts = [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    parts.append(perm[bounds[-1]:])
+    return parts
+
+
+class Detector(ABC):
+    """Base class: ``fit`` on trusted data, ``score`` untrusted data."""
+
+    name = "detector"
+    min_trusted = 20
+
+    def __init__(self, model: torch.nn.Module | ModelAdapter, random_state: int = 0) -> None:
+        self.model = model
+        self.random_state = random_state
+
+    # the public API -------------------------------------------------------------
+    def fit(self, trusted: torch.Tensor) -> Detector:
+        """Learn from trusted inputs only. Returns ``self``."""
+        adapter = adapt(self.model)
+        x = adapter.check_inputs(trusted, "trusted inputs")
+        if len(x) < self.min_trusted:
+            raise InputError(
+                f"{type(self).__name__} needs at least {self.min_trusted} trusted inputs "
+                f"(it splits them into disjoint fit and held-out parts), got {len(x)}."
+            )
+        if hasattr(adapter, "input_shape"):
+            adapter.input_shape = tuple(x.shape[1:])  # type: ignore[attr-defined]
+        self.adapter_ = adapter
+        self.input_shape_ = tuple(x.shape[1:])
+        self._fit(x)
+        return self
+
+    def score(self, inputs: torch.Tensor) -> np.ndarray:
+        """One float per input, higher = more anomalous."""
+        x = self._check(inputs)
+        return np.asarray(self._score(x), dtype=np.float64)
+
+    def threshold(self, fpr: float) -> float:
+        """Score above which an input is flagged, for false-positive rate ``fpr`` on
+        held-out trusted inputs."""
+        self._require_fitted()
+        if not 0 < fpr < 1:
+            raise InputError(f"fpr must be in (0, 1), got {fpr}.")
+        return float(np.quantile(self.heldout_scores_, 1 - fpr, method="higher"))
+
+    def predict(self, inputs: torch.Tensor, fpr: float = 0.01) -> np.ndarray:
+        """Boolean flags: score above :meth:`threshold` at ``fpr``."""
+        t = self.threshold(fpr)
+        return self.score(inputs) > t
+
+    # helpers ----------------------------------------------------------------------
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "heldout_scores_"):
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit(trusted) first.")
+
+    def _check(self, inputs: torch.Tensor) -> torch.Tensor:
+        self._require_fitted()
+        x = self.adapter_.check_inputs(inputs, "inputs")
+        if tuple(x.shape[1:]) != self.input_shape_:
+            raise InputError(
+                f"inputs have per-example shape {tuple(x.shape[1:])}, but the detector was "
+                f"fitted on shape {self.input_shape_}."
+            )
+        return x
+
+    @abstractmethod
+    def _fit(self, trusted: torch.Tensor) -> None:
+        """Learn; must set ``heldout_scores_`` (scores of trusted inputs not fitted on)."""
+
+    @abstractmethod
+    def _score(self, inputs: torch.Tensor) -> np.ndarray:
+        """Scores of validated inputs."""

@@ -1,0 +1,235 @@
+"""The causal-scrubbing detector: robust search over many candidate explanations.
+
+``fit`` splits the trusted inputs into four disjoint parts — a source pool (activations
+to patch in), an alignment split, a calibration split and a threshold split — aligns the
+hypothesis' inner variables (:mod:`causalmad.alignment`), builds the explanation family
+(:mod:`causalmad.explanations`), keeps the explanations whose mean divergence on the
+calibration split stays within ``tolerance`` and stores each valid one's trusted
+divergence distribution. ``score`` scrubs each input under every valid explanation and
+returns the largest standardised divergence: an input is anomalous if *some* explanation
+that holds on trusted data breaks on it (Christiano et al., "Formalizing the presumption
+of independence" / ARC's MAD agenda; causal scrubbing, Chan et al. 2022).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import torch
+
+from causalmad.alignment import Alignment, search
+from causalmad.detectors.base import Detector, register, split_indices
+from causalmad.errors import HypothesisError, InputError
+from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
+from causalmad.hypothesis import Hypothesis, Readout
+from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_hashes, scrub
+
+logger = logging.getLogger(__name__)
+
+
+@register("scrubbing")
+class ScrubbingDetector(Detector):
+    """Flag inputs on which some trusted-valid explanation of the model breaks.
+
+    Args:
+        model: the network (TransformerLens bridge, ``nn.Module``) or an adapter.
+        hypothesis: the declared causal hypothesis, or ``None`` to use hypothesis-free
+            explanations only (then ``readouts`` says which outputs to compare).
+        resamples: ``K``, trusted sources drawn per input and explanation.
+        tolerance: an explanation is valid when its mean divergence (nats) on the
+            calibration split is at most this.
+        min_iia: alignment-split IIA a variable's site needs to enter explanations.
+        pca_variance: variance share of the principal subspace in hypothesis-free claims.
+        das_rank: if set, also learn rank-``das_rank`` DAS subspaces during alignment.
+        n_pairs: (base, source) pairs per IIA measurement.
+        readouts: outputs to compare when there is no hypothesis (default: last position).
+        split: fractions of trusted inputs for pool, alignment, calibration, threshold.
+        min_scale: floor on each explanation's trusted divergence spread when standardising.
+        batch_size: rows per scrubbed forward pass.
+        random_state: seed of every random choice.
+
+    Example:
+        >>> import causalmad as cm, torch  # doctest: +SKIP
+        >>> det = cm.ScrubbingDetector(model, hypothesis=h).fit(trusted)  # doctest: +SKIP
+        >>> det.score(untrusted)  # doctest: +SKIP
+    """
+
+    min_trusted = 40
+
+    def __init__(
+        self,
+        model: Any,
+        hypothesis: Hypothesis | None = None,
+        resamples: int = 4,
+        tolerance: float = 0.1,
+        min_iia: float = 0.8,
+        pca_variance: float = 0.99,
+        das_rank: int | None = None,
+        n_pairs: int = 256,
+        readouts: list[Readout] | None = None,
+        split: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2),
+        min_scale: float = 1e-3,
+        batch_size: int = 1024,
+        random_state: int = 0,
+    ) -> None:
+        super().__init__(model, random_state)
+        self.hypothesis = hypothesis
+        self.resamples = resamples
+        self.tolerance = tolerance
+        self.min_iia = min_iia
+        self.pca_variance = pca_variance
+        self.das_rank = das_rank
+        self.n_pairs = n_pairs
+        self.readouts = readouts
+        self.split = split
+        self.min_scale = min_scale
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, trusted: torch.Tensor) -> ScrubbingDetector:
+        """Align, build and validate the explanation family on trusted inputs only."""
+        if self.hypothesis is not None:
+            if not isinstance(self.hypothesis, Hypothesis):
+                raise HypothesisError(f"hypothesis must be a causalmad.Hypothesis, got {type(self.hypothesis).__name__}.")
+            self.hypothesis.validate()
+        if self.resamples < 1:
+            raise InputError(f"resamples must be >= 1, got {self.resamples}.")
+        if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
+            raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
+        super().fit(trusted)
+        return self
+
+    def _values(self, x: torch.Tensor) -> list[dict[str, Hashable]]:
+        if self.hypothesis is None:
+            return [{} for _ in range(len(x))]
+        return [self.hypothesis.values(row) for row in x]
+
+    def _fit(self, trusted: torch.Tensor) -> None:
+        adapter = self.adapter_
+        h = self.hypothesis
+        seq_len = int(trusted.shape[1]) if adapter.has_positions else 1
+        self.readouts_ = self._readouts(seq_len)
+        values = self._values(trusted)  # hypothesis errors surface here, before any forward pass
+        pool_i, align_i, cal_i, thr_i = split_indices(len(trusted), self.split, self.random_state)
+        take = lambda idx: (trusted[torch.as_tensor(idx)], [values[i] for i in idx])  # noqa: E731
+        pool, align, cal, thr = take(pool_i), take(align_i), take(cal_i), take(thr_i)
+
+        self.alignment_: Alignment | None = None
+        if h is not None and h.inner:
+            self.alignment_ = search(adapter, h, h.inner, align, pool, cal, n_pairs=self.n_pairs,
+                                     random_state=self.random_state, das_rank=self.das_rank)
+        self.pool_ = SourcePool(adapter, *pool)
+        family: list[Explanation] = []
+        if h is not None:
+            family += hypothesis_explanations(adapter, h, self.alignment_, self.min_iia, seq_len)
+        self.pool_.gather([s for e in family for s in e.sites])
+        family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
+        self.pool_.gather([s for e in family for s in e.sites])
+
+        rng = np.random.default_rng(self.random_state)
+        cal_div, _ = self._divergences(family, cal[0], cal[1], rng)
+        means, stds = cal_div.mean(0), cal_div.std(0)
+        valid = means <= self.tolerance
+        self.explanations_ = [
+            {"name": e.name, "family": e.family, "valid": bool(v), "trusted_mean_divergence": float(m),
+             "trusted_std_divergence": float(s)}
+            for e, v, m, s in zip(family, valid, means, stds)
+        ]
+        self.family_ = family
+        self.valid_ = [e for e, v in zip(family, valid) if v]
+        self.loc_ = means[valid]
+        self.scale_ = stds[valid] + self.min_scale
+        dropped = len(family) - len(self.valid_)
+        logger.info("explanations: %d searched, %d valid, %d dropped as invalid", len(family), len(self.valid_), dropped)
+        if not self.valid_:
+            raise InputError(
+                f"None of the {len(family)} candidate explanations holds on the trusted calibration split "
+                f"(tolerance={self.tolerance} nats). Raise tolerance or check the hypothesis' readouts."
+            )
+        self._rng_state = self.random_state + 1
+        self.heldout_scores_ = self._score(thr[0])
+
+    def _readouts(self, seq_len: int) -> list[Readout]:
+        if self.hypothesis is not None:
+            rs = [self.hypothesis.readout(o) for o in self.hypothesis.outputs]
+        else:
+            rs = self.readouts or [Readout(position=-1 if self.adapter_.has_positions else None)]
+        for r in rs:
+            if r.position is not None and not (self.adapter_.has_positions and -seq_len <= r.position < seq_len):
+                raise HypothesisError(
+                    f"Readout position {r.position} does not exist for inputs of {seq_len} positions."
+                )
+        return rs
+
+    # ------------------------------------------------------------------ score
+    def _divergences(
+        self, family: list[Explanation], x: torch.Tensor, values: list[dict[str, Hashable]], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        clean = clean_log_probs(self.adapter_, x, self.readouts_, self.batch_size)
+        hashes = row_hashes(x)
+        div = np.empty((len(x), len(family)))
+        unmatched = np.zeros((len(x), len(family)), dtype=bool)
+        for j, e in enumerate(family):
+            div[:, j], unmatched[:, j] = scrub(self.adapter_, e, x, values, clean, self.pool_, self.readouts_,
+                                               self.resamples, rng, self.batch_size, hashes)
+        return div, unmatched
+
+    def score_explanations(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised divergence of every input under every valid explanation.
+
+        Returns:
+            ``[n, E]`` z-scores (columns follow ``valid_``) and an ``[n, E]`` mask of
+            (input, explanation) cells where no trusted source shared the input's values.
+        """
+        x = self._check(inputs)
+        return self._explanation_z(x)
+
+    def _explanation_z(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self._rng_state)  # same seed, same scores, whatever came before
+        div, unmatched = self._divergences(self.valid_, x, self._values(x), rng)
+        return (div - self.loc_) / self.scale_, unmatched
+
+    def _score(self, inputs: torch.Tensor) -> np.ndarray:
+        z, unmatched = self._explanation_z(inputs)
+        self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
+        self.last_unmatched_ = unmatched.any(1)
+        if self.last_unmatched_.any():
+            logger.warning("%d input(s) have hypothesis values no trusted input shares; they were scrubbed "
+                           "from random trusted sources (see explain())", int(self.last_unmatched_.sum()))
+        return z.max(1)
+
+    # ------------------------------------------------------------------ explain
+    def explain(self, example: torch.Tensor, top: int = 5) -> dict[str, Any]:
+        """Why one input scored as it did: the explanations that broke most, each
+        hypothesis variable's own scrub, and values never seen in trusted data."""
+        x = torch.as_tensor(example)
+        x = x.unsqueeze(0) if x.ndim == len(self.input_shape_) else x
+        if len(x) != 1:
+            raise InputError(f"explain takes one input, got a batch of {len(x)}.")
+        x = self._check(x)
+        z, unmatched = self._explanation_z(x)
+        z, unmatched = z[0], unmatched[0]
+        order = np.argsort(-z)
+        broken = [{"explanation": self.valid_[j].name, "family": self.valid_[j].family, "z": float(z[j]),
+                   "unmatched": bool(unmatched[j])} for j in order[:top]]
+        per_variable: dict[str, float] = {}
+        for j, e in enumerate(self.valid_):
+            if e.family == "hypothesis-subset":
+                per_variable[e.variables[0]] = max(per_variable.get(e.variables[0], -np.inf), float(z[j]))
+        unseen = sorted({v for j, e in enumerate(self.valid_) if unmatched[j] for r in e.resamples for v in r.match})
+        return {"score": float(z.max()), "threshold_at_1pct_fpr": self.threshold(0.01), "broken": broken,
+                "variables": per_variable, "values_unseen_in_trusted": unseen}
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of searched / valid explanations per family, and the alignment."""
+        self._require_fitted()
+        fams: dict[str, dict[str, int]] = {}
+        for e in self.explanations_:
+            f = fams.setdefault(e["family"], {"searched": 0, "valid": 0})
+            f["searched"] += 1
+            f["valid"] += int(e["valid"])
+        return {"searched": len(self.explanations_), "valid": len(self.valid_), "by_family": fams,
+                "heldout_iia": self.alignment_.heldout_iia() if self.alignment_ else {}}
