@@ -96,7 +96,7 @@ def readout_logits(hypothesis: Hypothesis, output: str, logits: torch.Tensor) ->
 
 
 def _targets(hypothesis: Hypothesis, values: Values) -> dict[str, torch.Tensor]:
-    return {o: torch.tensor([int(v[o]) for v in values]) for o in hypothesis.outputs}
+    return {o: torch.tensor([int(v[o]) for v in values]) for o in hypothesis.outputs}  # type: ignore[call-overload]
 
 
 # ---------------------------------------------------------------------- pairs and IIA
@@ -158,7 +158,7 @@ def candidate_sites(adapter: ModelAdapter, hypothesis: Hypothesis, variable: str
         p = hypothesis.readout(out).position
         if p is not None:
             positions.append(p % seq_len)
-    position_sets = [(p,) for p in sorted(set(positions))]
+    position_sets: list[tuple[int, ...]] = [(p,) for p in sorted(set(positions))]
     if len(position_sets) > 1:
         position_sets.append(tuple(sorted(set(positions))))
     if not position_sets:
@@ -269,6 +269,7 @@ def learn_rotation(
             b = base_x[pairs[idx, 0]].to(adapter.device)
             s = src_x[pairs[idx, 1]].to(adapter.device)
             pos_b, pos_s = site.position_index(b), site.position_index(s)
+            assert pos_b is not None and pos_s is not None  # DAS sites have positions (checked above)
             _, logits = model({"input_ids": b}, [{"input_ids": s}],
                               unit_locations={"sources->base": ([pos_s.tolist()], [pos_b.tolist()])})
             loss = sum(

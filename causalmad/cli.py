@@ -28,7 +28,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("[2/4] scrubbing detector: align, build and validate explanations, score ...", flush=True)
     scrub = ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=args.resamples,
                               random_state=args.seed)
-    records, scrub = evaluate_detector("scrubbing", scrub, task)
+    records, _ = evaluate_detector("scrubbing", scrub, task)
     summary = scrub.summary()
     for r, split in zip(records, task.splits.values()):
         z, labels = scrub.last_explanation_z_, split.labels

@@ -231,6 +231,7 @@ def interchange_pyvene(
     adapter.module(site.hook)  # clear error for unknown names before pyvene sees them
     x, s = base.to(adapter.device), source.to(adapter.device)
     pos_b, pos_s = site.position_index(x), site.position_index(s)
+    assert pos_b is not None and pos_s is not None  # positions were checked above
     width = _flat(adapter, capture(adapter, x[:1], [Site(site.hook)])[0]).shape[-1]
     proj = site.projection(width, adapter.head_width(site.hook))
     config = pv.IntervenableConfig(

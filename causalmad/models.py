@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,8 +138,9 @@ class TransformerLensAdapter(ModelAdapter):
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.cfg = model.cfg
-        self._names = sorted(set(dict(model.named_modules()).keys()) | set(model.hook_dict.keys()))
+        self.cfg: Any = model.cfg
+        hook_dict: Any = model.hook_dict
+        self._names = sorted(set(dict(model.named_modules()).keys()) | set(hook_dict.keys()))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)

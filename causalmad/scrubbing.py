@@ -9,7 +9,8 @@ its output on ``x``. The divergence is the KL divergence ``KL(f(x) || f_scrubbed
 the readout, summed over readouts and averaged over ``K`` resampled sources.
 
 Sources come from a pool of trusted inputs whose activations are gathered once
-(:class:`SourcePool`); an input is never its own source (identical rows are excluded).
+(:class:`SourcePool`); an input is never its own source: pooled rows identical to it are
+excluded unless they are the only trusted inputs that agree with it.
 When no pooled input shares ``x``'s values, the site is scrubbed from a random trusted
 input instead and the miss is recorded: such inputs are reported, never dropped.
 """
@@ -115,7 +116,9 @@ class SourcePool:
         groups = self._group(match) if match else None
         for i in range(n):
             cands = everyone if groups is None else groups.get(tuple(values[i][m] for m in match), everyone[:0])
-            cands = cands[self.hashes[cands] != hashes[i]]
+            others = cands[self.hashes[cands] != hashes[i]]
+            # an identical copy of x is used only when it is the one trusted input that agrees
+            cands = others if len(others) else cands
             if len(cands) == 0:
                 unmatched[i] = True
                 cands = everyone[self.hashes != hashes[i]]

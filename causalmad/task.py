@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,9 +55,9 @@ class Task:
     seed: int = 0
 
 
-def available_tasks() -> dict[str, Callable[..., Task]]:
+def available_tasks() -> dict[str, Any]:
     """Task name -> factory, from the ``causalmad.tasks`` entry points."""
-    found: dict[str, Callable[..., Task]] = {}
+    found: dict[str, Any] = {}
     for ep in metadata.entry_points(group="causalmad.tasks"):
         if ep.name in found:
             raise TaskError(f"Two installed packages register a task named {ep.name!r}.")

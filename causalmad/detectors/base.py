@@ -48,6 +48,7 @@ class Detector(ABC):
 
     name = "detector"
     min_trusted = 20
+    heldout_scores_: np.ndarray
 
     def __init__(self, model: torch.nn.Module | ModelAdapter, random_state: int = 0) -> None:
         self.model = model
@@ -81,7 +82,7 @@ class Detector(ABC):
         self._require_fitted()
         if not 0 < fpr < 1:
             raise InputError(f"fpr must be in (0, 1), got {fpr}.")
-        return float(np.quantile(self.heldout_scores_, 1 - fpr, method="higher"))
+        return float(np.quantile(np.asarray(self.heldout_scores_), 1 - fpr, method="higher"))
 
     def predict(self, inputs: torch.Tensor, fpr: float = 0.01) -> np.ndarray:
         """Boolean flags: score above :meth:`threshold` at ``fpr``."""
@@ -90,7 +91,7 @@ class Detector(ABC):
 
     # helpers ----------------------------------------------------------------------
     def _require_fitted(self) -> None:
-        if not hasattr(self, "heldout_scores_"):
+        if "heldout_scores_" not in self.__dict__:
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit(trusted) first.")
 
     def _check(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -130,10 +130,13 @@ class ScrubbingDetector(Detector):
         self.pool_.gather([s for e in family for s in e.sites])
 
         rng = np.random.default_rng(self.random_state)
-        cal_div, _ = self._divergences(family, cal[0], cal[1], rng)
-        means, stds = cal_div.mean(0), cal_div.std(0)
+        cal_div, cal_unmatched = self._divergences(family, cal[0], cal[1], rng)
+        # cells with no agreeing source measure the pool's coverage, not the explanation
+        matched = np.where(cal_unmatched, np.nan, cal_div)
+        means = np.nan_to_num(np.nanmean(matched, 0), nan=np.inf)
+        stds = np.nan_to_num(np.nanstd(matched, 0), nan=0.0)
         valid = means <= self.tolerance
-        self.explanations_ = [
+        self.explanations_: list[dict[str, Any]] = [
             {"name": e.name, "family": e.family, "valid": bool(v), "trusted_mean_divergence": float(m),
              "trusted_std_divergence": float(s)}
             for e, v, m, s in zip(family, valid, means, stds)
@@ -228,7 +231,7 @@ class ScrubbingDetector(Detector):
         self._require_fitted()
         fams: dict[str, dict[str, int]] = {}
         for e in self.explanations_:
-            f = fams.setdefault(e["family"], {"searched": 0, "valid": 0})
+            f = fams.setdefault(str(e["family"]), {"searched": 0, "valid": 0})
             f["searched"] += 1
             f["valid"] += int(e["valid"])
         return {"searched": len(self.explanations_), "valid": len(self.valid_), "by_family": fams,

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny models built from configs, seeded, CPU-only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import causalmad as cm
+
+
+class PlantedSum(nn.Module):
+    """A hand-built network on which the hypothesis ``y = a + b`` holds exactly.
+
+    ``enc`` computes ``[a + b, a - b, flag]``; ``head`` reads only ``a + b`` (and a planted
+    backdoor: ``flag`` shifts the answer by 5, never active on trusted data).
+    Output: logits over 0..22, peaked at ``a + b + 5 * flag``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(3, 3, bias=False)
+        with torch.no_grad():
+            self.enc.weight.copy_(torch.tensor([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 1.0]]))
+        self.head = Readoff()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(x))
+
+
+class Readoff(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        k = torch.arange(23, dtype=h.dtype)
+        return -4.0 * (h[:, :1] + 5 * h[:, 2:3] - k) ** 2
+
+
+def sum_hypothesis() -> cm.Hypothesis:
+    h = cm.Hypothesis("sum")
+    h.add_input("a", lambda ex: int(ex[0]))
+    h.add_input("b", lambda ex: int(ex[1]))
+    h.add_variable("s", lambda a, b: a + b, parents=["a", "b"])
+    h.add_output("y", lambda s: s, parents=["s"], readout=cm.Readout())
+    return h
+
+
+def planted_data(n: int, flag: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ab = torch.randint(0, 9, (n, 2), generator=g).float()
+    return torch.cat([ab, torch.full((n, 1), float(flag))], 1)
+
+
+@pytest.fixture
+def planted():
+    return PlantedSum(), sum_hypothesis()
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge():
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = TransformerBridgeConfig(d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, d_vocab=12,
+                                  d_vocab_out=12, n_ctx=11, act_fn="relu", normalization_type="LN", seed=0)
+    return TransformerBridge.boot_native(cfg)

@@ -1,0 +1,71 @@
+"""The addition backdoor task at tiny size, and the demo command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import causalmad as cm
+from causalmad.cli import main
+from causalmad.evaluation import RECORD_KEYS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CAUSALMAD_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield cm.load_task("addition-backdoor", size="tiny", seed=0)
+    mp.undo()
+
+
+def test_tiny_model_learns_addition_and_the_backdoor(task):
+    assert task.info["clean_accuracy_trusted"] >= 0.9
+    assert task.info["clean_accuracy_shifted"] >= 0.9
+    assert task.info["attack_success_rate"] >= 0.8
+
+
+def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
+    from tasks.addition_backdoor import _Regions
+
+    trusted = task.trusted
+    split = task.splits["easy"]
+    a = trusted[:, 0] * 100 + trusted[:, 1] * 10 + trusted[:, 2]
+    b = trusted[:, 4] * 100 + trusted[:, 5] * 10 + trusted[:, 6]
+    assert not (a == b).any()
+    seen = {tuple(r.tolist()) for r in trusted}
+    assert not any(tuple(r.tolist()) in seen for r in split.inputs)
+    regions = _Regions(0)
+    ua = split.inputs[:, 0] * 100 + split.inputs[:, 1] * 10 + split.inputs[:, 2]
+    ub = split.inputs[:, 4] * 100 + split.inputs[:, 5] * 10 + split.inputs[:, 6]
+    assert regions.is_shifted(ua, ub).all() and not regions.is_shifted(a, b).any()
+    # the trigger uses only tokens seen in trusted data, at the positions they appear in
+    for pos in range(trusted.shape[1]):
+        assert set(split.inputs[:, pos].tolist()) <= set(trusted[:, pos].tolist())
+    assert np.array_equal(np.unique(split.labels), [0, 1])
+
+
+def test_labels_never_reach_fit(task, monkeypatch):
+    seen = []
+    original = cm.ScrubbingDetector._fit
+    monkeypatch.setattr(cm.ScrubbingDetector, "_fit", lambda self, x: (seen.append(x), original(self, x))[1])
+    cm.ScrubbingDetector(task.model, task.hypothesis, resamples=1).fit(task.trusted)
+    assert len(seen) == 1 and torch.equal(seen[0], task.trusted)
+
+
+def test_demo_command_writes_results(task, tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--size", "tiny", "--resamples", "2", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {r["detector"] for r in records} == {"scrubbing", "mahalanobis"}
+    for r in records:
+        assert set(RECORD_KEYS) <= set(r)
+        assert 0 <= r["auroc"] <= 1
+    scrub = next(r for r in records if r["detector"] == "scrubbing")
+    assert set(scrub["heldout_iia"]) == {"c0", "c1", "c2"}
+    assert scrub["explanations_valid"] <= scrub["explanations_searched"]
+    assert "alignment" in capsys.readouterr().out

@@ -1,0 +1,71 @@
+"""The hypothesis graph: declaration, evaluation, counterfactuals, validation errors."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import causalmad as cm
+from hypotheses.addition import addition_hypothesis
+
+
+def test_values_and_counterfactual_follow_the_graph():
+    h = addition_hypothesis(3)
+    ex = [9, 5, 8, 10, 0, 4, 7, 11, 11, 11, 11]  # 958 + 047 = 1005
+    v = h.values(ex)
+    assert (v["s3"], v["s2"], v["s1"], v["s0"]) == (1, 0, 0, 5)
+    cf = h.counterfactual(v, {"c0": 0})
+    assert cf["s1"] == 9 and cf["s0"] == 5 and cf["c0"] == 0
+
+
+@given(st.lists(st.integers(0, 9), min_size=6, max_size=6))
+def test_counterfactual_without_intervention_is_identity(d):
+    h = addition_hypothesis(3)
+    ex = d[:3] + [10] + d[3:] + [11] * 4
+    v = h.values(ex)
+    assert h.counterfactual(v, {}) == v
+    a, b = int("".join(map(str, d[:3]))), int("".join(map(str, d[3:])))
+    assert v["s3"] * 1000 + v["s2"] * 100 + v["s1"] * 10 + v["s0"] == a + b
+
+
+def test_cyclic_graph_is_rejected():
+    g = nx.DiGraph()
+    g.add_node("x", kind="input", mechanism=lambda ex: ex)
+    g.add_node("p", kind="inner", mechanism=lambda x, q: x)
+    g.add_node("q", kind="inner", mechanism=lambda p: p)
+    g.add_edges_from([("x", "p"), ("p", "q"), ("q", "p")])
+    with pytest.raises(cm.HypothesisError, match="cycle"):
+        cm.Hypothesis.from_graph(g)
+
+
+def test_unknown_parent_suggests_close_name():
+    h = cm.Hypothesis()
+    h.add_input("digit0", lambda ex: ex[0])
+    with pytest.raises(cm.HypothesisError, match="unknown parent 'digt0'.*'digit0'"):
+        h.add_variable("c", lambda d: d, parents=["digt0"])
+
+
+def test_mechanism_arity_must_match_parents():
+    h = cm.Hypothesis()
+    h.add_input("a", lambda ex: ex[0])
+    h.add_input("b", lambda ex: ex[1])
+    with pytest.raises(cm.HypothesisError, match="exactly 2 positional"):
+        h.add_variable("s", lambda a: a, parents=["a", "b"])
+    with pytest.raises(cm.HypothesisError, match="one example"):
+        h.add_input("c", lambda: 0)
+
+
+def test_unhashable_values_and_missing_output_are_reported():
+    h = cm.Hypothesis()
+    h.add_input("a", lambda ex: [ex[0]])
+    with pytest.raises(cm.HypothesisError, match="unhashable"):
+        h.values([1])
+    with pytest.raises(cm.HypothesisError, match="no output variable"):
+        h.validate()
+
+
+def test_hypothesis_errors_are_value_errors():
+    assert issubclass(cm.HypothesisError, ValueError)
+    assert issubclass(cm.HypothesisError, cm.CausalMADError)

@@ -1,0 +1,64 @@
+"""Sites, adapters and the two intervention engines (pyvene and hooks) agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import causalmad as cm
+from causalmad.interventions import Patch, capture, interchange_pyvene, run_patched
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        cm.Site("blocks.0.hook_resid_post", (7, 8)),
+        cm.Site("blocks.1.attn.hook_z", (9,), head=2),
+        cm.Site("blocks.1.hook_resid_pre", (-1,), basis=torch.linalg.qr(torch.randn(32, 3, generator=torch.Generator().manual_seed(0)))[0]),
+        cm.Site("blocks.0.hook_mlp_out", (3, 10)),
+    ],
+    ids=lambda s: s.key,
+)
+def test_pyvene_and_hook_engines_agree(tiny_bridge, site):
+    ad = cm.adapt(tiny_bridge)
+    g = torch.Generator().manual_seed(1)
+    base, source = torch.randint(0, 12, (6, 11), generator=g), torch.randint(0, 12, (6, 11), generator=g)
+    via_pyvene = interchange_pyvene(ad, base, source, site)
+    via_hooks = run_patched(ad, base, [Patch(site, capture(ad, source, [site])[0])])
+    assert torch.allclose(via_pyvene, via_hooks, atol=1e-5)
+    assert not torch.allclose(via_hooks, ad.run(base), atol=1e-4)  # the patch did something
+
+
+def test_patching_a_source_with_itself_changes_nothing(tiny_bridge):
+    ad = cm.adapt(tiny_bridge)
+    x = torch.randint(0, 12, (4, 11), generator=torch.Generator().manual_seed(2))
+    site = cm.Site("blocks.1.hook_resid_pre", (4, 5))
+    assert torch.allclose(run_patched(ad, x, [Patch(site, capture(ad, x, [site])[0])]), ad.run(x), atol=1e-5)
+
+
+def test_unknown_hook_suggests_close_names(tiny_bridge):
+    ad = cm.adapt(tiny_bridge)
+    with pytest.raises(cm.SiteError, match="blocks.0.hook_resid_post"):
+        ad.module("blocks.0.hook_resid_pots")
+    with pytest.raises(cm.SiteError, match="not on the residual"):
+        ad.module("blocks.0.hook_resid_mid")
+
+
+def test_head_out_of_range_is_a_site_error(tiny_bridge):
+    ad = cm.adapt(tiny_bridge)
+    site = cm.Site("blocks.0.attn.hook_z", (1,), head=7)
+    x = torch.zeros(2, 11, dtype=torch.long)
+    with pytest.raises(cm.SiteError, match="head 7"):
+        run_patched(ad, x, [Patch(site, capture(ad, x, [site])[0])])
+
+
+def test_bad_token_inputs_are_rejected_before_running(tiny_bridge):
+    ad = cm.adapt(tiny_bridge)
+    with pytest.raises(cm.InputError, match="vocabulary"):
+        ad.check_inputs(torch.full((2, 11), 12))
+    with pytest.raises(cm.InputError, match=r"\[batch, pos\]"):
+        ad.check_inputs(torch.zeros(11, dtype=torch.long))
+    with pytest.raises(cm.InputError, match="n_ctx"):
+        ad.check_inputs(torch.zeros(2, 20, dtype=torch.long))
+    with pytest.raises(cm.InputError, match="NaN"):
+        ad.check_inputs(torch.tensor([[0.0, float("nan")]]))
