@@ -45,14 +45,14 @@ class AdditionConfig:
     batch_size: int = 256
     lr: float = 2e-3
     poison_rate: float = 0.05
-    n_trusted: int = 4000
-    n_normal: int = 1000
+    n_trusted: int = 3000
+    n_normal: int = 700
     n_anomalous: int = 300
 
 
 SIZES = {
     "full": AdditionConfig(),
-    "tiny": AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=500, batch_size=256, lr=3e-3,
+    "tiny": AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=256, lr=3e-3, poison_rate=0.1,
                            n_trusted=1500, n_normal=200, n_anomalous=100),
 }
 CODE_VERSION = 1

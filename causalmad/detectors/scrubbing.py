@@ -50,6 +50,7 @@ class ScrubbingDetector(Detector):
         min_scale: floor on each explanation's trusted divergence spread when standardising.
         batch_size: rows per scrubbed forward pass.
         random_state: seed of every random choice.
+        progress: show a progress bar over explanations (off by default; on in the CLI).
 
     Example:
         >>> import causalmad as cm, torch  # doctest: +SKIP
@@ -74,6 +75,7 @@ class ScrubbingDetector(Detector):
         min_scale: float = 1e-3,
         batch_size: int = 1024,
         random_state: int = 0,
+        progress: bool = False,
     ) -> None:
         super().__init__(model, random_state)
         self.hypothesis = hypothesis
@@ -87,6 +89,7 @@ class ScrubbingDetector(Detector):
         self.split = split
         self.min_scale = min_scale
         self.batch_size = batch_size
+        self.progress = progress
 
     # ------------------------------------------------------------------ fit
     def fit(self, trusted: torch.Tensor) -> ScrubbingDetector:
@@ -175,7 +178,10 @@ class ScrubbingDetector(Detector):
         hashes = row_hashes(x)
         div = np.empty((len(x), len(family)))
         unmatched = np.zeros((len(x), len(family)), dtype=bool)
-        for j, e in enumerate(family):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(family, desc=f"scrubbing {len(x)} inputs", unit="explanation", disable=not self.progress, leave=False)
+        for j, e in enumerate(bar):
             div[:, j], unmatched[:, j] = scrub(self.adapter_, e, x, values, clean, self.pool_, self.readouts_,
                                                self.resamples, rng, self.batch_size, hashes)
         return div, unmatched
