@@ -49,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
     assert scrub.alignment_ is not None
     for v in scrub.alignment_.variables:
         c = scrub.alignment_.best(v)
-        print(f"  {v}: {c.site.key}  held-out IIA {c.heldout_iia:.3f}")
+        print(f"  {v}: {c.key}  held-out IIA {c.heldout_iia:.3f}")
     print(f"\nexplanations: {summary['searched']} searched, {summary['valid']} valid "
           "(" + ", ".join(f"{k}: {v['valid']}/{v['searched']}" for k, v in summary["by_family"].items()) + ")")
     r0 = records[0]

@@ -44,18 +44,18 @@ def hypothesis_explanations(
                 usable[var] = good
     # the declared hypothesis with each variable at its best site, then at each cut
     if usable:
-        best = [Resample(cands[0].site, (var,)) for var, cands in usable.items()]
+        best = [Resample(s, (var,)) for var, cands in usable.items() for s in cands[0].sites]
         family.append(Explanation("hypothesis: all variables (best sites)", "hypothesis", best, tuple(usable)))
-        hooks = {c.site.hook for cands in usable.values() for c in cands}
+        hooks = {c.hook for cands in usable.values() for c in cands if c.hook is not None}
         for hook in sorted(hooks):
-            at_cut = {v: next((c for c in cs if c.site.hook == hook), None) for v, cs in usable.items()}
+            at_cut = {v: next((c for c in cs if c.hook == hook), None) for v, cs in usable.items()}
             if all(at_cut.values()) and len(usable) > 1:
-                rules = [Resample(c.site, (v,)) for v, c in at_cut.items() if c is not None]
+                rules = [Resample(s, (v,)) for v, c in at_cut.items() if c is not None for s in c.sites]
                 family.append(Explanation(f"hypothesis: all variables at {hook}", "hypothesis", rules, tuple(usable)))
         if len(usable) > 1:
             for var, cands in usable.items():
-                family.append(Explanation(f"variable {var} at {cands[0].site.key}", "hypothesis-subset",
-                                          [Resample(cands[0].site, (var,))], (var,)))
+                family.append(Explanation(f"variable {var} at {cands[0].key}", "hypothesis-subset",
+                                          [Resample(s, (var,)) for s in cands[0].sites], (var,)))
     # output mechanisms: each output computed from its parents only
     if adapter.has_positions:
         final = adapter.final_hook()

@@ -216,35 +216,41 @@ def _projector_class():  # built lazily: importing pyvene is slow
 
 
 def interchange_pyvene(
-    adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor, site: Site
+    adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor, site: Site | Sequence[Site]
 ) -> torch.Tensor:
-    """Run ``base`` with ``site`` taken from ``source`` (row i from row i), via pyvene.
+    """Run ``base`` with ``site`` (or every site of a group) taken from ``source`` (row i
+    from row i), via pyvene.
 
     Sites without a position axis (plain ``nn.Module`` models) go through
     :func:`run_patched`, since pyvene's unit locations index a position axis.
     """
-    if not adapter.has_positions or site.positions is None:
-        values = capture(adapter, source, [site])[0]
-        return run_patched(adapter, base, [Patch(site, values)])
+    sites = [site] if isinstance(site, Site) else list(site)
+    if not adapter.has_positions or any(s.positions is None for s in sites):
+        values = capture(adapter, source, sites)
+        return run_patched(adapter, base, [Patch(s, v) for s, v in zip(sites, values)])
     import pyvene as pv
 
-    adapter.module(site.hook)  # clear error for unknown names before pyvene sees them
-    x, s = base.to(adapter.device), source.to(adapter.device)
-    pos_b, pos_s = site.position_index(x), site.position_index(s)
-    assert pos_b is not None and pos_s is not None  # positions were checked above
-    width = _flat(adapter, capture(adapter, x[:1], [Site(site.hook)])[0]).shape[-1]
-    proj = site.projection(width, adapter.head_width(site.hook))
-    config = pv.IntervenableConfig(
-        representations=[{
-            "component": f"model.{site.hook}.output",
+    for s in sites:
+        adapter.module(s.hook)  # clear error for unknown names before pyvene sees them
+    x, src = base.to(adapter.device), source.to(adapter.device)
+    representations, base_locs, src_locs = [], [], []
+    for s in sites:
+        pos_b, pos_s = s.position_index(x), s.position_index(src)
+        assert pos_b is not None and pos_s is not None  # positions were checked above
+        width = capture(adapter, x[:1], [Site(s.hook)])[0].shape[-1]
+        proj = s.projection(width, adapter.head_width(s.hook))
+        representations.append({
+            "component": f"model.{s.hook}.output",
             "unit": "pos",
             "max_number_of_units": int(pos_b.shape[1]),
             "intervention": _projector_class()(None if proj is None else proj.to(adapter.device)),
-        }]
-    )
+        })
+        base_locs.append(pos_b.tolist())
+        src_locs.append(pos_s.tolist())
+    config = pv.IntervenableConfig(representations=representations)
     with preserved_training_state(adapter.model):
         model = pv.IntervenableModel(config, _PyveneModel(adapter))
-        locations = {"sources->base": ([pos_s.tolist()], [pos_b.tolist()])}
         with torch.no_grad():
-            _, out = model({"input_ids": x}, [{"input_ids": s}], unit_locations=locations)
+            _, out = model({"input_ids": x}, [{"input_ids": src}] * len(sites),
+                           unit_locations={"sources->base": (src_locs, base_locs)})
     return out

@@ -62,3 +62,14 @@ def test_bad_token_inputs_are_rejected_before_running(tiny_bridge):
         ad.check_inputs(torch.zeros(2, 20, dtype=torch.long))
     with pytest.raises(cm.InputError, match="NaN"):
         ad.check_inputs(torch.tensor([[0.0, float("nan")]]))
+
+
+def test_engines_agree_on_a_group_of_sites(tiny_bridge):
+    ad = cm.adapt(tiny_bridge)
+    g = torch.Generator().manual_seed(3)
+    base, source = torch.randint(0, 12, (5, 11), generator=g), torch.randint(0, 12, (5, 11), generator=g)
+    group = [cm.Site("blocks.0.attn.hook_z", (8,), head=1), cm.Site("blocks.0.attn.hook_z", (8,), head=3),
+             cm.Site("blocks.1.hook_resid_pre", (9,))]
+    via_pyvene = interchange_pyvene(ad, base, source, group)
+    via_hooks = run_patched(ad, base, [Patch(s, v) for s, v in zip(group, capture(ad, source, group))])
+    assert torch.allclose(via_pyvene, via_hooks, atol=1e-5)
