@@ -27,7 +27,7 @@ import torch
 
 from causalmad.errors import AlignmentError
 from causalmad.hypothesis import Hypothesis
-from causalmad.interventions import _PyveneModel, interchange_pyvene, preserved_training_state
+from causalmad.interventions import _PyveneModel, import_pyvene, interchange_pyvene, preserved_training_state
 from causalmad.models import ModelAdapter
 from causalmad.sites import Site
 
@@ -199,7 +199,7 @@ def search(
     das_steps: int = 200,
     sites: dict[str, list[Site]] | None = None,
     max_group: int = 3,
-    group_from: int = 8,
+    group_from: int = 24,
 ) -> Alignment:
     """Rank candidate sites of each variable by IIA; report held-out IIA of each.
 
@@ -268,7 +268,7 @@ def learn_rotation(
     Trained on counterfactual labels of the given (alignment base, pool source) pairs;
     returns ``site`` restricted to the learned orthonormal basis.
     """
-    import pyvene as pv
+    pv = import_pyvene()
 
     if not adapter.has_positions or site.positions is None:
         raise AlignmentError("DAS needs a site with token positions.")

@@ -54,4 +54,7 @@ def subset_auroc(z: np.ndarray, labels: np.ndarray, columns: np.ndarray) -> floa
 
     if not columns.any():
         return None
-    return float(roc_auc_score(labels, z[:, columns].max(1)))
+    best = np.where(np.isnan(z[:, columns]), -np.inf, z[:, columns]).max(1)
+    finite = best[np.isfinite(best)]
+    best = np.where(np.isfinite(best), best, (finite.min() - 1) if len(finite) else 0.0)
+    return float(roc_auc_score(labels, best))

@@ -183,6 +183,15 @@ class _PyveneModel(nn.Module):
         return self.adapter.forward(input_ids)
 
 
+def import_pyvene():  # noqa: ANN201 - the pyvene module
+    """Import pyvene without its import-time print about the optional nnsight backend."""
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import pyvene
+    return pyvene
+
+
 @contextlib.contextmanager
 def preserved_training_state(model: nn.Module) -> Iterator[None]:
     """pyvene puts the model in eval mode with gradients off, in place: undo that after."""
@@ -197,7 +206,7 @@ def preserved_training_state(model: nn.Module) -> Iterator[None]:
 
 
 def _projector_class():  # built lazily: importing pyvene is slow
-    import pyvene as pv
+    pv = import_pyvene()
 
     class ProjectedInterchange(pv.Intervention):
         """``base + (source - base) @ B @ B.T`` (``B = None``: the whole source)."""
@@ -228,7 +237,7 @@ def interchange_pyvene(
     if not adapter.has_positions or any(s.positions is None for s in sites):
         values = capture(adapter, source, sites)
         return run_patched(adapter, base, [Patch(s, v) for s, v in zip(sites, values)])
-    import pyvene as pv
+    pv = import_pyvene()
 
     for s in sites:
         adapter.module(s.hook)  # clear error for unknown names before pyvene sees them

@@ -10,9 +10,12 @@ the readout, summed over readouts and averaged over ``K`` resampled sources.
 
 Sources come from a pool of trusted inputs whose activations are gathered once
 (:class:`SourcePool`); an input is never its own source: pooled rows identical to it are
-excluded unless they are the only trusted inputs that agree with it.
-When no pooled input shares ``x``'s values, the site is scrubbed from a random trusted
-input instead and the miss is recorded: such inputs are reported, never dropped.
+excluded unless they are the only trusted inputs that agree with it. When no pooled input
+shares ``x``'s values, two cases differ. If some variable's value on ``x`` never occurs in
+trusted data, that novelty is itself a signal: the site is scrubbed from a random trusted
+input (usually a large divergence). If every value occurs but their combination is
+missing from the pool (sparse coverage, not novelty), the explanation cannot be tested on
+``x`` and its divergence is NaN there. Either way the miss is recorded and reported.
 """
 
 from __future__ import annotations
@@ -72,10 +75,13 @@ def row_hashes(inputs: torch.Tensor) -> np.ndarray:
 class SourcePool:
     """Trusted source inputs, their hypothesis values and their activations at sites."""
 
-    def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, values: Values | None) -> None:
+    def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, values: Values | None,
+                 seen: dict[str, set[Hashable]] | None = None) -> None:
         self.adapter = adapter
         self.inputs = inputs
         self.values = values or [{} for _ in range(len(inputs))]
+        # values each variable takes anywhere in trusted data (default: in the pool)
+        self.seen = seen if seen is not None else seen_values(self.values)
         self.hashes = row_hashes(inputs)
         self._acts: dict[int, torch.Tensor] = {}
         self._groups: dict[tuple[str, ...], dict[tuple[Hashable, ...], np.ndarray]] = {}
@@ -105,13 +111,14 @@ class SourcePool:
 
     def sample(
         self, match: tuple[str, ...], values: Values, hashes: np.ndarray, k: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``[n, k]`` source indices agreeing with each input on ``match``, and an
-        ``[n]`` mask of inputs for which no trusted source agreed (scrubbed from a
-        random source instead)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``[n, k]`` source indices agreeing with each input on ``match``; an ``[n]``
+        mask of inputs no pooled source agreed with (scrubbed from random sources); and an
+        ``[n]`` mask of those whose values all occur in trusted data (a coverage gap)."""
         n = len(values)
         idx = np.empty((n, k), dtype=np.int64)
         unmatched = np.zeros(n, dtype=bool)
+        gap = np.zeros(n, dtype=bool)
         everyone = np.arange(len(self))
         groups = self._group(match) if match else None
         for i in range(n):
@@ -121,9 +128,19 @@ class SourcePool:
             cands = others if len(others) else cands
             if len(cands) == 0:
                 unmatched[i] = True
+                gap[i] = all(values[i][m] in self.seen.get(m, ()) for m in match)
                 cands = everyone[self.hashes != hashes[i]]
             idx[i] = rng.choice(cands, size=k, replace=len(cands) < k)
-        return idx, unmatched
+        return idx, unmatched, gap
+
+
+def seen_values(values: Values) -> dict[str, set[Hashable]]:
+    """Variable -> the set of values it takes in ``values``."""
+    seen: dict[str, set[Hashable]] = {}
+    for row in values:
+        for var, v in row.items():
+            seen.setdefault(var, set()).add(v)
+    return seen
 
 
 def readout_log_probs(readouts: Sequence[Readout], logits: torch.Tensor) -> list[torch.Tensor]:
@@ -160,16 +177,18 @@ def scrub(
     """Divergence of each input under one explanation.
 
     Returns:
-        ``[n]`` divergences (mean over ``resamples`` sources) and an ``[n]`` mask of
-        inputs on which some rule found no agreeing trusted source.
+        ``[n]`` divergences (mean over ``resamples`` sources; NaN where a rule found no
+        agreeing source although every value occurs in trusted data) and an ``[n]`` mask
+        of inputs on which some rule found no agreeing trusted source.
     """
     n, k = len(inputs), resamples
     hashes = row_hashes(inputs) if hashes is None else hashes
-    sources, unmatched = [], np.zeros(n, dtype=bool)
+    sources, unmatched, gap = [], np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     for rule in explanation.resamples:
-        idx, miss = pool.sample(rule.match, values, hashes, k, rng)
+        idx, miss, rule_gap = pool.sample(rule.match, values, hashes, k, rng)
         sources.append(idx.reshape(-1))  # row i*k + j: input i, resample j
         unmatched |= miss
+        gap |= rule_gap
     rows = np.repeat(np.arange(n), k)
     div = torch.empty(n * k)
     for start in range(0, n * k, batch_size):
@@ -180,7 +199,9 @@ def scrub(
         scrubbed = readout_log_probs(readouts, logits)
         clean = [c[torch.as_tensor(rows[sl])].to(logits.device) for c in clean_logprobs]
         div[sl] = kl_divergence(clean, scrubbed).cpu()
-    return div.reshape(n, k).mean(1).numpy(), unmatched
+    out = div.reshape(n, k).mean(1).numpy()
+    out[gap] = np.nan
+    return out, unmatched
 
 
 def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Sequence[Readout],

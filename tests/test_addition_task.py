@@ -69,3 +69,19 @@ def test_demo_command_writes_results(task, tmp_path, capsys):
     assert set(scrub["heldout_iia"]) == {"c0", "c1", "c2"}
     assert scrub["explanations_valid"] <= scrub["explanations_searched"]
     assert "alignment" in capsys.readouterr().out
+
+
+def test_das_learns_a_subspace_where_the_top_carry_lives(task):
+    from causalmad.alignment import interchange_accuracy, learn_rotation, sample_pairs
+
+    h, x = task.hypothesis, task.trusted
+    vals = [h.values(r) for r in x]
+    pool, align, held = (x[:600], vals[:600]), (x[600:1000], vals[600:1000]), (x[1000:], vals[1000:])
+    rng = np.random.default_rng(0)
+    pairs = sample_pairs("c2", align[1], pool[1], 256, rng)
+    site = learn_rotation(cm.adapt(task.model), h, "c2", cm.Site("blocks.1.hook_resid_pre", (7,)), align, pool,
+                          pairs, rank=1, steps=150)
+    assert site.basis.shape == (64, 1) and torch.allclose(site.basis.T @ site.basis, torch.eye(1), atol=1e-4)
+    held_pairs = sample_pairs("c2", held[1], pool[1], 256, rng)
+    iia = interchange_accuracy(cm.adapt(task.model), h, "c2", site, held[0], held[1], pool[0], pool[1], held_pairs)
+    assert iia >= 0.9

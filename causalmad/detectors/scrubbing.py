@@ -25,9 +25,14 @@ from causalmad.detectors.base import Detector, register, split_indices
 from causalmad.errors import HypothesisError, InputError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
 from causalmad.hypothesis import Hypothesis, Readout
-from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_hashes, scrub
+from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_hashes, scrub, seen_values
 
 logger = logging.getLogger(__name__)
+
+
+def nan_max(z: np.ndarray) -> np.ndarray:
+    """Row-wise max ignoring NaN cells (a row of only NaN scores ``-inf``)."""
+    return np.where(np.isnan(z), -np.inf, z).max(1)
 
 
 @register("scrubbing")
@@ -124,7 +129,8 @@ class ScrubbingDetector(Detector):
         if h is not None and h.inner:
             self.alignment_ = search(adapter, h, h.inner, align, pool, cal, n_pairs=self.n_pairs,
                                      random_state=self.random_state, das_rank=self.das_rank)
-        self.pool_ = SourcePool(adapter, *pool)
+        self.seen_values_ = seen_values(values)
+        self.pool_ = SourcePool(adapter, *pool, seen=self.seen_values_)
         family: list[Explanation] = []
         if h is not None:
             family += hypothesis_explanations(adapter, h, self.alignment_, self.min_iia, seq_len)
@@ -134,6 +140,7 @@ class ScrubbingDetector(Detector):
 
         rng = np.random.default_rng(self.random_state)
         cal_div, cal_unmatched = self._divergences(family, cal[0], cal[1], rng)
+        self.calibration_unmatched_ = int(cal_unmatched.any(1).sum())
         # cells with no agreeing source measure the pool's coverage, not the explanation
         matched = np.where(cal_unmatched, np.nan, cal_div)
         means = np.nan_to_num(np.nanmean(matched, 0), nan=np.inf)
@@ -190,8 +197,9 @@ class ScrubbingDetector(Detector):
         """Standardised divergence of every input under every valid explanation.
 
         Returns:
-            ``[n, E]`` z-scores (columns follow ``valid_``) and an ``[n, E]`` mask of
-            (input, explanation) cells where no trusted source shared the input's values.
+            ``[n, E]`` z-scores (columns follow ``valid_``; NaN where the explanation could
+            not be tested because the pool lacks the input's combination of values) and
+            an ``[n, E]`` mask of cells where no trusted source shared the input's values.
         """
         x = self._check(inputs)
         return self._explanation_z(x)
@@ -205,10 +213,19 @@ class ScrubbingDetector(Detector):
         z, unmatched = self._explanation_z(inputs)
         self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
         self.last_unmatched_ = unmatched.any(1)
-        if self.last_unmatched_.any():
-            logger.warning("%d input(s) have hypothesis values no trusted input shares; they were scrubbed "
-                           "from random trusted sources (see explain())", int(self.last_unmatched_.sum()))
-        return z.max(1)
+        novel = self._novel(self._values(inputs))
+        if novel.any():
+            logger.warning("%d input(s) have hypothesis values no trusted input shares; explanations matching "
+                           "on them scrubbed from random trusted sources (see explain())", int(novel.sum()))
+        gaps = int((self.last_unmatched_ & ~novel).sum())
+        if gaps:
+            logger.info("%d input(s) have a combination of values missing from the source pool; the "
+                        "explanations that match on it were skipped for them", gaps)
+        return nan_max(z)
+
+    def _novel(self, values: list[dict[str, Hashable]]) -> np.ndarray:
+        return np.array([any(v not in self.seen_values_.get(k, ()) for k, v in row.items()) for row in values],
+                        dtype=bool)
 
     # ------------------------------------------------------------------ explain
     def explain(self, example: torch.Tensor, top: int = 5) -> dict[str, Any]:
@@ -221,15 +238,16 @@ class ScrubbingDetector(Detector):
         x = self._check(x)
         z, unmatched = self._explanation_z(x)
         z, unmatched = z[0], unmatched[0]
-        order = np.argsort(-z)
+        order = np.argsort(-np.nan_to_num(z, nan=-np.inf))
         broken = [{"explanation": self.valid_[j].name, "family": self.valid_[j].family, "z": float(z[j]),
                    "unmatched": bool(unmatched[j])} for j in order[:top]]
         per_variable: dict[str, float] = {}
         for j, e in enumerate(self.valid_):
             if e.family == "hypothesis-subset":
                 per_variable[e.variables[0]] = max(per_variable.get(e.variables[0], -np.inf), float(z[j]))
-        unseen = sorted({v for j, e in enumerate(self.valid_) if unmatched[j] for r in e.resamples for v in r.match})
-        return {"score": float(z.max()), "threshold_at_1pct_fpr": self.threshold(0.01), "broken": broken,
+        values = self._values(x)[0]
+        unseen = sorted(k for k, v in values.items() if v not in self.seen_values_.get(k, ()))
+        return {"score": float(nan_max(z[None])[0]), "threshold_at_1pct_fpr": self.threshold(0.01), "broken": broken,
                 "variables": per_variable, "values_unseen_in_trusted": unseen}
 
     def summary(self) -> dict[str, Any]:
