@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from causalmad.detectors import DETECTORS, Detector, MahalanobisDetector, ScrubbingDetector
+from causalmad.detectors import (
+    DETECTORS,
+    Detector,
+    IsolationForestDetector,
+    LOFDetector,
+    MahalanobisDetector,
+    ScrubbingDetector,
+)
 from causalmad.errors import (
     AlignmentError,
     CausalMADError,
@@ -27,6 +34,8 @@ __all__ = [
     "Hypothesis",
     "HypothesisError",
     "InputError",
+    "IsolationForestDetector",
+    "LOFDetector",
     "MahalanobisDetector",
     "ModelAdapter",
     "ModuleAdapter",

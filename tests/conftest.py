@@ -36,16 +36,19 @@ class Readoff(nn.Module):
 
 def sum_hypothesis() -> cm.Hypothesis:
     h = cm.Hypothesis("sum")
-    h.add_input("a", lambda ex: int(ex[0]))
-    h.add_input("b", lambda ex: int(ex[1]))
+    h.add_input("a", lambda ex: round(float(ex[0])))
+    h.add_input("b", lambda ex: round(float(ex[1])))
     h.add_variable("s", lambda a, b: a + b, parents=["a", "b"])
     h.add_output("y", lambda s: s, parents=["s"], readout=cm.Readout())
     return h
 
 
-def planted_data(n: int, flag: int, seed: int) -> torch.Tensor:
+def planted_data(n: int, flag: int, seed: int, noise: float = 0.0) -> torch.Tensor:
+    """Rows ``[a, b, flag]`` with digits 0..8; ``noise`` adds uniform jitter to a and b
+    (so activation baselines such as LOF do not see exact duplicates)."""
     g = torch.Generator().manual_seed(seed)
     ab = torch.randint(0, 9, (n, 2), generator=g).float()
+    ab += noise * (2 * torch.rand(n, 2, generator=g) - 1)
     return torch.cat([ab, torch.full((n, 1), float(flag))], 1)
 
 

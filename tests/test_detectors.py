@@ -21,7 +21,8 @@ def make(name, planted):
 
 @pytest.fixture
 def data():
-    return planted_data(300, 0, 0), torch.cat([planted_data(60, 0, 3), planted_data(60, 1, 4)])
+    jitter = 0.05
+    return planted_data(300, 0, 0, jitter), torch.cat([planted_data(60, 0, 3, jitter), planted_data(60, 1, 4, jitter)])
 
 
 @pytest.mark.parametrize("name", DETECTOR_NAMES)

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from causalmad.detectors.activations import (
+    ActivationDetector,
+    IsolationForestDetector,
+    LOFDetector,
+    MahalanobisDetector,
+)
 from causalmad.detectors.base import DETECTORS, Detector, register
-from causalmad.detectors.mahalanobis import MahalanobisDetector
 from causalmad.detectors.scrubbing import ScrubbingDetector
 
-__all__ = ["DETECTORS", "Detector", "MahalanobisDetector", "ScrubbingDetector", "register"]
+__all__ = [
+    "DETECTORS",
+    "ActivationDetector",
+    "Detector",
+    "IsolationForestDetector",
+    "LOFDetector",
+    "MahalanobisDetector",
+    "ScrubbingDetector",
+    "register",
+]
