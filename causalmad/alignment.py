@@ -27,7 +27,13 @@ import torch
 
 from causalmad.errors import AlignmentError
 from causalmad.hypothesis import Hypothesis
-from causalmad.interventions import _PyveneModel, import_pyvene, interchange_pyvene, preserved_training_state
+from causalmad.interventions import (
+    _PyveneModel,
+    import_pyvene,
+    interchange_pyvene,
+    positions_of,
+    preserved_training_state,
+)
 from causalmad.models import ModelAdapter
 from causalmad.sites import Site
 
@@ -101,13 +107,16 @@ def predicted_outputs(hypothesis: Hypothesis, logits: torch.Tensor) -> dict[str,
 
 def readout_logits(hypothesis: Hypothesis, output: str, logits: torch.Tensor) -> torch.Tensor:
     """``[n, classes]`` logits an output variable reads."""
-    r = hypothesis.readout(output)
-    x = logits if r.position is None else logits[:, r.position]
-    return x if r.logits is None else x[:, list(r.logits)]
+    return hypothesis.readout(output).select(logits)
 
 
-def _targets(hypothesis: Hypothesis, values: Values) -> dict[str, torch.Tensor]:
-    return {o: torch.tensor([int(v[o]) for v in values]) for o in hypothesis.outputs}  # type: ignore[call-overload]
+def counterfactual_targets(
+    hypothesis: Hypothesis, variable: str, base_values: Values, source_values: Values, pairs: np.ndarray
+) -> dict[str, torch.Tensor]:
+    """Output classes the hypothesis predicts for each base with ``variable`` set to its
+    value on the source, per output variable."""
+    cf = [hypothesis.counterfactual(base_values[b], {variable: source_values[s][variable]}) for b, s in pairs]
+    return {o: torch.tensor([int(v[o]) for v in cf]) for o in hypothesis.outputs}  # type: ignore[call-overload]
 
 
 # ---------------------------------------------------------------------- pairs and IIA
@@ -143,13 +152,16 @@ def interchange_accuracy(
     source_x: torch.Tensor,
     source_values: Values,
     pairs: np.ndarray,
+    targets: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """IIA of ``variable`` at ``site`` (or a group of sites) on (base, source) ``pairs``
-    (through pyvene)."""
-    cf = [hypothesis.counterfactual(base_values[b], {variable: source_values[s][variable]}) for b, s in pairs]
+    (through pyvene). ``targets`` (from :func:`counterfactual_targets`) may be passed to
+    reuse them across many sites."""
+    if targets is None:
+        targets = counterfactual_targets(hypothesis, variable, base_values, source_values, pairs)
     logits = interchange_pyvene(adapter, base_x[pairs[:, 0]], source_x[pairs[:, 1]], site)
     pred = predicted_outputs(hypothesis, logits)
-    target = _targets(hypothesis, cf)
+    target = targets
     ok = torch.ones(len(pairs), dtype=torch.bool)
     for o in hypothesis.outputs:
         ok &= pred[o] == target[o]
@@ -221,9 +233,12 @@ def search(
         grid = (sites or {}).get(var) or candidate_sites(adapter, hypothesis, var, seq_len)
         pairs_a = sample_pairs(var, align[1], pool[1], n_pairs, rng)
         pairs_h = sample_pairs(var, heldout[1], pool[1], n_pairs, rng)
+        targets = {id(pairs_a): counterfactual_targets(hypothesis, var, align[1], pool[1], pairs_a),
+                   id(pairs_h): counterfactual_targets(hypothesis, var, heldout[1], pool[1], pairs_h)}
 
         def score(group: tuple[Site, ...], pairs: np.ndarray, base: tuple[torch.Tensor, Values]) -> float:
-            return interchange_accuracy(adapter, hypothesis, var, group, base[0], base[1], pool[0], pool[1], pairs)
+            return interchange_accuracy(adapter, hypothesis, var, group, base[0], base[1], pool[0], pool[1], pairs,
+                                        targets[id(pairs)])
 
         scored: list[tuple[float, tuple[Site, ...]]] = [(score((s,), pairs_a, align), (s,)) for s in grid]
         if das_rank:
@@ -275,18 +290,13 @@ def learn_rotation(
     base_x, base_vals = align
     src_x, src_vals = pool
     torch.manual_seed(random_state)
-    x0 = base_x[:1].to(adapter.device)
-    with torch.no_grad():
-        from causalmad.interventions import capture
-
-        width = capture(adapter, x0, [Site(site.hook)])[0].shape[-1]
+    width = adapter.width(site.hook, base_x)
     intervention = pv.LowRankRotatedSpaceIntervention(embed_dim=width, low_rank_dimension=rank, keep_last_dim=True)
     config = pv.IntervenableConfig(representations=[{
         "component": f"model.{site.hook}.output", "unit": "pos",
         "max_number_of_units": len(site.positions), "intervention": intervention,  # type: ignore[arg-type]
     }])
-    cf = [hypothesis.counterfactual(base_vals[b], {variable: src_vals[s][variable]}) for b, s in pairs]
-    targets = _targets(hypothesis, cf)
+    targets = counterfactual_targets(hypothesis, variable, base_vals, src_vals, pairs)
     rng = np.random.default_rng(random_state)
     with preserved_training_state(adapter.model):
         model = pv.IntervenableModel(config, _PyveneModel(adapter))
@@ -296,8 +306,7 @@ def learn_rotation(
             idx = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
             b = base_x[pairs[idx, 0]].to(adapter.device)
             s = src_x[pairs[idx, 1]].to(adapter.device)
-            pos_b, pos_s = site.position_index(b), site.position_index(s)
-            assert pos_b is not None and pos_s is not None  # DAS sites have positions (checked above)
+            pos_b, pos_s = positions_of(site, b), positions_of(site, s)
             _, logits = model({"input_ids": b}, [{"input_ids": s}],
                               unit_locations={"sources->base": ([pos_s.tolist()], [pos_b.tolist()])})
             loss = sum(

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from causalmad.detectors.base import Detector
 from causalmad.metrics import evaluate
-from causalmad.task import Task
+from causalmad.task import Split, Task
 
 RECORD_KEYS = ("task", "split", "detector", "auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
                "fit_seconds", "score_seconds", "n_trusted", "n_normal", "n_anomalous", "seed")
 
 
-def evaluate_detector(name: str, detector: Detector, task: Task) -> tuple[list[dict[str, Any]], Detector]:
+def evaluate_detector(
+    name: str, detector: Detector, task: Task,
+    extras: Callable[[Detector, Split], dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], Detector]:
     """Fit ``detector`` on the task's trusted inputs, score every split, return records.
 
-    Labels are used only here, after scoring; ``fit`` never sees them.
+    Labels are used only here, after scoring; ``fit`` never sees them. ``extras(detector,
+    split)``, called right after each split is scored, adds fields to that split's record.
     """
     t0 = time.perf_counter()
     detector.fit(task.trusted)
@@ -34,8 +39,8 @@ def evaluate_detector(name: str, detector: Detector, task: Task) -> tuple[list[d
             "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2),
             "n_trusted": len(task.trusted), "n_normal": split.n_normal, "n_anomalous": split.n_anomalous,
             "seed": task.seed,
+            **(extras(detector, split) if extras else {}),
         })
-        detector.last_scores_ = scores  # type: ignore[attr-defined]
     return records, detector
 
 

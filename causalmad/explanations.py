@@ -91,6 +91,7 @@ def hypothesis_free_explanations(
     family: list[Explanation] = []
     hooks = [h for h in adapter.candidate_hooks() if h.component in ("resid_pre", "resid_post", "module", "attn_z")]
     pos_list: list[tuple[int, ...] | None] = [(p,) for p in (positions or range(seq_len))] if adapter.has_positions else [None]
+    pool.gather([Site(h.name, pos) for h in hooks for pos in pos_list])  # one pass over the pool
     for hook in hooks:
         for pos in pos_list:
             where = f"{hook.name}" + (f"[pos {pos[0]}]" if pos else "")

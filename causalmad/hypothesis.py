@@ -25,11 +25,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from causalmad.errors import HypothesisError, close_matches
+
+if TYPE_CHECKING:
+    import torch
 
 INPUT, INNER, OUTPUT = "input", "inner", "output"
 
@@ -61,6 +64,11 @@ class Readout:
                     f"Readout.logits must list at least two distinct logit indices, got {self.logits!r}."
                 )
             object.__setattr__(self, "logits", logits)
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        """The ``[n, classes]`` logits this readout reads from model output ``logits``."""
+        x = logits if self.position is None else logits[:, self.position]
+        return x if self.logits is None else x[:, list(self.logits)]
 
 
 class Hypothesis:

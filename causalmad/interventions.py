@@ -20,6 +20,7 @@ Two engines compute it and agree to float precision (``tests/test_interventions.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -108,6 +109,14 @@ def capture(
     return [torch.cat(c) for c in chunks]
 
 
+def positions_of(site: Site, inputs: torch.Tensor) -> torch.Tensor:
+    """``[n, p]`` positions of a site that must have positions (pyvene units, DAS)."""
+    pos = site.position_index(inputs)
+    if pos is None:
+        raise SiteError(f"Site {site.key} names no token positions; this intervention needs them.")
+    return pos
+
+
 def _flat(adapter: ModelAdapter, act: torch.Tensor) -> torch.Tensor:
     if adapter.has_positions:
         if act.ndim != 3:
@@ -143,18 +152,16 @@ def run_patched(
             raise CausalMADError(f"Patch at {p.site.key} has {len(p.values)} rows for {len(inputs)} inputs.")
         by_hook.setdefault(p.site.hook, []).append(p)
     x = inputs.to(adapter.device)
-    prepared = {
-        hook: [(p.site.position_index(x), p.values, None) for p in ps] for hook, ps in by_hook.items()
-    }
+    positions = {id(p): p.site.position_index(x) for p in patches}
 
     def make(hook: str):  # noqa: ANN202 - closure factory
         def fn(output: object) -> object:
             act = _as_tensor(output)
             shape = act.shape
             flat = _flat(adapter, act)
-            for (pos, values, _), p in zip(prepared[hook], by_hook[hook]):
+            for p in by_hook[hook]:
                 proj = p.site.projection(flat.shape[-1], adapter.head_width(hook))
-                flat = _apply(flat, pos, values, proj)
+                flat = _apply(flat, positions[id(p)], p.values, proj)
             return _replace(output, flat.reshape(shape))
 
         return fn
@@ -205,7 +212,8 @@ def preserved_training_state(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(grads[n])
 
 
-def _projector_class():  # built lazily: importing pyvene is slow
+@functools.cache
+def _projector_class():  # noqa: ANN202 - built lazily, once: importing pyvene is slow
     pv = import_pyvene()
 
     class ProjectedInterchange(pv.Intervention):
@@ -244,10 +252,8 @@ def interchange_pyvene(
     x, src = base.to(adapter.device), source.to(adapter.device)
     representations, base_locs, src_locs = [], [], []
     for s in sites:
-        pos_b, pos_s = s.position_index(x), s.position_index(src)
-        assert pos_b is not None and pos_s is not None  # positions were checked above
-        width = capture(adapter, x[:1], [Site(s.hook)])[0].shape[-1]
-        proj = s.projection(width, adapter.head_width(s.hook))
+        pos_b, pos_s = positions_of(s, x), positions_of(s, src)
+        proj = s.projection(adapter.width(s.hook, x), adapter.head_width(s.hook))
         representations.append({
             "component": f"model.{s.hook}.output",
             "unit": "pos",

@@ -17,7 +17,6 @@ Two adapters ship:
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -93,13 +92,16 @@ class ModelAdapter(ABC):
             return p.device
         return torch.device("cpu")
 
-    def fingerprint(self) -> str:
-        """A short hash of the model's parameters, to tell models apart."""
-        h = hashlib.sha256()
-        for name, p in sorted(self.model.state_dict().items()):
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
-        return h.hexdigest()[:16]
+    def width(self, hook: str, example: torch.Tensor) -> int:
+        """Width of ``hook``'s activation (last axis; flattened for position-less models),
+        measured on one example the first time and remembered."""
+        cache: dict[str, int] = self.__dict__.setdefault("_widths", {})
+        if hook not in cache:
+            from causalmad.interventions import capture  # interventions imports this module
+            from causalmad.sites import Site
+
+            cache[hook] = int(capture(self, example[:1], [Site(hook)])[0].shape[-1])
+        return cache[hook]
 
     def run(self, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Plain forward in chunks, no gradients; returns logits on the CPU."""

@@ -83,23 +83,29 @@ class SourcePool:
         # values each variable takes anywhere in trusted data (default: in the pool)
         self.seen = seen if seen is not None else seen_values(self.values)
         self.hashes = row_hashes(inputs)
-        self._acts: dict[int, torch.Tensor] = {}
+        self._acts: dict[tuple[object, ...], torch.Tensor] = {}
         self._groups: dict[tuple[str, ...], dict[tuple[Hashable, ...], np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.inputs)
 
+    @staticmethod
+    def _place(site: Site) -> tuple[object, ...]:
+        # whole vectors are stored, so sites differing only in head or subspace share them
+        return (site.hook, site.positions)
+
     def gather(self, sites: Sequence[Site]) -> None:
-        """Capture activations at every site not gathered yet (one pass over the pool)."""
-        todo = [s for s in dict.fromkeys(sites) if id(s) not in self._acts]
+        """Capture activations at every place not gathered yet, in one pass over the pool."""
+        todo = list({self._place(s): s for s in sites if self._place(s) not in self._acts}.values())
         if todo:
             for s, a in zip(todo, capture(self.adapter, self.inputs, todo)):
-                self._acts[id(s)] = a
+                self._acts[self._place(s)] = a
 
     def acts(self, site: Site) -> torch.Tensor:
-        if id(site) not in self._acts:
+        """``[pool, p, d]`` whole activations at the site's hook and positions."""
+        if self._place(site) not in self._acts:
             self.gather([site])
-        return self._acts[id(site)]
+        return self._acts[self._place(site)]
 
     def _group(self, match: tuple[str, ...]) -> dict[tuple[Hashable, ...], np.ndarray]:
         if match not in self._groups:
@@ -145,12 +151,7 @@ def seen_values(values: Values) -> dict[str, set[Hashable]]:
 
 def readout_log_probs(readouts: Sequence[Readout], logits: torch.Tensor) -> list[torch.Tensor]:
     """Log-probabilities over each readout's classes."""
-    out = []
-    for r in readouts:
-        x = logits if r.position is None else logits[:, r.position]
-        x = x if r.logits is None else x[:, list(r.logits)]
-        out.append(torch.log_softmax(x.float(), dim=-1))
-    return out
+    return [torch.log_softmax(r.select(logits).float(), dim=-1) for r in readouts]
 
 
 def kl_divergence(clean: Sequence[torch.Tensor], scrubbed: Sequence[torch.Tensor]) -> torch.Tensor:

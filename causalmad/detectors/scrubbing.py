@@ -134,7 +134,6 @@ class ScrubbingDetector(Detector):
         family: list[Explanation] = []
         if h is not None:
             family += hypothesis_explanations(adapter, h, self.alignment_, self.min_iia, seq_len)
-        self.pool_.gather([s for e in family for s in e.sites])
         family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
         self.pool_.gather([s for e in family for s in e.sites])
 
@@ -151,7 +150,6 @@ class ScrubbingDetector(Detector):
              "trusted_std_divergence": float(s)}
             for e, v, m, s in zip(family, valid, means, stds)
         ]
-        self.family_ = family
         self.valid_ = [e for e, v in zip(family, valid) if v]
         self.loc_ = means[valid]
         self.scale_ = stds[valid] + self.min_scale
@@ -162,7 +160,6 @@ class ScrubbingDetector(Detector):
                 f"None of the {len(family)} candidate explanations holds on the trusted calibration split "
                 f"(tolerance={self.tolerance} nats). Raise tolerance or check the hypothesis' readouts."
             )
-        self._rng_state = self.random_state + 1
         self.heldout_scores_ = self._score(thr[0])
 
     def _readouts(self, seq_len: int) -> list[Readout]:
@@ -202,18 +199,20 @@ class ScrubbingDetector(Detector):
             an ``[n, E]`` mask of cells where no trusted source shared the input's values.
         """
         x = self._check(inputs)
-        return self._explanation_z(x)
+        return self._explanation_z(x, self._values(x))
 
-    def _explanation_z(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(self._rng_state)  # same seed, same scores, whatever came before
-        div, unmatched = self._divergences(self.valid_, x, self._values(x), rng)
+    def _explanation_z(self, x: torch.Tensor, values: list[dict[str, Hashable]]) -> tuple[np.ndarray, np.ndarray]:
+        # a fresh generator per call: same seed, same scores, whatever was scored before
+        rng = np.random.default_rng(self.random_state + 1)
+        div, unmatched = self._divergences(self.valid_, x, values, rng)
         return (div - self.loc_) / self.scale_, unmatched
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
-        z, unmatched = self._explanation_z(inputs)
+        values = self._values(inputs)
+        z, unmatched = self._explanation_z(inputs, values)
         self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
         self.last_unmatched_ = unmatched.any(1)
-        novel = self._novel(self._values(inputs))
+        novel = self._novel(values)
         if novel.any():
             logger.warning("%d input(s) have hypothesis values no trusted input shares; explanations matching "
                            "on them scrubbed from random trusted sources (see explain())", int(novel.sum()))
@@ -236,7 +235,8 @@ class ScrubbingDetector(Detector):
         if len(x) != 1:
             raise InputError(f"explain takes one input, got a batch of {len(x)}.")
         x = self._check(x)
-        z, unmatched = self._explanation_z(x)
+        values = self._values(x)
+        z, unmatched = self._explanation_z(x, values)
         z, unmatched = z[0], unmatched[0]
         order = np.argsort(-np.nan_to_num(z, nan=-np.inf))
         broken = [{"explanation": self.valid_[j].name, "family": self.valid_[j].family, "z": float(z[j]),
@@ -245,8 +245,7 @@ class ScrubbingDetector(Detector):
         for j, e in enumerate(self.valid_):
             if e.family == "hypothesis-subset":
                 per_variable[e.variables[0]] = max(per_variable.get(e.variables[0], -np.inf), float(z[j]))
-        values = self._values(x)[0]
-        unseen = sorted(k for k, v in values.items() if v not in self.seen_values_.get(k, ()))
+        unseen = sorted(k for k, v in values[0].items() if v not in self.seen_values_.get(k, ()))
         return {"score": float(nan_max(z[None])[0]), "threshold_at_1pct_fpr": self.threshold(0.01), "broken": broken,
                 "variables": per_variable, "values_unseen_in_trusted": unseen}
 
