@@ -44,10 +44,26 @@ def split_indices(n: int, fractions: tuple[float, ...], random_state: int) -> li
 
 
 class Detector(ABC):
-    """Base class: ``fit`` on trusted data, ``score`` untrusted data."""
+    """Base class: ``fit`` on trusted data, ``score`` untrusted data.
+
+    Conventions every detector follows (they make persistence generic, see
+    :mod:`causalmad.persistence`): ``__init__`` stores each argument under its own name;
+    everything ``fit`` learns lives in attributes ending in ``_`` and holds only numpy
+    arrays, tensors, plain Python values and causalmad's own records (sites, readouts,
+    explanations). Anything else (a scikit-learn estimator, say) is named in
+    ``_transient`` and rebuilt from the stored state by ``_restore``.
+
+    Class attributes:
+        needs_untrusted: ``fit`` also takes an unlabeled batch of untrusted inputs
+            (``fit(trusted, untrusted=...)``), e.g. QUE's untrusted covariance.
+        skyline: the detector sees anomaly labels; tables mark it and never rank it.
+    """
 
     name = "detector"
     min_trusted = 20
+    needs_untrusted = False
+    skyline = False
+    _transient: tuple[str, ...] = ()
     heldout_scores_: np.ndarray
 
     def __init__(self, model: torch.nn.Module | ModelAdapter, random_state: int = 0) -> None:
@@ -55,10 +71,20 @@ class Detector(ABC):
         self.random_state = random_state
 
     # the public API -------------------------------------------------------------
-    def fit(self, trusted: torch.Tensor) -> Detector:
-        """Learn from trusted inputs only. Returns ``self``."""
+    def fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> Detector:
+        """Learn from trusted inputs (and, for detectors with ``needs_untrusted``, an
+        unlabeled untrusted batch). Returns ``self``."""
         adapter = adapt(self.model)
         x = adapter.check_inputs(trusted, "trusted inputs")
+        if self.needs_untrusted and untrusted is None:
+            raise InputError(f"{type(self).__name__} needs an unlabeled untrusted batch at fit time: "
+                             "fit(trusted, untrusted=batch).")
+        if not self.needs_untrusted and untrusted is not None:
+            raise InputError(f"{type(self).__name__} fits on trusted inputs only; do not pass untrusted=.")
+        u = None if untrusted is None else adapter.check_inputs(untrusted, "untrusted inputs")
+        if u is not None and tuple(u.shape[1:]) != tuple(x.shape[1:]):
+            raise InputError(f"untrusted inputs have per-example shape {tuple(u.shape[1:])}, trusted "
+                             f"inputs {tuple(x.shape[1:])}.")
         if len(x) < self.min_trusted:
             raise InputError(
                 f"{type(self).__name__} needs at least {self.min_trusted} trusted inputs "
@@ -68,7 +94,10 @@ class Detector(ABC):
             adapter.input_shape = tuple(x.shape[1:])  # type: ignore[attr-defined]
         self.adapter_ = adapter
         self.input_shape_ = tuple(x.shape[1:])
-        self._fit(x)
+        if u is None:
+            self._fit(x)
+        else:
+            self._fit(x, u)  # type: ignore[call-arg]
         return self
 
     def score(self, inputs: torch.Tensor) -> np.ndarray:
@@ -103,6 +132,10 @@ class Detector(ABC):
                 f"fitted on shape {self.input_shape_}."
             )
         return x
+
+    def _restore(self) -> None:
+        """Rebuild ``_transient`` attributes from the stored state after loading."""
+        return None
 
     @abstractmethod
     def _fit(self, trusted: torch.Tensor) -> None:

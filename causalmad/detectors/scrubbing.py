@@ -97,7 +97,7 @@ class ScrubbingDetector(Detector):
         self.progress = progress
 
     # ------------------------------------------------------------------ fit
-    def fit(self, trusted: torch.Tensor) -> ScrubbingDetector:
+    def fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> ScrubbingDetector:
         """Align, build and validate the explanation family on trusted inputs only."""
         if self.hypothesis is not None:
             if not isinstance(self.hypothesis, Hypothesis):
@@ -107,7 +107,7 @@ class ScrubbingDetector(Detector):
             raise InputError(f"resamples must be >= 1, got {self.resamples}.")
         if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
-        super().fit(trusted)
+        super().fit(trusted, untrusted)
         return self
 
     def _values(self, x: torch.Tensor) -> list[dict[str, Hashable]]:
