@@ -16,6 +16,7 @@ from causalmad.errors import (
     HypothesisError,
     InputError,
     NotFittedError,
+    PersistenceError,
     SiteError,
     TaskError,
 )
@@ -25,6 +26,8 @@ from causalmad.sites import Site
 from causalmad.task import Split, Task, available_tasks, load_task
 
 __version__ = "0.1.0"
+
+load_detector = Detector.load  # cm.load_detector(folder, model, hypothesis=None)
 
 __all__ = [
     "DETECTORS",
@@ -40,6 +43,7 @@ __all__ = [
     "ModelAdapter",
     "ModuleAdapter",
     "NotFittedError",
+    "PersistenceError",
     "Readout",
     "ScrubbingDetector",
     "Site",
@@ -51,5 +55,6 @@ __all__ = [
     "__version__",
     "adapt",
     "available_tasks",
+    "load_detector",
     "load_task",
 ]

@@ -45,6 +45,11 @@ class TaskError(CausalMADError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class PersistenceError(CausalMADError, ValueError):
+    """A detector folder cannot be written or read: exists, incomplete, corrupted, or
+    saved from another model or hypothesis."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """Return a ``" Did you mean ...?"`` suffix for an unknown ``name``, or ``""``."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

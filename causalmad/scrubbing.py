@@ -107,6 +107,20 @@ class SourcePool:
             self.gather([site])
         return self._acts[self._place(site)]
 
+    def state(self) -> dict[str, object]:
+        """The pool as plain values and tensors, for saving (see :mod:`causalmad.persistence`)."""
+        return {"inputs": self.inputs, "values": self.values,
+                "acts": [[hook, pos, a] for (hook, pos), a in self._acts.items()]}
+
+    @classmethod
+    def from_state(cls, adapter: ModelAdapter, state: dict[str, object],
+                   seen: dict[str, set[Hashable]] | None = None) -> SourcePool:
+        """A pool rebuilt from :meth:`state` without running the model."""
+        pool = cls(adapter, state["inputs"], state["values"], seen)  # type: ignore[arg-type]
+        for hook, pos, a in state["acts"]:  # type: ignore[attr-defined]
+            pool._acts[(hook, pos)] = a
+        return pool
+
     def _group(self, match: tuple[str, ...]) -> dict[tuple[Hashable, ...], np.ndarray]:
         if match not in self._groups:
             groups: dict[tuple[Hashable, ...], list[int]] = {}

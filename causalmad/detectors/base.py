@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from causalmad.errors import InputError, NotFittedError
+from causalmad.errors import InputError, NotFittedError, PersistenceError
 from causalmad.models import ModelAdapter, adapt
 
 DETECTORS: dict[str, type[Detector]] = {}
@@ -117,6 +119,39 @@ class Detector(ABC):
         """Boolean flags: score above :meth:`threshold` at ``fpr``."""
         t = self.threshold(fpr)
         return self.score(inputs) > t
+
+    # persistence --------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the fitted detector to the folder ``path`` (``config.json`` +
+        ``state.safetensors``, no pickle; atomic). Reload with :meth:`load`."""
+        from causalmad.persistence import save_detector
+
+        return save_detector(self, path, overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any, hypothesis: Any = None) -> Detector:
+        """Load a detector saved with :meth:`save`. ``model`` (and ``hypothesis``, if it
+        was fitted with one) must be the ones it was fitted with: their fingerprints are
+        checked, and a mismatch raises :class:`~causalmad.errors.PersistenceError`."""
+        from causalmad.persistence import load_detector
+
+        det = load_detector(path, model, hypothesis)
+        if cls is not Detector and not isinstance(det, cls):
+            raise PersistenceError(f"{path} holds a {det.name!r} detector, not a {cls.__name__}.")
+        return det
+
+    def _get_state(self) -> dict[str, Any]:
+        """What ``fit`` learned: every ``*_`` attribute except ``_transient`` ones."""
+        skip = {"adapter_", *self._transient}
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_") and k not in skip}
+
+    def _set_state(self, state: dict[str, Any], adapter: ModelAdapter) -> None:
+        self.adapter_ = adapter
+        self.__dict__.update(state)
+        if hasattr(adapter, "input_shape"):
+            adapter.input_shape = tuple(self.input_shape_)  # type: ignore[attr-defined]
+        self.input_shape_ = tuple(self.input_shape_)
+        self._restore()
 
     # helpers ----------------------------------------------------------------------
     def _require_fitted(self) -> None:

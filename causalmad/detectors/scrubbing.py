@@ -22,7 +22,7 @@ import torch
 
 from causalmad.alignment import Alignment, search
 from causalmad.detectors.base import Detector, register, split_indices
-from causalmad.errors import HypothesisError, InputError
+from causalmad.errors import HypothesisError, InputError, PersistenceError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
 from causalmad.hypothesis import Hypothesis, Readout
 from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_hashes, scrub, seen_values
@@ -64,6 +64,7 @@ class ScrubbingDetector(Detector):
     """
 
     min_trusted = 40
+    _transient = ("last_explanation_z_", "last_unmatched_")
 
     def __init__(
         self,
@@ -225,6 +226,22 @@ class ScrubbingDetector(Detector):
     def _novel(self, values: list[dict[str, Hashable]]) -> np.ndarray:
         return np.array([any(v not in self.seen_values_.get(k, ()) for k, v in row.items()) for row in values],
                         dtype=bool)
+
+    # ------------------------------------------------------------------ persistence
+    def _get_state(self) -> dict[str, Any]:
+        state = super()._get_state()
+        state["pool_"] = self.pool_.state()
+        return state
+
+    def _restore(self) -> None:
+        stored = self.pool_
+        self.pool_ = SourcePool.from_state(self.adapter_, stored, seen=self.seen_values_)  # type: ignore[arg-type]
+        if self.hypothesis is not None and self._values(self.pool_.inputs) != self.pool_.values:
+            raise PersistenceError(
+                f"Hypothesis {self.hypothesis.name!r} gives the stored trusted inputs other values than it gave "
+                "them at fit time: its mechanisms changed since the detector was saved. Refit, or load with "
+                "the hypothesis it was fitted with."
+            )
 
     # ------------------------------------------------------------------ explain
     def explain(self, example: torch.Tensor, top: int = 5) -> dict[str, Any]:
