@@ -52,7 +52,7 @@ def hypothesis_explanations(
             if all(at_cut.values()) and len(usable) > 1:
                 rules = [Resample(s, (v,)) for v, c in at_cut.items() if c is not None for s in c.sites]
                 family.append(Explanation(f"hypothesis: all variables at {hook}", "hypothesis", rules, tuple(usable)))
-        if len(usable) > 1:
+        if usable:  # each variable alone (also what explain() reports per variable)
             for var, cands in usable.items():
                 family.append(Explanation(f"variable {var} at {cands[0].key}", "hypothesis-subset",
                                           [Resample(s, (var,)) for s in cands[0].sites], (var,)))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 import torch
 from conftest import planted_data
 
@@ -41,8 +44,16 @@ def test_planted_backdoor_is_caught(planted):
 
     assert roc_auc_score(np.r_[np.zeros(100), np.ones(100)], scores) >= 0.99
     why = det.explain(anomalous[0])
-    assert why["score"] > why["threshold_at_1pct_fpr"]
-    assert why["broken"][0]["z"] > 10
+    assert why["flagged"] and why["score"] > why["threshold"] and why["fpr"] == 0.01
+    assert why["broken"][0]["z"] > 10 and why["broken"][0]["divergence"] > why["broken"][0]["trusted_mean"]
+    # the planted backdoor bypasses s: scrubbing s alone breaks the output
+    assert [v["variable"] for v in why["variables"]] == ["s"]
+    assert why["variables"][0]["share"] == 1.0 and why["variables"][0]["z"] > 10
+    assert why["values"] == {"a": int(anomalous[0, 0]), "b": int(anomalous[0, 1]),
+                             "s": int(anomalous[0, 0] + anomalous[0, 1]), "y": int(anomalous[0, 0] + anomalous[0, 1])}
+    json.dumps(why)  # plain data
+    normal_why = det.explain(normal[0])
+    assert not normal_why["flagged"] and max(v["z"] for v in normal_why["variables"]) < 10
 
 
 def test_values_no_trusted_input_shares_are_reported_not_dropped(planted, caplog):

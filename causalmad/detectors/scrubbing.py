@@ -30,6 +30,20 @@ from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_ha
 logger = logging.getLogger(__name__)
 
 
+def _num(x: float) -> float | None:
+    """A float for JSON (``None`` for NaN)."""
+    return None if np.isnan(x) else float(x)
+
+
+def _plain(v: Hashable) -> Any:
+    """A hypothesis value as a JSON-ready value."""
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, tuple):
+        return [_plain(u) for u in v]
+    return v if isinstance(v, (int, float, str, bool)) or v is None else repr(v)
+
+
 def nan_max(z: np.ndarray) -> np.ndarray:
     """Row-wise max ignoring NaN cells (a row of only NaN scores ``-inf``)."""
     return np.where(np.isnan(z), -np.inf, z).max(1)
@@ -152,6 +166,7 @@ class ScrubbingDetector(Detector):
             for e, v, m, s in zip(family, valid, means, stds)
         ]
         self.valid_ = [e for e, v in zip(family, valid) if v]
+        self.variable_explanations_ = [e for e in family if e.family == "hypothesis-subset"]
         self.loc_ = means[valid]
         self.scale_ = stds[valid] + self.min_scale
         dropped = len(family) - len(self.valid_)
@@ -200,17 +215,21 @@ class ScrubbingDetector(Detector):
             an ``[n, E]`` mask of cells where no trusted source shared the input's values.
         """
         x = self._check(inputs)
-        return self._explanation_z(x, self._values(x))
+        _, z, unmatched = self._explanation_scores(x, self._values(x))
+        return z, unmatched
 
-    def _explanation_z(self, x: torch.Tensor, values: list[dict[str, Hashable]]) -> tuple[np.ndarray, np.ndarray]:
+    def _explanation_scores(
+        self, x: torch.Tensor, values: list[dict[str, Hashable]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``[n, E]`` divergences, z-scores and unmatched mask under the valid explanations."""
         # a fresh generator per call: same seed, same scores, whatever was scored before
         rng = np.random.default_rng(self.random_state + 1)
         div, unmatched = self._divergences(self.valid_, x, values, rng)
-        return (div - self.loc_) / self.scale_, unmatched
+        return div, (div - self.loc_) / self.scale_, unmatched
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
         values = self._values(inputs)
-        z, unmatched = self._explanation_z(inputs, values)
+        _, z, unmatched = self._explanation_scores(inputs, values)
         self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
         self.last_unmatched_ = unmatched.any(1)
         novel = self._novel(values)
@@ -244,27 +263,52 @@ class ScrubbingDetector(Detector):
             )
 
     # ------------------------------------------------------------------ explain
-    def explain(self, example: torch.Tensor, top: int = 5) -> dict[str, Any]:
-        """Why one input scored as it did: the explanations that broke most, each
-        hypothesis variable's own scrub, and values never seen in trusted data."""
+    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = 0.01) -> dict[str, Any]:
+        """Why one input scored as it did, as plain JSON-ready data.
+
+        Returns a dict with ``score``, ``threshold`` (at ``fpr`` on held-out trusted
+        inputs) and ``flagged``; ``broken``: the ``top`` valid explanations whose scrub
+        moved the output most, each with its divergence (nats), its trusted mean and
+        spread, and ``z`` (standardised against trusted — the number the score is the
+        maximum of); ``variables``: for each hypothesis variable with an aligned site (and
+        each output mechanism), the divergence of scrubbing it alone, its trusted mean,
+        ``z``, and ``share`` — its part of the excess divergence over trusted summed over
+        variables; ``values``: the input's hypothesis values; ``values_unseen_in_trusted``:
+        variables whose value no trusted input has (scrubbed from random sources).
+        """
         x = torch.as_tensor(example)
         x = x.unsqueeze(0) if x.ndim == len(self.input_shape_) else x
         if len(x) != 1:
             raise InputError(f"explain takes one input, got a batch of {len(x)}.")
         x = self._check(x)
+        threshold = self.threshold(fpr)
         values = self._values(x)
-        z, unmatched = self._explanation_z(x, values)
-        z, unmatched = z[0], unmatched[0]
+        div, z, unmatched = self._explanation_scores(x, values)
+        div, z, unmatched = div[0], z[0], unmatched[0]
+        score = float(nan_max(z[None])[0])
+        stats = {e["name"]: e for e in self.explanations_}
         order = np.argsort(-np.nan_to_num(z, nan=-np.inf))
-        broken = [{"explanation": self.valid_[j].name, "family": self.valid_[j].family, "z": float(z[j]),
-                   "unmatched": bool(unmatched[j])} for j in order[:top]]
-        per_variable: dict[str, float] = {}
-        for j, e in enumerate(self.valid_):
-            if e.family == "hypothesis-subset":
-                per_variable[e.variables[0]] = max(per_variable.get(e.variables[0], -np.inf), float(z[j]))
+        broken = [{"explanation": self.valid_[j].name, "family": self.valid_[j].family,
+                   "divergence": _num(div[j]), "trusted_mean": float(self.loc_[j]),
+                   "trusted_std": float(stats[self.valid_[j].name]["trusted_std_divergence"]),
+                   "z": _num(z[j]), "unmatched": bool(unmatched[j])} for j in order[:top]]
+        singles = self.variable_explanations_
+        rng = np.random.default_rng(self.random_state + 2)
+        vdiv, vunmatched = self._divergences(singles, x, values, rng) if singles else (np.zeros((1, 0)),) * 2
+        variables = []
+        for j, e in enumerate(singles):
+            st = stats[e.name]
+            mean, std = float(st["trusted_mean_divergence"]), float(st["trusted_std_divergence"])
+            variables.append({"variable": e.variables[0], "explanation": e.name, "divergence": _num(vdiv[0, j]),
+                              "trusted_mean": mean, "z": _num((vdiv[0, j] - mean) / (std + self.min_scale)),
+                              "valid": bool(st["valid"]), "unmatched": bool(vunmatched[0, j])})
+        excess = np.array([max(0.0, (v["divergence"] or 0.0) - v["trusted_mean"]) for v in variables])
+        for v, e in zip(variables, excess):
+            v["share"] = float(e / excess.sum()) if excess.sum() > 0 else 0.0
         unseen = sorted(k for k, v in values[0].items() if v not in self.seen_values_.get(k, ()))
-        return {"score": float(nan_max(z[None])[0]), "threshold_at_1pct_fpr": self.threshold(0.01), "broken": broken,
-                "variables": per_variable, "values_unseen_in_trusted": unseen}
+        return {"score": score, "threshold": threshold, "fpr": fpr, "flagged": bool(score > threshold),
+                "broken": broken, "variables": variables,
+                "values": {k: _plain(v) for k, v in values[0].items()}, "values_unseen_in_trusted": unseen}
 
     def summary(self) -> dict[str, Any]:
         """Counts of searched / valid explanations per family, and the alignment."""
