@@ -20,6 +20,8 @@ missing from the pool (sparse coverage, not novelty), the explanation cannot be 
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -66,10 +68,30 @@ class Explanation:
         return [r.site for r in self.resamples]
 
 
-def row_hashes(inputs: torch.Tensor) -> np.ndarray:
-    """A hash per input row, to recognise an input inside the source pool."""
-    flat = inputs.reshape(len(inputs), -1).cpu().numpy()
-    return np.array([hash(r.tobytes()) for r in flat])
+def row_keys(inputs: torch.Tensor) -> np.ndarray:
+    """A stable 64-bit key per input row (BLAKE2b of its bytes): recognises an input
+    inside the source pool, and seeds that input's own source draws."""
+    flat = inputs.reshape(len(inputs), -1).cpu().contiguous().numpy()
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in flat],
+                    dtype=np.uint64)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def draws(keys: np.ndarray, salt: str, k: int) -> np.ndarray:
+    """``[n, k]`` pseudo-random uint64 per input, a function of the input's key and
+    ``salt`` only: an input gets the same trusted sources whatever batch it is scored in,
+    alone or among thousands, in this process or another."""
+    s = np.uint64(zlib.crc32(salt.encode()))
+    with np.errstate(over="ignore"):
+        x = keys[:, None] * np.uint64(0xD1B54A32D192ED03) + s * np.uint64(0x8CB92BA72F3D8DD7) + np.arange(
+            k, dtype=np.uint64)[None]
+        return _splitmix64(_splitmix64(x))
 
 
 class SourcePool:
@@ -82,7 +104,7 @@ class SourcePool:
         self.values = values or [{} for _ in range(len(inputs))]
         # values each variable takes anywhere in trusted data (default: in the pool)
         self.seen = seen if seen is not None else seen_values(self.values)
-        self.hashes = row_hashes(inputs)
+        self.keys = row_keys(inputs)
         self._acts: dict[tuple[object, ...], torch.Tensor] = {}
         self._groups: dict[tuple[str, ...], dict[tuple[Hashable, ...], np.ndarray]] = {}
 
@@ -130,9 +152,10 @@ class SourcePool:
         return self._groups[match]
 
     def sample(
-        self, match: tuple[str, ...], values: Values, hashes: np.ndarray, k: int, rng: np.random.Generator
+        self, match: tuple[str, ...], values: Values, keys: np.ndarray, k: int, salt: str
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``[n, k]`` source indices agreeing with each input on ``match``; an ``[n]``
+        """``[n, k]`` source indices agreeing with each input on ``match``, drawn with
+        replacement by :func:`draws` from the input's ``keys`` and ``salt``; an ``[n]``
         mask of inputs no pooled source agreed with (scrubbed from random sources); and an
         ``[n]`` mask of those whose values all occur in trusted data (a coverage gap)."""
         n = len(values)
@@ -141,16 +164,17 @@ class SourcePool:
         gap = np.zeros(n, dtype=bool)
         everyone = np.arange(len(self))
         groups = self._group(match) if match else None
+        u = draws(keys, salt, k)
         for i in range(n):
             cands = everyone if groups is None else groups.get(tuple(values[i][m] for m in match), everyone[:0])
-            others = cands[self.hashes[cands] != hashes[i]]
+            others = cands[self.keys[cands] != keys[i]]
             # an identical copy of x is used only when it is the one trusted input that agrees
             cands = others if len(others) else cands
             if len(cands) == 0:
                 unmatched[i] = True
                 gap[i] = all(values[i][m] in self.seen.get(m, ()) for m in match)
-                cands = everyone[self.hashes != hashes[i]]
-            idx[i] = rng.choice(cands, size=k, replace=len(cands) < k)
+                cands = everyone[self.keys != keys[i]]
+            idx[i] = cands[u[i] % np.uint64(len(cands))]
         return idx, unmatched, gap
 
 
@@ -185,9 +209,9 @@ def scrub(
     pool: SourcePool,
     readouts: Sequence[Readout],
     resamples: int,
-    rng: np.random.Generator,
+    seed: int = 0,
     batch_size: int = 1024,
-    hashes: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergence of each input under one explanation.
 
@@ -197,10 +221,10 @@ def scrub(
         of inputs on which some rule found no agreeing trusted source.
     """
     n, k = len(inputs), resamples
-    hashes = row_hashes(inputs) if hashes is None else hashes
+    keys = row_keys(inputs) if keys is None else keys
     sources, unmatched, gap = [], np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    for rule in explanation.resamples:
-        idx, miss, rule_gap = pool.sample(rule.match, values, hashes, k, rng)
+    for r, rule in enumerate(explanation.resamples):
+        idx, miss, rule_gap = pool.sample(rule.match, values, keys, k, f"{seed}|{explanation.name}|{r}")
         sources.append(idx.reshape(-1))  # row i*k + j: input i, resample j
         unmatched |= miss
         gap |= rule_gap

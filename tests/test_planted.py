@@ -65,3 +65,15 @@ def test_values_no_trusted_input_shares_are_reported_not_dropped(planted, caplog
     assert det.last_unmatched_.tolist() == [False] * 5 + [True]
     assert "no trusted input shares" in caplog.text
     assert det.explain(unseen[0])["values_unseen_in_trusted"] == ["a", "b", "s", "y"]  # 9 never in trusted
+
+
+def test_scores_do_not_depend_on_the_batch(planted):
+    model, h = planted
+    det = cm.ScrubbingDetector(model, hypothesis=h, resamples=2, random_state=0).fit(planted_data(300, 0, 0, 0.05))
+    x = torch.cat([planted_data(20, 0, 5, 0.05), planted_data(20, 1, 6, 0.05)])
+    batched = det.score(x)
+    # the same trusted sources whatever the batch; only float rounding of batched matmuls differs
+    alone = np.array([det.score(row[None])[0] for row in x[::7]])
+    np.testing.assert_allclose(alone, batched[::7], rtol=1e-5, atol=0.01)
+    np.testing.assert_allclose(det.score(x.flip(0)), batched[::-1], rtol=1e-5, atol=0.01)
+    assert det.explain(x[-1])["score"] == pytest.approx(batched[-1], rel=1e-5)

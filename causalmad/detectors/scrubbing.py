@@ -25,7 +25,7 @@ from causalmad.detectors.base import Detector, register, split_indices
 from causalmad.errors import HypothesisError, InputError, PersistenceError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
 from causalmad.hypothesis import Hypothesis, Readout
-from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_hashes, scrub, seen_values
+from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_keys, scrub, seen_values
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,7 @@ class ScrubbingDetector(Detector):
         family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
         self.pool_.gather([s for e in family for s in e.sites])
 
-        rng = np.random.default_rng(self.random_state)
-        cal_div, cal_unmatched = self._divergences(family, cal[0], cal[1], rng)
+        cal_div, cal_unmatched = self._divergences(family, cal[0], cal[1])
         self.calibration_unmatched_ = int(cal_unmatched.any(1).sum())
         # cells with no agreeing source measure the pool's coverage, not the explanation
         matched = np.where(cal_unmatched, np.nan, cal_div)
@@ -192,10 +191,12 @@ class ScrubbingDetector(Detector):
 
     # ------------------------------------------------------------------ score
     def _divergences(
-        self, family: list[Explanation], x: torch.Tensor, values: list[dict[str, Hashable]], rng: np.random.Generator
+        self, family: list[Explanation], x: torch.Tensor, values: list[dict[str, Hashable]]
     ) -> tuple[np.ndarray, np.ndarray]:
+        # each input's sources depend only on the input, the explanation and the seed, so
+        # a score does not depend on the batch the input is scored in
         clean = clean_log_probs(self.adapter_, x, self.readouts_, self.batch_size)
-        hashes = row_hashes(x)
+        keys = row_keys(x)
         div = np.empty((len(x), len(family)))
         unmatched = np.zeros((len(x), len(family)), dtype=bool)
         from tqdm.auto import tqdm
@@ -203,7 +204,7 @@ class ScrubbingDetector(Detector):
         bar = tqdm(family, desc=f"scrubbing {len(x)} inputs", unit="explanation", disable=not self.progress, leave=False)
         for j, e in enumerate(bar):
             div[:, j], unmatched[:, j] = scrub(self.adapter_, e, x, values, clean, self.pool_, self.readouts_,
-                                               self.resamples, rng, self.batch_size, hashes)
+                                               self.resamples, self.random_state, self.batch_size, keys)
         return div, unmatched
 
     def score_explanations(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -222,9 +223,7 @@ class ScrubbingDetector(Detector):
         self, x: torch.Tensor, values: list[dict[str, Hashable]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[n, E]`` divergences, z-scores and unmatched mask under the valid explanations."""
-        # a fresh generator per call: same seed, same scores, whatever was scored before
-        rng = np.random.default_rng(self.random_state + 1)
-        div, unmatched = self._divergences(self.valid_, x, values, rng)
+        div, unmatched = self._divergences(self.valid_, x, values)
         return div, (div - self.loc_) / self.scale_, unmatched
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
@@ -293,9 +292,8 @@ class ScrubbingDetector(Detector):
                    "trusted_std": float(stats[self.valid_[j].name]["trusted_std_divergence"]),
                    "z": _num(z[j]), "unmatched": bool(unmatched[j])} for j in order[:top]]
         singles = self.variable_explanations_
-        rng = np.random.default_rng(self.random_state + 2)
-        vdiv, vunmatched = self._divergences(singles, x, values, rng) if singles else (np.zeros((1, 0)),) * 2
-        variables = []
+        vdiv, vunmatched = self._divergences(singles, x, values) if singles else (np.zeros((1, 0)),) * 2
+        variables: list[dict[str, Any]] = []
         for j, e in enumerate(singles):
             st = stats[e.name]
             mean, std = float(st["trusted_mean_divergence"]), float(st["trusted_std_divergence"])
