@@ -1,10 +1,21 @@
-"""The ``causalmad`` command line: ``demo`` and ``tasks``."""
+"""The ``causalmad`` command line.
+
+Commands: ``demo`` (train, fit, score, print the results table), ``fit`` (trusted data ->
+detector folder), ``score`` (detector folder + inputs file -> scores file, optional HTML
+report), ``explain`` (one input -> why it scored as it did), ``tasks`` (list).
+
+Exit codes: 0 success; 2 bad usage or bad input (a message says what and where); 3
+``score --fail-on-flag`` flagged at least one input; 1 an unexpected internal error (a bug:
+please report it with the traceback); 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from causalmad.errors import CausalMADError
+from causalmad.errors import CausalMADError, InputError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -79,27 +90,328 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="causalmad", description="Mechanistic anomaly detection by causal scrubbing.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of each step")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train (or load) the default task, fit, score, print the results table")
+# ---------------------------------------------------------------- fit / score / explain
+def _import(spec: str, what: str) -> Any:
+    """``module:attr`` or ``path/to/file.py:attr`` -> the object (a user's own code,
+    named on the command line by the user)."""
+    import importlib
+    import importlib.util
+
+    if ":" not in spec:
+        raise InputError(f"--{what} {spec!r}: use module:function or path/to/file.py:function.")
+    where, attr = spec.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise InputError(f"--{what} {spec!r}: no file {path}.")
+            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert mod_spec is not None and mod_spec.loader is not None
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[path.stem] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise InputError(f"--{what} {spec!r}: cannot import {where!r} ({exc}).") from exc
+    if not hasattr(module, attr):
+        raise InputError(f"--{what} {spec!r}: {where!r} has no {attr!r}.")
+    obj = getattr(module, attr)
+    return obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
+
+
+def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(model, hypothesis, task or None, source record)`` from the command line, or
+    from the source a detector folder records when it is a registered task."""
+    from causalmad.hypothesis import Hypothesis
+    from causalmad.task import load_task
+
+    task_name = getattr(args, "task", None)
+    if args.model is None and task_name is None and source and "task" in source:
+        task_name, args.size, args.seed = source["task"], source["size"], source["seed"]
+    if task_name is not None:
+        if args.model is not None:
+            raise InputError("give either --task or --model, not both.")
+        _say(args, f"task {task_name!r} ({args.size}, seed {args.seed}): training or loading the model ...")
+        task = load_task(task_name, size=args.size, seed=args.seed)
+        return task.model, task.hypothesis, task, {"task": task_name, "size": args.size, "seed": args.seed}
+    if args.model is None:
+        if source and "model" in source:
+            raise InputError(f"this detector was fitted on --model {source['model']}"
+                             + (f" --hypothesis {source['hypothesis']}" if source.get("hypothesis") else "")
+                             + "; pass them again (causalmad runs no code named in a detector folder).")
+        raise InputError("say which model: --task NAME, or --model module:function (with --hypothesis).")
+    model = _import(args.model, "model")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"--model {args.model}: expected a torch.nn.Module, got {type(model).__name__}.")
+    hypothesis = _import(args.hypothesis, "hypothesis") if args.hypothesis else None
+    if hypothesis is not None and not isinstance(hypothesis, Hypothesis):
+        raise InputError(f"--hypothesis {args.hypothesis}: expected a causalmad.Hypothesis, got "
+                         f"{type(hypothesis).__name__}.")
+    return model, hypothesis, None, {"model": args.model, "hypothesis": args.hypothesis}
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {pair!r}: use name=value (value as JSON, e.g. tolerance=0.2).")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from causalmad.detectors import DETECTORS
+    from causalmad.models import TransformerLensAdapter, adapt
+    from causalmad.persistence import save_detector
+
+    if args.detector not in DETECTORS:
+        raise InputError(f"unknown detector {args.detector!r}; known: {sorted(DETECTORS)}.")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputError(f"{out} already exists; pass --force to replace it.")
+    if args.task is not None and args.trusted is not None:
+        raise InputError("--trusted is for --model; a task brings its own trusted inputs.")
+    if args.task is None and args.trusted is None:
+        raise InputError("--model needs --trusted FILE (JSON lines or .npy) with the trusted inputs.")
+    model, hypothesis, task, source = _model_and_hypothesis(args, None)
+    if task is not None:
+        trusted = task.trusted
+    else:  # token ids for transformers, numbers for other modules
+        dtype = "int64" if isinstance(adapt(model), TransformerLensAdapter) else "float32"
+        trusted = _read_any_shape(args.trusted, dtype)
+    cls = DETECTORS[args.detector]
+    kwargs = _params(args.param)
+    if "hypothesis" in inspect.signature(cls).parameters:
+        kwargs.setdefault("hypothesis", hypothesis)
+    if "progress" in inspect.signature(cls).parameters:
+        kwargs.setdefault("progress", not args.quiet)
+    try:
+        det = cls(model, random_state=args.seed, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"--param: {exc}.") from exc
+    _say(args, f"fitting {args.detector} on {len(trusted)} trusted inputs ...")
+    t0 = time.perf_counter()
+    det.fit(trusted)
+    fit_seconds = round(time.perf_counter() - t0, 2)
+    save_detector(det, out, overwrite=args.force, extra={"source": source, "fit_seconds": fit_seconds})
+    _say(args, f"saved {out} (fit {fit_seconds:.0f} s)")
+    return 0
+
+
+def _read_any_shape(path: str, dtype: str) -> torch.Tensor:
+    """Trusted inputs for --model: the shape comes from the file's first input."""
+    from causalmad.inputs import read_inputs
+
+    p = Path(path)
+    if p.suffix == ".npy" and p.is_file():
+        shape = np.load(p, mmap_mode="r", allow_pickle=False).shape[1:]
+    else:
+        first = next((line for line in p.open(encoding="utf-8") if line.strip()), None) if p.is_file() else None
+        try:
+            obj = json.loads(first) if first else []
+        except json.JSONDecodeError:
+            obj = []  # read_inputs reports the line
+        value = obj.get("input", []) if isinstance(obj, dict) else obj
+        shape = np.asarray(value).shape if isinstance(value, list) else ()
+    return read_inputs(path, shape, dtype).inputs
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    from causalmad.persistence import load_detector, read_config
+
+    config = read_config(args.detector_dir)
+    model, hypothesis, _, _ = _model_and_hypothesis(args, config.get("extra", {}).get("source"))
+    return load_detector(args.detector_dir, model, hypothesis), config
+
+
+def _score(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from causalmad.inputs import ScoresWriter, atomic_write, read_inputs, scores_format
+    from causalmad.persistence import read_config
+
+    config = read_config(args.detector_dir)  # a bad folder fails here, before anything runs
+    out = Path(args.out) if args.out else Path(args.inputs).with_suffix(".scores.jsonl")
+    fmt = scores_format(out)
+    if not 0 < args.fpr < 1:
+        raise InputError(f"--fpr must be in (0, 1), got {args.fpr}.")
+    data = read_inputs(args.inputs, config["input_shape"], config["input_dtype"])
+    det, _ = _load(args)
+    _check_rows(det, data, args.inputs)
+    threshold = det.threshold(args.fpr)
+    if hasattr(det, "progress"):
+        det.progress = False
+    scores = np.empty(len(data.inputs))
+    with atomic_write(out) as f:
+        writer = ScoresWriter(f, fmt)
+        bar = tqdm(total=len(data.inputs), desc="scoring", unit="input", disable=args.quiet)
+        for start in range(0, len(data.inputs), args.chunk):
+            part = det.score(data.inputs[start : start + args.chunk])
+            for i, s in enumerate(part, start):
+                scores[i] = s
+                writer.write(i, data.ids[i], s, bool(s > threshold))
+            bar.update(len(part))
+        bar.close()
+    flagged = int((scores > threshold).sum())
+    _say(args, f"wrote {out}: {len(scores)} inputs, {flagged} flagged at FPR {args.fpr} (threshold {threshold:.4g})")
+    if args.report:
+        from causalmad.report import html_report
+
+        with atomic_write(args.report) as f:
+            f.write(html_report(det, data.inputs, scores, data.ids, fpr=args.fpr, top=args.top,
+                                title=f"causalmad report: {Path(args.inputs).name}"))
+        _say(args, f"wrote {args.report}")
+    return 3 if args.fail_on_flag and flagged else 0
+
+
+def _check_rows(det: Any, data: Any, path: str) -> None:
+    """Validate inputs against the model; an error names the first bad line."""
+    try:
+        det._check(data.inputs)
+    except InputError:
+        for row in range(len(data.inputs)):
+            try:
+                det._check(data.inputs[row : row + 1])
+            except InputError as exc:
+                raise InputError(f"{data.where(row, path)}: {exc}") from None
+        raise
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from causalmad.inputs import atomic_write, parse_input, read_inputs
+    from causalmad.persistence import read_config
+
+    config = read_config(args.detector_dir)
+    if (args.input is None) == (args.inputs is None):
+        raise InputError("give the input to explain: --input '[...]' or --inputs FILE --index N.")
+    if args.input is not None:
+        data = parse_input(args.input, config["input_shape"], config["input_dtype"])
+        row = 0
+    else:
+        data = read_inputs(args.inputs, config["input_shape"], config["input_dtype"])
+        row = args.index
+        if not 0 <= row < len(data.inputs):
+            raise InputError(f"--index {row}: {args.inputs} has {len(data.inputs)} inputs (0-based).")
+    det, _ = _load(args)
+    if hasattr(det, "progress"):
+        det.progress = False
+    _check_rows(det, data, args.inputs or "--input")
+    if not hasattr(det, "explain"):
+        raise InputError(f"a {det.name!r} detector does not explain inputs.")
+    why = {"id": data.ids[row], **det.explain(data.inputs[row], top=args.top, fpr=args.fpr)}
+    text = json.dumps(why, indent=2)
+    if args.out:
+        with atomic_write(args.out) as f:
+            f.write(text + "\n")
+    if args.plot:
+        from causalmad.report import explanation_chart
+
+        explanation_chart(why, args.plot)
+    if not args.out or not args.quiet:
+        print(text)
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser, fitting: bool) -> None:
+    g = p.add_argument_group("model" + ("" if fitting else " (only for detectors fitted with --model)"))
+    if fitting:
+        g.add_argument("--task", help="a registered task (see `causalmad tasks`): its model, hypothesis and "
+                       "trusted inputs")
+        g.add_argument("--size", default="full", choices=["full", "tiny"], help="task size (default full)")
+    g.add_argument("--model", help="module:function or file.py:function returning the torch model")
+    g.add_argument("--hypothesis", help="module:function or file.py:function returning the causalmad.Hypothesis")
+
+
+def parser() -> argparse.ArgumentParser:
+    import causalmad
+
+    top = argparse.ArgumentParser(prog="causalmad", description="Mechanistic anomaly detection by causal scrubbing.")
+    top.add_argument("--version", action="version", version=f"causalmad {causalmad.__version__}")
+    top.add_argument("-v", "--verbose", action="store_true", help="log progress of each step")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="train (or load) the default task, fit, score, print the results table")
     demo.add_argument("--task", default="addition-backdoor")
     demo.add_argument("--size", default="full", choices=["full", "tiny"])
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--resamples", type=int, default=4)
     demo.add_argument("--out", default="results/demo.json")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
+
+    fit = sub.add_parser("fit", parents=[common], help="fit a detector on trusted inputs and save it to a folder")
+    _add_model_args(fit, fitting=True)
+    fit.add_argument("--trusted", help="with --model: trusted inputs file (JSON lines or .npy)")
+    fit.add_argument("--detector", default="scrubbing", help="detector name (default scrubbing)")
+    fit.add_argument("--seed", type=int, default=0, help="task seed and detector random_state")
+    fit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="detector argument, value as JSON (repeatable), e.g. --param resamples=8")
+    fit.add_argument("--out", required=True, help="detector folder to write")
+    fit.add_argument("--force", action="store_true", help="replace an existing detector folder")
+    fit.set_defaults(func=_fit)
+
+    score = sub.add_parser("score", parents=[common], help="score an inputs file with a saved detector")
+    score.add_argument("detector_dir", help="folder written by `causalmad fit`")
+    score.add_argument("inputs", help="inputs file: JSON lines (one array, or {\"input\": [...], \"id\": ...} "
+                       "per line) or .npy")
+    score.add_argument("--out", help="scores file, .jsonl or .csv (default: INPUTS with .scores.jsonl)")
+    score.add_argument("--fpr", type=float, default=0.01, help="false-positive rate of the flag (default 0.01)")
+    score.add_argument("--report", help="also write a self-contained HTML report here")
+    score.add_argument("--top", type=int, default=10, help="flagged inputs explained in the report")
+    score.add_argument("--chunk", type=int, default=4096, help="inputs scored per step")
+    score.add_argument("--fail-on-flag", action="store_true", help="exit with code 3 if any input is flagged")
+    _add_model_args(score, fitting=False)
+    score.set_defaults(func=_score)
+
+    explain = sub.add_parser("explain", parents=[common], help="why one input scored as it did (JSON, bar chart)")
+    explain.add_argument("detector_dir")
+    explain.add_argument("--input", help="the input as a JSON array (or an object with an 'input' field)")
+    explain.add_argument("--inputs", help="inputs file to take the input from (with --index)")
+    explain.add_argument("--index", type=int, default=0, help="0-based input number in --inputs")
+    explain.add_argument("--fpr", type=float, default=0.01)
+    explain.add_argument("--top", type=int, default=5, help="explanations listed")
+    explain.add_argument("--out", help="write the JSON here as well")
+    explain.add_argument("--plot", help="write a bar chart (PNG) here")
+    _add_model_args(explain, fitting=False)
+    explain.set_defaults(func=_explain)
+
     tasks = sub.add_parser("tasks", help="list the registered tasks")
-    tasks.set_defaults(func=_tasks)
-    args = parser.parse_args(argv)
+    tasks.set_defaults(func=_tasks, quiet=False)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
+        return int(exc.code or 0)
+    for name in ("task", "size", "seed", "model", "hypothesis"):
+        if not hasattr(args, name):
+            setattr(args, name, None if name != "size" else "full")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.func(args))
     except CausalMADError as exc:
         print(f"causalmad: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("causalmad: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `causalmad explain ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -242,11 +242,9 @@ def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite
     return path
 
 
-def read_folder(path: str | Path) -> tuple[dict[str, Any], Any]:
-    """``(config, decoded state)`` of a detector folder, after checking it is complete."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a detector folder, after checking the folder's shape (cheap:
+    the tensors are not read)."""
     path = Path(path)
     if not path.is_dir():
         raise PersistenceError(f"{path} is not a folder (a saved detector is a folder with {CONFIG} and {STATE}).")
@@ -261,11 +259,22 @@ def read_folder(path: str | Path) -> tuple[dict[str, Any], Any]:
     if config["format_version"] != FORMAT_VERSION:
         raise PersistenceError(f"{path} uses format version {config['format_version']}; this causalmad "
                                f"reads version {FORMAT_VERSION}.")
-    missing = [k for k in ("detector", "params", "state", "state_sha256") if k not in config]
+    missing = [k for k in ("detector", "params", "state", "state_sha256", "input_shape", "input_dtype")
+               if k not in config]
     if missing:
         raise PersistenceError(f"{path / CONFIG} lacks {missing}; the folder is corrupted.")
     if not (path / STATE).exists():
         raise PersistenceError(f"{path} has no {STATE}; the folder is incomplete.")
+    return config
+
+
+def read_folder(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """``(config, decoded state)`` of a detector folder, after checking it is complete."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = read_config(path)
     if _sha256(path / STATE) != config["state_sha256"]:
         raise PersistenceError(f"{path / STATE} does not match the checksum in {CONFIG}: the file is truncated "
                                "or corrupted.")
@@ -273,7 +282,10 @@ def read_folder(path: str | Path) -> tuple[dict[str, Any], Any]:
         tensors = load_file(str(path / STATE))
     except (SafetensorError, OSError) as exc:
         raise PersistenceError(f"{path / STATE} cannot be read ({exc}).") from exc
-    return config, decode(config["state"], tensors)
+    try:
+        return config, decode(config["state"], tensors)
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise PersistenceError(f"{path / CONFIG}: the stored state is malformed ({exc}).") from exc
 
 
 def constructor_params(obj: Any, skip: tuple[str, ...]) -> dict[str, Any]:
@@ -294,6 +306,8 @@ def save_detector(detector: Detector, path: str | Path, overwrite: bool = False,
     config = {
         "detector": detector.name,
         "params": params_json,
+        "input_shape": list(detector.input_shape_),
+        "input_dtype": detector.input_dtype_,
         "model_fingerprint": model_fingerprint(detector.adapter_.model),
         "hypothesis": hypothesis_fingerprint(hyp),
         "extra": extra or {},

@@ -96,6 +96,7 @@ class Detector(ABC):
             adapter.input_shape = tuple(x.shape[1:])  # type: ignore[attr-defined]
         self.adapter_ = adapter
         self.input_shape_ = tuple(x.shape[1:])
+        self.input_dtype_ = str(x.dtype).removeprefix("torch.")
         if u is None:
             self._fit(x)
         else:
