@@ -1,0 +1,184 @@
+"""The command line: fit -> score -> explain on a planted model, and every way an input can be wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PlantedSum, planted_data, sum_hypothesis
+
+import causalmad as cm
+from causalmad.cli import main
+
+CONFTEST = Path(__file__).with_name("conftest.py")
+MODEL = ["--model", f"{CONFTEST}:PlantedSum", "--hypothesis", f"{CONFTEST}:sum_hypothesis"]
+
+
+def write_jsonl(path: Path, rows, ids=None) -> Path:
+    with open(path, "w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps(r if ids is None else {"input": r, "id": ids[i]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A detector folder fitted from the command line, and an untrusted inputs file."""
+    root = tmp_path_factory.mktemp("cli")
+    write_jsonl(root / "trusted.jsonl", planted_data(300, 0, 0, 0.05).tolist())
+    untrusted = torch.cat([planted_data(30, 0, 3, 0.05), planted_data(30, 1, 4, 0.05)])
+    write_jsonl(root / "untrusted.jsonl", untrusted.tolist(), [f"u{i}" for i in range(60)])
+    assert main(["fit", *MODEL, "--trusted", str(root / "trusted.jsonl"), "--param", "resamples=2",
+                 "--out", str(root / "det"), "--quiet"]) == 0
+    return root, untrusted
+
+
+def read_scores(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_fit_score_explain_round_trip(work, tmp_path, capsys):
+    root, untrusted = work
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--quiet"]) == 0
+    rows = read_scores(out)
+    assert [r["index"] for r in rows] == list(range(60)) and [r["id"] for r in rows] == [f"u{i}" for i in range(60)]
+    det = cm.load_detector(root / "det", PlantedSum(), sum_hypothesis())
+    np.testing.assert_allclose([r["score"] for r in rows], det.score(untrusted), rtol=1e-6)
+    flags = np.array([r["flagged"] for r in rows])
+    assert flags[30:].all() and flags[:30].mean() <= 0.1  # the planted backdoor is flagged
+    # --fail-on-flag lets a script stop on anomalies; CSV output by extension
+    csv_out = tmp_path / "scores.csv"
+    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(csv_out),
+                 "--fail-on-flag", "--quiet"]) == 3
+    assert csv_out.read_text().splitlines()[0] == "index,id,score,flagged"
+    capsys.readouterr()
+    assert main(["explain", str(root / "det"), "--inputs", str(root / "untrusted.jsonl"), "--index", "45",
+                 *MODEL, "--plot", str(tmp_path / "why.png"), "--quiet"]) == 0
+    why = json.loads(capsys.readouterr().out)
+    assert why["id"] == "u45" and why["flagged"] and why["broken"][0]["z"] > 10
+    assert why["variables"][0]["variable"] == "s"
+    assert (tmp_path / "why.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["explain", str(root / "det"), "--input", "[3, 4, 0]", *MODEL, "--quiet"]) == 0
+    assert not json.loads(capsys.readouterr().out)["flagged"]
+
+
+def test_npy_inputs_and_default_output_name(work, tmp_path):
+    root, untrusted = work
+    np.save(tmp_path / "batch.npy", untrusted.numpy())
+    assert main(["score", str(root / "det"), str(tmp_path / "batch.npy"), *MODEL, "--quiet"]) == 0
+    rows = read_scores(tmp_path / "batch.scores.jsonl")
+    assert len(rows) == 60 and rows[7]["id"] == 7
+
+
+@pytest.mark.parametrize("line, message", [
+    ('[1.0, 2.0, 0.0', "line 2: not valid JSON"),
+    ('{"inputs": [1.0, 2.0, 0.0]}', r"line 2: unknown field\(s\) \['inputs'\]"),
+    ('{"id": 4}', "line 2: the object has no 'input' field"),
+    ('[1.0, 2.0]', r"line 2: bad input: it has shape \(2,\); the detector takes inputs of shape \(3,\)"),
+    ('[1.0, "2", 0.0]', 'line 2: bad input: it holds "2", not a number'),
+    ('[1.0, NaN, 0.0]', "line 2: bad input: it holds nan"),
+    ('{"input": [1, 2, 0], "id": [1]}', "line 2: 'id' must be a string or a number"),
+    ('"hello"', "line 2: expected a JSON array"),
+])
+def test_malformed_inputs_file_names_the_line(work, tmp_path, capsys, line, message):
+    root, _ = work
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("[1.0, 2.0, 0.0]\n" + line + "\n[3.0, 1.0, 0.0]\n")
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", str(root / "det"), str(bad), *MODEL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("causalmad: error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
+    root, _ = work
+    inputs = str(root / "untrusted.jsonl")
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "det", broken)
+    state = broken / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
+    cases = [
+        (["score", str(broken), inputs, *MODEL], "truncated or corrupted"),
+        (["score", str(tmp_path / "nowhere"), inputs, *MODEL], "is not a folder"),
+        (["score", str(root / "det"), inputs], "pass them again"),
+        (["score", str(root / "det"), str(tmp_path / "missing.jsonl"), *MODEL], "no such file"),
+        (["score", str(root / "det"), inputs, *MODEL, "--fpr", "0"], "fpr must be in"),
+        (["score", str(root / "det"), inputs, *MODEL, "--out", str(tmp_path / "s.txt")], "use a .jsonl or .csv"),
+        (["score", str(root / "det"), inputs, "--model", f"{CONFTEST}:Readoff", "--hypothesis",
+          f"{CONFTEST}:sum_hypothesis"], "different model"),
+        (["score", str(root / "det"), inputs, "--model", f"{CONFTEST}:nothing"], "has no 'nothing'"),
+        (["fit", *MODEL, "--trusted", inputs, "--out", str(root / "det")], "already exists"),
+        (["fit", *MODEL, "--out", str(tmp_path / "d2")], "needs --trusted"),
+        (["fit", "--task", "no-such-task", "--out", str(tmp_path / "d3")], "Unknown task"),
+        (["fit", *MODEL, "--trusted", inputs, "--detector", "magic", "--out", str(tmp_path / "d4")], "unknown detector"),
+        (["fit", *MODEL, "--trusted", inputs, "--param", "colour=3", "--out", str(tmp_path / "d5")], "--param"),
+        (["explain", str(root / "det"), *MODEL], "give the input to explain"),
+        (["explain", str(root / "det"), "--inputs", inputs, "--index", "99", *MODEL], "has 60 inputs"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert main(["score"]) == 2  # argparse usage error
+    assert main(["--version"]) == 0
+
+
+def test_scoring_that_fails_halfway_leaves_no_output(work, tmp_path, monkeypatch):
+    root, _ = work
+    out = tmp_path / "scores.jsonl"
+    out.write_text("previous results\n")
+    calls = []
+    original = cm.ScrubbingDetector.score
+
+    def flaky(self, x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return original(self, x)
+
+    monkeypatch.setattr(cm.ScrubbingDetector, "score", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--chunk", "20",
+              "--quiet"])
+    assert out.read_text() == "previous results\n"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.jsonl"]  # no partial file left
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_a_headless_browser(work, tmp_path):
+    if chromium() is None:
+        if os.environ.get("CAUSALMAD_REQUIRE_BROWSER"):
+            pytest.fail("CAUSALMAD_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium (apt-get install chromium); .ci/run installs it")
+    root, _ = work
+    report = tmp_path / "report.html"
+    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out",
+                 str(tmp_path / "s.jsonl"), "--report", str(report), "--top", "3", "--quiet"]) == 0
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2000"]
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    for anchor in ("id=\"histogram\"", "id=\"flagged\"", "id=\"alignment\"", "id=\"explanations\"",
+                   "Top flagged inputs (3 of", "variable scrubbed alone", "data:image/png;base64,"):
+        assert anchor in dom, anchor
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    blue = (np.abs(pixels - np.array([44, 127, 184])).sum(-1) < 60).sum()  # histogram and share bars drawn
+    red = (np.abs(pixels - np.array([192, 57, 43])).sum(-1) < 60).sum()  # threshold line and flag count
+    assert blue > 500 and red > 50, (blue, red)
