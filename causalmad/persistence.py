@@ -177,7 +177,7 @@ def hypothesis_fingerprint(hypothesis: Hypothesis | None) -> dict[str, Any] | No
     gives the stored trusted inputs the values it gave them at fit time.)"""
     if hypothesis is None:
         return None
-    return {
+    fingerprint = {
         "name": hypothesis.name,
         "variables": {
             v: {"kind": hypothesis.kind(v), "parents": hypothesis.parents(v),
@@ -185,6 +185,7 @@ def hypothesis_fingerprint(hypothesis: Hypothesis | None) -> dict[str, Any] | No
             for v in hypothesis.variables
         },
     }
+    return json.loads(json.dumps(fingerprint))  # as stored: tuples become lists
 
 
 def _sha256(path: Path) -> str:

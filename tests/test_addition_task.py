@@ -89,3 +89,27 @@ def test_das_learns_a_one_dimensional_subspace_for_the_top_carry(task):
     random_direction = torch.nn.functional.normalize(torch.randn(64, 1, generator=torch.Generator().manual_seed(0)), dim=0)
     assert iia(site) >= 0.95
     assert iia(where.with_basis(random_direction, "random")) < 0.5  # the learned direction is what matters
+
+
+def test_cli_fit_then_score_on_the_task_model_matches_a_reloaded_detector(task, tmp_path):
+    """The transformer round trip: fit from the command line (the folder records the task,
+    so scoring needs no --model), then the same folder loaded in-process scores the same."""
+    folder = tmp_path / "det"
+    assert main(["fit", "--task", "addition-backdoor", "--size", "tiny", "--param", "resamples=1",
+                 "--out", str(folder), "--quiet"]) == 0
+    split = task.splits["easy"]
+    pick = np.r_[np.flatnonzero(split.labels == 0)[:20], np.flatnonzero(split.labels == 1)[:20]]
+    x = split.inputs[torch.as_tensor(pick)]
+    with open(tmp_path / "batch.jsonl", "w") as f:
+        for row in x.tolist():
+            f.write(json.dumps(row) + "\n")
+    assert main(["score", str(folder), str(tmp_path / "batch.jsonl"), "--quiet"]) == 0
+    scores = [json.loads(line)["score"] for line in (tmp_path / "batch.scores.jsonl").read_text().splitlines()]
+    det = cm.load_detector(folder, task.model, task.hypothesis)
+    np.testing.assert_allclose(scores, det.score(x), rtol=1e-5)
+    assert np.mean(scores[20:]) > np.mean(scores[:20])
+    with pytest.raises(cm.PersistenceError, match="different model"):
+        other = cm.load_task("addition-backdoor", size="tiny", seed=0).model
+        with torch.no_grad():
+            next(other.parameters()).add_(1e-3)
+        cm.load_detector(folder, other, task.hypothesis)
