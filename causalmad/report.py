@@ -151,14 +151,16 @@ def html_report(
     parts.append(f"<h2 id='flagged'>Top flagged inputs ({len(order)} of {int(flagged.sum())})</h2>")
     if not order:
         parts.append("<p>No input scored above the threshold.</p>")
-    explains = hasattr(detector, "explain") and hasattr(detector, "variable_explanations_")
     for rank, i in enumerate(order, 1):
         row = inputs[i].tolist()
         parts.append(f"<h3>#{rank}: input {i} (id {html.escape(str(ids[i]))}) — score {scores[i]:.4g}</h3>"
                      f"<p><code>{html.escape(str(row))}</code></p>")
-        if not explains:
-            continue
         why = detector.explain(inputs[i], top=5, fpr=fpr)
+        if why.get("sites"):
+            parts.append(_table(["site", "z"], [[html.escape(str(s_["site"])), _fmt(s_["z"])] for s_ in why["sites"]],
+                                "sites"))
+        if "broken" not in why:
+            continue
         parts.append(_table(["explanation that broke", "family", "divergence (nats)", "trusted mean", "z"],
                             [[html.escape(b["explanation"]), b["family"], _fmt(b["divergence"]),
                               _fmt(b["trusted_mean"]), _fmt(b["z"])] for b in why["broken"]], "broken"))

@@ -121,6 +121,25 @@ class Detector(ABC):
         t = self.threshold(fpr)
         return self.score(inputs) > t
 
+    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = 0.01) -> dict[str, Any]:
+        """Why one input scored as it did, as JSON-ready data: ``score``, ``threshold``
+        (at ``fpr``) and ``flagged``, plus what the detector can say about its parts
+        (:meth:`_explain_parts`: the scrubbing detector's broken explanations and
+        variables, an activation detector's per-site scores)."""
+        x = torch.as_tensor(example)
+        x = x.unsqueeze(0) if x.ndim == len(getattr(self, "input_shape_", ())) else x
+        if len(x) != 1:
+            raise InputError(f"explain takes one input, got a batch of {len(x)}.")
+        x = self._check(x)
+        threshold = self.threshold(fpr)
+        score = float(self._score(x)[0])
+        return {"score": score, "threshold": threshold, "fpr": fpr, "flagged": bool(score > threshold),
+                **self._explain_parts(x, top)}
+
+    def _explain_parts(self, x: torch.Tensor, top: int) -> dict[str, Any]:
+        """Detector-specific parts of :meth:`explain` for one validated input."""
+        return {}
+
     # persistence --------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the fitted detector to the folder ``path`` (``config.json`` +
