@@ -18,6 +18,7 @@ Two adapters ship:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,40 @@ class ModelAdapter(ABC):
 
             cache[hook] = int(capture(self, example[:1], [Site(hook)])[0].shape[-1])
         return cache[hook]
+
+    def resume_point(self, hooks: Sequence[str]) -> str | None:
+        """A hook before every hook in ``hooks`` from whose output the model can run on
+        (:meth:`run_from`), or ``None`` to run from the start. Scrubbing caches that
+        output once per input and reruns only the rest of the network."""
+        return None
+
+    def run_from(self, point: str, act: torch.Tensor) -> torch.Tensor:
+        """Logits of the model run on from :meth:`resume_point` ``point``'s output ``act``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume from {point!r}.")
+
+    def activation_bytes_per_row(self, example: torch.Tensor) -> int:
+        """Bytes of every leaf module's output in one forward pass on one input: an upper
+        bound on what one more row in a batch costs (memory budgets use it)."""
+        if self._row_bytes is None:
+            total = [0]
+
+            def count(_m: nn.Module, _a: object, out: object) -> None:
+                t = out[0] if isinstance(out, (tuple, list)) and out else out
+                if isinstance(t, torch.Tensor):
+                    total[0] += t.numel() * t.element_size()
+
+            leaves = [m for m in self.model.modules() if not list(m.children())]
+            handles = [m.register_forward_hook(count) for m in leaves]
+            try:
+                with torch.no_grad():
+                    self.forward(example[:1].to(self.device))
+            finally:
+                for h in handles:
+                    h.remove()
+            self._row_bytes = max(total[0], 1)
+        return self._row_bytes
+
+    _row_bytes: int | None = None
 
     def run(self, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Plain forward in chunks, no gradients; returns logits on the CPU."""
@@ -198,6 +233,23 @@ class TransformerLensAdapter(ModelAdapter):
     def final_hook(self) -> str:
         return f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"
 
+    def resume_point(self, hooks: Sequence[str]) -> str | None:
+        layers = []
+        for h in hooks:
+            parts = h.split(".")
+            if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+                return None  # embeddings, final norm: run from the start
+            layers.append(int(parts[1]))
+        return f"blocks.{min(layers)}.hook_resid_pre" if layers else None
+
+    def run_from(self, point: str, act: torch.Tensor) -> torch.Tensor:
+        layer = int(point.split(".")[1])
+        x = act
+        for block in self.model.blocks[layer:]:  # type: ignore[index]
+            x = block(x)
+            x = x[0] if isinstance(x, tuple) else x
+        return self.model.unembed(self.model.ln_final(x))  # type: ignore[operator]
+
     def head_width(self, hook: str) -> int:
         return int(self.cfg.d_head) if hook.endswith("attn.hook_z") else 0
 
@@ -245,6 +297,18 @@ class ModuleAdapter(ModelAdapter):
 
     def final_hook(self) -> str:
         return self._hooks[-2] if len(self._hooks) > 1 else self._hooks[-1]
+
+    def resume_point(self, hooks: Sequence[str]) -> str | None:
+        # an nn.Sequential runs on from any child: start at the earliest patched child,
+        # fed with the previous child's cached output
+        heads = [h.split(".")[0] for h in hooks]
+        if not isinstance(self.model, nn.Sequential) or not heads or not all(h.isdigit() for h in heads):
+            return None
+        first = min(int(h) for h in heads)
+        return str(first - 1) if first > 0 else None
+
+    def run_from(self, point: str, act: torch.Tensor) -> torch.Tensor:
+        return self.model[int(point) + 1 :](act)  # type: ignore[index]
 
 
 def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:

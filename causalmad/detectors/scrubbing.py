@@ -25,7 +25,7 @@ from causalmad.detectors.base import Detector, register, split_indices
 from causalmad.errors import HypothesisError, InputError, PersistenceError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
 from causalmad.hypothesis import Hypothesis, Readout
-from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_keys, scrub, seen_values
+from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_keys, scrub_many, seen_values
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ class ScrubbingDetector(Detector):
         readouts: outputs to compare when there is no hypothesis (default: last position).
         split: fractions of trusted inputs for pool, alignment, calibration, threshold.
         min_scale: floor on each explanation's trusted divergence spread when standardising.
-        batch_size: rows per scrubbed forward pass.
+        batch_size: most rows per scrubbed forward pass (fewer if ``memory_mb`` says so).
+        memory_mb: memory budget of scoring (MiB): inputs are processed in chunks and
+            passes capped so that cached activations plus one pass stay under it.
         random_state: seed of every random choice.
         progress: show a progress bar over explanations (off by default; on in the CLI).
 
@@ -94,6 +96,7 @@ class ScrubbingDetector(Detector):
         split: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2),
         min_scale: float = 1e-3,
         batch_size: int = 1024,
+        memory_mb: float = 2048.0,
         random_state: int = 0,
         progress: bool = False,
     ) -> None:
@@ -109,6 +112,7 @@ class ScrubbingDetector(Detector):
         self.split = split
         self.min_scale = min_scale
         self.batch_size = batch_size
+        self.memory_mb = memory_mb
         self.progress = progress
 
     # ------------------------------------------------------------------ fit
@@ -120,6 +124,8 @@ class ScrubbingDetector(Detector):
             self.hypothesis.validate()
         if self.resamples < 1:
             raise InputError(f"resamples must be >= 1, got {self.resamples}.")
+        if not self.memory_mb > 0 or self.batch_size < 1:
+            raise InputError(f"memory_mb must be > 0 and batch_size >= 1, got {self.memory_mb} and {self.batch_size}.")
         if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
         super().fit(trusted, untrusted)
@@ -196,16 +202,9 @@ class ScrubbingDetector(Detector):
         # each input's sources depend only on the input, the explanation and the seed, so
         # a score does not depend on the batch the input is scored in
         clean = clean_log_probs(self.adapter_, x, self.readouts_, self.batch_size)
-        keys = row_keys(x)
-        div = np.empty((len(x), len(family)))
-        unmatched = np.zeros((len(x), len(family)), dtype=bool)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(family, desc=f"scrubbing {len(x)} inputs", unit="explanation", disable=not self.progress, leave=False)
-        for j, e in enumerate(bar):
-            div[:, j], unmatched[:, j] = scrub(self.adapter_, e, x, values, clean, self.pool_, self.readouts_,
-                                               self.resamples, self.random_state, self.batch_size, keys)
-        return div, unmatched
+        return scrub_many(self.adapter_, family, x, values, clean, self.pool_, self.readouts_, self.resamples,
+                          seed=self.random_state, batch_size=self.batch_size, keys=row_keys(x),
+                          memory_mb=self.memory_mb, progress=self.progress)
 
     def score_explanations(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Standardised divergence of every input under every valid explanation.
