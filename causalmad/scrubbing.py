@@ -250,24 +250,16 @@ def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Seque
 
 
 # ---------------------------------------------------------------------- the batched engine
-@dataclass
-class _Plan:
-    """One explanation's scrub of a chunk of inputs: per rule, ``[n, k]`` source indices."""
-
-    column: int
-    explanation: Explanation
-    sources: list[np.ndarray]
-
-
-def _budget_rows(adapter: ModelAdapter, example: torch.Tensor, plans: Sequence[_Plan], pool: SourcePool,
-                 memory_mb: float, cache_per_input: int, n: int, batch_size: int) -> tuple[int, int]:
-    """``(inputs per chunk, rows per forward pass)`` keeping the resume cache plus one
-    pass's activations and patch values under ``memory_mb``."""
+def _budget(adapter: ModelAdapter, example: torch.Tensor, explanations: Sequence[Explanation], pool: SourcePool,
+            memory_mb: float, per_input: int, n: int, batch_size: int) -> tuple[int, int]:
+    """``(inputs per chunk, rows per forward pass)`` keeping one chunk's cached
+    activations and source indices (``per_input`` bytes each) plus one pass's activations
+    and patch values under ``memory_mb``."""
     budget = memory_mb * 2**20
-    patch = max((sum(pool.acts(s).shape[1:].numel() * 4 for s in p.explanation.sites) for p in plans), default=0)
+    patch = max((sum(pool.acts(s).shape[1:].numel() * 4 for s in e.sites) for e in explanations), default=0)
     per_row = adapter.activation_bytes_per_row(example) + patch
     rows = int(max(1, min(batch_size, budget // 2 // per_row)))
-    chunk = int(max(1, min(n, (budget - rows * per_row) // max(cache_per_input, 1)))) if cache_per_input else n
+    chunk = int(max(1, min(n, (budget - rows * per_row) // max(per_input, 1))))
     return chunk, rows
 
 
@@ -297,8 +289,9 @@ def scrub_many(
     * the ``n × k`` rows of many explanations share one forward pass: each hook patches
       each explanation's contiguous block of rows with its own sources and subspace;
     * trusted source activations come from the pool, gathered once at fit time;
-    * inputs are processed in chunks, and rows per pass are capped, so that the resume
-      cache plus one pass stay under ``memory_mb``.
+    * inputs are processed in chunks, and rows per pass are capped, so that a chunk's
+      cached activations and source indices plus one pass stay under ``memory_mb``
+      whatever ``n``, ``E`` and ``k`` are.
 
     Returns:
         ``[n, E]`` divergences (mean over ``resamples``; NaN where a rule found no agreeing
@@ -311,52 +304,47 @@ def scrub_many(
     keys = row_keys(inputs) if keys is None else keys
     div = np.zeros((n, n_expl))
     unmatched = np.zeros((n, n_expl), dtype=bool)
-    gap = np.zeros((n, n_expl), dtype=bool)
-    groups: dict[str | None, list[_Plan]] = {}
-    for j, e in enumerate(explanations):
-        sources = []
-        for r, rule in enumerate(e.resamples):
-            idx, miss, rule_gap = pool.sample(rule.match, values, keys, k, f"{seed}|{e.name}|{r}")
-            sources.append(idx)
-            unmatched[:, j] |= miss
-            gap[:, j] |= rule_gap
-        point = adapter.resume_point([s.hook for s in e.sites])
-        groups.setdefault(point, []).append(_Plan(j, e, sources))
     if n == 0 or n_expl == 0:
         return div, unmatched
+    groups: dict[str | None, list[int]] = {}
+    for j, e in enumerate(explanations):
+        groups.setdefault(adapter.resume_point([s.hook for s in e.sites]), []).append(j)
     points = [p for p in groups if p is not None]
     example = inputs[:1]
-    cache_per_input = 0
+    per_input = 8 * k * sum(len(e.resamples) for e in explanations)  # source indices
     if points:
-        cache_per_input = sum(a[0].numel() * a.element_size() for a in _capture_raw(adapter, example, points))
-    plans = [p for g in groups.values() for p in g]
-    chunk, rows_per_pass = _budget_rows(adapter, example, plans, pool, memory_mb, cache_per_input, n, batch_size)
-    total_rows = n * k * n_expl
-    bar = tqdm(total=total_rows, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
+        per_input += sum(a[0].numel() * a.element_size() for a in _capture_raw(adapter, example, points))
+    chunk, rows_per_pass = _budget(adapter, example, explanations, pool, memory_mb, per_input, n, batch_size)
+    bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
                disable=not progress, leave=False)
     projections: dict[int, torch.Tensor | None] = {}
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
-        x = inputs[a:b]
+        m, x = b - a, inputs[a:b]
+        # each input's sources depend on its key only, so chunking does not change them
+        sources: dict[int, list[np.ndarray]] = {}
+        gap = np.zeros((m, n_expl), dtype=bool)
+        for j, e in enumerate(explanations):
+            sources[j] = []
+            for r, rule in enumerate(e.resamples):
+                idx, miss, rule_gap = pool.sample(rule.match, values[a:b], keys[a:b], k, f"{seed}|{e.name}|{r}")
+                sources[j].append(idx)
+                unmatched[a:b, j] |= miss
+                gap[:, j] |= rule_gap
         cache = dict(zip(points, _capture_raw(adapter, x, points))) if points else {}
-        for point, group in groups.items():
-            # rows of this group, ordered explanation-major: (plan, local input, resample)
-            m = b - a
-            plan_of = np.repeat(np.arange(len(group)), m * k)
-            local = np.tile(np.repeat(np.arange(m), k), len(group))
-            res = np.tile(np.arange(k), len(group) * m)
-            for s in range(0, len(plan_of), rows_per_pass):
-                sl = slice(s, min(len(plan_of), s + rows_per_pass))
-                p_rows, i_rows, k_rows = plan_of[sl], local[sl], res[sl]
+        for point, columns in groups.items():
+            # rows of this group, explanation-major: row r is (columns[r // (m k)], input (r // k) % m, resample r % k)
+            for s in range(0, len(columns) * m * k, rows_per_pass):
+                rows = np.arange(s, min(len(columns) * m * k, s + rows_per_pass))
+                p_rows, i_rows, k_rows = rows // (m * k), (rows // k) % m, rows % k
                 tokens = x[torch.as_tensor(i_rows)]
                 by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
                 starts = np.flatnonzero(np.r_[True, p_rows[1:] != p_rows[:-1]])
-                ends = np.r_[starts[1:], len(p_rows)]
-                for st, en in zip(starts, ends):
-                    plan = group[p_rows[st]]
+                for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):
+                    j = columns[p_rows[st]]
                     seg = slice(int(st), int(en))
-                    ii, kk = i_rows[st:en] + a, k_rows[st:en]
-                    for rule, src in zip(plan.explanation.resamples, plan.sources):
+                    ii, kk = i_rows[st:en], k_rows[st:en]
+                    for rule, src in zip(explanations[j].resamples, sources[j]):
                         vals = pool.acts(rule.site)[torch.as_tensor(src[ii, kk])]
                         by_hook.setdefault(rule.site.hook, []).append(
                             (seg, rule.site, vals, rule.site.position_index(tokens[seg])))
@@ -364,11 +352,10 @@ def scrub_many(
                 scrubbed = readout_log_probs(readouts, logits)
                 clean = [c[torch.as_tensor(i_rows + a)].to(logits.device) for c in clean_logprobs]
                 kl = kl_divergence(clean, scrubbed).cpu().double().numpy()
-                cols = np.array([group[q].column for q in p_rows])
-                np.add.at(div, (i_rows + a, cols), kl / k)
-                bar.update(len(p_rows))
+                np.add.at(div, (i_rows + a, np.asarray(columns)[p_rows]), kl / k)
+                bar.update(len(rows))
+        div[a:b][gap] = np.nan
     bar.close()
-    div[gap] = np.nan
     return div, unmatched
 
 
