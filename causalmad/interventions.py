@@ -233,25 +233,30 @@ def _projector_class():  # noqa: ANN202 - built lazily, once: importing pyvene i
 
 
 def interchange_pyvene(
-    adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor, site: Site | Sequence[Site]
+    adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor | Sequence[torch.Tensor],
+    site: Site | Sequence[Site],
 ) -> torch.Tensor:
     """Run ``base`` with ``site`` (or every site of a group) taken from ``source`` (row i
-    from row i), via pyvene.
+    from row i), via pyvene. ``source`` may also be one tensor per site.
 
     Sites without a position axis (plain ``nn.Module`` models) go through
     :func:`run_patched`, since pyvene's unit locations index a position axis.
     """
     sites = [site] if isinstance(site, Site) else list(site)
+    sources = [source] * len(sites) if isinstance(source, torch.Tensor) else list(source)
+    if len(sources) != len(sites):
+        raise CausalMADError(f"{len(sources)} source tensors for {len(sites)} sites.")
     if not adapter.has_positions or any(s.positions is None for s in sites):
-        values = capture(adapter, source, sites)
+        values = [capture(adapter, src, [s])[0] for s, src in zip(sites, sources)]
         return run_patched(adapter, base, [Patch(s, v) for s, v in zip(sites, values)])
     pv = import_pyvene()
 
     for s in sites:
         adapter.module(s.hook)  # clear error for unknown names before pyvene sees them
-    x, src = base.to(adapter.device), source.to(adapter.device)
+    x = base.to(adapter.device)
+    srcs = [src.to(adapter.device) for src in sources]
     representations, base_locs, src_locs = [], [], []
-    for s in sites:
+    for s, src in zip(sites, srcs):
         pos_b, pos_s = positions_of(s, x), positions_of(s, src)
         proj = s.projection(adapter.width(s.hook, x), adapter.head_width(s.hook))
         representations.append({
@@ -266,6 +271,6 @@ def interchange_pyvene(
     with preserved_training_state(adapter.model):
         model = pv.IntervenableModel(config, _PyveneModel(adapter))
         with torch.no_grad():
-            _, out = model({"input_ids": x}, [{"input_ids": src}] * len(sites),
+            _, out = model({"input_ids": x}, [{"input_ids": src} for src in srcs],
                            unit_locations={"sources->base": (src_locs, base_locs)})
     return out

@@ -1,0 +1,199 @@
+"""Speed and memory of the scrubbing engine (figures for docs/performance.md).
+
+    python scripts/bench_speed.py --size full --repeats 5 --out results/speed.json
+
+Measures, on the default task (the backdoored addition transformer), with a scrubbing
+detector fitted once and saved:
+
+* overhead ratio: seconds per scrubbed forward row (N inputs x E valid explanations x K
+  resamples, the engine) over seconds per plain forward row of the same model, batch size
+  and device;
+* versus naive: the same divergences computed one explanation and one resample at a
+  time through pyvene ``IntervenableModel`` calls (``interchange_pyvene``), on a subset of
+  explanations; speed-up and the largest difference between the two;
+* scaling: wall time and peak memory (max RSS of a fresh process) as N, E and K each grow
+  10x, under a memory budget;
+* end to end: fit + score of the task's easy split.
+
+Every figure is the median of ``--repeats`` runs (min-max spread beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import causalmad as cm
+from causalmad.interventions import interchange_pyvene
+from causalmad.scrubbing import clean_log_probs, kl_divergence, readout_log_probs, row_keys, scrub_many
+
+
+def spread(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
+
+
+def timed(fn, repeats: int) -> tuple[list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def fitted(size: str, folder: Path, seed: int = 0):
+    task = cm.load_task("addition-backdoor", size=size, seed=seed)
+    if (folder / "config.json").exists():
+        try:
+            return task, cm.load_detector(folder, task.model, task.hypothesis)
+        except cm.PersistenceError:
+            pass
+    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=seed).fit(task.trusted)
+    det.save(folder, overwrite=True)
+    return task, det
+
+
+def engine(det, x, family, k, memory_mb=2048.0):
+    values = det._values(x)
+    clean = clean_log_probs(det.adapter_, x, det.readouts_, det.batch_size)
+    return scrub_many(det.adapter_, family, x, values, clean, det.pool_, det.readouts_, k, seed=det.random_state,
+                      batch_size=det.batch_size, keys=row_keys(x), memory_mb=memory_mb)[0]
+
+
+def naive(det, x, family, k):
+    """One pyvene call per explanation and resample; the engine's sources."""
+    ad, values, keys = det.adapter_, det._values(x), row_keys(x)
+    clean = clean_log_probs(ad, x, det.readouts_, det.batch_size)
+    div = np.zeros((len(x), len(family)))
+    for j, e in enumerate(family):
+        srcs = [det.pool_.sample(rule.match, values, keys, k, f"{det.random_state}|{e.name}|{r}")[0]
+                for r, rule in enumerate(e.resamples)]
+        for kk in range(k):
+            sources = [det.pool_.inputs[torch.as_tensor(s[:, kk])] for s in srcs]
+            logits = interchange_pyvene(ad, x, sources, e.sites)
+            div[:, j] += kl_divergence(clean, readout_log_probs(det.readouts_, logits)).double().numpy() / k
+    return div
+
+
+def child(args: argparse.Namespace) -> None:
+    """One scaling point in a fresh process: load the detector, scrub, report time and peak RSS."""
+    task = cm.load_task("addition-backdoor", size=args.size, seed=0)
+    det = cm.load_detector(args.folder, task.model, task.hypothesis)
+    x = task.splits["easy"].inputs
+    x = x[torch.arange(args.n) % len(x)]
+    family = (det.valid_ * (args.e // len(det.valid_) + 1))[: args.e]
+    engine(det, x[:2], family[:1], 1)  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    engine(det, x, family, args.k, args.budget)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"n": args.n, "e": args.e, "k": args.k, "seconds": seconds, "rss_before_mb": before,
+                      "peak_rss_mb": peak}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="full", choices=["full", "tiny"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--n", type=int, default=200, help="inputs for the overhead and naive comparisons")
+    p.add_argument("--naive-explanations", type=int, default=16)
+    p.add_argument("--budget", type=float, default=512.0, help="memory budget (MiB) of the scaling runs")
+    p.add_argument("--e2e-repeats", type=int, default=3)
+    p.add_argument("--folder", default="results/speed-detector")
+    p.add_argument("--out", default="results/speed.json")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--e", type=int, default=12, help=argparse.SUPPRESS)
+    p.add_argument("--k", type=int, default=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    torch.manual_seed(0)
+    out: dict[str, object] = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+                   f"{torch.__version__}, {torch.get_num_threads()} threads, device cpu",
+    }
+    task, det = fitted(args.size, Path(args.folder))
+    ad, k = det.adapter_, det.resamples
+    x = task.splits["easy"].inputs[: args.n]
+    family = det.valid_
+    rows = len(x) * len(family) * k
+    print(f"{len(family)} valid explanations, N={len(x)}, K={k}: {rows} scrubbed rows per run", flush=True)
+
+    # overhead ratio
+    plain_x = x[torch.arange(rows) % len(x)]
+
+    def plain() -> None:
+        with torch.no_grad():
+            for s in range(0, rows, det.batch_size):
+                ad.forward(plain_x[s : s + det.batch_size])
+
+    t_plain, _ = timed(plain, args.repeats)
+    t_scrub, _ = timed(lambda: engine(det, x, family, k), args.repeats)
+    ratios = [s / q for s, q in zip(t_scrub, t_plain)]
+    out["overhead"] = {"rows": rows, "batch_size": det.batch_size, "plain_seconds": spread(t_plain),
+                       "scrub_seconds": spread(t_scrub), "plain_rows_per_s": rows / statistics.median(t_plain),
+                       "scrub_rows_per_s": rows / statistics.median(t_scrub), "ratio": spread(ratios)}
+    print(json.dumps(out["overhead"]), flush=True)
+
+    # versus naive pyvene, on a subset of explanations
+    sub = family[: args.naive_explanations]
+    t_fast, fast = timed(lambda: engine(det, x, sub, k), args.repeats)
+    t_naive, slow = timed(lambda: naive(det, x, sub, k), max(1, args.repeats // 2))
+    out["naive"] = {"n": len(x), "explanations": len(sub), "k": k, "engine_seconds": spread(t_fast),
+                    "naive_pyvene_seconds": spread(t_naive),
+                    "speedup": statistics.median(t_naive) / statistics.median(t_fast),
+                    "max_abs_difference": float(np.nanmax(np.abs(np.asarray(fast) - np.asarray(slow)))),
+                    "max_divergence": float(np.nanmax(np.asarray(slow)))}
+    print(json.dumps(out["naive"]), flush=True)
+
+    # scaling, each point in a fresh process for an honest peak RSS
+    base = {"n": 40, "e": 12, "k": 2}
+    points = [base, {**base, "n": 400}, {**base, "e": 120}, {**base, "k": 20}]
+    scaling = []
+    for pt in points:
+        runs = []
+        for _ in range(max(1, args.repeats // 2)):
+            cmd = [sys.executable, __file__, "--child", "--size", args.size, "--folder", args.folder,
+                   "--budget", str(args.budget), "--n", str(pt["n"]), "--e", str(pt["e"]), "--k", str(pt["k"])]
+            runs.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+                                   .splitlines()[-1]))
+        scaling.append({**pt, "rows": pt["n"] * pt["e"] * pt["k"], "seconds": spread([r["seconds"] for r in runs]),
+                        "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]),
+                        "rss_before_mb": spread([r["rss_before_mb"] for r in runs]), "budget_mb": args.budget})
+        print(json.dumps(scaling[-1]), flush=True)
+    out["scaling"] = scaling
+
+    # end to end: fit + score of the easy split
+    fits, scores = [], []
+    for _ in range(args.e2e_repeats):
+        d = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=0)
+        t0 = time.perf_counter()
+        d.fit(task.trusted)
+        fits.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        d.score(task.splits["easy"].inputs)
+        scores.append(time.perf_counter() - t0)
+    out["end_to_end"] = None if not fits else {"n_trusted": len(task.trusted), "n_scored": len(task.splits["easy"].inputs),
+                         "fit_seconds": spread(fits), "score_seconds": spread(scores),
+                         "total_seconds": spread([f + s for f, s in zip(fits, scores)])}
+    print(json.dumps(out["end_to_end"]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
