@@ -120,9 +120,23 @@ def _import(spec: str, what: str) -> Any:
     return obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
 
 
+def _device(name: str) -> torch.device:
+    """The device the user chose (``--device``), checked before anything runs."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"--device {name!r}: not a device name (cpu, cuda, cuda:1, ...).") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: causalmad runs on cpu or cuda.")
+    return device
+
+
 def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(model, hypothesis, task or None, source record)`` from the command line, or
     from the source a detector folder records when it is a registered task."""
+    device = _device(args.device)  # checked before any expensive work
     from causalmad.hypothesis import Hypothesis
     from causalmad.task import load_task
 
@@ -134,6 +148,7 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
             raise InputError("give either --task or --model, not both.")
         _say(args, f"task {task_name!r} ({args.size}, seed {args.seed}): training or loading the model ...")
         task = load_task(task_name, size=args.size, seed=args.seed)
+        task.model.to(device)
         return task.model, task.hypothesis, task, {"task": task_name, "size": args.size, "seed": args.seed}
     if args.model is None:
         if source and "model" in source:
@@ -148,6 +163,7 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
     if hypothesis is not None and not isinstance(hypothesis, Hypothesis):
         raise InputError(f"--hypothesis {args.hypothesis}: expected a causalmad.Hypothesis, got "
                          f"{type(hypothesis).__name__}.")
+    model.to(device)
     return model, hypothesis, None, {"model": args.model, "hypothesis": args.hypothesis}
 
 
@@ -330,6 +346,7 @@ def _add_model_args(p: argparse.ArgumentParser, fitting: bool) -> None:
         g.add_argument("--size", default="full", choices=["full", "tiny"], help="task size (default full)")
     g.add_argument("--model", help="module:function or file.py:function returning the torch model")
     g.add_argument("--hypothesis", help="module:function or file.py:function returning the causalmad.Hypothesis")
+    g.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -397,9 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return int(exc.code or 0)
-    for name in ("task", "size", "seed", "model", "hypothesis"):
+    for name, default in (("task", None), ("size", "full"), ("seed", None), ("model", None), ("hypothesis", None),
+                          ("device", "cpu")):
         if not hasattr(args, name):
-            setattr(args, name, None if name != "size" else "full")
+            setattr(args, name, default)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.func(args))

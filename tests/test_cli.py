@@ -123,6 +123,7 @@ def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
         (["fit", *MODEL, "--trusted", inputs, "--detector", "magic", "--out", str(tmp_path / "d4")], "unknown detector"),
         (["fit", *MODEL, "--trusted", inputs, "--param", "colour=3", "--out", str(tmp_path / "d5")], "--param"),
         (["explain", str(root / "det"), *MODEL], "give the input to explain"),
+        (["score", str(root / "det"), inputs, *MODEL, "--device", "nonsense"], "not a device name"),
         (["explain", str(root / "det"), "--inputs", inputs, "--index", "99", *MODEL], "has 60 inputs"),
     ]
     for argv, message in cases:

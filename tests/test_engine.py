@@ -78,3 +78,22 @@ def test_run_from_a_block_equals_the_full_forward(tiny_bridge, layer):
     with torch.no_grad():
         resumed = adapter.run_from(point, _capture_raw(adapter, x, [point])[0])
         torch.testing.assert_close(resumed, adapter.forward(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_engine_on_cuda_matches_cpu(tiny_bridge):
+    import copy
+
+    adapter = cm.adapt(tiny_bridge)
+    g = torch.Generator().manual_seed(0)
+    pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (10, 11), generator=g)
+    pool = SourcePool(adapter, pool_x, None)
+    family = hypothesis_free_explanations(adapter, pool, 11, positions=[10])
+    readouts, values = [cm.Readout(position=-1)], [{} for _ in range(len(x))]
+    cpu = scrub_many(adapter, family, x, values, clean_log_probs(adapter, x, readouts), pool, readouts, 2)[0]
+    gpu_adapter = cm.adapt(copy.deepcopy(tiny_bridge).to("cuda"))
+    gpu_pool = SourcePool(gpu_adapter, pool_x, None)
+    gpu_family = hypothesis_free_explanations(gpu_adapter, gpu_pool, 11, positions=[10])
+    gpu = scrub_many(gpu_adapter, gpu_family, x, values, clean_log_probs(gpu_adapter, x, readouts), gpu_pool,
+                     readouts, 2)[0]
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
