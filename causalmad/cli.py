@@ -1,4 +1,4 @@
-"""The ``causalmad`` command line: ``demo`` and ``tasks``."""
+"""The ``causalmad`` command line: ``demo``, ``bench`` and ``tasks``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from causalmad.bench import run_bench
+
+    s = run_bench(args.out, tasks=args.tasks, detectors=args.detectors, size=args.size, seeds=args.seeds,
+                  progress=not args.quiet)
+    print(f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
+          f"{len(s.failed)} failed ({s.seconds:.0f} s)")
+    for task, det, seed, err in s.failed:
+        print(f"  failed: {det} on {task} (seed {seed}): {err}")
+    print(f"wrote {s.out / 'results.json'}, {s.out / 'results.md'} and the ROC / histogram pictures")
+    return 1 if s.failed else 0
+
+
 def _tasks(args: argparse.Namespace) -> int:
     from causalmad.task import available_tasks
 
@@ -91,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="results/demo.json")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="every detector on every task and split, side by side (resumable)")
+    bench.add_argument("--tasks", nargs="+", default=None, help="task names (default: all registered)")
+    bench.add_argument("--detectors", nargs="+", default=None, help="detector names (default: all registered)")
+    bench.add_argument("--size", default="full", choices=["full", "tiny"])
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument("--out", default="results/bench", help="output folder; finished cells there are skipped")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults(func=_tasks)
     args = parser.parse_args(argv)
