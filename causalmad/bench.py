@@ -6,6 +6,7 @@ held-out thresholds for every detector) and writes, under ``out``:
 
 * ``results.json`` — one record per (task, split, detector, seed), rewritten atomically
   after every cell, so an interrupted run loses at most the cell it was computing;
+* ``tasks.json`` — each loaded task's info (clean accuracy, attack success, training time);
 * ``scores/*.npz`` — every cell's scores, labels and held-out trusted scores (the plots
   are drawn from them, so a resumed run plots finished cells without recomputing them);
 * ``results.md`` — the tables, mean ± std over seeds, the best detector per row in bold
@@ -191,6 +192,7 @@ def run_bench(
             bar.set_postfix_str(f"{task_name} seed {seed}: loading task")
             torch.manual_seed(seed)
             task = load_task(task_name, size=size, seed=seed)
+            _record_task_info(out, task, size)
             for det_name in det_names:
                 cells = [(task_name, size, s, det_name, seed) for s in task.splits]
                 todo = [c[2] for c in cells if c not in done]
@@ -204,6 +206,14 @@ def run_bench(
     plot_all(out, [r for r in records if r.get("size") == size and r["task"] in task_names])
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _record_task_info(out: Path, task: Task, size: str) -> None:
+    """Keep each loaded task's ``info`` (accuracies, training time) in ``out/tasks.json``."""
+    path = out / "tasks.json"
+    infos = json.loads(path.read_text()) if path.exists() else {}
+    infos[f"{task.name}/{size}/seed{task.seed}"] = task.info
+    write_atomic(path, json.dumps(infos, indent=1, default=str))
 
 
 def _run_cells(out: Path, task: Task, det_name: str, splits: list[str], size: str, seed: int, progress: bool,
