@@ -2,7 +2,8 @@
 
 Commands: ``demo`` (train, fit, score, print the results table), ``fit`` (trusted data ->
 detector folder), ``score`` (detector folder + inputs file -> scores file, optional HTML
-report), ``explain`` (one input -> why it scored as it did), ``tasks`` (list).
+report), ``explain`` (one input -> why it scored as it did), ``bench`` (every detector on every
+task and split), ``tasks`` (list).
 
 Exit codes: 0 success; 2 bad usage or bad input (a message says what and where); 3
 ``score --fail-on-flag`` flagged at least one input; 1 an unexpected internal error (a bug:
@@ -80,6 +81,19 @@ def _demo(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(records, indent=2))
     print(f"\nwrote {out} ({time.perf_counter() - t0:.0f} s in all)")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from causalmad.bench import run_bench
+
+    s = run_bench(args.out, tasks=args.tasks, detectors=args.detectors, size=args.size, seeds=args.seeds,
+                  progress=not args.quiet)
+    print(f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
+          f"{len(s.failed)} failed ({s.seconds:.0f} s)")
+    for task, det, seed, err in s.failed:
+        print(f"  failed: {det} on {task} (seed {seed}): {err}")
+    print(f"wrote {s.out / 'results.json'}, {s.out / 'results.md'} and the ROC / histogram pictures")
+    return 1 if s.failed else 0
 
 
 def _tasks(args: argparse.Namespace) -> int:
@@ -404,6 +418,13 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(explain, fitting=False)
     explain.set_defaults(func=_explain)
 
+    bench = sub.add_parser("bench", parents=[common], help="every detector on every task and split, side by side (resumable)")
+    bench.add_argument("--tasks", nargs="+", default=None, help="task names (default: all registered)")
+    bench.add_argument("--detectors", nargs="+", default=None, help="detector names (default: all registered)")
+    bench.add_argument("--size", default="full", choices=["full", "tiny"])
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument("--out", default="results/bench", help="output folder; finished cells there are skipped")
+    bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults(func=_tasks, quiet=False)
     return top

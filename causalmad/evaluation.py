@@ -3,44 +3,80 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from causalmad.detectors.base import Detector
+from causalmad.errors import InputError
 from causalmad.metrics import evaluate
 from causalmad.task import Split, Task
 
 RECORD_KEYS = ("task", "split", "detector", "auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
-               "fit_seconds", "score_seconds", "n_trusted", "n_normal", "n_anomalous", "seed")
+               "fit_seconds", "score_seconds", "n_trusted", "n_normal", "n_anomalous", "seed", "skyline")
+
+
+def evaluate_splits(
+    name: str, detector: Detector, task: Task, splits: list[str] | None = None,
+    extras: Callable[[Detector, Split], dict[str, Any]] | None = None,
+) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """Fit ``detector`` and score the task's splits, yielding ``(record, scores)`` per split
+    as soon as that split is scored.
+
+    A detector that fits on trusted inputs only is fitted once and scores every split. A
+    detector with ``needs_untrusted`` is fitted again for each split, on the trusted inputs
+    and that split's inputs *without* labels; the skyline (``skyline``) also gets the
+    split's labels, and its reported scores are its out-of-fold ``cross_val_scores_`` (its
+    final probe saw those labels). Each record carries the fit time of the fit its scores
+    came from. TPR thresholds come from ``detector.heldout_scores_``: trusted inputs held
+    out of that fit, never the test split. ``extras(detector, split)``, called right after
+    each split is scored, adds fields to that split's record.
+
+    Args:
+        splits: names of the splits to evaluate (default: all, in the task's order).
+    """
+    names = list(task.splits) if splits is None else splits
+    unknown = [s for s in names if s not in task.splits]
+    if unknown:
+        raise InputError(f"Task {task.name!r} has no split(s) {unknown}; it has {list(task.splits)}.")
+    fit_seconds: float | None = None
+    for split in (task.splits[s] for s in names):
+        if fit_seconds is None or detector.needs_untrusted:
+            kwargs: dict[str, Any] = {}
+            if detector.needs_untrusted:
+                kwargs["untrusted"] = split.inputs
+            if detector.skyline:
+                kwargs["labels"] = split.labels
+            t0 = time.perf_counter()
+            detector.fit(task.trusted, **kwargs)
+            fit_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores = detector.score(split.inputs)
+        score_seconds = time.perf_counter() - t0
+        if detector.skyline:
+            scores = np.asarray(detector.cross_val_scores_, dtype=np.float64)  # type: ignore[attr-defined]
+        metrics = evaluate(scores, split.labels, detector.heldout_scores_)
+        record = {
+            "task": task.name, "split": split.name, "detector": name, **metrics,
+            "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2),
+            "n_trusted": len(task.trusted), "n_normal": split.n_normal, "n_anomalous": split.n_anomalous,
+            "seed": task.seed, "skyline": bool(detector.skyline),
+            **(extras(detector, split) if extras else {}),
+        }
+        yield record, scores
 
 
 def evaluate_detector(
     name: str, detector: Detector, task: Task,
     extras: Callable[[Detector, Split], dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], Detector]:
-    """Fit ``detector`` on the task's trusted inputs, score every split, return records.
+    """Fit ``detector`` and score every split of ``task``; return the records.
 
-    Labels are used only here, after scoring; ``fit`` never sees them. ``extras(detector,
-    split)``, called right after each split is scored, adds fields to that split's record.
+    Labels are used only after scoring, except by a skyline detector (see
+    :func:`evaluate_splits`, which this runs over all splits).
     """
-    t0 = time.perf_counter()
-    detector.fit(task.trusted)
-    fit_seconds = time.perf_counter() - t0
-    records = []
-    for split in task.splits.values():
-        t0 = time.perf_counter()
-        scores = detector.score(split.inputs)
-        score_seconds = time.perf_counter() - t0
-        metrics = evaluate(scores, split.labels, detector.heldout_scores_)
-        records.append({
-            "task": task.name, "split": split.name, "detector": name, **metrics,
-            "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2),
-            "n_trusted": len(task.trusted), "n_normal": split.n_normal, "n_anomalous": split.n_anomalous,
-            "seed": task.seed,
-            **(extras(detector, split) if extras else {}),
-        })
+    records = [record for record, _ in evaluate_splits(name, detector, task, extras=extras)]
     return records, detector
 
 

@@ -65,3 +65,14 @@ def tiny_bridge():
     cfg = TransformerBridgeConfig(d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, d_vocab=12,
                                   d_vocab_out=12, n_ctx=11, act_fn="relu", normalization_type="LN", seed=0)
     return TransformerBridge.boot_native(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_addition_task(tmp_path_factory):
+    """The tiny addition backdoor task, trained once per test session into a temporary
+    cache. ``CAUSALMAD_CACHE`` stays pointed at that cache for the rest of the session, so
+    commands that load the task again (``causalmad demo``, ``causalmad bench``) reuse it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CAUSALMAD_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield cm.load_task("addition-backdoor", size="tiny", seed=0)
+    mp.undo()

@@ -15,12 +15,9 @@ from causalmad.evaluation import RECORD_KEYS
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CAUSALMAD_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield cm.load_task("addition-backdoor", size="tiny", seed=0)
-    mp.undo()
+@pytest.fixture
+def task(tiny_addition_task):
+    return tiny_addition_task
 
 
 def test_tiny_model_learns_addition_and_the_backdoor(task):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -12,18 +13,21 @@ import numpy as np
 import pytest
 import torch
 from conftest import PlantedSum, planted_data, sum_hypothesis
+from test_detectors import fit_kwargs
+from test_detectors import make as make_detector
 
 import causalmad as cm
 from causalmad import persistence
 
-ROUND_TRIP = ["scrubbing", "mahalanobis"]
+ROUND_TRIP = sorted(cm.DETECTORS)  # every registered detector, baselines and skyline included
 
 
 def make(name):
-    model, h = PlantedSum(), sum_hypothesis()
-    if name == "scrubbing":
-        return cm.ScrubbingDetector(model, hypothesis=h, resamples=2, random_state=0)
-    return cm.DETECTORS[name](model, random_state=0)
+    return make_detector(name, (PlantedSum(), sum_hypothesis()))
+
+
+def takes_hypothesis(name: str) -> bool:
+    return "hypothesis" in inspect.signature(cm.DETECTORS[name]).parameters
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,9 @@ def saved(data, tmp_path_factory):
     trusted, untrusted = data
     root = tmp_path_factory.mktemp("saved")
     out = {}
+    labels = np.r_[np.zeros(60, dtype=int), np.ones(60, dtype=int)]
     for name in ROUND_TRIP:
-        det = make(name).fit(trusted)
+        det = make(name).fit(trusted, **fit_kwargs(name, untrusted, labels))
         out[name] = (det.save(root / name), det.score(untrusted))
     return out
 
@@ -54,8 +59,8 @@ def test_round_trip_in_a_new_process_gives_identical_scores(saved, data, tmp_pat
         from conftest import PlantedSum, sum_hypothesis
         import causalmad as cm
         x = torch.from_numpy(np.load({str(tmp_path / "untrusted.npy")!r}))
-        for name, folder in {[(n, str(f)) for n, (f, _) in saved.items()]!r}:
-            h = sum_hypothesis() if name == "scrubbing" else None
+        for name, folder, with_h in {[(n, str(f), takes_hypothesis(n)) for n, (f, _) in saved.items()]!r}:
+            h = sum_hypothesis() if with_h else None
             det = cm.load_detector(folder, PlantedSum(), hypothesis=h)
             assert det.name == name, det.name
             np.save({str(tmp_path)!r} + "/" + name + ".npy", det.score(x))
@@ -184,3 +189,15 @@ def test_encode_decode_round_trips_plain_values_and_records():
     assert back[4][1].key == site.key and torch.equal(back[4][1].basis, site.basis)
     with pytest.raises(cm.PersistenceError, match="function"):
         persistence.encode(cm.Site("h", positions=lambda ex: [0]))
+
+
+def test_every_detector_explains_an_input_as_json(saved, data):
+    _, untrusted = data
+    for name, (folder, scores) in saved.items():
+        det = cm.load_detector(folder, PlantedSum(), sum_hypothesis() if takes_hypothesis(name) else None)
+        why = det.explain(untrusted[-1])
+        json.dumps(why)
+        assert why["score"] == pytest.approx(scores[-1], rel=1e-6, abs=1e-9), name
+        assert why["flagged"] == (scores[-1] > det.threshold(0.01))
+        if "sites" in why:
+            assert why["sites"][0]["z"] >= why["sites"][-1]["z"]

@@ -7,8 +7,12 @@ from causalmad.detectors.activations import (
     IsolationForestDetector,
     LOFDetector,
     MahalanobisDetector,
+    QUEDetector,
+    SpectralSignatureDetector,
 )
 from causalmad.detectors.base import DETECTORS, Detector, register
+from causalmad.detectors.output import OutputDisagreementDetector
+from causalmad.detectors.probe import SupervisedProbeDetector
 from causalmad.detectors.scrubbing import ScrubbingDetector
 
 __all__ = [
@@ -18,6 +22,10 @@ __all__ = [
     "IsolationForestDetector",
     "LOFDetector",
     "MahalanobisDetector",
+    "OutputDisagreementDetector",
+    "QUEDetector",
     "ScrubbingDetector",
+    "SpectralSignatureDetector",
+    "SupervisedProbeDetector",
     "register",
 ]

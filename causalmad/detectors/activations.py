@@ -1,15 +1,24 @@
-"""Activation-anomaly baselines: a per-site outlier score on trusted activations.
+"""Activation-anomaly baselines: a per-site outlier score on activations.
 
 Each detector reads activations at a few sites (by default the residual stream before each
 layer and after the last, all positions flattened; for plain modules every leaf module),
-fits one outlier model per site on trusted activations, standardises each site's score on
-the trusted fit split and aggregates across sites by ``max`` or ``mean`` (per-site scores
-then aggregation, as in cupbearer). Higher = more anomalous for every one of them.
+fits one outlier model per site, standardises each site's score on the trusted fit split
+and aggregates across sites by ``max`` or ``mean`` (per-site scores then aggregation, as
+in cupbearer). Higher = more anomalous for every one of them.
 
 * :class:`MahalanobisDetector` — squared Mahalanobis distance under a Ledoit-Wolf shrunk
   covariance (a stable, well-conditioned precision matrix; Lee et al., NeurIPS 2018).
 * :class:`LOFDetector` — local outlier factor (Breunig et al., SIGMOD 2000), novelty mode.
 * :class:`IsolationForestDetector` — isolation forest (Liu et al., ICDM 2008).
+* :class:`QUEDetector` — quantum-entropy scoring (Dong, Hopkins & Li, NeurIPS 2019) of
+  activations whitened with the trusted covariance, under the whitened covariance of an
+  unlabeled untrusted batch given at fit time.
+* :class:`SpectralSignatureDetector` — squared projection on the top singular direction
+  of the centred untrusted activations (Tran, Li & Madry, NeurIPS 2018).
+
+Fitting a site yields a *state*: a dict of numpy arrays (the trusted fit features for LOF
+and the isolation forest). The scikit-learn estimators are rebuilt from that state by
+:meth:`ActivationDetector._restore`, deterministically, so persistence stores arrays only.
 """
 
 from __future__ import annotations
@@ -28,9 +37,16 @@ from causalmad.errors import InputError
 from causalmad.interventions import capture
 from causalmad.sites import Site
 
+SiteState = dict[str, np.ndarray]
+
+
+def default_hooks(adapter: Any) -> list[str]:
+    """Residual-stream hooks of a transformer (every leaf module of a plain network)."""
+    return [h.name for h in adapter.candidate_hooks() if h.component in ("resid_pre", "resid_post", "module")]
+
 
 class ActivationDetector(Detector):
-    """Per-site outlier scores of trusted activations, standardised and aggregated.
+    """Per-site outlier scores of activations, standardised and aggregated.
 
     Args:
         model: the network (or an adapter).
@@ -40,6 +56,9 @@ class ActivationDetector(Detector):
         random_state: seed of the split and of any randomised outlier model.
     """
 
+    _transient = ("site_models_",)
+    min_untrusted = 2
+
     def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
                  heldout_fraction: float = 0.2, random_state: int = 0) -> None:
         super().__init__(model, random_state)
@@ -47,80 +66,215 @@ class ActivationDetector(Detector):
         self.aggregate = aggregate
         self.heldout_fraction = heldout_fraction
 
+    # one site's outlier model ------------------------------------------------------
     @abstractmethod
-    def _fit_site(self, features: np.ndarray) -> Any:
-        """Fit one site's outlier model on ``[n, d]`` trusted features."""
+    def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
+        """The state (numpy arrays only) of one site's outlier model, learned from
+        ``[n, d]`` trusted features (and ``[m, d]`` untrusted ones if ``needs_untrusted``)."""
+
+    def _build_site(self, state: SiteState) -> Any:
+        """The scorer :meth:`_score_site` uses, rebuilt from a state (default: the state)."""
+        return state
 
     @abstractmethod
     def _score_site(self, fitted: Any, features: np.ndarray) -> np.ndarray:
         """Outlier scores (higher = more anomalous) of ``[n, d]`` features."""
 
+    def _fit_site_scores(self, fitted: Any, features: np.ndarray) -> np.ndarray:
+        """Scores of the features the site was fitted on (standardisation statistics)."""
+        return self._score_site(fitted, features)
+
+    # the detector ----------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> list[np.ndarray]:
         acts = capture(self.adapter_, x, self.sites_)
         return [a.reshape(len(a), -1).double().numpy() for a in acts]
 
-    def _fit(self, trusted: torch.Tensor) -> None:
+    def _fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> None:
         if self.aggregate not in ("max", "mean"):
             raise InputError(f"aggregate must be 'max' or 'mean', got {self.aggregate!r}.")
-        hooks = self.hooks or [h.name for h in self.adapter_.candidate_hooks()
-                               if h.component in ("resid_pre", "resid_post", "module")]
+        if not 0 < self.heldout_fraction < 1:
+            raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}.")
+        if untrusted is not None and len(untrusted) < self.min_untrusted:
+            raise InputError(f"{type(self).__name__} needs at least {self.min_untrusted} untrusted inputs "
+                             f"at fit time, got {len(untrusted)}.")
+        hooks = self.hooks or default_hooks(self.adapter_)
         for h in hooks:
             self.adapter_.module(h)  # unknown names fail here, before any forward pass
         self.sites_ = [Site(h) for h in hooks]
         fit_idx, held_idx = split_indices(len(trusted), (1 - self.heldout_fraction, self.heldout_fraction),
                                           self.random_state)
         feats = self._features(trusted[torch.as_tensor(fit_idx)])
-        self.site_models_ = [self._fit_site(f) for f in feats]
-        d = self._site_scores(feats)
+        ufeats: list[np.ndarray | None] = [None] * len(feats) if untrusted is None else list(self._features(untrusted))
+        self.site_states_: list[SiteState] = [self._fit_site(f, u) for f, u in zip(feats, ufeats)]
+        self._restore()
+        d = np.stack([self._fit_site_scores(m, f) for m, f in zip(self.site_models_, feats)], 1)
         self.loc_ = d.mean(0)
         self.scale_ = d.std(0) + 1e-9
         self.heldout_scores_ = self._score(trusted[torch.as_tensor(held_idx)])
 
-    def _site_scores(self, feats: list[np.ndarray]) -> np.ndarray:
-        return np.stack([self._score_site(m, f) for m, f in zip(self.site_models_, feats)], 1)
+    def _restore(self) -> None:
+        self.site_models_ = [self._build_site(s) for s in self.site_states_]
+
+    def _site_z(self, inputs: torch.Tensor) -> np.ndarray:
+        raw = np.stack([self._score_site(m, f) for m, f in zip(self.site_models_, self._features(inputs))], 1)
+        return (raw - self.loc_) / self.scale_
 
     def site_scores(self, inputs: torch.Tensor) -> np.ndarray:
         """``[n, sites]`` standardised per-site scores (columns follow ``sites_``)."""
-        x = self._check(inputs)
-        return (self._site_scores(self._features(x)) - self.loc_) / self.scale_
+        return self._site_z(self._check(inputs))
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
-        z = (self._site_scores(self._features(inputs)) - self.loc_) / self.scale_
+        z = self._site_z(inputs)
         return z.max(1) if self.aggregate == "max" else z.mean(1)
+
+    def _explain_parts(self, x: torch.Tensor, top: int) -> dict[str, Any]:
+        """Each site's standardised score, most anomalous first (the score aggregates them)."""
+        z = self._site_z(x)[0]
+        order = np.argsort(-z)
+        return {"aggregate": self.aggregate, "sites": [{"site": self.sites_[i].key, "z": float(z[i])} for i in order]}
+
+
+def _whitening(features: np.ndarray, rcond: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and PCA whitening matrix ``W`` (``(x - mean) @ W`` has identity covariance)
+    of a Ledoit-Wolf shrunk covariance; eigenvalues floored at ``rcond`` times the largest."""
+    lw = LedoitWolf().fit(features)
+    evals, evecs = np.linalg.eigh(lw.covariance_)
+    evals = np.maximum(evals, rcond * evals.max())
+    return lw.location_, evecs / np.sqrt(evals)
 
 
 @register("mahalanobis")
 class MahalanobisDetector(ActivationDetector):
-    """Squared Mahalanobis distance to trusted activations (Ledoit-Wolf shrinkage)."""
+    """Squared Mahalanobis distance to trusted activations (Ledoit-Wolf shrinkage; the
+    precision matrix is scikit-learn's symmetric pseudo-inverse of the shrunk covariance)."""
 
-    def _fit_site(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lw = LedoitWolf().fit(features)
-        return lw.location_, lw.precision_
+    def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
+        lw = LedoitWolf().fit(trusted)
+        return {"location": lw.location_, "precision": lw.precision_}
 
-    def _score_site(self, fitted: tuple[np.ndarray, np.ndarray], features: np.ndarray) -> np.ndarray:
-        mu, precision = fitted
-        c = features - mu
-        return np.einsum("nd,de,ne->n", c, precision, c)
+    def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
+        c = features - fitted["location"]
+        return np.einsum("nd,de,ne->n", c, fitted["precision"], c)
 
 
 @register("lof")
 class LOFDetector(ActivationDetector):
-    """Local outlier factor of activations among trusted ones (20 neighbours)."""
+    """Local outlier factor of activations among trusted ones.
 
-    def _fit_site(self, features: np.ndarray) -> LocalOutlierFactor:
-        k = min(20, len(features) - 1)
-        return LocalOutlierFactor(n_neighbors=k, novelty=True).fit(features)
+    Args:
+        n_neighbors: neighbours of the LOF (capped at the number of trusted fit inputs - 1).
+        (others as :class:`ActivationDetector`)
+    """
+
+    def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
+                 heldout_fraction: float = 0.2, random_state: int = 0, n_neighbors: int = 20) -> None:
+        super().__init__(model, hooks, aggregate, heldout_fraction, random_state)
+        self.n_neighbors = n_neighbors
+
+    def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
+        return {"features": trusted.astype(np.float32)}  # activations are float32: lossless
+
+    def _build_site(self, state: SiteState) -> LocalOutlierFactor:
+        x = state["features"].astype(np.float64)
+        return LocalOutlierFactor(n_neighbors=min(self.n_neighbors, len(x) - 1), novelty=True).fit(x)
 
     def _score_site(self, fitted: LocalOutlierFactor, features: np.ndarray) -> np.ndarray:
         return -fitted.score_samples(features)  # sklearn: lower = more abnormal
 
+    def _fit_site_scores(self, fitted: LocalOutlierFactor, features: np.ndarray) -> np.ndarray:
+        # a fit point is its own nearest neighbour under score_samples; the LOF of the fit
+        # points themselves excludes it
+        return -fitted.negative_outlier_factor_
+
 
 @register("isolation-forest")
 class IsolationForestDetector(ActivationDetector):
-    """Isolation forest on activations (200 trees, seeded)."""
+    """Isolation forest on activations (seeded: the same state and seed give the same trees).
 
-    def _fit_site(self, features: np.ndarray) -> IsolationForest:
-        return IsolationForest(n_estimators=200, random_state=self.random_state).fit(features)
+    Args:
+        n_estimators: trees per site.
+        (others as :class:`ActivationDetector`)
+    """
+
+    def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
+                 heldout_fraction: float = 0.2, random_state: int = 0, n_estimators: int = 200) -> None:
+        super().__init__(model, hooks, aggregate, heldout_fraction, random_state)
+        self.n_estimators = n_estimators
+
+    def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
+        return {"features": trusted.astype(np.float32)}
+
+    def _build_site(self, state: SiteState) -> IsolationForest:
+        return IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state).fit(
+            state["features"].astype(np.float64))
 
     def _score_site(self, fitted: IsolationForest, features: np.ndarray) -> np.ndarray:
         return -fitted.score_samples(features)  # sklearn: lower = more abnormal
+
+
+@register("que")
+class QUEDetector(ActivationDetector):
+    """Quantum-entropy (QUE) scores of trusted-whitened activations.
+
+    Needs an unlabeled untrusted batch at fit time: ``fit(trusted, untrusted=batch)``.
+    Per site, activations are whitened with the trusted mean and Ledoit-Wolf covariance
+    (``z = (x - mu_T) @ W``); ``S`` is the covariance of the *whitened* untrusted batch
+    (about the identity if the batch looks trusted) and
+    ``Q = exp(alpha (S - I) / (||S|| - 1)) / tr(exp(...))`` (Dong, Hopkins & Li 2019, as in
+    SPECTRE and cupbearer). An input's score is ``(z - m)^T Q (z - m)`` with ``m`` the
+    whitened untrusted batch mean. ``Q`` and ``m`` are fixed at fit time, so a score does
+    not depend on which other inputs are scored with it.
+
+    Args:
+        alpha: QUE's exponent; 0 gives the Mahalanobis distance to the untrusted mean, large
+            values the squared projection on the top direction of ``S``.
+        (others as :class:`ActivationDetector`)
+    """
+
+    needs_untrusted = True
+
+    def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
+                 heldout_fraction: float = 0.2, random_state: int = 0, alpha: float = 4.0) -> None:
+        super().__init__(model, hooks, aggregate, heldout_fraction, random_state)
+        self.alpha = alpha
+
+    def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
+        if untrusted is None:  # the base class's fit guarantees it; keeps _fit_site total
+            raise InputError("QUE needs the untrusted batch.")
+        if self.alpha < 0:
+            raise InputError(f"alpha must be >= 0, got {self.alpha}.")
+        mean, w = _whitening(trusted)
+        z = (untrusted - mean) @ w
+        s, u = np.linalg.eigh(np.cov(z, rowvar=False, bias=True).reshape(z.shape[1], z.shape[1]))
+        excess = s.max() - 1
+        exponent = self.alpha * (s - 1) / (excess if excess > 1e-6 else 1.0)
+        weights = np.exp(exponent - exponent.max())  # exp(A) = U exp(s) U^T; normalised by its trace
+        weights /= weights.sum()
+        # (z - m)^T Q (z - m) = sum_k weights_k ((x - x_bar_U) @ W @ U)_k^2
+        return {"center": untrusted.mean(0), "projection": w @ u, "weights": weights}
+
+    def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
+        p = (features - fitted["center"]) @ fitted["projection"]
+        return (p**2) @ fitted["weights"]
+
+
+@register("spectral-signature")
+class SpectralSignatureDetector(ActivationDetector):
+    """Squared projection on the top singular direction of the centred untrusted batch.
+
+    Needs an unlabeled untrusted batch at fit time: ``fit(trusted, untrusted=batch)``. The
+    direction and the centre come from that batch only (Tran et al. 2018); trusted inputs
+    set each site's standardisation and the thresholds. Scores are per input.
+    """
+
+    needs_untrusted = True
+
+    def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
+        if untrusted is None:
+            raise InputError("The spectral signature needs the untrusted batch.")
+        center = untrusted.mean(0)
+        _, _, vt = np.linalg.svd(untrusted - center, full_matrices=False)
+        return {"center": center, "direction": vt[0]}
+
+    def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
+        return ((features - fitted["center"]) @ fitted["direction"]) ** 2

@@ -1,0 +1,431 @@
+"""The side-by-side benchmark: every detector on every task and split, in one run.
+
+:func:`run_bench` runs each selected detector on each selected task, split and seed with
+:func:`causalmad.evaluation.evaluate_splits` (the same splits, trusted inputs and
+held-out thresholds for every detector) and writes, under ``out``:
+
+* ``results.json`` — one record per (task, split, detector, seed), rewritten atomically
+  after every cell, so an interrupted run loses at most the cell it was computing;
+* ``tasks.json`` — each loaded task's info (clean accuracy, attack success, training time);
+* ``scores/*.npz`` — every cell's scores, labels and held-out trusted scores (the plots
+  are drawn from them, so a resumed run plots finished cells without recomputing them);
+* ``results.md`` — the tables, mean ± std over seeds, the best detector per row in bold
+  (a skyline is marked and never bolded);
+* ``roc_<task>_<split>.png`` and ``hist_<task>_<split>.png`` — ROC curves of all detectors
+  and their score histograms, normal versus anomalous (first seed).
+
+Running again with the same ``out`` skips every finished cell; a task whose cells are all
+finished is not even loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from causalmad.detectors import DETECTORS, ActivationDetector, Detector, ScrubbingDetector
+from causalmad.errors import CausalMADError, InputError, TaskError, close_matches
+from causalmad.evaluation import evaluate_splits, subset_auroc
+from causalmad.task import Split, Task, available_tasks, load_task
+
+logger = logging.getLogger(__name__)
+
+Cell = tuple[str, str, str, str, int]  # task, size, split, detector, seed
+# detector -> (its first seed's scores file, its records over seeds, that seed's record)
+PlotCells = dict[str, tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[str, Any]]]
+
+
+def cell_of(record: dict[str, Any]) -> Cell:
+    """The (task, size, split, detector, seed) cell a record belongs to."""
+    return (record["task"], record["size"], record["split"], record["detector"], int(record["seed"]))
+
+
+@dataclass
+class BenchSummary:
+    """What a :func:`run_bench` call did."""
+
+    out: Path
+    records: list[dict[str, Any]]
+    computed: list[Cell] = field(default_factory=list)
+    skipped: list[Cell] = field(default_factory=list)
+    failed: list[tuple[str, str, int, str]] = field(default_factory=list)  # task, detector, seed, error
+    seconds: float = 0.0
+
+
+def build_detector(name: str, task: Task, seed: int, progress: bool = False) -> Detector:
+    """The registered detector ``name`` for ``task``: seeded with ``seed``, given the task's
+    hypothesis if it takes one, with a progress bar if it has one."""
+    cls = DETECTORS[name]
+    params = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {"random_state": seed}
+    if "hypothesis" in params:
+        kwargs["hypothesis"] = task.hypothesis
+    if "progress" in params:
+        kwargs["progress"] = progress
+    return cls(task.model, **kwargs)
+
+
+def extras(detector: Detector, split: Split) -> dict[str, Any]:
+    """Per-detector extra fields: AUROC of each site and of max / mean aggregation for
+    activation detectors; explanation counts and per-family AUROC for scrubbing."""
+    from sklearn.metrics import roc_auc_score
+
+    if isinstance(detector, ActivationDetector):
+        z = detector.site_scores(split.inputs)
+        return {
+            "auroc_max_over_sites": float(roc_auc_score(split.labels, z.max(1))),
+            "auroc_mean_over_sites": float(roc_auc_score(split.labels, z.mean(1))),
+            "auroc_by_site": {s.key: float(roc_auc_score(split.labels, z[:, j])) for j, s in enumerate(detector.sites_)},
+        }
+    if isinstance(detector, ScrubbingDetector):
+        z, fam, summary = detector.last_explanation_z_, np.array([e.family for e in detector.valid_]), detector.summary()
+        return {
+            "explanations_searched": summary["searched"],
+            "explanations_valid": summary["valid"],
+            "heldout_iia": summary["heldout_iia"],
+            "auroc_declared_hypothesis": subset_auroc(z, split.labels, fam == "hypothesis"),
+            "auroc_hypothesis_and_subsets": subset_auroc(z, split.labels, fam != "hypothesis-free"),
+            "auroc_hypothesis_free_only": subset_auroc(z, split.labels, fam == "hypothesis-free"),
+        }
+    return {}
+
+
+# ----------------------------------------------------------------------------- files
+def _slug(*parts: object) -> str:
+    return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", str(p)) for p in parts)
+
+
+def scores_path(out: Path, cell: Cell) -> Path:
+    return out / "scores" / f"{_slug(*cell)}.npz"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """The records of ``out/results.json`` (none if the file does not exist)."""
+    path = out / "results.json"
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); move it away to start the benchmark afresh.") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "detector" in r for r in records):
+        raise InputError(f"{path} is not a list of benchmark records; move it away to start afresh.")
+    return records
+
+
+# ----------------------------------------------------------------------------- running
+def _check_names(asked: Sequence[str] | None, known: Iterable[str], what: str) -> list[str]:
+    known = sorted(known)
+    if asked is None:
+        return known
+    unknown = [a for a in asked if a not in known]
+    if unknown:
+        hint = close_matches(unknown[0], known)
+        err = TaskError if what == "task" else InputError
+        raise err(f"Unknown {what}(s) {unknown}; known: {known}.{hint}")
+    return list(dict.fromkeys(asked))
+
+
+def run_bench(
+    out: str | Path,
+    tasks: Sequence[str] | None = None,
+    detectors: Sequence[str] | None = None,
+    size: str = "full",
+    seeds: Sequence[int] = (0,),
+    progress: bool = False,
+) -> BenchSummary:
+    """Run every selected detector on every selected task, split and seed.
+
+    Args:
+        out: output folder (created); an existing ``results.json`` there is resumed.
+        tasks: task names (default: every registered task).
+        detectors: detector names (default: every registered detector).
+        size: task size passed to each task (``"full"`` or ``"tiny"``).
+        seeds: each seed trains (or loads) its own task model and seeds every detector.
+        progress: progress bars over cells and inside long detectors.
+
+    Returns:
+        a :class:`BenchSummary` with every record in ``results.json`` and the cells
+        computed, skipped as finished, and failed (a detector raising a causalmad error on
+        a task is reported and left unfinished; other cells go on).
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    task_names = _check_names(tasks, available_tasks(), "task")
+    det_names = _check_names(detectors, DETECTORS, "detector")
+    if not seeds:
+        raise InputError("seeds is empty; pass at least one seed.")
+    records = read_records(out)
+    done = {cell_of(r) for r in records if "size" in r}
+    summary = BenchSummary(out=out, records=records)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(seeds) * len(task_names) * len(det_names), desc="bench", unit="cell", disable=not progress)
+    for seed in seeds:
+        for task_name in task_names:
+            # the splits a task has, as far as earlier runs wrote them: all finished => no load
+            known_splits = sorted({r["split"] for r in records if r["task"] == task_name and r.get("size") == size
+                                   and int(r["seed"]) == seed})
+            if known_splits and all((task_name, size, s, d, seed) in done for s in known_splits for d in det_names):
+                summary.skipped += [(task_name, size, s, d, seed) for s in known_splits for d in det_names]
+                bar.update(len(det_names))
+                continue
+            bar.set_postfix_str(f"{task_name} seed {seed}: loading task")
+            torch.manual_seed(seed)
+            task = load_task(task_name, size=size, seed=seed)
+            _record_task_info(out, task, size)
+            for det_name in det_names:
+                cells = [(task_name, size, s, det_name, seed) for s in task.splits]
+                todo = [c[2] for c in cells if c not in done]
+                summary.skipped += [c for c in cells if c in done]
+                if todo:
+                    bar.set_postfix_str(f"{task_name} seed {seed}: {det_name}")
+                    _run_cells(out, task, det_name, todo, size, seed, progress, records, done, summary)
+                bar.update(1)
+    bar.close()
+    write_atomic(out / "results.md", results_markdown(records))
+    plot_all(out, [r for r in records if r.get("size") == size and r["task"] in task_names])
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _record_task_info(out: Path, task: Task, size: str) -> None:
+    """Keep each loaded task's ``info`` (accuracies, training time) in ``out/tasks.json``."""
+    path = out / "tasks.json"
+    infos = json.loads(path.read_text()) if path.exists() else {}
+    infos[f"{task.name}/{size}/seed{task.seed}"] = task.info
+    write_atomic(path, json.dumps(infos, indent=1, default=str))
+
+
+def _run_cells(out: Path, task: Task, det_name: str, splits: list[str], size: str, seed: int, progress: bool,
+               records: list[dict[str, Any]], done: set[Cell], summary: BenchSummary) -> None:
+    # seeded per cell, so a resumed run computes what an uninterrupted one would have
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    try:
+        detector = build_detector(det_name, task, seed, progress)
+        for record, scores in evaluate_splits(det_name, detector, task, splits=splits, extras=extras):
+            record["size"] = size
+            cell = cell_of(record)
+            split = task.splits[record["split"]]
+            path = scores_path(out, cell)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, scores=scores, labels=split.labels, heldout=np.asarray(detector.heldout_scores_))
+            records[:] = [r for r in records if "size" not in r or cell_of(r) != cell] + [record]
+            write_atomic(out / "results.json", json.dumps(records, indent=1))
+            write_atomic(out / "results.md", results_markdown(records))
+            done.add(cell)
+            summary.computed.append(cell)
+            logger.info("%s / %s / %s / seed %d: AUROC %.3f", task.name, record["split"], det_name, seed,
+                        record["auroc"])
+    except CausalMADError as exc:
+        logger.error("%s on %s (seed %d) failed: %s", det_name, task.name, seed, exc)
+        summary.failed.append((task.name, det_name, seed, str(exc)))
+
+
+# ----------------------------------------------------------------------------- tables
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std()) if len(a) > 1 else 0.0
+
+
+def _fmt(values: list[float], digits: int = 3) -> str:
+    m, s = _mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+METRICS = [("auroc", "AUROC"), ("ap", "AP"), ("tpr_at_1pct_fpr", "TPR @ 1 % FPR"), ("tpr_at_5pct_fpr", "TPR @ 5 % FPR")]
+
+
+def _label(name: str, skyline: bool) -> str:
+    return f"{name} (skyline)" if skyline else name
+
+
+def results_markdown(records: list[dict[str, Any]]) -> str:
+    """The results tables: a summary of AUROC per (task, split) × detector, then each
+    split's full table; mean ± std over seeds; best non-skyline in bold."""
+    lines = ["# Benchmark results", "",
+             "Mean ± std over seeds. **Bold**: the best detector of the row (skylines excluded; they see",
+             "anomaly labels). TPR thresholds are quantiles of held-out *trusted* scores.", ""]
+    sizes = sorted({str(r.get("size", "?")) for r in records})
+    for size in sizes:
+        rs = [r for r in records if str(r.get("size", "?")) == size]
+        if len(sizes) > 1:
+            lines += [f"## size `{size}`", ""]
+        lines += [*_summary_table(rs), ""]
+        for task, split in sorted({(r["task"], r["split"]) for r in rs}):
+            lines += [*_split_table([r for r in rs if r["task"] == task and r["split"] == split], task, split), ""]
+    return "\n".join(lines)
+
+
+def _by_detector(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: (bool(r.get("skyline")), r["detector"] != "scrubbing", r["detector"])):
+        out.setdefault(r["detector"], []).append(r)
+    return out
+
+
+def _best(groups: dict[str, list[dict[str, Any]]], key: str, higher: bool = True) -> set[str]:
+    means = {d: round(_mean_std([r[key] for r in rs])[0], 3) for d, rs in groups.items()
+             if not rs[0].get("skyline") and all(r.get(key) is not None for r in rs)}
+    if not means:
+        return set()
+    target = max(means.values()) if higher else min(means.values())
+    return {d for d, m in means.items() if m == target}
+
+
+def _summary_table(records: list[dict[str, Any]]) -> list[str]:
+    dets = list(_by_detector(records))
+    sky = {r["detector"] for r in records if r.get("skyline")}
+    has_scrub = "scrubbing" in dets
+    head = ["task", "split", *(_label(d, d in sky) for d in dets)]
+    if has_scrub:
+        head += ["best baseline", "scrubbing − best baseline"]
+    lines = ["### AUROC, every detector", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for task, split in sorted({(r["task"], r["split"]) for r in records}):
+        groups = _by_detector([r for r in records if r["task"] == task and r["split"] == split])
+        best = _best(groups, "auroc")
+        row = [task, split]
+        for d in dets:
+            cell = _fmt([r["auroc"] for r in groups[d]]) if d in groups else "–"
+            row.append(f"**{cell}**" if d in best else cell)
+        if has_scrub:
+            baselines = {d: _mean_std([r["auroc"] for r in rs])[0] for d, rs in groups.items()
+                         if d != "scrubbing" and not rs[0].get("skyline")}
+            if "scrubbing" in groups and baselines:
+                top = max(baselines, key=lambda d: baselines[d])
+                gap = _mean_std([r["auroc"] for r in groups["scrubbing"]])[0] - baselines[top]
+                row += [f"{top} ({baselines[top]:.3f})", f"{gap:+.3f}"]
+            else:
+                row += ["–", "–"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _split_table(records: list[dict[str, Any]], task: str, split: str) -> list[str]:
+    groups = _by_detector(records)
+    r0 = records[0]
+    seeds = sorted({int(r["seed"]) for r in records})
+    lines = [f"### {task} / {split}", "",
+             f"{r0['n_trusted']} trusted, {r0['n_normal']} normal and {r0['n_anomalous']} anomalous untrusted inputs; "
+             f"seeds {', '.join(map(str, seeds))}.", ""]
+    head = ["detector", *(m[1] for m in METRICS), "fit s", "score s", "seeds"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = {key: _best(groups, key) for key, _ in METRICS}
+    for d, rs in groups.items():
+        row = [_label(d, bool(rs[0].get("skyline")))]
+        for key, _ in METRICS:
+            cell = _fmt([r[key] for r in rs])
+            row.append(f"**{cell}**" if d in best[key] else cell)
+        row += [_fmt([r["fit_seconds"] for r in rs], 1), _fmt([r["score_seconds"] for r in rs], 1), str(len(rs))]
+        lines.append("| " + " | ".join(row) + " |")
+    agg = {d: rs for d, rs in groups.items() if all("auroc_mean_over_sites" in r for r in rs)}
+    if agg:
+        lines += ["", "Activation detectors, AUROC by aggregation over sites (standardised per-site scores):", "",
+                  "| detector | max over sites | mean over sites |", "|---|---|---|"]
+        for d, rs in agg.items():
+            lines.append(f"| {_label(d, bool(rs[0].get('skyline')))} | {_fmt([r['auroc_max_over_sites'] for r in rs])} "
+                         f"| {_fmt([r['auroc_mean_over_sites'] for r in rs])} |")
+    return lines
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_all(out: Path, records: list[dict[str, Any]]) -> list[Path]:
+    """ROC curves and score histograms for every (task, split) in ``records`` (each
+    detector's first seed whose scores file exists). Returns the files written."""
+    written = []
+    for task, split in sorted({(r["task"], r["split"]) for r in records}):
+        cells = {}
+        for d, rs in _by_detector([r for r in records if r["task"] == task and r["split"] == split]).items():
+            for r in sorted(rs, key=lambda r: int(r["seed"])):
+                path = scores_path(out, cell_of(r))
+                if path.exists():
+                    with np.load(path) as f:
+                        cells[d] = (dict(f), rs, r)
+                    break
+            else:
+                logger.warning("no scores file for %s / %s / %s; left out of the plots", task, split, d)
+        if cells:
+            written += [plot_roc(out / f"roc_{_slug(task)}_{_slug(split)}.png", cells, task, split),
+                        plot_histograms(out / f"hist_{_slug(task)}_{_slug(split)}.png", cells, task, split)]
+    return written
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(path: Path, cells: PlotCells, task: str, split: str) -> Path:
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    for d, (f, rs, _) in cells.items():
+        fpr, tpr, _ = roc_curve(f["labels"], f["scores"])
+        sky = bool(rs[0].get("skyline"))
+        ax.plot(fpr, tpr, ls="--" if sky else "-", lw=2.2 if d == "scrubbing" else 1.3,
+                label=f"{_label(d, sky)}  AUROC {_fmt([r['auroc'] for r in rs])}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    seed = min(int(r["seed"]) for _, _, r in cells.values())
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"{task} / {split} (curves: seed {seed}; AUROC: mean ± std over seeds)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_histograms(path: Path, cells: PlotCells, task: str, split: str) -> Path:
+    plt = _pyplot()
+    n = len(cells)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, (d, (f, _rs, first)) in zip(axes.flat, cells.items()):
+        s, y = f["scores"], f["labels"]
+        lo, hi = np.quantile(np.r_[s, f["heldout"]], [0.005, 0.995])
+        hi = hi if hi > lo else lo + 1.0
+        bins = np.linspace(lo, hi, 40)
+        clip = lambda v: np.clip(v, lo, hi)  # noqa: E731
+        ax.hist(clip(s[y == 0]), bins, alpha=0.55, density=True, label="normal")
+        ax.hist(clip(s[y == 1]), bins, alpha=0.55, density=True, label="anomalous")
+        ax.axvline(np.quantile(f["heldout"], 0.99, method="higher"), color="k", ls="--", lw=0.8,
+                   label="1 % FPR threshold")
+        ax.set_title(f"{_label(d, bool(first.get('skyline')))}: seed {first['seed']}, AUROC {first['auroc']:.3f}",
+                     fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"{task} / {split}: scores, normal vs anomalous (first seed; tails clipped to 0.5–99.5 %)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

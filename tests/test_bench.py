@@ -1,0 +1,95 @@
+"""The side-by-side benchmark: a tiny run over every task and detector, its files, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import causalmad as cm
+from causalmad.bench import cell_of, results_markdown, scores_path
+from causalmad.cli import main
+from causalmad.evaluation import RECORD_KEYS
+from causalmad.metrics import tpr_at_fpr
+
+TYPES = {"task": str, "split": str, "detector": str, "size": str, "seed": int, "auroc": float, "ap": float,
+         "tpr_at_1pct_fpr": float, "tpr_at_5pct_fpr": float, "fit_seconds": float, "score_seconds": float,
+         "n_trusted": int, "n_normal": int, "n_anomalous": int, "skyline": bool}
+
+
+@pytest.mark.slow
+def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(tiny_addition_task, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    records = json.loads((out / "results.json").read_text())
+
+    # schema: one record per (task, split, detector, seed), every field of the right type
+    assert set(TYPES) >= set(RECORD_KEYS)
+    for r in records:
+        for key, typ in TYPES.items():
+            assert isinstance(r[key], typ) and (typ is not int or not isinstance(r[key], bool)), (key, r[key])
+        assert all(0 <= r[k] <= 1 for k in ("auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"))
+        assert r["fit_seconds"] >= 0 and r["score_seconds"] >= 0
+    cells = [cell_of(r) for r in records]
+    assert len(cells) == len(set(cells))
+    assert {r["task"] for r in records} == set(cm.available_tasks())
+    for task in cm.available_tasks():  # every detector on every split of every task
+        splits = {r["split"] for r in records if r["task"] == task}
+        assert {(r["split"], r["detector"]) for r in records if r["task"] == task} == {
+            (s, d) for s in splits for d in cm.DETECTORS}
+    assert {r["detector"] for r in records if r["skyline"]} == {"supervised-probe"}
+
+    # TPR thresholds come from held-out trusted scores, stored beside every cell's scores
+    for r in records:
+        with np.load(scores_path(out, cell_of(r))) as f:
+            assert len(f["scores"]) == r["n_normal"] + r["n_anomalous"]
+            assert tpr_at_fpr(f["scores"], f["labels"], f["heldout"], 0.01) == r["tpr_at_1pct_fpr"]
+
+    md = (out / "results.md").read_text()
+    assert "supervised-probe (skyline)" in md and "scrubbing − best baseline" in md
+    for task, split in {(r["task"], r["split"]) for r in records}:
+        for kind in ("roc", "hist"):
+            assert (out / f"{kind}_{task}_{split}.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a second run finds every cell finished: nothing recomputed, results untouched
+    before = (out / "results.json").read_bytes()
+    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet"]) == 0
+    assert f"0 cell(s) computed, {len(records)} finished cell(s) skipped" in capsys.readouterr().out
+    assert (out / "results.json").read_bytes() == before
+
+    # an interrupted run (one cell missing) recomputes only that cell
+    kept = [r for r in records if r["detector"] != "mahalanobis"]
+    (out / "results.json").write_text(json.dumps(kept))
+    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet",
+                 "--detectors", "mahalanobis", "lof"]) == 0
+    assert "1 cell(s) computed, 1 finished cell(s) skipped" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert len(again) == len(records)
+    redone = next(r for r in again if r["detector"] == "mahalanobis")
+    assert redone["auroc"] == next(r for r in records if r["detector"] == "mahalanobis")["auroc"]
+
+
+def test_unknown_names_fail_before_any_work(tmp_path, capsys):
+    assert main(["bench", "--detectors", "mahalanobiss", "--out", str(tmp_path)]) == 2
+    assert "Did you mean 'mahalanobis'" in capsys.readouterr().err
+    assert main(["bench", "--tasks", "no-such-task", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "results.json").exists()
+
+
+def _record(detector, seed, auroc, skyline=False):
+    return {"task": "t", "split": "hard", "detector": detector, "seed": seed, "size": "full", "auroc": auroc,
+            "ap": auroc, "tpr_at_1pct_fpr": auroc, "tpr_at_5pct_fpr": auroc, "fit_seconds": 1.0,
+            "score_seconds": 1.0, "n_trusted": 10, "n_normal": 5, "n_anomalous": 5, "skyline": skyline}
+
+
+def test_table_bolds_the_best_non_skyline_detector_and_reports_mean_and_std():
+    records = [_record("scrubbing", s, a) for s, a in [(0, 0.9), (1, 0.8)]]
+    records += [_record("mahalanobis", s, 0.6) for s in (0, 1)]
+    records += [_record("supervised-probe", s, 1.0, skyline=True) for s in (0, 1)]
+    md = results_markdown(records)
+    row = next(line for line in md.splitlines() if line.startswith("| t | hard"))
+    assert row.split(" | ")[2:5] == ["**0.850 ± 0.050**", "0.600 ± 0.000", "1.000 ± 0.000"]
+    assert "mahalanobis (0.600) | +0.250" in row
+    assert "**1.000" not in md  # the skyline is never bolded
