@@ -120,7 +120,8 @@ def _import(spec: str, what: str) -> Any:
             if not path.is_file():
                 raise InputError(f"--{what} {spec!r}: no file {path}.")
             mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-            assert mod_spec is not None and mod_spec.loader is not None
+            if mod_spec is None or mod_spec.loader is None:
+                raise InputError(f"--{what} {spec!r}: {path} cannot be loaded as a Python module.")
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[path.stem] = module
             mod_spec.loader.exec_module(module)
@@ -216,13 +217,24 @@ def _fit(args: argparse.Namespace) -> int:
     model, hypothesis, task, source = _model_and_hypothesis(args, None)
     if task is not None:
         trusted = task.trusted
-    else:  # token ids for transformers, numbers for other modules
-        dtype = "int64" if isinstance(adapt(model), TransformerLensAdapter) else "float32"
+    # token ids for transformers, numbers for other modules
+    dtype = "int64" if isinstance(adapt(model), TransformerLensAdapter) else "float32"
+    if task is None:
         trusted = _read_any_shape(args.trusted, dtype)
     cls = DETECTORS[args.detector]
+    if cls.skyline:
+        raise InputError(f"{args.detector!r} is a skyline that needs anomaly labels; fit it in Python "
+                         "(see docs/concepts.md) or with `causalmad bench`.")
+    if cls.needs_untrusted and args.untrusted is None:
+        raise InputError(f"{args.detector!r} also fits on an unlabeled untrusted batch: pass --untrusted FILE.")
+    if args.untrusted is not None and not cls.needs_untrusted:
+        raise InputError(f"{args.detector!r} fits on trusted inputs only; drop --untrusted.")
+    untrusted = _read_any_shape(args.untrusted, dtype) if args.untrusted else None
     kwargs = _params(args.param)
     if "hypothesis" in inspect.signature(cls).parameters:
         kwargs.setdefault("hypothesis", hypothesis)
+    elif args.hypothesis:
+        raise InputError(f"{args.detector!r} does not use a hypothesis; drop --hypothesis.")
     if "progress" in inspect.signature(cls).parameters:
         kwargs.setdefault("progress", not args.quiet)
     try:
@@ -231,7 +243,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise InputError(f"--param: {exc}.") from exc
     _say(args, f"fitting {args.detector} on {len(trusted)} trusted inputs ...")
     t0 = time.perf_counter()
-    det.fit(trusted)
+    det.fit(trusted, untrusted) if untrusted is not None else det.fit(trusted)
     fit_seconds = round(time.perf_counter() - t0, 2)
     save_detector(det, out, overwrite=args.force, extra={"source": source, "fit_seconds": fit_seconds})
     _say(args, f"saved {out} (fit {fit_seconds:.0f} s)")
@@ -385,6 +397,8 @@ def parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", parents=[common], help="fit a detector on trusted inputs and save it to a folder")
     _add_model_args(fit, fitting=True)
     fit.add_argument("--trusted", help="with --model: trusted inputs file (JSON lines or .npy)")
+    fit.add_argument("--untrusted", help="unlabeled untrusted batch, for detectors that fit on one (que, "
+                     "spectral-signature)")
     fit.add_argument("--detector", default="scrubbing", help="detector name (default scrubbing)")
     fit.add_argument("--seed", type=int, default=0, help="task seed and detector random_state")
     fit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",

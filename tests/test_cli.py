@@ -124,6 +124,10 @@ def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
         (["fit", *MODEL, "--trusted", inputs, "--param", "colour=3", "--out", str(tmp_path / "d5")], "--param"),
         (["explain", str(root / "det"), *MODEL], "give the input to explain"),
         (["score", str(root / "det"), inputs, *MODEL, "--device", "nonsense"], "not a device name"),
+        (["fit", *MODEL, "--trusted", inputs, "--detector", "que", "--out", str(tmp_path / "d6")], "--untrusted FILE"),
+        (["fit", *MODEL, "--trusted", inputs, "--untrusted", inputs, "--out", str(tmp_path / "d7")], "drop --untrusted"),
+        (["fit", *MODEL, "--trusted", inputs, "--detector", "supervised-probe", "--out", str(tmp_path / "d8")],
+         "needs anomaly labels"),
         (["explain", str(root / "det"), "--inputs", inputs, "--index", "99", *MODEL], "has 60 inputs"),
     ]
     for argv, message in cases:
@@ -183,3 +187,20 @@ def test_report_renders_in_a_headless_browser(work, tmp_path):
     blue = (np.abs(pixels - np.array([44, 127, 184])).sum(-1) < 60).sum()  # histogram and share bars drawn
     red = (np.abs(pixels - np.array([192, 57, 43])).sum(-1) < 60).sum()  # threshold line and flag count
     assert blue > 500 and red > 50, (blue, red)
+
+
+def test_baselines_fit_and_score_from_the_command_line(work, tmp_path):
+    root, _ = work
+    model_only = MODEL[:2]
+    assert main(["fit", *MODEL, "--trusted", str(root / "trusted.jsonl"), "--detector", "lof",
+                 "--out", str(tmp_path / "lof")]) == 2  # a hypothesis it would not use is an error
+    for name, extra in (("mahalanobis", []), ("que", ["--untrusted", str(root / "untrusted.jsonl")])):
+        folder = tmp_path / name
+        assert main(["fit", *model_only, "--trusted", str(root / "trusted.jsonl"), *extra, "--detector", name,
+                     "--param", "aggregate=\"mean\"", "--out", str(folder), "--quiet"]) == 0
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["score", str(folder), str(root / "untrusted.jsonl"), *model_only, "--out", str(out),
+                     "--quiet"]) == 0
+        scores = np.array([r["score"] for r in read_scores(out)])
+        assert scores[30:].mean() > scores[:30].mean()
+        assert json.loads((folder / "config.json").read_text())["params"]["aggregate"] == "mean"
