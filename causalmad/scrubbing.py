@@ -163,18 +163,28 @@ class SourcePool:
         unmatched = np.zeros(n, dtype=bool)
         gap = np.zeros(n, dtype=bool)
         everyone = np.arange(len(self))
-        groups = self._group(match) if match else None
         u = draws(keys, salt, k)
-        for i in range(n):
-            cands = everyone if groups is None else groups.get(tuple(values[i][m] for m in match), everyone[:0])
-            others = cands[self.keys[cands] != keys[i]]
-            # an identical copy of x is used only when it is the one trusted input that agrees
-            cands = others if len(others) else cands
-            if len(cands) == 0:
-                unmatched[i] = True
-                gap[i] = all(values[i][m] in self.seen.get(m, ()) for m in match)
-                cands = everyone[self.keys != keys[i]]
-            idx[i] = cands[u[i] % np.uint64(len(cands))]
+        # inputs grouped by their values on `match`; each group drawn in one vectorised step
+        by_label: dict[tuple[Hashable, ...], list[int]] = {}
+        for i, row in enumerate(values):
+            by_label.setdefault(tuple(row[m] for m in match), []).append(i)
+        groups: dict[tuple[Hashable, ...], np.ndarray] = self._group(match) if match else {(): everyone}
+        in_pool = np.isin(keys, self.keys)  # inputs with an identical copy among the sources
+        for label, members in by_label.items():
+            rows = np.asarray(members)
+            cands = groups.get(label, everyone[:0])
+            plain = rows[~in_pool[rows]] if len(cands) else rows[:0]
+            if len(plain):
+                idx[plain] = cands[u[plain] % np.uint64(len(cands))]
+            for i in rows[in_pool[rows]] if len(cands) else rows:  # rare: self-copies, no agreeing source
+                others = cands[self.keys[cands] != keys[i]]
+                # an identical copy of x is used only when it is the one trusted input that agrees
+                pick = others if len(others) else cands
+                if len(pick) == 0:
+                    unmatched[i] = True
+                    gap[i] = all(values[i][m] in self.seen.get(m, ()) for m in match)
+                    pick = everyone[self.keys != keys[i]]
+                idx[i] = pick[u[i] % np.uint64(len(pick))]
         return idx, unmatched, gap
 
 
