@@ -103,12 +103,85 @@ def child(args: argparse.Namespace) -> None:
                       "peak_rss_mb": peak}))
 
 
+def overhead(args, det, x, family, k, out) -> None:
+    ad, rows = det.adapter_, len(x) * len(family) * k
+    plain_x = x[torch.arange(rows) % len(x)]
+
+    def plain() -> None:
+        with torch.no_grad():
+            for s in range(0, rows, det.batch_size):
+                ad.forward(plain_x[s : s + det.batch_size])
+
+    t_plain, _ = timed(plain, args.repeats)
+    t_scrub, _ = timed(lambda: engine(det, x, family, k), args.repeats)
+    ratios = [s / q for s, q in zip(t_scrub, t_plain)]
+    out["overhead"] = {"n": len(x), "explanations": len(family), "k": k, "rows": rows, "batch_size": det.batch_size,
+                       "plain_seconds": spread(t_plain), "scrub_seconds": spread(t_scrub),
+                       "plain_rows_per_s": rows / statistics.median(t_plain),
+                       "scrub_rows_per_s": rows / statistics.median(t_scrub), "ratio": spread(ratios)}
+    print(json.dumps(out["overhead"]), flush=True)
+
+
+def versus_naive(args, det, x, family, k) -> dict[str, object]:
+    sub = family[: args.naive_explanations]
+    t_fast, fast = timed(lambda: engine(det, x, sub, k), args.repeats)
+    t_naive, slow = timed(lambda: naive(det, x, sub, k), max(1, args.repeats // 2))
+    res = {"n": len(x), "explanations": len(sub), "k": k, "engine_seconds": spread(t_fast),
+           "naive_pyvene_seconds": spread(t_naive), "speedup": statistics.median(t_naive) / statistics.median(t_fast),
+           "max_abs_difference": float(np.nanmax(np.abs(np.asarray(fast) - np.asarray(slow)))),
+           "max_divergence": float(np.nanmax(np.asarray(slow)))}
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def scaling(args) -> list[dict[str, object]]:
+    """Each point in a fresh process, for an honest peak RSS."""
+    base = {"n": 40, "e": 12, "k": 2}
+    points = [base, {**base, "n": 400}, {**base, "e": 120}, {**base, "k": 20}]
+    result = []
+    for pt in points:
+        runs = []
+        for _ in range(max(1, args.repeats // 2)):
+            cmd = [sys.executable, __file__, "--child", "--size", args.size, "--folder", args.folder,
+                   "--budget", str(args.budget), "--n", str(pt["n"]), "--e", str(pt["e"]), "--k", str(pt["k"])]
+            runs.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+                                   .splitlines()[-1]))
+        result.append({**pt, "rows": pt["n"] * pt["e"] * pt["k"], "seconds": spread([r["seconds"] for r in runs]),
+                       "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]),
+                       "rss_before_mb": spread([r["rss_before_mb"] for r in runs]), "budget_mb": args.budget})
+        print(json.dumps(result[-1]), flush=True)
+    return result
+
+
+def end_to_end(args, task) -> dict[str, object] | None:
+    fits, scores = [], []
+    for _ in range(args.e2e_repeats):
+        d = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=0)
+        t0 = time.perf_counter()
+        d.fit(task.trusted)
+        fits.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        d.score(task.splits["easy"].inputs)
+        scores.append(time.perf_counter() - t0)
+    if not fits:
+        return None
+    res = {"n_trusted": len(task.trusted), "n_scored": len(task.splits["easy"].inputs),
+           "fit_seconds": spread(fits), "score_seconds": spread(scores),
+           "total_seconds": spread([f + s for f, s in zip(fits, scores)])}
+    print(json.dumps(res), flush=True)
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="full", choices=["full", "tiny"])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--n", type=int, default=200, help="inputs for the overhead and naive comparisons")
+    p.add_argument("--n", type=int, default=200, help="inputs for the overhead comparison")
     p.add_argument("--naive-explanations", type=int, default=16)
+    p.add_argument("--naive-n", type=int, nargs="+", default=[1, 10, 200],
+                   help="batch sizes N of the comparison with naive pyvene calls")
+    p.add_argument("--only", nargs="+", choices=["overhead", "naive", "scaling", "e2e"],
+                   default=["overhead", "naive", "scaling", "e2e"], help="sections to run")
     p.add_argument("--budget", type=float, default=512.0, help="memory budget (MiB) of the scaling runs")
     p.add_argument("--e2e-repeats", type=int, default=3)
     p.add_argument("--folder", default="results/speed-detector")
@@ -126,72 +199,19 @@ def main() -> None:
                    f"{torch.__version__}, {torch.get_num_threads()} threads, device cpu",
     }
     task, det = fitted(args.size, Path(args.folder))
-    ad, k = det.adapter_, det.resamples
-    x = task.splits["easy"].inputs[: args.n]
-    family = det.valid_
-    rows = len(x) * len(family) * k
-    print(f"{len(family)} valid explanations, N={len(x)}, K={k}: {rows} scrubbed rows per run", flush=True)
-
-    # overhead ratio
-    plain_x = x[torch.arange(rows) % len(x)]
-
-    def plain() -> None:
-        with torch.no_grad():
-            for s in range(0, rows, det.batch_size):
-                ad.forward(plain_x[s : s + det.batch_size])
-
-    t_plain, _ = timed(plain, args.repeats)
-    t_scrub, _ = timed(lambda: engine(det, x, family, k), args.repeats)
-    ratios = [s / q for s, q in zip(t_scrub, t_plain)]
-    out["overhead"] = {"rows": rows, "batch_size": det.batch_size, "plain_seconds": spread(t_plain),
-                       "scrub_seconds": spread(t_scrub), "plain_rows_per_s": rows / statistics.median(t_plain),
-                       "scrub_rows_per_s": rows / statistics.median(t_scrub), "ratio": spread(ratios)}
-    print(json.dumps(out["overhead"]), flush=True)
-
-    # versus naive pyvene, on a subset of explanations
-    sub = family[: args.naive_explanations]
-    t_fast, fast = timed(lambda: engine(det, x, sub, k), args.repeats)
-    t_naive, slow = timed(lambda: naive(det, x, sub, k), max(1, args.repeats // 2))
-    out["naive"] = {"n": len(x), "explanations": len(sub), "k": k, "engine_seconds": spread(t_fast),
-                    "naive_pyvene_seconds": spread(t_naive),
-                    "speedup": statistics.median(t_naive) / statistics.median(t_fast),
-                    "max_abs_difference": float(np.nanmax(np.abs(np.asarray(fast) - np.asarray(slow)))),
-                    "max_divergence": float(np.nanmax(np.asarray(slow)))}
-    print(json.dumps(out["naive"]), flush=True)
-
-    # scaling, each point in a fresh process for an honest peak RSS
-    base = {"n": 40, "e": 12, "k": 2}
-    points = [base, {**base, "n": 400}, {**base, "e": 120}, {**base, "k": 20}]
-    scaling = []
-    for pt in points:
-        runs = []
-        for _ in range(max(1, args.repeats // 2)):
-            cmd = [sys.executable, __file__, "--child", "--size", args.size, "--folder", args.folder,
-                   "--budget", str(args.budget), "--n", str(pt["n"]), "--e", str(pt["e"]), "--k", str(pt["k"])]
-            runs.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-                                   .splitlines()[-1]))
-        scaling.append({**pt, "rows": pt["n"] * pt["e"] * pt["k"], "seconds": spread([r["seconds"] for r in runs]),
-                        "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]),
-                        "rss_before_mb": spread([r["rss_before_mb"] for r in runs]), "budget_mb": args.budget})
-        print(json.dumps(scaling[-1]), flush=True)
-    out["scaling"] = scaling
-
-    # end to end: fit + score of the easy split
-    fits, scores = [], []
-    for _ in range(args.e2e_repeats):
-        d = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=0)
-        t0 = time.perf_counter()
-        d.fit(task.trusted)
-        fits.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        d.score(task.splits["easy"].inputs)
-        scores.append(time.perf_counter() - t0)
-    out["end_to_end"] = None if not fits else {"n_trusted": len(task.trusted), "n_scored": len(task.splits["easy"].inputs),
-                         "fit_seconds": spread(fits), "score_seconds": spread(scores),
-                         "total_seconds": spread([f + s for f, s in zip(fits, scores)])}
-    print(json.dumps(out["end_to_end"]), flush=True)
+    x, family, k = task.splits["easy"].inputs[: args.n], det.valid_, det.resamples
+    print(f"{len(family)} valid explanations, K={k}", flush=True)
+    if "overhead" in args.only:
+        overhead(args, det, x, family, k, out)
+    if "naive" in args.only:
+        out["naive"] = [versus_naive(args, det, task.splits["easy"].inputs[:n], family, k) for n in args.naive_n]
+    if "scaling" in args.only:
+        out["scaling"] = scaling(args)
+    if "e2e" in args.only:
+        out["end_to_end"] = end_to_end(args, task)
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    Path(args.out).write_text(json.dumps({**previous, **out}, indent=2))  # --only updates its sections
     print(f"wrote {args.out}")
 
 
