@@ -153,9 +153,9 @@ def versus_naive(args, det, x, family, k) -> dict[str, object]:
 
 
 def scaling(args) -> list[dict[str, object]]:
-    """Each point in a fresh process, for an honest peak RSS."""
+    """N, E and K each 10x the base (and N 100x), each point in a fresh process."""
     base = {"n": 100, "e": 12, "k": 2}
-    points = [base, {**base, "n": 400}, {**base, "e": 120}, {**base, "k": 20}]
+    points = [base, {**base, "n": 1000}, {**base, "e": 120}, {**base, "k": 20}, {**base, "n": 10000}]
     result = []
     for pt in points:
         runs = []
