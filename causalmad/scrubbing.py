@@ -260,16 +260,23 @@ def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Seque
 
 
 # ---------------------------------------------------------------------- the batched engine
+def pass_rows(adapter: ModelAdapter, example: torch.Tensor, memory_mb: float, batch_size: int,
+              extra_per_row: int = 0) -> int:
+    """Rows per forward pass: at most ``batch_size``, and few enough that one pass's
+    activations (plus ``extra_per_row`` bytes each) take at most half of ``memory_mb``."""
+    per_row = adapter.activation_bytes_per_row(example) + extra_per_row
+    return int(max(1, min(batch_size, memory_mb * 2**20 // 2 // per_row)))
+
+
 def _budget(adapter: ModelAdapter, example: torch.Tensor, explanations: Sequence[Explanation], pool: SourcePool,
             memory_mb: float, per_input: int, n: int, batch_size: int) -> tuple[int, int]:
     """``(inputs per chunk, rows per forward pass)`` keeping one chunk's cached
     activations and source indices (``per_input`` bytes each) plus one pass's activations
     and patch values under ``memory_mb``."""
-    budget = memory_mb * 2**20
     patch = max((sum(pool.acts(s).shape[1:].numel() * 4 for s in e.sites) for e in explanations), default=0)
+    rows = pass_rows(adapter, example, memory_mb, batch_size, patch)
     per_row = adapter.activation_bytes_per_row(example) + patch
-    rows = int(max(1, min(batch_size, budget // 2 // per_row)))
-    chunk = int(max(1, min(n, (budget - rows * per_row) // max(per_input, 1))))
+    chunk = int(max(1, min(n, (memory_mb * 2**20 - rows * per_row) // max(per_input, 1))))
     return chunk, rows
 
 
@@ -341,7 +348,7 @@ def scrub_many(
                 sources[j].append(idx)
                 unmatched[a:b, j] |= miss
                 gap[:, j] |= rule_gap
-        cache = dict(zip(points, _capture_raw(adapter, x, points))) if points else {}
+        cache = dict(zip(points, _capture_raw(adapter, x, points, rows_per_pass))) if points else {}
         for point, columns in groups.items():
             # rows of this group, explanation-major: row r is (columns[r // (m k)], input (r // k) % m, resample r % k)
             for s in range(0, len(columns) * m * k, rows_per_pass):

@@ -37,7 +37,7 @@ import torch
 
 import causalmad as cm
 from causalmad.interventions import interchange_pyvene
-from causalmad.scrubbing import clean_log_probs, kl_divergence, readout_log_probs, row_keys, scrub_many
+from causalmad.scrubbing import clean_log_probs, kl_divergence, readout_log_probs, row_keys
 
 
 def spread(xs: list[float]) -> dict[str, float]:
@@ -65,11 +65,12 @@ def fitted(size: str, folder: Path, seed: int = 0):
     return task, det
 
 
-def engine(det, x, family, k, memory_mb=2048.0):
-    values = det._values(x)
-    clean = clean_log_probs(det.adapter_, x, det.readouts_, det.batch_size)
-    return scrub_many(det.adapter_, family, x, values, clean, det.pool_, det.readouts_, k, seed=det.random_state,
-                      batch_size=det.batch_size, keys=row_keys(x), memory_mb=memory_mb)[0]
+def engine(det, x, family, k, memory_mb=None):
+    """The detector's own scoring path: hypothesis values, clean passes, ``scrub_many``."""
+    det.resamples = k
+    if memory_mb is not None:
+        det.memory_mb = memory_mb
+    return det._divergences(family, x, det._values(x))[0]
 
 
 def naive(det, x, family, k):

@@ -25,7 +25,15 @@ from causalmad.detectors.base import Detector, register, split_indices
 from causalmad.errors import HypothesisError, InputError, PersistenceError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
 from causalmad.hypothesis import Hypothesis, Readout
-from causalmad.scrubbing import Explanation, SourcePool, clean_log_probs, row_keys, scrub_many, seen_values
+from causalmad.scrubbing import (
+    Explanation,
+    SourcePool,
+    clean_log_probs,
+    pass_rows,
+    row_keys,
+    scrub_many,
+    seen_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +209,8 @@ class ScrubbingDetector(Detector):
     ) -> tuple[np.ndarray, np.ndarray]:
         # each input's sources depend only on the input, the explanation and the seed, so
         # a score does not depend on the batch the input is scored in
-        clean = clean_log_probs(self.adapter_, x, self.readouts_, self.batch_size)
+        rows = pass_rows(self.adapter_, x[:1], self.memory_mb, self.batch_size)  # clean passes within the budget too
+        clean = clean_log_probs(self.adapter_, x, self.readouts_, rows)
         return scrub_many(self.adapter_, family, x, values, clean, self.pool_, self.readouts_, self.resamples,
                           seed=self.random_state, batch_size=self.batch_size, keys=row_keys(x),
                           memory_mb=self.memory_mb, progress=self.progress)
