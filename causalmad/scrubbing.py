@@ -260,12 +260,18 @@ def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Seque
 
 
 # ---------------------------------------------------------------------- the batched engine
+# Share of the memory budget planned for cached activations and one pass; the rest is
+# headroom for what the plan does not count (per-input Python values, clean logits,
+# allocator slack), measured in docs/performance.md.
+PLANNED = 0.5
+
+
 def pass_rows(adapter: ModelAdapter, example: torch.Tensor, memory_mb: float, batch_size: int,
               extra_per_row: int = 0) -> int:
     """Rows per forward pass: at most ``batch_size``, and few enough that one pass's
-    activations (plus ``extra_per_row`` bytes each) take at most half of ``memory_mb``."""
+    activations (plus ``extra_per_row`` bytes each) take at most a quarter of ``memory_mb``."""
     per_row = adapter.activation_bytes_per_row(example) + extra_per_row
-    return int(max(1, min(batch_size, memory_mb * 2**20 // 2 // per_row)))
+    return int(max(1, min(batch_size, memory_mb * 2**20 * PLANNED // 2 // per_row)))
 
 
 def _budget(adapter: ModelAdapter, example: torch.Tensor, explanations: Sequence[Explanation], pool: SourcePool,
@@ -276,7 +282,7 @@ def _budget(adapter: ModelAdapter, example: torch.Tensor, explanations: Sequence
     patch = max((sum(pool.acts(s).shape[1:].numel() * 4 for s in e.sites) for e in explanations), default=0)
     rows = pass_rows(adapter, example, memory_mb, batch_size, patch)
     per_row = adapter.activation_bytes_per_row(example) + patch
-    chunk = int(max(1, min(n, (memory_mb * 2**20 - rows * per_row) // max(per_input, 1))))
+    chunk = int(max(1, min(n, (memory_mb * 2**20 * PLANNED - rows * per_row) // max(per_input, 1))))
     return chunk, rows
 
 
