@@ -223,7 +223,10 @@ def scrub(
     batch_size: int = 1024,
     keys: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Divergence of each input under one explanation.
+    """Divergence of each input under one explanation, every row through the whole model.
+
+    The straightforward implementation: :func:`scrub_many` (what detectors use) must
+    agree with it, and ``tests/test_engine.py`` checks that it does.
 
     Returns:
         ``[n]`` divergences (mean over ``resamples`` sources; NaN where a rule found no
