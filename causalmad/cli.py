@@ -148,6 +148,18 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _move(model: torch.nn.Module, device: torch.device) -> None:
+    """Put the model on ``device`` (only if it is elsewhere; TransformerLens prints when it
+    moves a model, and stdout carries `explain`'s JSON, so that print goes to stderr)."""
+    import contextlib
+
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == device.type and (device.index is None or param.device == device):
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        model.to(device)
+
+
 def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(model, hypothesis, task or None, source record)`` from the command line, or
     from the source a detector folder records when it is a registered task."""
@@ -163,7 +175,7 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
             raise InputError("give either --task or --model, not both.")
         _say(args, f"task {task_name!r} ({args.size}, seed {args.seed}): training or loading the model ...")
         task = load_task(task_name, size=args.size, seed=args.seed)
-        task.model.to(device)
+        _move(task.model, device)
         return task.model, task.hypothesis, task, {"task": task_name, "size": args.size, "seed": args.seed}
     if args.model is None:
         if source and "model" in source:
@@ -178,7 +190,7 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
     if hypothesis is not None and not isinstance(hypothesis, Hypothesis):
         raise InputError(f"--hypothesis {args.hypothesis}: expected a causalmad.Hypothesis, got "
                          f"{type(hypothesis).__name__}.")
-    model.to(device)
+    _move(model, device)
     return model, hypothesis, None, {"model": args.model, "hypothesis": args.hypothesis}
 
 

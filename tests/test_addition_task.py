@@ -88,7 +88,7 @@ def test_das_learns_a_one_dimensional_subspace_for_the_top_carry(task):
     assert iia(where.with_basis(random_direction, "random")) < 0.5  # the learned direction is what matters
 
 
-def test_cli_fit_then_score_on_the_task_model_matches_a_reloaded_detector(task, tmp_path):
+def test_cli_fit_then_score_on_the_task_model_matches_a_reloaded_detector(task, tmp_path, capsys):
     """The transformer round trip: fit from the command line (the folder records the task,
     so scoring needs no --model), then the same folder loaded in-process scores the same."""
     folder = tmp_path / "det"
@@ -105,6 +105,11 @@ def test_cli_fit_then_score_on_the_task_model_matches_a_reloaded_detector(task, 
     det = cm.load_detector(folder, task.model, task.hypothesis)
     np.testing.assert_allclose(scores, det.score(x), rtol=1e-5)
     assert np.mean(scores[20:]) > np.mean(scores[:20])
+    # explain's stdout is pure JSON (nothing else printed there), ready for `> why.json`
+    capsys.readouterr()
+    assert main(["explain", str(folder), "--inputs", str(tmp_path / "batch.jsonl"), "--index", "25", "--quiet"]) == 0
+    why = json.loads(capsys.readouterr().out)
+    assert why["score"] == pytest.approx(scores[25], rel=1e-5) and set(why["values"]) >= {"c0", "c1", "c2", "s0"}
     with pytest.raises(cm.PersistenceError, match="different model"):
         other = cm.load_task("addition-backdoor", size="tiny", seed=0).model
         with torch.no_grad():
