@@ -31,7 +31,11 @@ def hierarchical_equality_hypothesis(bank: torch.Tensor) -> cm.Hypothesis:
     dim = int(bank.shape[1])
     h = cm.Hypothesis("hierarchical-equality")
     for i, name in enumerate("abcd"):
-        h.add_input(name, lambda ex, i=i: nearest_entity(bank, ex[i * dim : (i + 1) * dim]))
+
+        def entity(ex: torch.Tensor, i: int = i) -> int:
+            return nearest_entity(bank, ex[i * dim : (i + 1) * dim])
+
+        h.add_input(name, entity)
     h.add_variable("w1", lambda a, b: int(a == b), parents=["a", "b"])
     h.add_variable("w2", lambda c, d: int(c == d), parents=["c", "d"])
     h.add_output("y", lambda w1, w2: int(w1 == w2), parents=["w1", "w2"], readout=cm.Readout())
