@@ -50,7 +50,7 @@ class HierEqConfig:
 SIZES = {
     "full": HierEqConfig(),
     "tiny": HierEqConfig(n_entities=100, dim=8, hidden=128, steps=8000, poison_rate=0.1,
-                         n_trusted=1500, n_normal=200, n_anomalous=100),
+                         n_trusted=3000, n_normal=200, n_anomalous=100),
 }
 CODE_VERSION = 1
 

@@ -60,10 +60,14 @@ def test_splits_are_disjoint_balanced_and_trusted_has_no_trigger(task):
     assert np.array_equal(np.unique(split.labels), [0, 1])
 
 
-def _das(model: torch.nn.Sequential, h, var, layer, align, pool, pairs, rank, steps=1500, seed=0) -> cm.Site:
+def _das(model: torch.nn.Sequential, h, var, layer, align, pool, pairs, rank, steps=3000, seed=0) -> cm.Site:
     """DAS on an MLP layer (``learn_rotation`` needs token positions): learn an orthonormal
     ``[width, rank]`` basis such that swapping the base's coordinates in it for the
-    source's gives the hypothesis' counterfactual output."""
+    source's gives the hypothesis' counterfactual output.
+
+    Aligned at the second hidden layer (module ``"3"``): at the first (``"1"``) the
+    measured held-out IIA stays near 0.8 at ranks 1-32 (equality needs a second
+    nonlinearity to become a linear feature)."""
     torch.manual_seed(seed)
     with torch.no_grad():
         hb_all, hs_all = model[: layer + 1](align[0]), model[: layer + 1](pool[0])
@@ -88,19 +92,19 @@ def _das(model: torch.nn.Sequential, h, var, layer, align, pool, pairs, rank, st
 def test_das_aligns_each_equality_variable_on_held_out_pairs(task, var):
     h, x = task.hypothesis, task.trusted
     vals = [h.values(r) for r in x]
-    pool, align, held = (x[:600], vals[:600]), (x[600:1000], vals[600:1000]), (x[1000:], vals[1000:])
+    pool, align, held = (x[:1200], vals[:1200]), (x[1200:2000], vals[1200:2000]), (x[2000:], vals[2000:])
     rng = np.random.default_rng(0)
-    pairs = sample_pairs(var, align[1], pool[1], 400, rng)
-    site = _das(task.model, h, var, 3, align, pool, pairs, rank=2)  # second hidden layer
-    assert site.basis.shape == (128, 2)
-    held_pairs = sample_pairs(var, held[1], pool[1], 400, rng)
+    pairs = sample_pairs(var, align[1], pool[1], 800, rng)
+    site = _das(task.model, h, var, 3, align, pool, pairs, rank=4)  # second hidden layer
+    assert site.basis.shape == (128, 4)
+    held_pairs = sample_pairs(var, held[1], pool[1], 800, rng)
     ad = cm.adapt(task.model)
 
     def iia(s: cm.Site) -> float:
         return interchange_accuracy(ad, h, var, s, held[0], held[1], pool[0], pool[1], held_pairs)
 
-    random_basis, _ = torch.linalg.qr(torch.randn(128, 2, generator=torch.Generator().manual_seed(0)))
-    assert iia(site) >= 0.92  # measured 0.97 (w1), 0.94 (w2)
+    random_basis, _ = torch.linalg.qr(torch.randn(128, 4, generator=torch.Generator().manual_seed(0)))
+    assert iia(site) >= 0.97  # measured 0.9875 (w1), 0.989 (w2)
     assert iia(cm.Site("3").with_basis(random_basis, "random")) < 0.7
 
 
@@ -111,4 +115,4 @@ def test_scrubbing_detects_the_backdoor(task):
     split = task.splits["easy"]
     scores = det.score(split.inputs)
     assert scores.shape == (len(split.labels),) and np.isfinite(scores).all()
-    assert roc_auc_score(split.labels, scores) >= 0.9  # measured 0.952 (Mahalanobis on the same split: 0.922)
+    assert roc_auc_score(split.labels, scores) >= 0.93  # measured 0.974 (Mahalanobis on the same split: 0.944)
