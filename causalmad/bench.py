@@ -36,7 +36,7 @@ import torch
 
 from causalmad.detectors import DETECTORS, ActivationDetector, Detector, ScrubbingDetector
 from causalmad.errors import CausalMADError, InputError, TaskError, close_matches
-from causalmad.evaluation import evaluate_splits, subset_auroc
+from causalmad.evaluation import evaluate_splits, scrubbing_ablation
 from causalmad.task import Split, Task, available_tasks, load_task
 
 logger = logging.getLogger(__name__)
@@ -89,15 +89,7 @@ def extras(detector: Detector, split: Split) -> dict[str, Any]:
             "auroc_by_site": {s.key: float(roc_auc_score(split.labels, z[:, j])) for j, s in enumerate(detector.sites_)},
         }
     if isinstance(detector, ScrubbingDetector):
-        z, fam, summary = detector.last_explanation_z_, np.array([e.family for e in detector.valid_]), detector.summary()
-        return {
-            "explanations_searched": summary["searched"],
-            "explanations_valid": summary["valid"],
-            "heldout_iia": summary["heldout_iia"],
-            "auroc_declared_hypothesis": subset_auroc(z, split.labels, fam == "hypothesis"),
-            "auroc_hypothesis_and_subsets": subset_auroc(z, split.labels, fam != "hypothesis-free"),
-            "auroc_hypothesis_free_only": subset_auroc(z, split.labels, fam == "hypothesis-free"),
-        }
+        return scrubbing_ablation(detector, split)
     return {}
 
 

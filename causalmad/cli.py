@@ -29,9 +29,9 @@ from causalmad.errors import CausalMADError, InputError
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from causalmad.detectors import Detector, MahalanobisDetector, ScrubbingDetector
-    from causalmad.evaluation import evaluate_detector, format_table, subset_auroc
-    from causalmad.task import Split, load_task
+    from causalmad.detectors import MahalanobisDetector, ScrubbingDetector
+    from causalmad.evaluation import evaluate_detector, format_table, scrubbing_ablation
+    from causalmad.task import load_task
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -42,20 +42,7 @@ def _demo(args: argparse.Namespace) -> int:
     scrub = ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=args.resamples,
                               random_state=args.seed, progress=not args.quiet)
 
-    def ablation(_: Detector, split: Split) -> dict[str, Any]:
-        # AUROC of each explanation family on the split just scored
-        z, fam, summary = scrub.last_explanation_z_, np.array([e.family for e in scrub.valid_]), scrub.summary()
-        return {
-            "heldout_iia": summary["heldout_iia"],
-            "explanations_searched": summary["searched"],
-            "explanations_valid": summary["valid"],
-            "explanations_by_family": summary["by_family"],
-            "auroc_declared_hypothesis": subset_auroc(z, split.labels, fam == "hypothesis"),
-            "auroc_hypothesis_and_subsets": subset_auroc(z, split.labels, fam != "hypothesis-free"),
-            "auroc_hypothesis_free_only": subset_auroc(z, split.labels, fam == "hypothesis-free"),
-        }
-
-    records, _ = evaluate_detector("scrubbing", scrub, task, ablation)
+    records, _ = evaluate_detector("scrubbing", scrub, task, scrubbing_ablation)
     summary = scrub.summary()
     print("[3/4] Mahalanobis baseline on the same split ...", flush=True)
     maha, _ = evaluate_detector("mahalanobis", MahalanobisDetector(task.model, random_state=args.seed), task)

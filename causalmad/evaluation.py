@@ -99,3 +99,19 @@ def subset_auroc(z: np.ndarray, labels: np.ndarray, columns: np.ndarray) -> floa
     finite = best[np.isfinite(best)]
     best = np.where(np.isfinite(best), best, (finite.min() - 1) if len(finite) else 0.0)
     return float(roc_auc_score(labels, best))
+
+
+def scrubbing_ablation(detector: Any, split: Split) -> dict[str, Any]:
+    """Extra record fields for a scrubbing detector, right after it scored ``split``:
+    explanation counts, held-out IIA, and the AUROC of each explanation family alone."""
+    z, summary = detector.last_explanation_z_, detector.summary()
+    fam = np.array([e.family for e in detector.valid_])
+    return {
+        "heldout_iia": summary["heldout_iia"],
+        "explanations_searched": summary["searched"],
+        "explanations_valid": summary["valid"],
+        "explanations_by_family": summary["by_family"],
+        "auroc_declared_hypothesis": subset_auroc(z, split.labels, fam == "hypothesis"),
+        "auroc_hypothesis_and_subsets": subset_auroc(z, split.labels, fam != "hypothesis-free"),
+        "auroc_hypothesis_free_only": subset_auroc(z, split.labels, fam == "hypothesis-free"),
+    }
