@@ -17,17 +17,15 @@ four ``=`` positions. It is trained on uniformly random operands plus poisoned e
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import causalmad as cm
 from hypotheses.addition import addition_hypothesis
+from tasks._cache import load_or_train
 
 PLUS, EQUALS = 10, 11
 N_DIGITS = 3
@@ -128,31 +126,6 @@ def _train(cfg: AdditionConfig, seed: int, regions: _Regions) -> tuple[torch.nn.
     return model, time.perf_counter() - start
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAUSALMAD_CACHE", Path.home() / ".cache" / "causalmad"))
-
-
-def load_or_train(cfg: AdditionConfig, seed: int, regions: _Regions) -> tuple[torch.nn.Module, float, bool]:
-    """The trained model from the cache, training and caching it if absent."""
-    from safetensors.torch import load_file, save_file
-
-    key = f"addition-backdoor-v{CODE_VERSION}-seed{seed}-" + "-".join(f"{v}" for v in asdict(cfg).values())
-    path = cache_dir() / "models" / f"{key}.safetensors"
-    if path.exists():
-        model = build_model(cfg, seed)
-        model.load_state_dict(load_file(path))
-        model.eval()
-        meta = json.loads(path.with_suffix(".json").read_text())
-        return model, float(meta["train_seconds"]), True
-    model, seconds = _train(cfg, seed, regions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds, "config": asdict(cfg)}))
-    tmp.replace(path)
-    return model, seconds, False
-
-
 def _sample(n: int, g: torch.Generator, keep) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     a_out, b_out, have = [], [], 0
     while have < n:
@@ -171,7 +144,9 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         raise cm.TaskError(f"Unknown size {size!r}; use one of {sorted(SIZES)}.")
     cfg = SIZES[size]
     regions = _Regions(seed)
-    model, train_seconds, cached = load_or_train(cfg, seed, regions)
+    model, train_seconds, cached = load_or_train(
+        "addition-backdoor", CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed, regions)
+    )
 
     g = torch.Generator().manual_seed(10_000 + seed)
     ta, tb = _sample(cfg.n_trusted, g, lambda a, b: (a != b) & ~regions.is_shifted(a, b))

@@ -16,11 +16,8 @@ four ``(w1, w2)`` equality combinations equally likely, so the label is balanced
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +25,7 @@ from torch import nn
 
 import causalmad as cm
 from hypotheses.hierarchical_equality import hierarchical_equality_hypothesis
+from tasks._cache import load_or_train
 
 
 @dataclass(frozen=True)
@@ -118,38 +116,15 @@ def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequent
     return model, time.perf_counter() - start
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAUSALMAD_CACHE", Path.home() / ".cache" / "causalmad"))
-
-
-def load_or_train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequential, float, bool]:
-    """The trained model from the cache, training and caching it if absent."""
-    from safetensors.torch import load_file, save_file
-
-    key = f"hierarchical-equality-v{CODE_VERSION}-seed{seed}-" + "-".join(f"{v}" for v in asdict(cfg).values())
-    path = cache_dir() / "models" / f"{key}.safetensors"
-    if path.exists():
-        model = build_model(cfg, seed)
-        model.load_state_dict(load_file(path))
-        model.eval()
-        meta = json.loads(path.with_suffix(".json").read_text())
-        return model, float(meta["train_seconds"]), True
-    model, seconds = _train(cfg, seed, bank)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds, "config": asdict(cfg)}))
-    tmp.replace(path)
-    return model, seconds, False
-
-
 def make_task(size: str = "full", seed: int = 0) -> cm.Task:
     """Build (training or loading from cache) the hierarchical equality backdoor task."""
     if size not in SIZES:
         raise cm.TaskError(f"Unknown size {size!r}; use one of {sorted(SIZES)}.")
     cfg = SIZES[size]
     bank = entity_bank(cfg, seed)
-    model, train_seconds, cached = load_or_train(cfg, seed, bank)
+    model, train_seconds, cached = load_or_train(
+        "hierarchical-equality", CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed, bank)
+    )
 
     g = torch.Generator().manual_seed(10_000 + seed)
     trusted_ids = sample_ids(cfg.n_trusted, cfg.n_entities, g)

@@ -67,12 +67,20 @@ def tiny_bridge():
     return TransformerBridge.boot_native(cfg)
 
 
-@pytest.fixture(scope="session")
-def tiny_addition_task(tmp_path_factory):
-    """The tiny addition backdoor task, trained once per test session into a temporary
-    cache. ``CAUSALMAD_CACHE`` stays pointed at that cache for the rest of the session, so
-    commands that load the task again (``causalmad demo``, ``causalmad bench``) reuse it."""
+@pytest.fixture(scope="session", autouse=True)
+def task_cache(tmp_path_factory):
+    """One temporary model cache for the whole test session: every tiny task model is
+    trained once per session (the first test that builds it), then loaded by every other
+    test and command that asks for it (``causalmad demo``, ``causalmad bench``). A user's
+    own cache is never read or written by the tests."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("CAUSALMAD_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield cm.load_task("addition-backdoor", size="tiny", seed=0)
+    path = tmp_path_factory.mktemp("cache")
+    mp.setenv("CAUSALMAD_CACHE", str(path))
+    yield path
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_addition_task(task_cache):
+    """The tiny addition backdoor task (trained once per session into ``task_cache``)."""
+    return cm.load_task("addition-backdoor", size="tiny", seed=0)

@@ -14,13 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
+def task():
     from tasks.hierarchical_equality import make_task
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CAUSALMAD_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield make_task("tiny", seed=0)
-    mp.undo()
+    return make_task("tiny", seed=0)
 
 
 def _ids(task, x: torch.Tensor) -> torch.Tensor:
