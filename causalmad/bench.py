@@ -129,7 +129,7 @@ def _check_names(asked: Sequence[str] | None, known: Iterable[str], what: str) -
     known = sorted(known)
     if asked is None:
         return known
-    unknown = [a for a in asked if a not in known]
+    unknown = [a for a in asked if a not in known and not (what == "task" and ":" in a)]
     if unknown:
         hint = close_matches(unknown[0], known)
         err = TaskError if what == "task" else InputError
@@ -171,6 +171,7 @@ def run_bench(
     summary = BenchSummary(out=out, records=records)
     from tqdm.auto import tqdm
 
+    recorded = set(task_names)
     bar = tqdm(total=len(seeds) * len(task_names) * len(det_names), desc="bench", unit="cell", disable=not progress)
     for seed in seeds:
         for task_name in task_names:
@@ -184,9 +185,10 @@ def run_bench(
             bar.set_postfix_str(f"{task_name} seed {seed}: loading task")
             torch.manual_seed(seed)
             task = load_task(task_name, size=size, seed=seed)
+            recorded.add(task.name)  # records go by the task's name ("module:function" factories too)
             _record_task_info(out, task, size)
             for det_name in det_names:
-                cells = [(task_name, size, s, det_name, seed) for s in task.splits]
+                cells = [(task.name, size, s, det_name, seed) for s in task.splits]
                 todo = [c[2] for c in cells if c not in done]
                 summary.skipped += [c for c in cells if c in done]
                 if todo:
@@ -195,7 +197,7 @@ def run_bench(
                 bar.update(1)
     bar.close()
     write_atomic(out / "results.md", results_markdown(records))
-    plot_all(out, [r for r in records if r.get("size") == size and r["task"] in task_names])
+    plot_all(out, [r for r in records if r.get("size") == size and r["task"] in recorded])
     summary.seconds = time.perf_counter() - t_start
     return summary
 

@@ -66,9 +66,24 @@ def available_tasks() -> dict[str, Any]:
 
 
 def load_task(name: str, **kwargs: Any) -> Task:
-    """Build a registered task by name (``size="tiny"|"full"``, ``seed=...``)."""
+    """Build a task by registered name (``size="tiny"|"full"``, ``seed=...``).
+
+    ``name`` may also be ``"package.module:function"``: a task factory that is importable
+    but not registered (one's own task under development, say)."""
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise TaskError(f"Cannot load the task factory {name!r}: {exc}.") from exc
+        return factory(**kwargs)
     tasks = available_tasks()
     if name not in tasks:
-        raise TaskError(f"Unknown task {name!r}; known tasks: {sorted(tasks)}.{close_matches(name, tasks)}")
+        raise TaskError(
+            f"Unknown task {name!r}; known tasks: {sorted(tasks)} (or give a factory as 'module:function')."
+            f"{close_matches(name, tasks)}"
+        )
     factory = tasks[name].load()  # type: ignore[attr-defined]
     return factory(**kwargs)
