@@ -28,7 +28,9 @@ import torch
 from causalmad.errors import AlignmentError
 from causalmad.hypothesis import Hypothesis
 from causalmad.interventions import (
+    _hooks,
     _PyveneModel,
+    capture,
     import_pyvene,
     interchange_pyvene,
     positions_of,
@@ -207,8 +209,9 @@ def search(
     n_pairs: int = 256,
     random_state: int = 0,
     das_rank: int | None = None,
-    das_top: int = 3,
-    das_steps: int = 200,
+    das_top: int = 6,
+    das_steps: int = 400,
+    das_if_below: float | None = None,
     sites: dict[str, list[Site]] | None = None,
     max_group: int = 3,
     group_from: int = 24,
@@ -220,6 +223,8 @@ def search(
             for ranking), the source pool, and the held-out split (bases for reporting).
         das_rank: if set, learn a rank-``das_rank`` rotated subspace at the ``das_top``
             best whole-vector sites of each variable and add those as candidates.
+        das_if_below: if set, learn them only for variables whose best site's IIA is
+            below this (a variable no whole site carries is distributed).
         sites: optional variable -> candidate sites, replacing the default grid.
         max_group, group_from: grow the best site greedily into a group of up to
             ``max_group`` sites patched together, adding one of the next ``group_from``
@@ -241,10 +246,14 @@ def search(
                                         targets[id(pairs)])
 
         scored: list[tuple[float, tuple[Site, ...]]] = [(score((s,), pairs_a, align), (s,)) for s in grid]
-        if das_rank:
-            whole = [g[0] for _, g in sorted(scored, key=lambda t: -t[0]) if g[0].head is None and g[0].basis is None]
+        if das_rank and (das_if_below is None or max(iia for iia, _ in scored) < das_if_below):
+            whole = [g[0] for _, g in sorted(scored, key=lambda t: -t[0]) if g[0].head is None and g[0].basis is None
+                     and adapter.width(g[0].hook, align[0]) > das_rank]  # narrower: the whole vector already
+            # DAS trains on its own, larger sample of alignment pairs, so that the IIA that
+            # ranks it (on ``pairs_a``) is not measured on the pairs it was fitted to
+            pairs_das = sample_pairs(var, align[1], pool[1], 8 * n_pairs, rng)
             for s in whole[:das_top]:
-                rotated = learn_rotation(adapter, hypothesis, var, s, align, pool, pairs_a, das_rank,
+                rotated = learn_rotation(adapter, hypothesis, var, s, align, pool, pairs_das, das_rank,
                                          das_steps, random_state)
                 scored.append((score((rotated,), pairs_a, align), (rotated,)))
         scored.sort(key=lambda t: -t[0])
@@ -283,10 +292,12 @@ def learn_rotation(
     Trained on counterfactual labels of the given (alignment base, pool source) pairs;
     returns ``site`` restricted to the learned orthonormal basis.
     """
+    if not adapter.has_positions:
+        return _learn_rotation_flat(adapter, hypothesis, variable, site, align, pool, pairs, rank, steps,
+                                    random_state, batch_size, lr)
+    if site.positions is None:
+        raise AlignmentError(f"DAS at {site.key} needs token positions on a model with positions.")
     pv = import_pyvene()
-
-    if not adapter.has_positions or site.positions is None:
-        raise AlignmentError("DAS needs a site with token positions.")
     base_x, base_vals = align
     src_x, src_vals = pool
     torch.manual_seed(random_state)
@@ -318,4 +329,63 @@ def learn_rotation(
             opt.step()
         basis = intervention.rotate_layer.weight.detach().float().cpu()
     basis, _ = torch.linalg.qr(basis)
+    return site.with_basis(basis, f"das k={rank}")
+
+
+def _learn_rotation_flat(
+    adapter: ModelAdapter,
+    hypothesis: Hypothesis,
+    variable: str,
+    site: Site,
+    align: tuple[torch.Tensor, Values],
+    pool: tuple[torch.Tensor, Values],
+    pairs: np.ndarray,
+    rank: int,
+    steps: int,
+    random_state: int,
+    batch_size: int,
+    lr: float,
+) -> Site:
+    """DAS at a site of a model without token positions (an MLP layer, a flattened conv
+    map): the same objective as the pyvene path, through a forward hook that swaps the
+    base's coordinates in the learned basis ``Q`` for the source's, ``h + (s - h) Q Q^T``.
+    ``Q`` is kept orthonormal by a QR of a free ``[width, rank]`` matrix."""
+    base_x, base_vals = align
+    src_x, src_vals = pool
+    used_b, used_s = np.unique(pairs[:, 0]), np.unique(pairs[:, 1])
+    act_b = torch.zeros(len(base_x), adapter.width(site.hook, base_x))
+    act_s = torch.zeros(len(src_x), act_b.shape[1])
+    act_b[used_b] = capture(adapter, base_x[torch.as_tensor(used_b)], [site])[0]
+    act_s[used_s] = capture(adapter, src_x[torch.as_tensor(used_s)], [site])[0]
+    if rank > act_b.shape[1]:
+        raise AlignmentError(f"DAS rank {rank} exceeds the width {act_b.shape[1]} of {site.key}.")
+    targets = counterfactual_targets(hypothesis, variable, base_vals, src_vals, pairs)
+    gen = torch.Generator().manual_seed(random_state)
+    free = torch.nn.Parameter(torch.randn(act_b.shape[1], rank, generator=gen))
+    opt = torch.optim.Adam([free], lr=lr)
+    rng = np.random.default_rng(random_state)
+    device = adapter.device
+    with preserved_training_state(adapter.model):
+        adapter.model.eval()
+        for p in adapter.model.parameters():
+            p.requires_grad_(False)
+        for _ in range(steps):
+            idx = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
+            h, src = act_b[pairs[idx, 0]].to(device), act_s[pairs[idx, 1]].to(device)
+            q, _ = torch.linalg.qr(free.to(device))
+            patched = h + ((src - h) @ q) @ q.T
+
+            def swap(output: object, patched: torch.Tensor = patched) -> torch.Tensor:
+                return patched.reshape(output.shape).to(output.dtype)  # type: ignore[attr-defined]
+
+            with _hooks(adapter, [(site.hook, swap)]):
+                logits = adapter.forward(base_x[torch.as_tensor(pairs[idx, 0])].to(device))
+            loss = sum(
+                torch.nn.functional.cross_entropy(readout_logits(hypothesis, o, logits), targets[o][idx].to(device))
+                for o in hypothesis.outputs
+            )
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            opt.step()
+    basis, _ = torch.linalg.qr(free.detach().float().cpu())
     return site.with_basis(basis, f"das k={rank}")

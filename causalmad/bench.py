@@ -197,6 +197,8 @@ def run_bench(
                 bar.update(1)
     bar.close()
     write_atomic(out / "results.md", results_markdown(records))
+    infos = json.loads((out / "tasks.json").read_text()) if (out / "tasks.json").exists() else {}
+    write_atomic(out / "tasks.md", tasks_markdown(records, infos))
     plot_all(out, [r for r in records if r.get("size") == size and r["task"] in recorded])
     summary.seconds = time.perf_counter() - t_start
     return summary
@@ -268,6 +270,32 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
         lines += [*_summary_table(rs), ""]
         for task, split in sorted({(r["task"], r["split"]) for r in rs}):
             lines += [*_split_table([r for r in rs if r["task"] == task and r["split"] == split], task, split), ""]
+    return "\n".join(lines)
+
+
+TASK_DETECTORS = ("scrubbing", "mahalanobis", "output-disagreement")
+
+
+def tasks_markdown(records: list[dict[str, Any]], infos: dict[str, dict[str, Any]]) -> str:
+    """One row per task and split: the task's own figures (``Task.info``: clean accuracy,
+    attack success rate, training time; mean over seeds), split sizes, and the AUROC of
+    the scrubbing detector, Mahalanobis and output disagreement."""
+    head = ["task", "size", "split", "clean acc.", "attack success", "train s", "trusted", "normal", "anomalous",
+            *(f"AUROC {d}" for d in TASK_DETECTORS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def info_mean(task: str, size: str, key: str, digits: int) -> str:
+        vals = [float(v[key]) for k, v in infos.items() if k.startswith(f"{task}/{size}/") and v.get(key) is not None]
+        return f"{np.mean(vals):.{digits}f}" if vals else "–"
+
+    for task, size, split in sorted({(r["task"], str(r.get("size", "?")), r["split"]) for r in records}):
+        rs = [r for r in records if r["task"] == task and str(r.get("size", "?")) == size and r["split"] == split]
+        sizes = [str(rs[0][k]) for k in ("n_trusted", "n_normal", "n_anomalous")]
+        aurocs = [_fmt([r["auroc"] for r in rs if r["detector"] == d]) if any(r["detector"] == d for r in rs) else "–"
+                  for d in TASK_DETECTORS]
+        lines.append("| " + " | ".join([task, size, split, info_mean(task, size, "clean_accuracy", 3),
+                                        info_mean(task, size, "attack_success_rate", 3),
+                                        info_mean(task, size, "train_seconds", 0), *sizes, *aurocs]) + " |")
     return "\n".join(lines)
 
 

@@ -9,6 +9,12 @@ anomalous if *some* explanation that holds on all trusted data fails on it). The
   the hypothesis' output mechanisms: the last residual stream at each output's readout
   position resampled from a source agreeing on that output's parents.
 * **hypothesis-subset** — each variable's claim alone, each output mechanism alone.
+* **hypothesis-interchange** — each aligned variable's site taken from a trusted source
+  that *differs* on the variable, scored against the output the hypothesis predicts for
+  that counterfactual (per-input interchange accuracy). Resampling from agreeing sources
+  cannot see an input on which the model ignores a variable whose value happens to give
+  the normal answer (a backdoor that overrides part of the computation with the same
+  output); changing the variable can.
 * **hypothesis-free** — per hook and token position: "only the top-k trusted principal
   subspace matters" (the orthogonal complement resampled from a random trusted input),
   "this position does not matter" (all of it resampled); per attention head and
@@ -56,6 +62,9 @@ def hypothesis_explanations(
             for var, cands in usable.items():
                 family.append(Explanation(f"variable {var} at {cands[0].key}", "hypothesis-subset",
                                           [Resample(s, (var,)) for s in cands[0].sites], (var,)))
+            for var, cands in usable.items():  # ... and interchanged with a differing source
+                family.append(Explanation(f"interchange {var} at {cands[0].key}", "hypothesis-interchange",
+                                          [Resample(s, (var,)) for s in cands[0].sites], (var,), target=var))
     # output mechanisms: each output computed from its parents only
     if adapter.has_positions:
         final = adapter.final_hook()

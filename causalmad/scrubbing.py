@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,12 +56,20 @@ class Explanation:
             component claims that need no hypothesis).
         resamples: the rules, all applied together.
         variables: hypothesis variables the explanation speaks about.
+        target: set for an interchange explanation (see below).
     """
 
     name: str
     family: str
     resamples: list[Resample]
     variables: tuple[str, ...] = ()
+    target: str | None = None
+
+    # ``target``: an *interchange* explanation for that variable. Its sources *differ*
+    # from the input on ``target`` (one source per row, shared by every rule), and the
+    # divergence is the scrubbed model's negative log-likelihood of the output the
+    # hypothesis predicts with ``target`` set to the source's value: the claim "the
+    # model's output on x depends on this variable as the hypothesis says" (per-input IIA).
 
     @property
     def sites(self) -> list[Site]:
@@ -152,12 +160,15 @@ class SourcePool:
         return self._groups[match]
 
     def sample(
-        self, match: tuple[str, ...], values: Values, keys: np.ndarray, k: int, salt: str
+        self, match: tuple[str, ...], values: Values, keys: np.ndarray, k: int, salt: str, differ: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[n, k]`` source indices agreeing with each input on ``match``, drawn with
         replacement by :func:`draws` from the input's ``keys`` and ``salt``; an ``[n]``
         mask of inputs no pooled source agreed with (scrubbed from random sources); and an
-        ``[n]`` mask of those whose values all occur in trusted data (a coverage gap)."""
+        ``[n]`` mask of those whose values all occur in trusted data (a coverage gap).
+        ``differ``: sources whose values on ``match`` *differ* from the input's instead."""
+        if differ:
+            return self._sample_differing(match, values, keys, k, salt)
         n = len(values)
         idx = np.empty((n, k), dtype=np.int64)
         unmatched = np.zeros(n, dtype=bool)
@@ -186,6 +197,75 @@ class SourcePool:
                     pick = everyone[self.keys != keys[i]]
                 idx[i] = pick[u[i] % np.uint64(len(pick))]
         return idx, unmatched, gap
+
+
+    def _sample_differing(
+        self, match: tuple[str, ...], values: Values, keys: np.ndarray, k: int, salt: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(values)
+        idx = np.zeros((n, k), dtype=np.int64)
+        unmatched = np.zeros(n, dtype=bool)
+        u = draws(keys, salt, k)
+        groups = self._group(match)
+        by_label: dict[tuple[Hashable, ...], list[int]] = {}
+        for i, row in enumerate(values):
+            by_label.setdefault(tuple(row[m] for m in match), []).append(i)
+        for label, members in by_label.items():
+            rows = np.asarray(members)
+            cands = np.concatenate([ix for lab, ix in groups.items() if lab != label] or [np.zeros(0, np.int64)])
+            if len(cands) == 0:  # the variable takes one value in the pool: nothing to interchange
+                unmatched[rows] = True
+                continue
+            idx[rows] = np.sort(cands)[u[rows] % np.uint64(len(cands))]
+        return idx, unmatched, unmatched.copy()
+
+
+def explanation_sources(
+    pool: SourcePool, explanation: Explanation, values: Values, keys: np.ndarray, k: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """``[n, k]`` source indices per rule of ``explanation``, the ``[n]`` mask of inputs
+    some rule found no agreeing source for, and the ``[n]`` coverage-gap mask (see
+    :meth:`SourcePool.sample`). An interchange explanation draws one source per row,
+    differing on its target, shared by all its rules."""
+    n = len(values)
+    unmatched, gap = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    if explanation.target is not None:
+        idx, miss, g = pool.sample((explanation.target,), values, keys, k, f"{seed}|{explanation.name}", differ=True)
+        return [idx] * len(explanation.resamples), miss, g
+    sources = []
+    for r, rule in enumerate(explanation.resamples):
+        idx, miss, rule_gap = pool.sample(rule.match, values, keys, k, f"{seed}|{explanation.name}|{r}")
+        sources.append(idx)
+        unmatched |= miss
+        gap |= rule_gap
+    return sources, unmatched, gap
+
+
+#: ``counterfactual(values, variable, value)``: the readout class of each output (in the
+#: readouts' order) that the hypothesis predicts for an input with ``values`` once
+#: ``variable`` is set to ``value``; what interchange explanations are measured against.
+Counterfactual = Callable[[dict[str, Hashable], str, Hashable], Sequence[int]]
+
+
+def counterfactual_classes(
+    counterfactual: Counterfactual | None, explanation: Explanation, values: Values, pool: SourcePool,
+    sources: np.ndarray,
+) -> np.ndarray:
+    """``[n, k, outputs]`` target classes of an interchange explanation's rows."""
+    if counterfactual is None:
+        raise ValueError(f"Explanation {explanation.name!r} is an interchange; scrubbing it needs a counterfactual.")
+    var = explanation.target
+    assert var is not None
+    out = [[counterfactual(values[i], var, pool.values[s][var]) for s in row] for i, row in enumerate(sources)]
+    return np.asarray(out, dtype=np.int64)
+
+
+def counterfactual_nll(scrubbed: Sequence[torch.Tensor], classes: np.ndarray) -> torch.Tensor:
+    """``sum_r -log q_r[class_r]`` per row (``classes``: ``[rows, outputs]``)."""
+    total = torch.zeros(len(scrubbed[0]), device=scrubbed[0].device)
+    for r, q in enumerate(scrubbed):
+        total -= q.gather(1, torch.as_tensor(classes[:, r], device=q.device)[:, None])[:, 0]
+    return total
 
 
 def seen_values(values: Values) -> dict[str, set[Hashable]]:
@@ -222,6 +302,7 @@ def scrub(
     seed: int = 0,
     batch_size: int = 1024,
     keys: np.ndarray | None = None,
+    counterfactual: Counterfactual | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergence of each input under one explanation, every row through the whole model.
 
@@ -235,12 +316,11 @@ def scrub(
     """
     n, k = len(inputs), resamples
     keys = row_keys(inputs) if keys is None else keys
-    sources, unmatched, gap = [], np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    for r, rule in enumerate(explanation.resamples):
-        idx, miss, rule_gap = pool.sample(rule.match, values, keys, k, f"{seed}|{explanation.name}|{r}")
-        sources.append(idx.reshape(-1))  # row i*k + j: input i, resample j
-        unmatched |= miss
-        gap |= rule_gap
+    drawn, unmatched, gap = explanation_sources(pool, explanation, values, keys, k, seed)
+    sources = [idx.reshape(-1) for idx in drawn]  # row i*k + j: input i, resample j
+    classes = None
+    if explanation.target is not None:
+        classes = counterfactual_classes(counterfactual, explanation, values, pool, drawn[0]).reshape(n * k, -1)
     rows = np.repeat(np.arange(n), k)
     div = torch.empty(n * k)
     for start in range(0, n * k, batch_size):
@@ -249,8 +329,11 @@ def scrub(
                    for rule, src in zip(explanation.resamples, sources)]
         logits = run_patched(adapter, inputs[torch.as_tensor(rows[sl])], patches)
         scrubbed = readout_log_probs(readouts, logits)
-        clean = [c[torch.as_tensor(rows[sl])].to(logits.device) for c in clean_logprobs]
-        div[sl] = kl_divergence(clean, scrubbed).cpu()
+        if classes is not None:
+            div[sl] = counterfactual_nll(scrubbed, classes[sl]).cpu()
+        else:
+            clean = [c[torch.as_tensor(rows[sl])].to(logits.device) for c in clean_logprobs]
+            div[sl] = kl_divergence(clean, scrubbed).cpu()
     out = div.reshape(n, k).mean(1).numpy()
     out[gap] = np.nan
     return out, unmatched
@@ -303,6 +386,7 @@ def scrub_many(
     keys: np.ndarray | None = None,
     memory_mb: float = 2048.0,
     progress: bool = False,
+    counterfactual: Counterfactual | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergence of every input under every explanation, in large batched passes.
 
@@ -349,14 +433,12 @@ def scrub_many(
         m, x = b - a, inputs[a:b]
         # each input's sources depend on its key only, so chunking does not change them
         sources: dict[int, list[np.ndarray]] = {}
+        classes: dict[int, np.ndarray] = {}
         gap = np.zeros((m, n_expl), dtype=bool)
         for j, e in enumerate(explanations):
-            sources[j] = []
-            for r, rule in enumerate(e.resamples):
-                idx, miss, rule_gap = pool.sample(rule.match, values[a:b], keys[a:b], k, f"{seed}|{e.name}|{r}")
-                sources[j].append(idx)
-                unmatched[a:b, j] |= miss
-                gap[:, j] |= rule_gap
+            sources[j], unmatched[a:b, j], gap[:, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
+            if e.target is not None:
+                classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
         cache = dict(zip(points, _capture_raw(adapter, x, points, rows_per_pass))) if points else {}
         for point, columns in groups.items():
             # rows of this group, explanation-major: row r is (columns[r // (m k)], input (r // k) % m, resample r % k)
@@ -378,6 +460,11 @@ def scrub_many(
                 scrubbed = readout_log_probs(readouts, logits)
                 clean = [c[torch.as_tensor(i_rows + a)].to(logits.device) for c in clean_logprobs]
                 kl = kl_divergence(clean, scrubbed).cpu().double().numpy()
+                for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):  # interchange segments
+                    j = columns[p_rows[st]]
+                    if j in classes:
+                        seg_cls = classes[j][i_rows[st:en], k_rows[st:en]]
+                        kl[st:en] = counterfactual_nll([q[st:en] for q in scrubbed], seg_cls).cpu().double().numpy()
                 np.add.at(div, (i_rows + a, np.asarray(columns)[p_rows]), kl / k)
                 bar.update(len(rows))
         div[a:b][gap] = np.nan

@@ -13,14 +13,16 @@ from causalmad.explanations import hypothesis_free_explanations
 from causalmad.scrubbing import SourcePool, clean_log_probs, scrub, scrub_many
 
 
-def straightforward(adapter, family, x, values, clean, pool, readouts, k):
-    cols = [scrub(adapter, e, x, values, clean, pool, readouts, k, seed=0, batch_size=97) for e in family]
+def straightforward(adapter, family, x, values, clean, pool, readouts, k, counterfactual=None):
+    cols = [scrub(adapter, e, x, values, clean, pool, readouts, k, seed=0, batch_size=97,
+                  counterfactual=counterfactual) for e in family]
     return np.stack([c[0] for c in cols], 1), np.stack([c[1] for c in cols], 1)
 
 
 def check_same(adapter, family, x, values, pool, readouts, k=3, **kw):
     clean = clean_log_probs(adapter, x, readouts)
-    ref_div, ref_unmatched = straightforward(adapter, family, x, values, clean, pool, readouts, k)
+    ref_div, ref_unmatched = straightforward(adapter, family, x, values, clean, pool, readouts, k,
+                                             kw.get("counterfactual"))
     div, unmatched = scrub_many(adapter, family, x, values, clean, pool, readouts, k, seed=0, **kw)
     np.testing.assert_array_equal(unmatched, ref_unmatched)
     np.testing.assert_allclose(div, ref_div, rtol=1e-4, atol=1e-5)
@@ -51,9 +53,35 @@ def test_engine_matches_with_hypothesis_matching_and_unmatched_inputs(planted):
     x = torch.cat([planted_data(20, 0, 1, 0.05), planted_data(20, 1, 2, 0.05), torch.tensor([[9.0, 9.0, 0.0]])])
     pool = SourcePool(adapter, pool_x, [h.values(r) for r in pool_x])
     s_site = cm.Site("enc", basis=torch.tensor([[1.0], [0.0], [0.0]]) / 1.0)
-    family = [cm.scrubbing.Explanation("s", "hypothesis", [cm.scrubbing.Resample(s_site, ("s",))]),
+    rule = cm.scrubbing.Resample(s_site, ("s",))
+    family = [cm.scrubbing.Explanation("s", "hypothesis", [rule]),
+              cm.scrubbing.Explanation("s interchanged", "hypothesis-interchange", [rule], ("s",), target="s"),
               *hypothesis_free_explanations(adapter, pool, 1)]
-    check_same(adapter, family, x, [h.values(r) for r in x], pool, [cm.Readout()])
+
+    def counterfactual(values, var, value):
+        return [int(h.counterfactual(values, {var: value})["y"])]
+
+    div = check_same(adapter, family, x, [h.values(r) for r in x], pool, [cm.Readout()],
+                     counterfactual=counterfactual)
+    # interchanging s with a differing source moves a clean input's answer to the source's
+    # s, as the hypothesis says; on a flagged input the planted backdoor adds 5 on top
+    clean_rows, flagged = div[:20, 1], div[20:40, 1]
+    assert clean_rows.max() < 0.1 and flagged.min() > 10  # 0.037: the readout's own spread
+
+
+def test_interchange_sources_differ_on_the_target_and_are_shared_by_every_rule(planted):
+    model, h = planted
+    adapter = cm.adapt(model)
+    pool_x = planted_data(200, 0, 0)
+    pool = SourcePool(adapter, pool_x, [h.values(r) for r in pool_x])
+    x = planted_data(30, 0, 1)
+    values = [h.values(r) for r in x]
+    rules = [cm.scrubbing.Resample(cm.Site("enc"), ("s",)), cm.scrubbing.Resample(cm.Site("head"), ("s",))]
+    e = cm.scrubbing.Explanation("both", "hypothesis-interchange", rules, ("s",), target="s")
+    sources, unmatched, _ = cm.scrubbing.explanation_sources(pool, e, values, cm.scrubbing.row_keys(x), 4, seed=0)
+    assert not unmatched.any() and sources[0] is sources[1]
+    for i, row in enumerate(sources[0]):
+        assert all(pool.values[s]["s"] != values[i]["s"] for s in row)
 
 
 def test_sequential_models_resume_from_the_earliest_patched_layer():

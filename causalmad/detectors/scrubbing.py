@@ -27,6 +27,7 @@ from causalmad.explanations import hypothesis_explanations, hypothesis_free_expl
 from causalmad.hypothesis import Hypothesis, Readout
 from causalmad.scrubbing import (
     Explanation,
+    Resample,
     SourcePool,
     clean_log_probs,
     pass_rows,
@@ -36,6 +37,9 @@ from causalmad.scrubbing import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: rank of the DAS subspace ``das_rank="auto"`` learns for a variable no whole site carries
+AUTO_DAS_RANK = 4
 
 
 def _num(x: float) -> float | None:
@@ -67,10 +71,18 @@ class ScrubbingDetector(Detector):
             explanations only (then ``readouts`` says which outputs to compare).
         resamples: ``K``, trusted sources drawn per input and explanation.
         tolerance: an explanation is valid when its mean divergence (nats) on the
-            calibration split is at most this.
+            calibration split is at most this ...
+        min_recovered: ... or, for an explanation that matches sources on hypothesis
+            variables, when it recovers at least this share of the divergence that its
+            sites resampled from *any* trusted source cause (causal scrubbing's "loss
+            recovered": ``1 - D(explanation) / D(same sites, unmatched sources)``); a
+            confident classifier's divergences are heavy-tailed, so a correct claim can
+            exceed a fixed ``tolerance``. ``None``: ``tolerance`` alone.
         min_iia: alignment-split IIA a variable's site needs to enter explanations.
         pca_variance: variance share of the principal subspace in hypothesis-free claims.
-        das_rank: if set, also learn rank-``das_rank`` DAS subspaces during alignment.
+        das_rank: rank of the DAS subspaces alignment learns: an int learns them for every
+            variable; ``"auto"`` (default) learns rank-4 ones only for variables that no
+            whole site carries (best IIA below ``min_iia``); ``None`` never.
         n_pairs: (base, source) pairs per IIA measurement.
         readouts: outputs to compare when there is no hypothesis (default: last position).
         split: fractions of trusted inputs for pool, alignment, calibration, threshold.
@@ -96,9 +108,10 @@ class ScrubbingDetector(Detector):
         hypothesis: Hypothesis | None = None,
         resamples: int = 4,
         tolerance: float = 0.1,
+        min_recovered: float | None = 0.9,
         min_iia: float = 0.8,
         pca_variance: float = 0.99,
-        das_rank: int | None = None,
+        das_rank: int | str | None = "auto",
         n_pairs: int = 256,
         readouts: list[Readout] | None = None,
         split: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2),
@@ -112,6 +125,7 @@ class ScrubbingDetector(Detector):
         self.hypothesis = hypothesis
         self.resamples = resamples
         self.tolerance = tolerance
+        self.min_recovered = min_recovered
         self.min_iia = min_iia
         self.pca_variance = pca_variance
         self.das_rank = das_rank
@@ -134,6 +148,9 @@ class ScrubbingDetector(Detector):
             raise InputError(f"resamples must be >= 1, got {self.resamples}.")
         if not self.memory_mb > 0 or self.batch_size < 1:
             raise InputError(f"memory_mb must be > 0 and batch_size >= 1, got {self.memory_mb} and {self.batch_size}.")
+        if not (self.das_rank is None or self.das_rank == "auto"
+                or (isinstance(self.das_rank, int) and not isinstance(self.das_rank, bool) and self.das_rank > 0)):
+            raise InputError(f"das_rank must be a positive int, 'auto' or None, got {self.das_rank!r}.")
         if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
         super().fit(trusted, untrusted)
@@ -157,7 +174,7 @@ class ScrubbingDetector(Detector):
         self.alignment_: Alignment | None = None
         if h is not None and h.inner:
             self.alignment_ = search(adapter, h, h.inner, align, pool, cal, n_pairs=self.n_pairs,
-                                     random_state=self.random_state, das_rank=self.das_rank)
+                                     random_state=self.random_state, **self._das_options())
         self.seen_values_ = seen_values(values)
         self.pool_ = SourcePool(adapter, *pool, seen=self.seen_values_)
         family: list[Explanation] = []
@@ -166,17 +183,34 @@ class ScrubbingDetector(Detector):
         family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
         self.pool_.gather([s for e in family for s in e.sites])
 
-        cal_div, cal_unmatched = self._divergences(family, cal[0], cal[1])
+        # each conditional explanation beside its own sites resampled from *any* trusted
+        # source: how much of the output that destroys, the explanation must give back
+        conditional = [i for i, e in enumerate(family) if e.target is None and any(r.match for r in e.resamples)]
+        ablations = [Explanation(f"{family[i].name} [any source]", family[i].family,
+                                 [Resample(r.site) for r in family[i].resamples]) for i in conditional]
+        cal_div, cal_unmatched = self._divergences(family + ablations, cal[0], cal[1])
+        ablated = np.full(len(family), np.nan)
+        ablated[conditional] = cal_div[:, len(family):].mean(0)
+        cal_div, cal_unmatched = cal_div[:, : len(family)], cal_unmatched[:, : len(family)]
         self.calibration_unmatched_ = int(cal_unmatched.any(1).sum())
         # cells with no agreeing source measure the pool's coverage, not the explanation
         matched = np.where(cal_unmatched, np.nan, cal_div)
         means = np.nan_to_num(np.nanmean(matched, 0), nan=np.inf)
         stds = np.nan_to_num(np.nanstd(matched, 0), nan=0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recovered = np.where(ablated > 0, 1 - means / ablated, np.nan)
         valid = means <= self.tolerance
+        if self.min_recovered is not None:
+            valid |= np.nan_to_num(recovered, nan=-np.inf) >= self.min_recovered
+        # an interchange explanation holds where its variable's IIA on the (held-out)
+        # calibration split does: its divergence measures counterfactual errors
+        for i, e in enumerate(family):
+            if e.target is not None and self.alignment_ is not None:
+                valid[i] = self.alignment_.best(e.target).heldout_iia >= self.min_iia
         self.explanations_: list[dict[str, Any]] = [
             {"name": e.name, "family": e.family, "valid": bool(v), "trusted_mean_divergence": float(m),
-             "trusted_std_divergence": float(s)}
-            for e, v, m, s in zip(family, valid, means, stds)
+             "trusted_std_divergence": float(s), "recovered": None if np.isnan(r) else float(r)}
+            for e, v, m, s, r in zip(family, valid, means, stds, recovered)
         ]
         self.valid_ = [e for e, v in zip(family, valid) if v]
         self.variable_explanations_ = [e for e in family if e.family == "hypothesis-subset"]
@@ -190,6 +224,11 @@ class ScrubbingDetector(Detector):
                 f"(tolerance={self.tolerance} nats). Raise tolerance or check the hypothesis' readouts."
             )
         self.heldout_scores_ = self._score(thr[0])
+
+    def _das_options(self) -> dict[str, Any]:
+        if self.das_rank == "auto":
+            return {"das_rank": AUTO_DAS_RANK, "das_if_below": self.min_iia}
+        return {"das_rank": self.das_rank}
 
     def _readouts(self, seq_len: int) -> list[Readout]:
         if self.hypothesis is not None:
@@ -213,7 +252,13 @@ class ScrubbingDetector(Detector):
         clean = clean_log_probs(self.adapter_, x, self.readouts_, rows)
         return scrub_many(self.adapter_, family, x, values, clean, self.pool_, self.readouts_, self.resamples,
                           seed=self.random_state, batch_size=self.batch_size, keys=row_keys(x),
-                          memory_mb=self.memory_mb, progress=self.progress)
+                          memory_mb=self.memory_mb, progress=self.progress, counterfactual=self._counterfactual)
+
+    def _counterfactual(self, values: dict[str, Hashable], variable: str, value: Hashable) -> list[int]:
+        h = self.hypothesis
+        assert h is not None
+        cf = h.counterfactual(values, {variable: value})
+        return [int(cf[o]) for o in h.outputs]  # type: ignore[call-overload]
 
     def score_explanations(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Standardised divergence of every input under every valid explanation.
