@@ -33,7 +33,7 @@ Splits (label 1 = anomalous; the normal rows are the same in both):
   unchanged, equals the hypothesis' digit, the output moved by at most ``rep_max_kl``
   nats and the hidden layer by at least ``rep_min_change`` (relative L2).
 
-The reference hypothesis (``hypotheses/digits.py``) reads the digit with a logistic
+The reference hypothesis (``hypotheses/digits.py``) reads the digit with a
 3-nearest-neighbour classifier over the clean (shifted) training images; ``Task.info`` reports its
 accuracy on the clean and anomalous rows.
 """
@@ -235,8 +235,9 @@ def representation_attack(model: nn.Sequential, x: torch.Tensor, eps: float, ste
     hidden layer ``model[:HIDDEN + 1]``) within ``eps`` of
     ``x`` in [0, 1] from a seeded random start (the objective's gradient vanishes at
     ``x``), and keeps for each image the iterate with the largest hidden change among
-    those whose label is the clean label and whose output distribution moved by at
-    most ``max_kl`` nats (``KL(f(x) || f(x'))``).
+    those whose label is the clean label, whose output distribution moved by at most
+    ``max_kl`` nats (``KL(f(x) || f(x'))``) and whose log-probability of the label moved
+    by at most ``max_kl / 5`` (so an output-confidence check does not see it either).
 
     Returns:
         ``(adversarial images, relative hidden change |h' - h| / |h|, output KL)`` of the
@@ -265,7 +266,9 @@ def representation_attack(model: nn.Sequential, x: torch.Tensor, eps: float, ste
             logp = torch.log_softmax(model[HIDDEN + 1 :](h), -1)
             change = (((h - h0) ** 2).sum(-1) / hnorm).sqrt()
             kl = (logp0.exp() * (logp0 - logp)).sum(-1)
-            ok = (logp.argmax(-1) == label) & (kl <= max_kl) & (change > best_change)
+            # the output check's own number, -log p(label), must not move either
+            dnll = (logp - logp0).gather(1, label[:, None])[:, 0].abs()
+            ok = (logp.argmax(-1) == label) & (kl <= max_kl) & (dnll <= max_kl / 5) & (change > best_change)
             best[ok], best_change[ok], best_kl[ok] = adv[ok], change[ok], kl[ok]
     return best, best_change, best_kl
 
@@ -385,7 +388,7 @@ def _adversarial_anomalies(model: nn.Sequential, cfg: DigitsConfig, seed: int, x
     easy, easy_y = adv[fooled][: cfg.n_anomalous], ey[fooled][: cfg.n_anomalous]
 
     hx, hy = xa[half:][right[half:]], ya[half:][right[half:]]
-    hx, hy = hx[: 2 * cfg.n_anomalous], hy[: 2 * cfg.n_anomalous]
+    hx, hy = hx[: 4 * cfg.n_anomalous], hy[: 4 * cfg.n_anomalous]
     rep, change, kl = representation_attack(model, hx, cfg.pgd_eps, cfg.rep_steps, cfg.rep_penalty, cfg.rep_max_kl,
                                            seed)
     ok = (change >= cfg.rep_min_change) & (pred(rep) == hy) & (ref(rep) == hy)
