@@ -27,11 +27,16 @@ Splits (label 1 = anomalous; the normal rows are the same in both):
 * ``hard``: anomalies on which the model answers what the hypothesis predicts, so output
   checks are blind to them. Backdoors: triggered images whose true digit already is
   ``target`` (the answer is right, but the trigger drives it); only rows where the model's
-  answer equals the hypothesis' digit are kept. Adversarial: a *representation attack*:
-  L-inf PGD that pushes the penultimate hidden layer away from its clean value while a
-  KL penalty keeps the output distribution at its clean value; kept when the label is
-  unchanged, equals the hypothesis' digit, the output moved by at most ``rep_max_kl``
-  nats and the hidden layer by at least ``rep_min_change`` (relative L2).
+  answer equals the hypothesis' digit are kept. Such an image is *more* confident than
+  clean ones (trigger and digit both push the target logit), so the output-disagreement
+  score ranks them lowest (AUROC near 0, not 0.5; label smoothing in training keeps their
+  log-probabilities finite). Adversarial: a *representation attack*: L-inf PGD from a
+  random start that pushes the penultimate hidden layer away from its clean value while a
+  KL penalty holds the output; kept when the label is unchanged and equals the
+  hypothesis' digit, the output moved by at most ``rep_max_kl`` nats, the label's
+  log-probability by at most ``rep_max_kl / 5``, and the hidden layer by at least
+  ``rep_min_change`` (relative L2; a one-pixel shift of a clean image moves it by a
+  median 0.4).
 
 The reference hypothesis (``hypotheses/digits.py``) reads the digit with a
 3-nearest-neighbour classifier over the clean (shifted) training images; ``Task.info`` reports its
