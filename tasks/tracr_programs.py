@@ -198,6 +198,26 @@ class GroundTruth:
         return bool(writers) and min(writers) < s <= max(readers)
 
 
+    def contents(self, site: cm.Site) -> set[str]:
+        """RASP names whose input-dependent dimensions ``site`` (a whole vector, or a head,
+        at a non-BOS position) carries and some later sublayer still reads: what a
+        whole-vector interchange there swaps. The embedding's ``tokens`` count as written
+        before the first sublayer."""
+        kind, s = self.sublayer_of(site.hook)
+        if kind == "write":
+            dims = self.head_writes[(s // 2, site.head)] if site.head is not None else self.writes[s]
+            later = set().union(*self.reads[s + 1 :])
+        else:
+            embedded = {i for i, lab in enumerate(self.residual_labels) if _owner(lab) in ("tokens", "indices", "one")}
+            dims = embedded.union(*self.writes[:s])
+            later = set().union(*self.reads[s:])
+        # at a non-BOS position the BOS and PAD token dims, the position and "one" are
+        # constants: reading them carries no input-dependent information
+        constant = {i for i, lab in enumerate(self.residual_labels)
+                    if lab in (f"tokens:{BOS}", f"tokens:{PAD}", "one") or lab.startswith("indices:")}
+        return {_owner(self.residual_labels[i]) for i in (dims & later) - constant}
+
+
 def ground_truth_from_weights(model: nn.Module, residual_labels: Sequence[str]) -> GroundTruth:
     """Read writes and reads of every sublayer off a converted tracr bridge's weights."""
     cfg: Any = model.cfg
@@ -320,9 +340,8 @@ def compare_with_tracr(assembled: Any, bridge: nn.Module, ids: torch.Tensor) -> 
     """Run the JAX model and the bridge on ``ids`` (``[n, pos]`` with BOS): the fraction of
     (row, non-BOS position) outputs that agree, and the largest absolute difference of the
     residual stream after any layer."""
-    import jax.numpy as jnp
-
     import jax
+    import jax.numpy as jnp
 
     out = jax.jit(assembled.forward)(assembled.params, jnp.asarray(ids.numpy()))
     jax_pred = np.asarray(out.unembedded_output)[:, 1:]
