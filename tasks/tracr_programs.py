@@ -338,7 +338,8 @@ def to_bridge(assembled: Any, output: str) -> nn.Module:
 
 def compare_with_tracr(assembled: Any, bridge: nn.Module, ids: torch.Tensor) -> dict[str, float]:
     """Run the JAX model and the bridge on ``ids`` (``[n, pos]`` with BOS): the fraction of
-    (row, non-BOS position) outputs that agree, and the largest absolute difference of the
+    (row, non-BOS position) outputs that agree where the program's output is defined, the
+    fraction where it is not (``None``), and the largest absolute difference of the
     residual stream after any layer."""
     import jax
     import jax.numpy as jnp
@@ -351,8 +352,13 @@ def compare_with_tracr(assembled: Any, bridge: nn.Module, ids: torch.Tensor) -> 
     with torch.no_grad():
         logits = bridge(ids)
     pred = logits.argmax(-1)[:, 1:].numpy()
+    # a RASP value of None (shift_by before the sequence start) leaves every output logit
+    # at 0: tracr's argmax is then a tie, broken by float noise, so it is left out
+    top2 = logits[:, 1:].topk(2, dim=-1).values
+    defined = (top2[..., 0] - top2[..., 1] > 0.5).numpy()
     gap = max(float(np.abs(cache[n].numpy() - residuals[2 * i + 1]).max()) for i, n in enumerate(names))
-    return {"output_agreement": float((pred == jax_pred).mean()), "max_residual_gap": gap}
+    return {"output_agreement": float((pred == jax_pred)[defined].mean()), "undefined_outputs": float(1 - defined.mean()),
+            "max_residual_gap": gap}
 
 
 def _meta_path(name: str, max_seq_len: int) -> Any:
