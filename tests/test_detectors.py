@@ -194,3 +194,20 @@ def test_skyline_needs_labels_and_reports_out_of_fold_scores(planted, data):
 def test_registry_rejects_duplicate_names():
     with pytest.raises(ValueError, match="already registered"):
         cm.detectors.register("scrubbing")(type("Other", (cm.Detector,), {}))
+
+
+def test_mahalanobis_on_wide_activations_equals_ledoit_wolf_without_d_by_d_matrices():
+    """Wider than trusted rows (a transformer's positions x width): the Gram-matrix path
+    gives scikit-learn's Ledoit-Wolf precision's distances, with d-independent state."""
+    from sklearn.covariance import LedoitWolf
+
+    from causalmad.detectors.activations import MahalanobisDetector, _ledoit_wolf_in_span
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 200)) @ rng.normal(size=(200, 200)) * 0.1 + rng.normal(size=200)
+    y = rng.normal(size=(30, 200))
+    lw = LedoitWolf().fit(x)
+    expected = (((y - lw.location_) @ lw.precision_) * (y - lw.location_)).sum(1)
+    state = _ledoit_wolf_in_span(x)
+    assert state["basis"].shape == (200, 59)  # rank n - 1 after centring: no 200 x 200 matrix
+    np.testing.assert_allclose(MahalanobisDetector._score_site(None, state, y), expected, rtol=1e-9)

@@ -149,12 +149,48 @@ class MahalanobisDetector(ActivationDetector):
     precision matrix is scikit-learn's symmetric pseudo-inverse of the shrunk covariance)."""
 
     def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
+        if trusted.shape[1] > len(trusted):  # wide activations: never form the d x d matrices
+            return _ledoit_wolf_in_span(trusted)
         lw = LedoitWolf().fit(trusted)
         return {"location": lw.location_, "precision": lw.precision_}
 
     def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
         c = features - fitted["location"]
+        if "precision" not in fitted:
+            proj = c @ fitted["basis"]
+            inside = (proj**2 / fitted["eigenvalues"]).sum(1)
+            outside = np.maximum((c**2).sum(1) - (proj**2).sum(1), 0.0)
+            return inside + outside / fitted["floor"]
         return ((c @ fitted["precision"]) * c).sum(1)  # one BLAS product, not an unoptimised einsum
+
+
+def _ledoit_wolf_in_span(x: np.ndarray) -> SiteState:
+    """Ledoit-Wolf shrinkage for ``n`` rows of width ``d > n``, from the ``n x n`` Gram
+    matrix: the same shrinkage as scikit-learn's ``ledoit_wolf_shrinkage`` and the same
+    precision as ``LedoitWolf().precision_``, as ``d``-independent factors (the shrunk
+    covariance is ``(1 - s) S + s mu I``: eigenvalues ``(1 - s) l_i + s mu`` on the rows'
+    span, ``s mu`` outside it), in ``O(n^2 d)`` instead of ``O(d^3)``."""
+    x = x.astype(np.float64)
+    location = x.mean(0)
+    xc = x - location
+    n, d = xc.shape
+    gram = xc @ xc.T
+    sq = np.diag(gram).copy()  # squared row norms
+    mu = sq.sum() / n / d
+    delta_ = (gram**2).sum() / n**2  # ||S||_F^2, S = X^T X / n
+    beta_ = (sq**2).sum()
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * sq.sum() / n + d * mu**2) / d
+    shrinkage = 0.0 if beta == 0 else min(beta, delta) / delta
+    lam, u = np.linalg.eigh(gram / n)
+    keep = lam > lam.max() * 1e-12
+    lam, u = lam[keep], u[:, keep]
+    basis = xc.T @ u / np.sqrt(n * lam)  # orthonormal eigenvectors of S in R^d
+    floor = shrinkage * mu
+    if floor <= 0:  # no shrinkage: the pseudo-inverse ignores what trusted rows never span
+        floor = np.inf
+    return {"location": location, "basis": basis, "eigenvalues": (1 - shrinkage) * lam + shrinkage * mu,
+            "floor": np.float64(floor)}
 
 
 @register("lof")
