@@ -81,11 +81,12 @@ def test_output_checks_see_nothing_on_the_hard_split(task):
 
 
 def test_scrubbing_fits_and_scores_the_task(task):
-    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=1, random_state=0).fit(task.trusted)
+    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=1, n_pairs=64,
+                               random_state=0).fit(task.trusted)
     assert det.alignment_ is not None and "sentiment" in det.alignment_.variables
     assert det.summary()["valid"] > 0
     for split in task.splits.values():
-        x = torch.cat([split.inputs[torch.as_tensor(split.labels == 0)][:30],
-                       split.inputs[torch.as_tensor(split.labels == 1)][:30]])
-        scores = det.score(x)
-        assert scores.shape == (60,) and np.isfinite(scores).all()
+        x = torch.cat([split.inputs[torch.as_tensor(split.labels == 0)][:15],
+                       split.inputs[torch.as_tensor(split.labels == 1)][:15]])
+        scores = det.score(x)  # ~7 s per 30 inputs on one thread (each scrubbed ~100 times)
+        assert scores.shape == (30,) and np.isfinite(scores).all()
