@@ -25,7 +25,7 @@ from causalmad.errors import (
     TaskError,
 )
 from causalmad.hypothesis import Hypothesis, Readout
-from causalmad.models import ModelAdapter, ModuleAdapter, TransformerLensAdapter, adapt
+from causalmad.models import HuggingFaceAdapter, ModelAdapter, ModuleAdapter, TransformerLensAdapter, adapt
 from causalmad.sites import Site
 from causalmad.task import Split, Task, available_tasks, load_task
 
@@ -38,6 +38,7 @@ __all__ = [
     "AlignmentError",
     "CausalMADError",
     "Detector",
+    "HuggingFaceAdapter",
     "Hypothesis",
     "HypothesisError",
     "InputError",

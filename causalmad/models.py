@@ -6,17 +6,21 @@ to), and lists the candidate hooks that alignment searches. Everything above thi
 (interventions, alignment, scrubbing, detectors) talks to an adapter only, so supporting a
 new kind of model (a Hugging Face model, say) means adding one adapter class here.
 
-Two adapters ship:
+Three adapters ship:
 
 * :class:`TransformerLensAdapter` for TransformerLens ``TransformerBridge`` models
   (including the offline ``TransformerBridge.boot_native`` ones); inputs are token ids
   ``[batch, pos]``, hooks use TransformerLens names (``blocks.0.hook_resid_post``).
+* :class:`HuggingFaceAdapter` for Hugging Face ``transformers`` encoder classifiers of the
+  BERT family (``BertForSequenceClassification`` and kin); inputs are padded token ids
+  ``[batch, pos]``, hooks are module paths (``bert.encoder.layer.3.output``).
 * :class:`ModuleAdapter` for any ``nn.Module`` taking one float tensor; hooks are module
   paths (``net.1``).
 """
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,8 +114,10 @@ class ModelAdapter(ABC):
         output once per input and reruns only the rest of the network."""
         return None
 
-    def run_from(self, point: str, act: torch.Tensor) -> torch.Tensor:
-        """Logits of the model run on from :meth:`resume_point` ``point``'s output ``act``."""
+    def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the model run on from :meth:`resume_point` ``point``'s output ``act``
+        (``inputs``: the rows' inputs, for adapters that need more than ``act``, such as
+        the attention mask of padded token ids)."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume from {point!r}.")
 
     def activation_bytes_per_row(self, example: torch.Tensor) -> int:
@@ -242,7 +248,7 @@ class TransformerLensAdapter(ModelAdapter):
             layers.append(int(parts[1]))
         return f"blocks.{min(layers)}.hook_resid_pre" if layers else None
 
-    def run_from(self, point: str, act: torch.Tensor) -> torch.Tensor:
+    def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         layer = int(point.split(".")[1])
         x = act
         for block in self.model.blocks[layer:]:  # type: ignore[index]
@@ -307,8 +313,201 @@ class ModuleAdapter(ModelAdapter):
         first = min(int(h) for h in heads)
         return str(first - 1) if first > 0 else None
 
-    def run_from(self, point: str, act: torch.Tensor) -> torch.Tensor:
+    def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         return self.model[int(point) + 1 :](act)  # type: ignore[index]
+
+
+class HuggingFaceAdapter(ModelAdapter):
+    """Adapter for a Hugging Face encoder classifier of the BERT family.
+
+    Inputs are token ids ``[batch, pos]`` padded to a common length with the tokenizer's
+    pad id; the adapter builds the attention mask from that id (``ids != pad``), so padded
+    positions are never attended to. The output is the model's ``.logits``
+    (``[batch, classes]`` for a sequence classifier). Hooks are module paths; the
+    candidate hooks alignment searches, per layer ``i`` of ``{base}.encoder.layer``
+    (``base`` = the model's ``base_model_prefix``, ``bert`` for BERT):
+
+    * ``{base}.embeddings`` — the residual stream entering layer 0 (``resid_pre``);
+    * ``{base}.encoder.layer.{i}.attention.output.dense`` — attention output before the
+      residual sum and LayerNorm (``attn_out``);
+    * ``{base}.encoder.layer.{i}.output.dense`` — MLP output before the residual sum and
+      LayerNorm (``mlp_out``);
+    * ``{base}.encoder.layer.{i}.output`` — the layer's output, the residual stream after
+      layer ``i`` (``resid_post``; ``[batch, pos, d]``).
+
+    Every other named module is a valid site too (:meth:`hook_names`), among them
+    ``{base}.encoder.layer.{i}.attention.self``, whose ``[batch, pos, n_heads * d_head]``
+    output packs the heads (``Site(..., head=h)`` works there). Heads are not searched by
+    default: with a position-less readout that is ``n_heads`` more sites per layer, and
+    the hypothesis-free family would grow by ``n_heads x pos`` explanations per layer.
+
+    Scrubbing resumes from a layer's output (:meth:`resume_point`) for
+    ``BertForSequenceClassification``-shaped models (pooler on the first token, dropout,
+    linear classifier); for other heads it reruns the whole model.
+
+    Args:
+        model: a ``transformers.PreTrainedModel`` with ``{base}.embeddings`` and an
+            ``{base}.encoder.layer`` module list.
+        pad_token_id: the pad id of the inputs (default: ``model.config.pad_token_id``).
+
+    Raises:
+        InputError: the model has no BERT-style layer stack or no pad id.
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                  intermediate_size=32, max_position_embeddings=16, num_labels=2)
+        >>> adapter = HuggingFaceAdapter(BertForSequenceClassification(cfg).eval())
+        >>> adapter.final_hook()
+        'bert.encoder.layer.1.output'
+        >>> adapter.forward(torch.tensor([[2, 7, 9, 3, 0, 0]])).shape
+        torch.Size([1, 2])
+    """
+
+    has_positions = True
+
+    def __init__(self, model: nn.Module, pad_token_id: int | None = None) -> None:
+        self.model = model
+        self.config: Any = getattr(model, "config", None)
+        prefix = str(getattr(model, "base_model_prefix", ""))
+        self.base = prefix if prefix and hasattr(model, prefix) else ""
+        modules = dict(model.named_modules())
+        self._names = [n for n in modules if n]
+        self._layers_path = self._path("encoder.layer")
+        layers = modules.get(self._layers_path)
+        if not isinstance(layers, nn.ModuleList) or self._path("embeddings") not in modules:
+            raise InputError(
+                f"HuggingFaceAdapter needs a BERT-family encoder ({self._path('embeddings')!r} and a module "
+                f"list {self._layers_path!r}); {type(model).__name__} has neither. Wrap the model in your own "
+                "ModelAdapter subclass instead."
+            )
+        self.n_layers = len(layers)
+        pad = pad_token_id if pad_token_id is not None else getattr(self.config, "pad_token_id", None)
+        if pad is None:
+            raise InputError(
+                f"{type(model).__name__}.config has no pad_token_id; pass HuggingFaceAdapter(model, "
+                "pad_token_id=tokenizer.pad_token_id)."
+            )
+        self.pad_token_id = int(pad)
+        self.vocab_size = int(getattr(self.config, "vocab_size", 0) or 0)
+        self.max_positions = int(getattr(self.config, "max_position_embeddings", 0) or 0)
+        self.n_heads = int(getattr(self.config, "num_attention_heads", 0) or 0)
+        hidden = int(getattr(self.config, "hidden_size", 0) or 0)
+        self.d_head = hidden // self.n_heads if self.n_heads else 0
+
+    def _path(self, rest: str) -> str:
+        return f"{self.base}.{rest}" if self.base else rest
+
+    def _layer_of(self, hook: str) -> int | None:
+        """Index of the encoder layer ``hook`` lies in, or ``None`` if outside the stack."""
+        head = self._layers_path + "."
+        if not hook.startswith(head):
+            return None
+        index = hook[len(head) :].split(".")[0]
+        return int(index) if index.isdigit() else None
+
+    def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``[batch, pos]`` 1 where a token is not padding."""
+        return (inputs != self.pad_token_id).long()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=inputs, attention_mask=self.attention_mask(inputs))
+        return _logits_of(out)
+
+    def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        x = _check_finite_tensor(inputs, what)
+        if x.is_floating_point():
+            if not torch.equal(x, x.round()):
+                raise InputError(f"{what} must be integer token ids, got non-integer floats.")
+            x = x.long()
+        if x.ndim != 2:
+            raise InputError(
+                f"{what} must have shape [batch, pos] of token ids padded with pad id {self.pad_token_id}, "
+                f"got shape {tuple(x.shape)}."
+            )
+        if self.max_positions and x.shape[1] > self.max_positions:
+            raise InputError(
+                f"{what} have {x.shape[1]} positions but the model takes at most "
+                f"max_position_embeddings={self.max_positions}."
+            )
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or (self.vocab_size and hi >= self.vocab_size):
+            raise InputError(
+                f"{what} contain token id {lo if lo < 0 else hi}, outside the model's "
+                f"vocabulary [0, {self.vocab_size})."
+            )
+        empty = (x == self.pad_token_id).all(1)
+        if empty.any():
+            raise InputError(
+                f"{what} contain {int(empty.sum())} row(s) made only of the pad id {self.pad_token_id} "
+                f"(first at index {int(empty.nonzero()[0])}); every row needs at least one real token."
+            )
+        return x.long()
+
+    def hook_names(self) -> list[str]:
+        return self._names
+
+    def candidate_hooks(self) -> list[HookInfo]:
+        names = set(self._names)
+        hooks = [HookInfo(self._path("embeddings"), 0, "resid_pre")]
+        for i in range(self.n_layers):
+            layer = f"{self._layers_path}.{i}"
+            for suffix, component in (("attention.output.dense", "attn_out"), ("output.dense", "mlp_out"),
+                                      ("output", "resid_post")):
+                if f"{layer}.{suffix}" in names:
+                    hooks.append(HookInfo(f"{layer}.{suffix}", i, component))
+        return hooks
+
+    def final_hook(self) -> str:
+        return f"{self._layers_path}.{self.n_layers - 1}.output"
+
+    def head_width(self, hook: str) -> int:
+        return self.d_head if hook.endswith("attention.self") and self._layer_of(hook) is not None else 0
+
+    def _resumable(self) -> bool:
+        # run_from rebuilds the head by hand: only the BERT sequence-classification head is known
+        return (type(self.model).__name__ == "BertForSequenceClassification" and self.base == "bert"
+                and getattr(self.model.bert, "pooler", None) is not None)  # type: ignore[union-attr]
+
+    def resume_point(self, hooks: Sequence[str]) -> str | None:
+        layers = [self._layer_of(h) for h in hooks]
+        if not layers or not self._resumable() or any(i is None for i in layers):
+            return None
+        first = min(i for i in layers if i is not None)
+        return f"{self._layers_path}.{first - 1}.output" if first > 0 else None
+
+    def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs is None:
+            raise InputError("HuggingFaceAdapter.run_from needs the rows' token ids (the attention mask).")
+        layer = self._layer_of(point)
+        if layer is None or not self._resumable():
+            raise NotImplementedError(f"{type(self).__name__} cannot resume from {point!r}.")
+        bert: Any = self.model.bert
+        mask = bert._create_attention_masks(
+            attention_mask=self.attention_mask(inputs), encoder_attention_mask=None, embedding_output=act,
+            encoder_hidden_states=None, cache=None,
+        )[0]
+        x = act
+        for block in bert.encoder.layer[layer + 1 :]:
+            x = block(x, mask)
+            x = x[0] if isinstance(x, tuple) else x
+        model: Any = self.model
+        return model.classifier(model.dropout(bert.pooler(x)))
+
+
+def _logits_of(out: object) -> torch.Tensor:
+    """The logits of a Hugging Face model output (an output object, a tuple or a tensor)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise InputError(
+        f"The model returned a {type(out).__name__} without .logits; causalmad needs a classification "
+        "model (e.g. BertForSequenceClassification) whose output carries logits."
+    )
 
 
 def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
@@ -319,4 +518,8 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if hasattr(model, "cfg") and hasattr(model, "hook_dict") and hasattr(model.cfg, "n_ctx"):
         return TransformerLensAdapter(model)
+    # a transformers model can only exist once transformers is imported: never import it here
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
+        return HuggingFaceAdapter(model)
     return ModuleAdapter(model)

@@ -519,4 +519,5 @@ def _run_segments(
     with torch.no_grad(), _hooks(adapter, [(h, make(h)) for h in by_hook]):
         if point is None:
             return adapter.forward(tokens.to(adapter.device))
-        return adapter.run_from(point, cache[point][torch.as_tensor(local_rows)].to(adapter.device))
+        return adapter.run_from(point, cache[point][torch.as_tensor(local_rows)].to(adapter.device),
+                                tokens.to(adapter.device))

