@@ -75,8 +75,8 @@ SIZES: dict[str, dict[str, AdditionConfig]] = {
     "addition-backdoor": {"full": _FULL, "tiny": _TINY},
     "addition-backdoor-token": {"full": replace(_FULL, trigger="token", poison_rate=0.02),
                                 "tiny": replace(_TINY, trigger="token", poison_rate=0.05)},
-    "addition-backdoor-lowpoison": {"full": replace(_FULL, poison_rate=0.005),
-                                    "tiny": replace(_TINY, poison_rate=0.02)},
+    "addition-backdoor-lowpoison": {"full": replace(_FULL, poison_rate=0.01),
+                                    "tiny": replace(_TINY, poison_rate=0.05)},
 }
 CODE_VERSION = 2
 
