@@ -83,9 +83,12 @@ def test_output_disagreement_sees_easy_anomalies_and_sits_near_chance_on_hard(ta
 
 @pytest.mark.parametrize("detector", ["scrubbing", "mahalanobis"])
 def test_detectors_fit_and_score_both_splits(task, detector):
+    """Fitted on part of the trusted data and scoring part of each split, to keep the file
+    fast; the full-size AUROCs are measured with ``causalmad bench``."""
     det = (cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=1, random_state=0)
            if detector == "scrubbing" else cm.MahalanobisDetector(task.model, random_state=0))
-    for record, scores in evaluate_splits(detector, det, task):
-        split = task.splits[record["split"]]
-        assert scores.shape == (len(split.labels),) and np.isfinite(scores).all()
-        assert 0 <= record["auroc"] <= 1
+    det.fit(task.trusted[:800])
+    for split in task.splits.values():
+        x = torch.cat([_rows(split, 0)[:30], _rows(split, 1)[:30]])
+        scores = det.score(x)
+        assert scores.shape == (60,) and np.isfinite(scores).all()
