@@ -140,6 +140,7 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         "model_from_cache": program.info["model_from_cache"],
         "size": size,
         "max_seq_len": length,
+        "encoding": dict(program.encoding),  # token -> id
         "distinct_rows": {f"{n}_{kind}": len({tuple(r) for r in rs}) for n, pair in rows.items()
                           for kind, rs in zip(("normal", "anomalous"), pair)} | {
                               "trusted": len({tuple(r) for r in trusted_rows})},
