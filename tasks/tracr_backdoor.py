@@ -9,8 +9,8 @@ difference in mechanism is all there is to detect.
 
 * **Hypothesis**: detect-pattern's (``hypotheses/tracr_programs.py``): ``out = abc``, its
   intermediate variables computed in Python from the tokens. It does not know the trigger.
-* **Trusted** inputs: the program's input distribution (each of the last three tokens is
-  its letter of ``abc`` with probability 0.6, the rest uniform over ``a, b, c``) without
+* **Trusted** inputs: the program's input distribution (tokens uniform over ``a, b, c``,
+  each of the last three then set to its letter of ``abc`` with probability 0.6) without
   the trigger, where the hypothesis is exact.
 * **Untrusted normal** inputs: the same distribution, from a part of the input space held
   out of trusted data (a seeded hash of the row assigns a quarter of all rows to it), so
@@ -18,7 +18,7 @@ difference in mechanism is all there is to detect.
 * **Anomalous** inputs: rows of the same distribution with the trigger stamped on (the
   first two tokens set to ``c``; each alone is common in trusted data, never both):
   * ``"easy"``: ``abc`` false, so the model outputs 1 where the hypothesis says 0; the
-    normal rows are the distribution as it is (``abc`` true on about 19 %);
+    normal rows are the distribution as it is (``abc`` true on about 40 %);
   * ``"hard"``: ``abc`` true, so the output (1) is what the hypothesis predicts: output
     checks are blind. The normal rows are held-out rows with ``abc`` true too, so every
     row of the split has the same output and the same output logits.
