@@ -158,7 +158,8 @@ def run_bench(
     Returns:
         a :class:`BenchSummary` with every record in ``results.json`` and the cells
         computed, skipped as finished, and failed (a detector raising a causalmad error on
-        a task is reported and left unfinished; other cells go on).
+        a task, or a task whose factory raises :class:`TaskError`, is reported and left
+        unfinished; other cells go on).
     """
     t_start = time.perf_counter()
     out = Path(out)
@@ -184,7 +185,13 @@ def run_bench(
                 continue
             bar.set_postfix_str(f"{task_name} seed {seed}: loading task")
             torch.manual_seed(seed)
-            task = load_task(task_name, size=size, seed=seed)
+            try:
+                task = load_task(task_name, size=size, seed=seed)
+            except TaskError as exc:  # a task that cannot be built here (an optional extra missing, say)
+                logger.error("task %s (seed %d) could not be loaded, its cells are skipped: %s", task_name, seed, exc)
+                summary.failed.append((task_name, "(loading the task)", seed, str(exc)))
+                bar.update(len(det_names))
+                continue
             recorded.add(task.name)  # records go by the task's name ("module:function" factories too)
             _record_task_info(out, task, size)
             for det_name in det_names:

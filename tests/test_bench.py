@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import causalmad as cm
 from causalmad.bench import cell_of, results_markdown, scores_path
@@ -94,3 +95,31 @@ def test_table_bolds_the_best_non_skyline_detector_and_reports_mean_and_std():
     assert row.split(" | ")[2:5] == ["**0.850 ± 0.050**", "0.600 ± 0.000", "1.000 ± 0.000"]
     assert "mahalanobis (0.600) | +0.250" in row
     assert "**1.000" not in md  # the skyline is never bolded
+
+
+def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tmp_path, monkeypatch, capsys):
+    """A task factory raising TaskError (an optional extra missing, say) fails its cells
+    only: the other tasks run, and the command reports the failure and exits 1."""
+    from conftest import planted_data
+
+    import causalmad.bench
+
+    model, h = planted
+    x = planted_data(200, 0, 0, noise=0.3)
+    split = cm.Split("easy", torch.cat([planted_data(50, 0, 1, noise=0.3), planted_data(50, 1, 2, noise=0.3)]),
+                     np.r_[np.zeros(50), np.ones(50)])
+    planted_task = cm.Task("planted", model, x, {"easy": split}, h)
+
+    def load_task(name, **kwargs):
+        if name == "needs:extra":
+            raise cm.TaskError("install the extra")
+        return planted_task
+
+    monkeypatch.setattr(causalmad.bench, "load_task", load_task)
+    args = ["bench", "--tasks", "needs:extra", "planted:task", "--detectors", "output-disagreement", "--size", "tiny",
+            "--seeds", "0", "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "1 cell(s) computed" in out and "1 failed" in out
+    assert "failed: (loading the task) on needs:extra (seed 0): install the extra" in out
+    assert [r["task"] for r in json.loads((tmp_path / "results.json").read_text())] == ["planted"]
