@@ -20,6 +20,7 @@ finished is not even loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -144,6 +145,7 @@ def run_bench(
     size: str = "full",
     seeds: Sequence[int] = (0,),
     progress: bool = False,
+    max_inputs: int | None = None,
 ) -> BenchSummary:
     """Run every selected detector on every selected task, split and seed.
 
@@ -152,6 +154,9 @@ def run_bench(
         tasks: task names (default: every registered task).
         detectors: detector names (default: every registered detector).
         size: task size passed to each task (``"full"`` or ``"tiny"``).
+        max_inputs: a quick run: each split keeps its first ``max_inputs`` normal and first
+            ``max_inputs`` anomalous inputs, and trusted data its first ``8 * max_inputs``.
+            Cells are recorded with the sizes actually used.
         seeds: each seed trains (or loads) its own task model and seeds every detector.
         progress: progress bars over cells and inside long detectors.
 
@@ -192,6 +197,8 @@ def run_bench(
                 summary.failed.append((task_name, "(loading the task)", seed, str(exc)))
                 bar.update(len(det_names))
                 continue
+            if max_inputs is not None:
+                task = limit_task(task, max_inputs)
             recorded.add(task.name)  # records go by the task's name ("module:function" factories too)
             _record_task_info(out, task, size)
             for det_name in det_names:
@@ -209,6 +216,19 @@ def run_bench(
     plot_all(out, [r for r in records if r.get("size") == size and r["task"] in recorded])
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def limit_task(task: Task, max_inputs: int) -> Task:
+    """``task`` with at most ``max_inputs`` normal and ``max_inputs`` anomalous inputs per
+    split (the first ones) and its first ``8 * max_inputs`` trusted inputs."""
+    if max_inputs < 1:
+        raise InputError(f"max_inputs must be >= 1, got {max_inputs}.")
+    splits = {}
+    for name, split in task.splits.items():
+        keep = np.r_[np.flatnonzero(split.labels == 0)[:max_inputs], np.flatnonzero(split.labels == 1)[:max_inputs]]
+        keep.sort()
+        splits[name] = Split(name, split.inputs[torch.as_tensor(keep)], split.labels[keep])
+    return dataclasses.replace(task, trusted=task.trusted[: 8 * max_inputs], splits=splits)
 
 
 def _record_task_info(out: Path, task: Task, size: str) -> None:

@@ -74,7 +74,7 @@ def _bench(args: argparse.Namespace) -> int:
     from causalmad.bench import run_bench
 
     s = run_bench(args.out, tasks=args.tasks, detectors=args.detectors, size=args.size, seeds=args.seeds,
-                  progress=not args.quiet)
+                  progress=not args.quiet, max_inputs=args.max_inputs)
     print(f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
           f"{len(s.failed)} failed ({s.seconds:.0f} s)")
     for task, det, seed, err in s.failed:
@@ -436,6 +436,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--detectors", nargs="+", default=None, help="detector names (default: all registered)")
     bench.add_argument("--size", default="full", choices=["full", "tiny"])
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument("--max-inputs", type=int, default=None,
+                       help="quick run: first N normal and N anomalous inputs per split, 8N trusted")
     bench.add_argument("--out", default="results/bench", help="output folder; finished cells there are skipped")
     bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")
