@@ -211,3 +211,23 @@ def test_mahalanobis_on_wide_activations_equals_ledoit_wolf_without_d_by_d_matri
     state = _ledoit_wolf_in_span(x)
     assert state["basis"].shape == (200, 59)  # rank n - 1 after centring: no 200 x 200 matrix
     np.testing.assert_allclose(MahalanobisDetector._score_site(None, state, y), expected, rtol=1e-9)
+
+
+def test_que_on_wide_activations_equals_the_eigenvector_form():
+    """QUE for d > n from factors (no d x d matrix) gives the d x d computation's scores."""
+    from causalmad.detectors import activations as a
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 200)) @ rng.normal(size=(200, 200)) * 0.1 + rng.normal(size=200)
+    u = rng.normal(size=(40, 200)) @ rng.normal(size=(200, 200)) * 0.1 + 0.3
+    y = rng.normal(size=(30, 200))
+    mean, w = a._whitening(x)
+    s, vecs = np.linalg.eigh(np.cov((u - mean) @ w, rowvar=False, bias=True))
+    e = 4.0 * (s - 1) / (s.max() - 1)
+    weights = np.exp(e - e.max()) / np.exp(e - e.max()).sum()
+    expected = (((y - u.mean(0)) @ (w @ vecs)) ** 2) @ weights
+    det = a.QUEDetector.__new__(a.QUEDetector)
+    det.alpha = 4.0
+    state = det._fit_site(x, u)
+    assert "projection" not in state and state["directions"].shape[0] == 200
+    np.testing.assert_allclose(det._score_site(state, y), expected, rtol=1e-9)

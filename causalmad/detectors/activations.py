@@ -279,6 +279,8 @@ class QUEDetector(ActivationDetector):
             raise InputError("QUE needs the untrusted batch.")
         if self.alpha < 0:
             raise InputError(f"alpha must be >= 0, got {self.alpha}.")
+        if trusted.shape[1] > len(trusted):  # wide activations: never form d x d matrices
+            return self._fit_site_in_span(trusted, untrusted)
         mean, w = _whitening(trusted)
         z = (untrusted - mean) @ w
         s, u = np.linalg.eigh(np.cov(z, rowvar=False, bias=True).reshape(z.shape[1], z.shape[1]))
@@ -289,9 +291,45 @@ class QUEDetector(ActivationDetector):
         # (z - m)^T Q (z - m) = sum_k weights_k ((x - x_bar_U) @ W @ U)_k^2
         return {"center": untrusted.mean(0), "projection": w @ u, "weights": weights}
 
+    def _fit_site_in_span(self, trusted: np.ndarray, untrusted: np.ndarray) -> SiteState:
+        """The same scores for ``d`` wider than the trusted rows, from factors: whitening
+        is ``x -> V (l^-1/2 - f^-1/2) V^T x + f^-1/2 x`` (``V``, ``l``: the shrunk
+        covariance on the trusted span, ``f``: its floor elsewhere), and the whitened
+        untrusted covariance has eigenvalue 0 outside the whitened untrusted rows' span.
+        QUE's score is invariant to rotations of the whitened space, so this equals the
+        eigenvector form up to float rounding."""
+        st = _ledoit_wolf_in_span(trusted)
+        state = {"mean": st["location"], "basis": st["basis"], "eigenvalues": st["eigenvalues"],
+                 "floor": st["floor"]}
+        z = _whiten_in_span(state, untrusted.astype(np.float64))
+        zc = z - z.mean(0)
+        _, sig, bt = np.linalg.svd(zc, full_matrices=False)
+        keep = sig > sig.max() * 1e-9
+        s_in, b = sig[keep] ** 2 / len(z), bt[keep].T
+        d = z.shape[1]
+        s_all = np.r_[s_in, 0.0]  # the last entry stands for the d - r zero directions
+        excess = s_all.max() - 1
+        exponent = self.alpha * (s_all - 1) / (excess if excess > 1e-6 else 1.0)
+        weights = np.exp(exponent - exponent.max())
+        weights /= weights[:-1].sum() + weights[-1] * (d - len(s_in))
+        return {**state, "center": untrusted.mean(0), "directions": b, "weights": weights[:-1],
+                "rest_weight": np.float64(weights[-1])}
+
     def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
+        if "directions" in fitted:
+            p = _whiten_in_span(fitted, features.astype(np.float64) - fitted["center"] + fitted["mean"])
+            proj = p @ fitted["directions"]
+            rest = np.maximum((p**2).sum(1) - (proj**2).sum(1), 0.0)
+            return (proj**2) @ fitted["weights"] + fitted["rest_weight"] * rest
         p = (features - fitted["center"]) @ fitted["projection"]
         return (p**2) @ fitted["weights"]
+
+
+def _whiten_in_span(state: SiteState, x: np.ndarray) -> np.ndarray:
+    """``(x - mean)`` whitened by the shrunk trusted covariance given as factors."""
+    c = x - state["mean"]
+    inv_floor = 0.0 if not np.isfinite(state["floor"]) else 1 / np.sqrt(state["floor"])
+    return ((c @ state["basis"]) * (1 / np.sqrt(state["eigenvalues"]) - inv_floor)) @ state["basis"].T + inv_floor * c
 
 
 @register("spectral-signature")
