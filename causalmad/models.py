@@ -174,6 +174,28 @@ def _check_finite_tensor(inputs: object, what: str) -> torch.Tensor:
     return inputs
 
 
+def _check_token_ids(inputs: object, what: str, max_positions: int | None, positions_name: str,
+                     vocab: int | None, padding: str = "") -> torch.Tensor:
+    """``[batch, pos]`` int64 token ids, or :class:`InputError` saying what is wrong."""
+    x = _check_finite_tensor(inputs, what)
+    if x.is_floating_point():
+        if not torch.equal(x, x.round()):
+            raise InputError(f"{what} must be integer token ids, got non-integer floats.")
+        x = x.long()
+    if x.ndim != 2:
+        raise InputError(f"{what} must have shape [batch, pos] of token ids{padding}, got shape {tuple(x.shape)}.")
+    if max_positions and x.shape[1] > max_positions:
+        raise InputError(
+            f"{what} have {x.shape[1]} positions but the model takes at most {positions_name}={max_positions}."
+        )
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or (vocab and hi >= vocab):
+        raise InputError(
+            f"{what} contain token id {lo if lo < 0 else hi}, outside the model's vocabulary [0, {vocab})."
+        )
+    return x.long()
+
+
 class TransformerLensAdapter(ModelAdapter):
     """Adapter for a TransformerLens ``TransformerBridge`` (token ids in, logits out)."""
 
@@ -189,26 +211,7 @@ class TransformerLensAdapter(ModelAdapter):
         return self.model(inputs)
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
-        x = _check_finite_tensor(inputs, what)
-        if x.is_floating_point():
-            if not torch.equal(x, x.round()):
-                raise InputError(f"{what} must be integer token ids, got non-integer floats.")
-            x = x.long()
-        if x.ndim != 2:
-            raise InputError(
-                f"{what} must have shape [batch, pos] of token ids, got shape {tuple(x.shape)}."
-            )
-        if x.shape[1] > self.cfg.n_ctx:
-            raise InputError(
-                f"{what} have {x.shape[1]} positions but the model's context is n_ctx={self.cfg.n_ctx}."
-            )
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi >= self.cfg.d_vocab:
-            raise InputError(
-                f"{what} contain token id {lo if lo < 0 else hi}, outside the model's "
-                f"vocabulary [0, {self.cfg.d_vocab})."
-            )
-        return x.long()
+        return _check_token_ids(inputs, what, self.cfg.n_ctx, "n_ctx", self.cfg.d_vocab)
 
     def hook_names(self) -> list[str]:
         return self._names
@@ -415,34 +418,15 @@ class HuggingFaceAdapter(ModelAdapter):
         return _logits_of(out)
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
-        x = _check_finite_tensor(inputs, what)
-        if x.is_floating_point():
-            if not torch.equal(x, x.round()):
-                raise InputError(f"{what} must be integer token ids, got non-integer floats.")
-            x = x.long()
-        if x.ndim != 2:
-            raise InputError(
-                f"{what} must have shape [batch, pos] of token ids padded with pad id {self.pad_token_id}, "
-                f"got shape {tuple(x.shape)}."
-            )
-        if self.max_positions and x.shape[1] > self.max_positions:
-            raise InputError(
-                f"{what} have {x.shape[1]} positions but the model takes at most "
-                f"max_position_embeddings={self.max_positions}."
-            )
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or (self.vocab_size and hi >= self.vocab_size):
-            raise InputError(
-                f"{what} contain token id {lo if lo < 0 else hi}, outside the model's "
-                f"vocabulary [0, {self.vocab_size})."
-            )
+        x = _check_token_ids(inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size,
+                             f" padded with pad id {self.pad_token_id}")
         empty = (x == self.pad_token_id).all(1)
         if empty.any():
             raise InputError(
                 f"{what} contain {int(empty.sum())} row(s) made only of the pad id {self.pad_token_id} "
                 f"(first at index {int(empty.nonzero()[0])}); every row needs at least one real token."
             )
-        return x.long()
+        return x
 
     def hook_names(self) -> list[str]:
         return self._names

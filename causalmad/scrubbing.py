@@ -252,10 +252,10 @@ def counterfactual_classes(
     sources: np.ndarray,
 ) -> np.ndarray:
     """``[n, k, outputs]`` target classes of an interchange explanation's rows."""
-    if counterfactual is None:
-        raise ValueError(f"Explanation {explanation.name!r} is an interchange; scrubbing it needs a counterfactual.")
     var = explanation.target
-    assert var is not None
+    if counterfactual is None or var is None:
+        raise ValueError(f"Explanation {explanation.name!r}: only an interchange explanation with a counterfactual "
+                         "has counterfactual classes.")
     out = [[counterfactual(values[i], var, pool.values[s][var]) for s in row] for i, row in enumerate(sources)]
     return np.asarray(out, dtype=np.int64)
 

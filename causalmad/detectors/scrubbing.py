@@ -256,7 +256,8 @@ class ScrubbingDetector(Detector):
 
     def _counterfactual(self, values: dict[str, Hashable], variable: str, value: Hashable) -> list[int]:
         h = self.hypothesis
-        assert h is not None
+        if h is None:
+            raise HypothesisError("Interchange explanations need a hypothesis.")
         cf = h.counterfactual(values, {variable: value})
         return [int(cf[o]) for o in h.outputs]  # type: ignore[call-overload]
 
