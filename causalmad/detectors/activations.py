@@ -301,7 +301,7 @@ class QUEDetector(ActivationDetector):
         st = _ledoit_wolf_in_span(trusted)
         state = {"mean": st["location"], "basis": st["basis"], "eigenvalues": st["eigenvalues"],
                  "floor": st["floor"]}
-        z = _whiten_in_span(state, untrusted.astype(np.float64))
+        z = _whiten_in_span(state, untrusted.astype(np.float64) - state["mean"])
         zc = z - z.mean(0)
         _, sig, bt = np.linalg.svd(zc, full_matrices=False)
         keep = sig > sig.max() * 1e-9
@@ -317,7 +317,7 @@ class QUEDetector(ActivationDetector):
 
     def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
         if "directions" in fitted:
-            p = _whiten_in_span(fitted, features.astype(np.float64) - fitted["center"] + fitted["mean"])
+            p = _whiten_in_span(fitted, features.astype(np.float64) - fitted["center"])
             proj = p @ fitted["directions"]
             rest = np.maximum((p**2).sum(1) - (proj**2).sum(1), 0.0)
             return (proj**2) @ fitted["weights"] + fitted["rest_weight"] * rest
@@ -325,9 +325,8 @@ class QUEDetector(ActivationDetector):
         return (p**2) @ fitted["weights"]
 
 
-def _whiten_in_span(state: SiteState, x: np.ndarray) -> np.ndarray:
-    """``(x - mean)`` whitened by the shrunk trusted covariance given as factors."""
-    c = x - state["mean"]
+def _whiten_in_span(state: SiteState, c: np.ndarray) -> np.ndarray:
+    """Centred rows ``c`` whitened by the shrunk trusted covariance given as factors."""
     inv_floor = 0.0 if not np.isfinite(state["floor"]) else 1 / np.sqrt(state["floor"])
     return ((c @ state["basis"]) * (1 / np.sqrt(state["eigenvalues"]) - inv_floor)) @ state["basis"].T + inv_floor * c
 
