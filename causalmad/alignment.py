@@ -13,7 +13,8 @@ alignment split, then reports held-out IIA of every candidate on a disjoint spli
 Optionally, at the best whole-vector sites, it learns a low-rank rotated subspace with
 distributed alignment search (DAS; Geiger et al., "Finding Alignments Between
 Interpretable Causal Variables and Distributed Neural Representations", CLeaR 2024),
-using pyvene's ``LowRankRotatedSpaceIntervention``.
+with the same rotated-subspace interchange as pyvene's ``LowRankRotatedSpaceIntervention``
+(trained through forward hooks on the frozen model, resumed from the site).
 """
 
 from __future__ import annotations
@@ -29,11 +30,8 @@ from causalmad.errors import AlignmentError
 from causalmad.hypothesis import Hypothesis
 from causalmad.interventions import (
     _hooks,
-    _PyveneModel,
     capture,
-    import_pyvene,
     interchange_pyvene,
-    positions_of,
     preserved_training_state,
 )
 from causalmad.models import ModelAdapter
@@ -273,6 +271,14 @@ def search(
 
 
 # ---------------------------------------------------------------------- DAS
+#: DAS stops early when, ``DAS_PATIENCE`` windows of ``DAS_WINDOW`` steps in a row, the mean
+#: training loss of the window is not at least ``DAS_MIN_GAIN`` (relative) below the best
+#: earlier window's (losses often sit on a plateau for a window before they drop again)
+DAS_WINDOW = 50
+DAS_MIN_GAIN = 0.02
+DAS_PATIENCE = 2
+
+
 def learn_rotation(
     adapter: ModelAdapter,
     hypothesis: Hypothesis,
@@ -287,99 +293,71 @@ def learn_rotation(
     batch_size: int = 64,
     lr: float = 1e-2,
 ) -> Site:
-    """Learn a rank-``rank`` subspace at ``site`` where ``variable`` lives (DAS via pyvene).
+    """Learn a rank-``rank`` subspace at ``site`` where ``variable`` lives (DAS).
 
     Trained on counterfactual labels of the given (alignment base, pool source) pairs;
-    returns ``site`` restricted to the learned orthonormal basis.
+    returns ``site`` restricted to the learned orthonormal basis ``Q`` (``[width, rank]``).
+
+    The interchange is the one every engine applies (:func:`interventions._apply`): at
+    the site's positions the base's activation ``h`` becomes ``h + (s - h) Q Q^T``, with
+    ``s`` the source's (the same map as pyvene's ``LowRankRotatedSpaceIntervention``).
+    ``Q`` is kept orthonormal by a QR of a free ``[width, rank]`` matrix; training runs
+    ``steps`` steps at most and stops early when the loss plateaus (:data:`DAS_WINDOW`). The model is
+    frozen, so source activations at the site are captured once; and each step runs only
+    the part of the network from the site's resume point on (:meth:`ModelAdapter.run_from`),
+    from base activations also captured once.
     """
-    if not adapter.has_positions:
-        return _learn_rotation_flat(adapter, hypothesis, variable, site, align, pool, pairs, rank, steps,
-                                    random_state, batch_size, lr)
-    if site.positions is None:
-        raise AlignmentError(f"DAS at {site.key} needs token positions on a model with positions.")
-    pv = import_pyvene()
+    from causalmad.interventions import _apply, _as_tensor, _flat, _replace
+
     base_x, base_vals = align
     src_x, src_vals = pool
-    torch.manual_seed(random_state)
     width = adapter.width(site.hook, base_x)
-    intervention = pv.LowRankRotatedSpaceIntervention(embed_dim=width, low_rank_dimension=rank, keep_last_dim=True)
-    config = pv.IntervenableConfig(representations=[{
-        "component": f"model.{site.hook}.output", "unit": "pos",
-        "max_number_of_units": len(site.positions), "intervention": intervention,  # type: ignore[arg-type]
-    }])
-    targets = counterfactual_targets(hypothesis, variable, base_vals, src_vals, pairs)
-    rng = np.random.default_rng(random_state)
-    with preserved_training_state(adapter.model):
-        model = pv.IntervenableModel(config, _PyveneModel(adapter))
-        params = [p for iv in model.interventions.values() for p in (iv[0] if isinstance(iv, tuple) else iv).parameters()]
-        opt = torch.optim.Adam(params, lr=lr)
-        for _ in range(steps):
-            idx = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
-            b = base_x[pairs[idx, 0]].to(adapter.device)
-            s = src_x[pairs[idx, 1]].to(adapter.device)
-            pos_b, pos_s = positions_of(site, b), positions_of(site, s)
-            _, logits = model({"input_ids": b}, [{"input_ids": s}],
-                              unit_locations={"sources->base": ([pos_s.tolist()], [pos_b.tolist()])})
-            loss = sum(
-                torch.nn.functional.cross_entropy(readout_logits(hypothesis, o, logits), targets[o][idx].to(logits.device))
-                for o in hypothesis.outputs
-            )
-            opt.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
-            opt.step()
-        basis = intervention.rotate_layer.weight.detach().float().cpu()
-    basis, _ = torch.linalg.qr(basis)
-    return site.with_basis(basis, f"das k={rank}")
-
-
-def _learn_rotation_flat(
-    adapter: ModelAdapter,
-    hypothesis: Hypothesis,
-    variable: str,
-    site: Site,
-    align: tuple[torch.Tensor, Values],
-    pool: tuple[torch.Tensor, Values],
-    pairs: np.ndarray,
-    rank: int,
-    steps: int,
-    random_state: int,
-    batch_size: int,
-    lr: float,
-) -> Site:
-    """DAS at a site of a model without token positions (an MLP layer, a flattened conv
-    map): the same objective as the pyvene path, through a forward hook that swaps the
-    base's coordinates in the learned basis ``Q`` for the source's, ``h + (s - h) Q Q^T``.
-    ``Q`` is kept orthonormal by a QR of a free ``[width, rank]`` matrix."""
-    base_x, base_vals = align
-    src_x, src_vals = pool
+    if rank > width:
+        raise AlignmentError(f"DAS rank {rank} exceeds the width {width} of {site.key}.")
+    if adapter.has_positions and site.positions is None:
+        raise AlignmentError(f"DAS at {site.key} needs token positions on a model with positions.")
+    whole = Site(site.hook, site.positions)  # DAS rotates the whole vector at the site's positions
     used_b, used_s = np.unique(pairs[:, 0]), np.unique(pairs[:, 1])
-    act_b = torch.zeros(len(base_x), adapter.width(site.hook, base_x))
-    act_s = torch.zeros(len(src_x), act_b.shape[1])
-    act_b[used_b] = capture(adapter, base_x[torch.as_tensor(used_b)], [site])[0]
-    act_s[used_s] = capture(adapter, src_x[torch.as_tensor(used_s)], [site])[0]
-    if rank > act_b.shape[1]:
-        raise AlignmentError(f"DAS rank {rank} exceeds the width {act_b.shape[1]} of {site.key}.")
+    row_b = np.full(len(base_x), -1)
+    row_b[used_b] = np.arange(len(used_b))
+    row_s = np.full(len(src_x), -1)
+    row_s[used_s] = np.arange(len(used_s))
+    bases = base_x[torch.as_tensor(used_b)]
+    act_s = capture(adapter, src_x[torch.as_tensor(used_s)], [whole])[0]
+    point = adapter.resume_point([site.hook])
+    resume = capture(adapter, bases, [Site(point)])[0] if point is not None else None
     targets = counterfactual_targets(hypothesis, variable, base_vals, src_vals, pairs)
     gen = torch.Generator().manual_seed(random_state)
-    free = torch.nn.Parameter(torch.randn(act_b.shape[1], rank, generator=gen))
+    # orthonormal start: unit columns, so that Adam's steps (``lr`` per entry) turn them by a
+    # useful angle whatever the width
+    free = torch.nn.Parameter(torch.linalg.qr(torch.randn(width, rank, generator=gen))[0])
     opt = torch.optim.Adam([free], lr=lr)
     rng = np.random.default_rng(random_state)
     device = adapter.device
+    window: list[float] = []
+    best, stalled = float("inf"), 0
     with preserved_training_state(adapter.model):
         adapter.model.eval()
         for p in adapter.model.parameters():
             p.requires_grad_(False)
         for _ in range(steps):
             idx = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
-            h, src = act_b[pairs[idx, 0]].to(device), act_s[pairs[idx, 1]].to(device)
+            rows = torch.as_tensor(row_b[pairs[idx, 0]])
+            x = bases[rows].to(device)
+            src = act_s[torch.as_tensor(row_s[pairs[idx, 1]])].to(device)
+            pos = whole.position_index(x)
             q, _ = torch.linalg.qr(free.to(device))
-            patched = h + ((src - h) @ q) @ q.T
 
-            def swap(output: object, patched: torch.Tensor = patched) -> torch.Tensor:
-                return patched.reshape(output.shape).to(output.dtype)  # type: ignore[attr-defined]
+            def swap(output: object, src: torch.Tensor = src, pos: torch.Tensor | None = pos,
+                     q: torch.Tensor = q) -> object:
+                act = _as_tensor(output)
+                return _replace(output, _apply(_flat(adapter, act), pos, src, q).reshape(act.shape))
 
             with _hooks(adapter, [(site.hook, swap)]):
-                logits = adapter.forward(base_x[torch.as_tensor(pairs[idx, 0])].to(device))
+                if resume is None:
+                    logits = adapter.forward(x)
+                else:
+                    logits = adapter.run_from(point, resume[rows].to(device), x)  # type: ignore[arg-type]
             loss = sum(
                 torch.nn.functional.cross_entropy(readout_logits(hypothesis, o, logits), targets[o][idx].to(device))
                 for o in hypothesis.outputs
@@ -387,5 +365,12 @@ def _learn_rotation_flat(
             opt.zero_grad()
             loss.backward()  # type: ignore[union-attr]
             opt.step()
+            window.append(float(loss.detach()))  # type: ignore[union-attr]
+            if len(window) == DAS_WINDOW:  # stop once the mean loss stops falling
+                mean, window = sum(window) / DAS_WINDOW, []
+                stalled = stalled + 1 if mean > (1 - DAS_MIN_GAIN) * best else 0
+                if stalled == DAS_PATIENCE:
+                    break
+                best = min(best, mean)
     basis, _ = torch.linalg.qr(free.detach().float().cpu())
     return site.with_basis(basis, f"das k={rank}")

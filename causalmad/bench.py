@@ -213,7 +213,8 @@ def run_bench(
     write_atomic(out / "results.md", results_markdown(records))
     infos = json.loads((out / "tasks.json").read_text()) if (out / "tasks.json").exists() else {}
     write_atomic(out / "tasks.md", tasks_markdown(records, infos))
-    plot_all(out, [r for r in records if r.get("size") == size and r["task"] in recorded])
+    computed = {(c[0], c[2]) for c in summary.computed}
+    plot_all(out, [r for r in records if r.get("size") == size and r["task"] in recorded], only=computed)
     summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -398,11 +399,16 @@ def _split_table(records: list[dict[str, Any]], task: str, split: str) -> list[s
 
 
 # ----------------------------------------------------------------------------- plots
-def plot_all(out: Path, records: list[dict[str, Any]]) -> list[Path]:
+def plot_all(out: Path, records: list[dict[str, Any]], only: set[tuple[str, str]] | None = None) -> list[Path]:
     """ROC curves and score histograms for every (task, split) in ``records`` (each
-    detector's first seed whose scores file exists). Returns the files written."""
+    detector's first seed whose scores file exists). With ``only``, just those rows and
+    rows whose pictures are missing (a resumed run redraws what it changed). Returns the
+    files written."""
     written = []
     for task, split in sorted({(r["task"], r["split"]) for r in records}):
+        pictures = [out / f"{kind}_{_slug(task)}_{_slug(split)}.png" for kind in ("roc", "hist")]
+        if only is not None and (task, split) not in only and all(p.exists() for p in pictures):
+            continue
         cells = {}
         for d, rs in _by_detector([r for r in records if r["task"] == task and r["split"] == split]).items():
             for r in sorted(rs, key=lambda r: int(r["seed"])):
@@ -414,8 +420,7 @@ def plot_all(out: Path, records: list[dict[str, Any]]) -> list[Path]:
             else:
                 logger.warning("no scores file for %s / %s / %s; left out of the plots", task, split, d)
         if cells:
-            written += [plot_roc(out / f"roc_{_slug(task)}_{_slug(split)}.png", cells, task, split),
-                        plot_histograms(out / f"hist_{_slug(task)}_{_slug(split)}.png", cells, task, split)]
+            written += [plot_roc(pictures[0], cells, task, split), plot_histograms(pictures[1], cells, task, split)]
     return written
 
 

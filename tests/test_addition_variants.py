@@ -73,14 +73,15 @@ def test_every_hard_anomaly_gets_the_true_sum_and_every_easy_one_loses_the_carry
 
 
 def test_output_disagreement_sees_easy_anomalies_and_sits_near_chance_on_hard(task):
+    from tasks.addition_backdoor import MATCH_BINS
+
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis)
     auroc = {r["split"]: r["auroc"] for r, _ in evaluate_splits("output-disagreement", det, task)}
     assert auroc["easy"] >= 0.9
-    # every hard anomaly's answer is the hypothesis' answer (asserted exactly above); the
-    # check's continuous score (the answer's negative log-likelihood) is then no better than
-    # chance: triggered inputs are if anything answered *more* confidently (measured 0.32
-    # on addition-backdoor)
-    assert auroc["hard"] <= 0.6
+    # every hard anomaly's answer is the hypothesis' answer (asserted exactly above), and the
+    # split is matched on the check's continuous score (the answer's negative log-likelihood)
+    # in MATCH_BINS bins, so the check is at chance up to the within-bin order
+    assert abs(auroc["hard"] - 0.5) <= 0.5 / MATCH_BINS + 0.02
 
 
 def test_mahalanobis_fits_and_scores_both_splits(task):

@@ -57,18 +57,21 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
         for kind in ("roc", "hist"):
             assert (out / f"{kind}_{task}_{split}.png").read_bytes()[:4] == b"\x89PNG"
 
-    # a second run finds every cell finished: nothing recomputed, results untouched
+    # a second run finds every cell finished: nothing recomputed, results and pictures untouched
     before = (out / "results.json").read_bytes()
+    drawn = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
     assert f"0 cell(s) computed, {len(records)} finished cell(s) skipped" in capsys.readouterr().out
     assert (out / "results.json").read_bytes() == before
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == drawn
 
-    # an interrupted run (one cell missing) recomputes only that cell
-    kept = [r for r in records if r["detector"] != "mahalanobis"]
+    # an interrupted run (cells missing) recomputes only those cells
+    resumed = ["addition-backdoor", "hierarchical-equality"]
+    kept = [r for r in records if r["detector"] != "mahalanobis" or r["task"] not in resumed]
     (out / "results.json").write_text(json.dumps(kept))
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick,
-                 "--detectors", "mahalanobis", "lof"]) == 0
-    rows = len({(r["task"], r["split"]) for r in records})  # one mahalanobis and one lof cell per row
+                 "--tasks", *resumed, "--detectors", "mahalanobis", "lof"]) == 0
+    rows = len({(r["task"], r["split"]) for r in records if r["task"] in resumed})  # a mahalanobis, a lof cell each
     assert f"{rows} cell(s) computed, {rows} finished cell(s) skipped" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     assert len(again) == len(records)

@@ -22,12 +22,16 @@ P = 7  # tiny max_seq_len: the readout position
 
 
 @pytest.fixture(scope="module")
-def task():
+def task(tmp_path_factory):
     pytest.importorskip("jax", reason="the optional extra 'tracr' (tracr-pypi, jax, jaxlib) is not installed")
     pytest.importorskip("tracr", reason="the optional extra 'tracr' (tracr-pypi, jax, jaxlib) is not installed")
     from tasks.tracr_backdoor import make_task
 
-    return make_task("tiny", seed=0)
+    # a private cache (about 5 s to compile): the compiled bridge is always checked against
+    # JAX here, whichever test loaded the session's shared cache first
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAUSALMAD_CACHE", str(tmp_path_factory.mktemp("tracr-cache")))
+        return make_task("tiny", seed=0)
 
 
 def _rows(task, x: torch.Tensor) -> list[list[str]]:
@@ -44,7 +48,7 @@ def _model_output(task, x: torch.Tensor) -> np.ndarray:
 
 def test_the_bridge_is_the_compiled_program_and_the_backdoor_always_fires(task):
     info = task.info
-    assert info["model_from_cache"] is False  # compiled in this session (fresh test cache) ...
+    assert info["model_from_cache"] is False  # compiled in this session (private cache) ...
     assert info["output_agreement"] == 1.0 and info["max_residual_gap"] < 1e-4  # ... and checked against JAX
     assert info["clean_accuracy"] == 1.0 and info["clean_accuracy_trusted"] == 1.0  # out = abc without the trigger
     assert info["undefined_outputs"] == 0
