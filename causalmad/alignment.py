@@ -317,11 +317,9 @@ def learn_rotation(
     if adapter.has_positions and site.positions is None:
         raise AlignmentError(f"DAS at {site.key} needs token positions on a model with positions.")
     whole = Site(site.hook, site.positions)  # DAS rotates the whole vector at the site's positions
-    used_b, used_s = np.unique(pairs[:, 0]), np.unique(pairs[:, 1])
-    row_b = np.full(len(base_x), -1)
-    row_b[used_b] = np.arange(len(used_b))
-    row_s = np.full(len(src_x), -1)
-    row_s[used_s] = np.arange(len(used_s))
+    # only the rows the pairs use, captured once; ``local`` indexes them
+    used_b, local_b = np.unique(pairs[:, 0], return_inverse=True)
+    used_s, local_s = np.unique(pairs[:, 1], return_inverse=True)
     bases = base_x[torch.as_tensor(used_b)]
     act_s = capture(adapter, src_x[torch.as_tensor(used_s)], [whole])[0]
     point = adapter.resume_point([site.hook])
@@ -342,9 +340,9 @@ def learn_rotation(
             p.requires_grad_(False)
         for _ in range(steps):
             idx = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
-            rows = torch.as_tensor(row_b[pairs[idx, 0]])
+            rows = torch.as_tensor(local_b[idx])
             x = bases[rows].to(device)
-            src = act_s[torch.as_tensor(row_s[pairs[idx, 1]])].to(device)
+            src = act_s[torch.as_tensor(local_s[idx])].to(device)
             pos = whole.position_index(x)
             q, _ = torch.linalg.qr(free.to(device))
 

@@ -15,11 +15,13 @@ import torch
 
 
 def match_on_score(score_normal: torch.Tensor, score_anomalous: torch.Tensor, n_normal: int, n_anomalous: int,
-                   bins: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                   bins: int, g: torch.Generator, edges_from: str = "anomalous") -> tuple[torch.Tensor, torch.Tensor]:
     """``(normal_index, anomalous_index)``: sorted row indices into the two pools whose scores
-    fall into ``bins`` quantile bins of the *anomalous* scores in the same proportions.
+    fall into ``bins`` quantile bins in the same proportions.
 
-    Anomalies are the scarce class, so the bins follow them. In each bin ``b`` holding ``a_b``
+    The bins are quantiles of the anomalous scores (``edges_from="anomalous"``: anomalies
+    are the scarce class, so the bins follow them) or of both pools together
+    (``"pooled"``, for pools of similar size). In each bin ``b`` holding ``a_b``
     anomalies and ``m_b`` normal rows, ``k_b = min(a_b, m_b // r)`` anomalies and ``r * k_b``
     normal rows are kept, with ``r = n_normal // n_anomalous`` (at least 1); the totals are
     then scaled down to at most ``n_anomalous`` anomalies. Rows are drawn at random within
@@ -27,9 +29,12 @@ def match_on_score(score_normal: torch.Tensor, score_anomalous: torch.Tensor, n_
     """
     if n_anomalous < 1 or n_normal < 1 or bins < 1:
         raise ValueError(f"n_normal, n_anomalous and bins must be positive; got {n_normal}, {n_anomalous}, {bins}.")
+    if edges_from not in ("anomalous", "pooled"):
+        raise ValueError(f"edges_from must be 'anomalous' or 'pooled', got {edges_from!r}.")
     ratio = max(1, n_normal // n_anomalous)
     sn, sa = score_normal.double().flatten(), score_anomalous.double().flatten()
-    edges = torch.quantile(sa, torch.linspace(0, 1, bins + 1, dtype=torch.double))[1:-1]
+    ref = sa if edges_from == "anomalous" else torch.cat([sn, sa])
+    edges = torch.quantile(ref, torch.linspace(0, 1, bins + 1, dtype=torch.double))[1:-1]
     bn, ba = torch.bucketize(sn, edges), torch.bucketize(sa, edges)
     have_n, have_a = torch.bincount(bn, minlength=bins), torch.bincount(ba, minlength=bins)
     keep_a = torch.minimum(have_a, have_n // ratio)

@@ -245,10 +245,11 @@ def build_task(name: str, size: str = "full", seed: int = 0) -> cm.Task:
     ca, cb = _sample(2000, g, lambda a, b: a != b)  # fresh clean inputs, any region
     splits, info, dropped = {}, {}, 0
     for split, carry in (("easy", True), ("hard", False)):
-        pool = cfg.n_normal * (HARD_POOL if split == "hard" else 1)
-        na, nb = _sample(pool, g, lambda a, b: (a != b) & regions.is_shifted(a, b) & ((a + b >= 1000) == carry))
+        pool = HARD_POOL if split == "hard" else 1
+        na, nb = _sample(pool * cfg.n_normal, g,
+                         lambda a, b: (a != b) & regions.is_shifted(a, b) & ((a + b >= 1000) == carry))
         normal = encode(na, nb)
-        anomalous = _anomalies(cfg, regions, g, carry, pool=HARD_POOL if split == "hard" else 1)
+        anomalous = _anomalies(cfg, regions, g, carry, pool)
         if split == "hard":  # only anomalies whose answer is what a normal input would give ...
             xa, xb, _ = decode(anomalous)
             agrees = (predict(model, anomalous) == sum_digits(xa, xb)).all(1)

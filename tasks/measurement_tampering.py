@@ -76,6 +76,7 @@ from hypotheses.measurement_tampering import (
     measurement_tampering_hypothesis,
 )
 from tasks._cache import load_or_train
+from tasks._matching import match_on_score
 
 TRUSTED_KINDS = torch.tensor([i for i, a in enumerate(ACTIONS) if a not in UNTRUSTED_ACTIONS])
 ALL_KINDS = torch.arange(len(ACTIONS))
@@ -301,21 +302,12 @@ def positive_nll(model: torch.nn.Module, actions: torch.Tensor) -> torch.Tensor:
 def match_outputs(model: torch.nn.Module, normal: torch.Tensor, anomalous: torch.Tensor, n: int,
                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Equal numbers of normal and anomalous rows (at most ``n`` each) in each of
-    ``OUTPUT_BINS`` quantile bins of :func:`positive_nll`, so that no function of the
-    model's readout confidence tells them apart: any such score's AUROC is within
-    ``0.5 / OUTPUT_BINS`` of 0.5 when it is monotone in the confidence."""
-    sn, sa = positive_nll(model, normal), positive_nll(model, anomalous)
-    edges = torch.quantile(torch.cat([sn, sa]).double(), torch.linspace(0, 1, OUTPUT_BINS + 1, dtype=torch.double))[1:-1]
-    bn, ba = torch.bucketize(sn.double(), edges), torch.bucketize(sa.double(), edges)
-    counts = torch.stack([torch.bincount(bn, minlength=OUTPUT_BINS), torch.bincount(ba, minlength=OUTPUT_BINS)]).min(0).values
-    if counts.sum() > n:
-        counts = (counts.double() * n / counts.sum()).floor().long()
-    keep_n, keep_a = [], []
-    for b, k in enumerate(counts.tolist()):
-        for bins, keep in ((bn, keep_n), (ba, keep_a)):
-            idx = torch.nonzero(bins == b).flatten()
-            keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
-    return normal[torch.cat(keep_n).sort().values], anomalous[torch.cat(keep_a).sort().values]
+    ``OUTPUT_BINS`` quantile bins (over both pools) of :func:`positive_nll`, so that no
+    function of the model's readout confidence tells them apart: any such score's AUROC is
+    within ``0.5 / OUTPUT_BINS`` of 0.5 when it is monotone in the confidence."""
+    keep_n, keep_a = match_on_score(positive_nll(model, normal), positive_nll(model, anomalous), n, n,
+                                    OUTPUT_BINS, g, edges_from="pooled")
+    return normal[keep_n], anomalous[keep_a]
 
 
 @torch.no_grad()
