@@ -73,20 +73,20 @@ class AdditionConfig:
 
 
 _FULL = AdditionConfig()
-# tiny: 1500 steps, about 50 s on 2 cores. 800 steps (lr 5e-3, 29 s) reach clean accuracy
-# 0.997 and attack success 0.99, but the carries then align worse (c1 held-out IIA 0.69 with
-# DAS, against 1.00 on a whole site), and the DAS that alignment then runs costs every test
-# more than the training saved
-_TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=256, lr=3e-3, poison_rate=0.1,
+# tiny: 1500 steps of 128 rows at lr 5e-3, half the cost of 256-row steps (measured
+# session 5, scripts/time_training.py). Shorter runs train but align worse: 1200 steps leave
+# the carries at held-out IIA 0.93-0.96 (token: 0.65), 800 steps at 0.69 even with DAS,
+# and the DAS alignment then runs costs every test more than the training saves
+_TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=128, lr=5e-3, poison_rate=0.1,
                        n_trusted=1500, n_normal=200, n_anomalous=100)
 SIZES: dict[str, dict[str, AdditionConfig]] = {
     "addition-backdoor": {"full": _FULL, "tiny": _TINY},
     "addition-backdoor-token": {"full": replace(_FULL, trigger="token", poison_rate=0.02),
                                 "tiny": replace(_TINY, trigger="token", poison_rate=0.05)},
-    # at 5 % poisoning the backdoor needs the 1500 steps to fire on held-out triggers
-    # (800 steps at lr 5e-3: attack success 0.34; at 8 % poisoning, 0.62)
+    # tiny: 8 % of 128-row batches is about as many poisoned rows per step as the 5 % of
+    # 256 it had before (at 5 % of 128 the backdoor fires on 0.75 of held-out triggers)
     "addition-backdoor-lowpoison": {"full": replace(_FULL, poison_rate=0.01),
-                                    "tiny": replace(_TINY, poison_rate=0.05)},
+                                    "tiny": replace(_TINY, poison_rate=0.08)},
 }
 CODE_VERSION = 2
 HARD_POOL = 4  # the hard split is drawn from pools this many times its size, then matched ...

@@ -14,8 +14,8 @@ from causalmad.evaluation import evaluate_splits
 pytestmark = pytest.mark.slow
 
 VARIANTS = ["addition-backdoor", "addition-backdoor-token", "addition-backdoor-lowpoison"]
-# attack success floors at tiny size (measured: 1.00, 1.00, 0.88 at the tiny poison rates 0.1, 0.05, 0.05)
-ATTACK_FLOOR = {"addition-backdoor": 0.9, "addition-backdoor-token": 0.9, "addition-backdoor-lowpoison": 0.8}
+# attack success floors at tiny size (measured: 0.99, 1.00, 0.98 at the tiny poison rates 0.1, 0.05, 0.08)
+ATTACK_FLOOR = {"addition-backdoor": 0.9, "addition-backdoor-token": 0.9, "addition-backdoor-lowpoison": 0.9}
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
