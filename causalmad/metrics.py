@@ -21,7 +21,8 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, trusted_scores: np.ndarray)
     scores, labels = np.asarray(scores, float), np.asarray(labels, int)
     return {
         "auroc": float(roc_auc_score(labels, scores)),
-        "ap": float(average_precision_score(labels, scores)),
+        # sklearn's sum of precision steps can exceed 1 by a rounding error (1.0000000000000002)
+        "ap": min(1.0, float(average_precision_score(labels, scores))),
         "tpr_at_1pct_fpr": tpr_at_fpr(scores, labels, trusted_scores, 0.01),
         "tpr_at_5pct_fpr": tpr_at_fpr(scores, labels, trusted_scores, 0.05),
     }
