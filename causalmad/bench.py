@@ -296,7 +296,7 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
         if len(sizes) > 1:
             lines += [f"## size `{size}`", ""]
         lines += [*_summary_table(rs), ""]
-        lines += [*_family_table(rs), ""] if any(FAMILY_KEYS[1][0] in r for r in rs) else []
+        lines += _family_table(rs)
         for task, split in sorted({(r["task"], r["split"]) for r in rs}):
             lines += [*_split_table([r for r in rs if r["task"] == task and r["split"] == split], task, split), ""]
     return "\n".join(lines)
@@ -380,13 +380,16 @@ FAMILY_KEYS = [("auroc", "robust max (all valid)"), ("auroc_declared_hypothesis"
 
 def _family_table(records: list[dict[str, Any]]) -> list[str]:
     """Scrubbing AUROC per (task, split) when the maximum runs over one explanation family
-    only: which explanations carry the signal, and which dilute it."""
+    only: which explanations carry the signal, and which dilute it. No lines when no
+    scrubbing record carries the per-family figures."""
+    scrub = [r for r in records if r["detector"] == "scrubbing" and "auroc_declared_hypothesis" in r]
+    if not scrub:
+        return []
     lines = ["### Scrubbing AUROC by explanation family", "",
              "The maximum over every valid explanation (the detector's score) beside the maximum over one",
              "family alone; `–`: the family has no valid explanation there.", "",
              "| task | split | " + " | ".join(label for _, label in FAMILY_KEYS) + " |",
              "|---|---|" + "---|" * len(FAMILY_KEYS)]
-    scrub = [r for r in records if r["detector"] == "scrubbing"]
     for task, split in sorted({(r["task"], r["split"]) for r in scrub}):
         rs = [r for r in scrub if r["task"] == task and r["split"] == split]
         cells = []
@@ -394,7 +397,7 @@ def _family_table(records: list[dict[str, Any]]) -> list[str]:
             vals = [r[key] for r in rs if r.get(key) is not None]
             cells.append(_fmt(vals) if len(vals) == len(rs) else "–")
         lines.append(f"| {task} | {split} | " + " | ".join(cells) + " |")
-    return lines
+    return [*lines, ""]
 
 
 def _split_table(records: list[dict[str, Any]], task: str, split: str) -> list[str]:
