@@ -70,7 +70,8 @@ def test_output_checks_are_near_chance_on_the_hard_split_only(task):
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis)
     records = {r["split"]: r for r, _ in evaluate_splits("output-disagreement", det, task)}
     assert records["easy"]["auroc"] >= 0.7  # Bob's verdict differs from Alice's on ~60% of anomalies
-    assert abs(records["hard"]["auroc"] - 0.5) <= 0.15
+    # the hard split is matched on this very score in 10 bins (tasks/_matching.py)
+    assert abs(records["hard"]["auroc"] - 0.5) <= 0.5 / 10 + 0.02
 
 
 def test_mahalanobis_sees_the_persona_token(task):
