@@ -472,11 +472,41 @@ class HuggingFaceAdapter(ModelAdapter):
             encoder_hidden_states=None, cache=None,
         )[0]
         x = act
-        for block in bert.encoder.layer[layer + 1 :]:
+        blocks = list(bert.encoder.layer[layer + 1 :])
+        last = blocks.pop() if blocks and self._first_token_only(blocks[-1]) else None
+        for block in blocks:
             x = block(x, mask)
             x = x[0] if isinstance(x, tuple) else x
+        if last is not None:
+            x = _bert_layer_first_token(last, x, self.attention_mask(inputs).bool())
         model: Any = self.model
         return model.classifier(model.dropout(bert.pooler(x)))
+
+    def _first_token_only(self, block: nn.Module) -> bool:
+        """Whether the last layer may compute the first token alone: the pooler reads
+        nothing else, provided no hook watches inside the layer (a patched site there needs
+        every position), the model is in eval mode and uses absolute position embeddings."""
+        watched = any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
+        absolute = getattr(self.config, "position_embedding_type", "absolute") in (None, "absolute")
+        return not watched and not self.model.training and absolute
+
+
+def _bert_layer_first_token(block: Any, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``[batch, 1, d]`` output of a BERT layer at the first position only: its query
+    attends to every unpadded key (``keep``: ``[batch, pos]``), then the attention output,
+    MLP and LayerNorms run on that one position. Equal to the full layer's first position
+    up to float rounding, at about a sixth of its cost on 16 positions."""
+    sa = block.attention.self
+    b, s, _ = x.shape
+    hd = sa.attention_head_size
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(b, t.shape[1], -1, hd).transpose(1, 2)
+
+    q, k, v = heads(sa.query(x[:, :1])), heads(sa.key(x)), heads(sa.value(x))
+    ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=sa.scaling)
+    h = block.attention.output(ctx.transpose(1, 2).reshape(b, 1, -1), x[:, :1])
+    return block.output(block.intermediate(h), h)
 
 
 def _logits_of(out: object) -> torch.Tensor:

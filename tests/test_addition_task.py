@@ -47,11 +47,14 @@ def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
 
 
 def test_labels_never_reach_fit(task, monkeypatch):
+    # what fit hands to the learning step (_fit) is the trusted inputs and nothing else; the
+    # learning itself is not run here (the demo test below runs it)
     seen = []
-    original = cm.ScrubbingDetector._fit
-    monkeypatch.setattr(cm.ScrubbingDetector, "_fit", lambda self, x: (seen.append(x), original(self, x))[1])
+    monkeypatch.setattr(cm.ScrubbingDetector, "_fit", lambda self, *args: seen.append(args))
     cm.ScrubbingDetector(task.model, task.hypothesis, resamples=1).fit(task.trusted)
-    assert len(seen) == 1 and torch.equal(seen[0], task.trusted)
+    assert len(seen) == 1 and len(seen[0]) == 1 and torch.equal(seen[0][0], task.trusted)
+    with pytest.raises(cm.InputError, match="trusted inputs only"):  # an untrusted batch is refused
+        cm.ScrubbingDetector(task.model, task.hypothesis).fit(task.trusted, untrusted=task.splits["easy"].inputs)
 
 
 def test_demo_command_writes_results(task, tmp_path, capsys):

@@ -22,9 +22,9 @@ TYPES = {"task": str, "split": str, "detector": str, "size": str, "seed": int, "
 @pytest.mark.slow
 def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(tiny_addition_task, tmp_path, capsys):
     out = tmp_path / "bench"
-    # a smoke test: every task and detector, on the first 40 normal + 40 anomalous inputs of
-    # each split and 320 trusted ones (the tiny models themselves are trained in full)
-    quick = ["--max-inputs", "40"]
+    # a smoke test: every task and detector, on the first 20 normal + 20 anomalous inputs of
+    # each split and 160 trusted ones (the tiny models themselves are trained in full)
+    quick = ["--max-inputs", "20"]
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
     assert "0 failed" in capsys.readouterr().out
     records = json.loads((out / "results.json").read_text())
