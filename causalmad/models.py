@@ -497,7 +497,7 @@ def _bert_layer_first_token(block: Any, x: torch.Tensor, keep: torch.Tensor) -> 
     MLP and LayerNorms run on that one position. Equal to the full layer's first position
     up to float rounding, at about a sixth of its cost on 16 positions."""
     sa = block.attention.self
-    b, s, _ = x.shape
+    b = len(x)
     hd = sa.attention_head_size
 
     def heads(t: torch.Tensor) -> torch.Tensor:
