@@ -38,6 +38,7 @@ import torch
 from causalmad.detectors import DETECTORS, ActivationDetector, Detector, ScrubbingDetector
 from causalmad.errors import CausalMADError, InputError, TaskError, close_matches
 from causalmad.evaluation import evaluate_splits, scrubbing_ablation
+from causalmad.models import move_model
 from causalmad.task import Split, Task, available_tasks, load_task
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def run_bench(
     seeds: Sequence[int] = (0,),
     progress: bool = False,
     max_inputs: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> BenchSummary:
     """Run every selected detector on every selected task, split and seed.
 
@@ -159,6 +161,8 @@ def run_bench(
             Cells are recorded with the sizes actually used.
         seeds: each seed trains (or loads) its own task model and seeds every detector.
         progress: progress bars over cells and inside long detectors.
+        device: where each task's model runs (inputs are moved to it batch by batch);
+            every record notes it, since fit and score times depend on it.
 
     Returns:
         a :class:`BenchSummary` with every record in ``results.json`` and the cells
@@ -199,6 +203,7 @@ def run_bench(
                 continue
             if max_inputs is not None:
                 task = limit_task(task, max_inputs)
+            move_model(task.model, device)
             recorded.add(task.name)  # records go by the task's name ("module:function" factories too)
             _record_task_info(out, task, size)
             for det_name in det_names:
@@ -207,7 +212,8 @@ def run_bench(
                 summary.skipped += [c for c in cells if c in done]
                 if todo:
                     bar.set_postfix_str(f"{task_name} seed {seed}: {det_name}")
-                    _run_cells(out, task, det_name, todo, size, seed, progress, records, done, summary)
+                    _run_cells(out, task, det_name, todo, size, seed, progress, records, done, summary,
+                               str(torch.device(device)))
                 bar.update(1)
     bar.close()
     write_atomic(out / "results.md", results_markdown(records))
@@ -241,7 +247,7 @@ def _record_task_info(out: Path, task: Task, size: str) -> None:
 
 
 def _run_cells(out: Path, task: Task, det_name: str, splits: list[str], size: str, seed: int, progress: bool,
-               records: list[dict[str, Any]], done: set[Cell], summary: BenchSummary) -> None:
+               records: list[dict[str, Any]], done: set[Cell], summary: BenchSummary, device: str) -> None:
     # seeded per cell, so a resumed run computes what an uninterrupted one would have
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -249,6 +255,7 @@ def _run_cells(out: Path, task: Task, det_name: str, splits: list[str], size: st
         detector = build_detector(det_name, task, seed, progress)
         for record, scores in evaluate_splits(det_name, detector, task, splits=splits, extras=extras):
             record["size"] = size
+            record["device"] = device
             cell = cell_of(record)
             split = task.splits[record["split"]]
             path = scores_path(out, cell)

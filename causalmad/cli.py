@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from causalmad.errors import CausalMADError, InputError
+from causalmad.models import move_model
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -73,8 +74,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from causalmad.bench import run_bench
 
+    device = _device(args.device)  # checked before any task is loaded
     s = run_bench(args.out, tasks=args.tasks, detectors=args.detectors, size=args.size, seeds=args.seeds,
-                  progress=not args.quiet, max_inputs=args.max_inputs)
+                  progress=not args.quiet, max_inputs=args.max_inputs, device=device)
     print(f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
           f"{len(s.failed)} failed ({s.seconds:.0f} s)")
     for task, det, seed, err in s.failed:
@@ -135,18 +137,6 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _move(model: torch.nn.Module, device: torch.device) -> None:
-    """Put the model on ``device`` (only if it is elsewhere; TransformerLens prints when it
-    moves a model, and stdout carries `explain`'s JSON, so that print goes to stderr)."""
-    import contextlib
-
-    param = next(model.parameters(), None)
-    if param is not None and param.device.type == device.type and (device.index is None or param.device == device):
-        return
-    with contextlib.redirect_stdout(sys.stderr):
-        model.to(device)
-
-
 def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(model, hypothesis, task or None, source record)`` from the command line, or
     from the source a detector folder records when it is a registered task."""
@@ -162,7 +152,7 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
             raise InputError("give either --task or --model, not both.")
         _say(args, f"task {task_name!r} ({args.size}, seed {args.seed}): training or loading the model ...")
         task = load_task(task_name, size=args.size, seed=args.seed)
-        _move(task.model, device)
+        move_model(task.model, device)
         return task.model, task.hypothesis, task, {"task": task_name, "size": args.size, "seed": args.seed}
     if args.model is None:
         if source and "model" in source:
@@ -177,7 +167,7 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
     if hypothesis is not None and not isinstance(hypothesis, Hypothesis):
         raise InputError(f"--hypothesis {args.hypothesis}: expected a causalmad.Hypothesis, got "
                          f"{type(hypothesis).__name__}.")
-    _move(model, device)
+    move_model(model, device)
     return model, hypothesis, None, {"model": args.model, "hypothesis": args.hypothesis}
 
 
@@ -439,6 +429,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-inputs", type=int, default=None,
                        help="quick run: first N normal and N anomalous inputs per split, 8N trusted")
     bench.add_argument("--out", default="results/bench", help="output folder; finished cells there are skipped")
+    bench.add_argument("--device", default="cpu", help="where each task's model runs: cpu (default), cuda, ...")
     bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults(func=_tasks, quiet=False)

@@ -524,6 +524,19 @@ def _logits_of(out: object) -> torch.Tensor:
     )
 
 
+def move_model(model: nn.Module, device: torch.device | str) -> None:
+    """Put ``model`` on ``device`` in place, only if it is elsewhere (TransformerLens prints
+    when it moves a model; that print goes to stderr, so stdout stays clean for JSON)."""
+    import contextlib
+
+    device = torch.device(device)
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == device.type and (device.index is None or param.device == device):
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        model.to(device)
+
+
 def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     """Wrap ``model`` in the right adapter (an adapter is returned as it is)."""
     if isinstance(model, ModelAdapter):

@@ -83,6 +83,11 @@ def test_unknown_names_fail_before_any_work(tmp_path, capsys):
     assert main(["bench", "--detectors", "mahalanobiss", "--out", str(tmp_path)]) == 2
     assert "Did you mean 'mahalanobis'" in capsys.readouterr().err
     assert main(["bench", "--tasks", "no-such-task", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--device", "tpu", "--out", str(tmp_path)]) == 2
+    assert "--device 'tpu': not a device name" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "no CUDA device is available here" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
 
 
@@ -139,4 +144,4 @@ def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tm
     out = capsys.readouterr().out
     assert "1 cell(s) computed" in out and "1 failed" in out
     assert "failed: (loading the task) on needs:extra (seed 0): install the extra" in out
-    assert [r["task"] for r in json.loads((tmp_path / "results.json").read_text())] == ["planted"]
+    assert [(r["task"], r["device"]) for r in json.loads((tmp_path / "results.json").read_text())] == [("planted", "cpu")]
