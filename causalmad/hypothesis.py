@@ -263,11 +263,12 @@ class Hypothesis:
         for name in do:
             self._require(name)
         from_example = "__example__" in values
+        order, below = self._structure()
         affected: set[str] = set()
         for name in do:
-            affected |= nx.descendants(self._graph, name)
+            affected |= below[name]
         out: dict[str, Hashable] = {}
-        for node in nx.topological_sort(self._graph):
+        for node in order:
             attrs = self._graph.nodes[node]
             if node in do:
                 out[node] = do[node]
@@ -278,6 +279,17 @@ class Hypothesis:
             else:
                 out[node] = values[node]
         return out
+
+    def _structure(self) -> tuple[list[str], dict[str, set[str]]]:
+        """Topological order and each variable's descendants, computed once per graph
+        shape (variables are only ever added), not once per evaluation."""
+        key = (self._graph.number_of_nodes(), self._graph.number_of_edges())
+        cached = self.__dict__.get("_structure_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, list(nx.topological_sort(self._graph)),
+                      {n: nx.descendants(self._graph, n) for n in self._graph.nodes})
+            self.__dict__["_structure_cache"] = cached
+        return cached[1], cached[2]
 
     def values_batch(self, examples: Iterable[Any]) -> dict[str, list[Hashable]]:
         """Evaluate every variable on each example; returns variable -> list of values."""

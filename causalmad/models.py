@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +119,32 @@ class ModelAdapter(ABC):
         (``inputs``: the rows' inputs, for adapters that need more than ``act``, such as
         the attention mask of padded token ids)."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume from {point!r}.")
+
+    # ---- windowed runs (optional): a causal model recomputes only positions from the
+    # earliest patch on (see TransformerLensAdapter.run_window); the defaults say "no".
+    def can_window(self, hooks: Sequence[str]) -> bool:
+        """Whether :meth:`run_window` can patch every hook in ``hooks``."""
+        return False
+
+    def window_point(self, hook: str) -> str:
+        """The name :meth:`run_window` knows ``hook`` by."""
+        return hook
+
+    def window_inputs(self, point: str) -> list[str]:
+        """Hooks whose clean outputs :meth:`prefix_kv` turns into the keys and values a
+        windowed run from ``point`` needs."""
+        raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
+
+    def prefix_kv(self, hook: str, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values computed from the clean activation ``act`` at ``hook``."""
+        raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
+
+    def run_window(self, point: str, start: int, act: torch.Tensor, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
+                   readout_start: int | None = None) -> torch.Tensor:
+        """Logits of a causal model run on from ``point`` for positions ``start`` onwards
+        only (see :class:`TransformerLensAdapter`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
 
     def activation_bytes_per_row(self, example: torch.Tensor) -> int:
         """Bytes of every leaf module's output in one forward pass on one input: an upper
@@ -243,24 +269,148 @@ class TransformerLensAdapter(ModelAdapter):
         return f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"
 
     def resume_point(self, hooks: Sequence[str]) -> str | None:
+        # a block's output is the next block's input: a patch there resumes after the block
+        # (after the last block, only the final norm and the unembedding run)
         layers = []
         for h in hooks:
             parts = h.split(".")
             if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
                 return None  # embeddings, final norm: run from the start
-            layers.append(int(parts[1]))
-        return f"blocks.{min(layers)}.hook_resid_pre" if layers else None
+            after = self.window_point(h) == f"blocks.{parts[1]}.hook_out"
+            layers.append(int(parts[1]) + after)
+        if not layers:
+            return None
+        first, n = min(layers), self.cfg.n_layers
+        return f"blocks.{first}.hook_resid_pre" if first < n else f"blocks.{n - 1}.hook_resid_post"
+
+    def _point_layer(self, point: str) -> int:
+        """The first block a run resumed from :meth:`resume_point` ``point`` computes."""
+        return int(point.split(".")[1]) + point.endswith("hook_resid_post")
 
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
-        layer = int(point.split(".")[1])
-        x = act
-        for block in self.model.blocks[layer:]:  # type: ignore[index]
+        layer = self._point_layer(point)
+        blocks: Any = self.model.blocks
+        x = blocks[layer - 1].hook_out(act) if layer > 0 else act  # fires a patch on the previous block's output
+        for block in blocks[layer:]:
             x = block(x)
             x = x[0] if isinstance(x, tuple) else x
         return self.model.unembed(self.model.ln_final(x))  # type: ignore[operator]
 
     def head_width(self, hook: str) -> int:
         return int(self.cfg.d_head) if hook.endswith("attn.hook_z") else 0
+
+    # ---- the windowed run: a causal model's positions before every patch are clean
+    #: canonical hook-point names (after the bridge's aliases) the windowed run patches:
+    #: block input (hook_resid_pre), attention z (hook_z), hook_attn_out, hook_mlp_out,
+    #: block output (hook_resid_post)
+    WINDOW_POINTS = ("hook_in", "attn.o.hook_in", "attn.hook_out", "mlp.hook_out", "hook_out")
+
+    def can_window(self, hooks: Sequence[str]) -> bool:
+        if not self._native_blocks():
+            return False
+        for hook in hooks:
+            parts = self.window_point(hook).split(".", 2)
+            if not (len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in self.WINDOW_POINTS):
+                return False
+        return True
+
+    def window_point(self, hook: str) -> str:
+        """``hook``'s canonical name (``blocks.1.hook_resid_pre`` -> ``blocks.1.hook_in``)."""
+        point: Any = self.model.hook_dict.get(hook)  # type: ignore[operator, union-attr]
+        return str(getattr(point, "name", None) or hook)
+
+    def window_inputs(self, point: str) -> list[str]:
+        return [f"blocks.{i}.hook_resid_pre" for i in range(self._point_layer(point), self.cfg.n_layers)]
+
+    def _native_blocks(self) -> list[Any]:
+        """The bridge's ``NativeBlock`` layers when the windowed run reproduces them up to
+        float rounding (a TransformerLens-native model: causal attention, learned absolute
+        positions, no soft caps), else ``[]``."""
+        if "_natives" not in self.__dict__:
+            blocks: list[Any] = []
+            for block in self.model.blocks:  # type: ignore[union-attr]
+                native = getattr(block, "_original_component", None)
+                attn: Any = getattr(getattr(native, "attn", None), "_original_component", None)
+                if (type(native).__name__ != "NativeBlock" or type(attn).__name__ != "NativeAttention"
+                        or attn.rotary is not None or not attn.causal or attn.attn_scores_soft_cap > 0):
+                    blocks = []
+                    break
+                blocks.append(native)
+            head = getattr(getattr(self.model, "unembed", None), "_original_component", None)
+            if float(getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0) > 0 or head is None:
+                blocks = []
+            self.__dict__["_natives"] = blocks
+        return self.__dict__["_natives"]
+
+    def prefix_kv(self, hook: str, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n, heads, pos, d_head]`` keys and values of the block whose clean input
+        (``blocks.{i}.hook_resid_pre``, one of :meth:`window_inputs`) is ``act``."""
+        block = self._native_blocks()[int(hook.split(".")[1])]
+        resid_pre = act
+        attn = block.attn._original_component
+        a = _inner(block.ln1)(resid_pre)
+        n, p = a.shape[:2]
+        k = attn.k(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+        v = attn.v(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+        return k, v
+
+    def run_window(self, point: str, start: int, act: torch.Tensor, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
+                   readout_start: int | None = None) -> torch.Tensor:
+        """Logits ``[rows, start + w, vocab]`` of the model run on from :meth:`resume_point`
+        ``point`` for positions ``start`` onwards only.
+
+        With causal attention an activation at position ``p`` depends on positions
+        ``<= p`` only, so when every patch lies at or after ``start``, positions before it
+        keep their clean values: their keys and values (``prefix_kv``, one pair per hook of
+        :meth:`window_inputs`, ``[rows, heads, start, d_head]``) come from the clean run,
+        and only the ``w`` window positions of ``act`` (``[rows, w, d]``, ``point``'s
+        activation at ``start..``) are computed. ``patches`` maps canonical hook points
+        (:meth:`window_point`) to functions applied to the window's activation there, in
+        window coordinates. ``readout_start``: the caller reads logits at that position
+        and after only, so the last block computes its queries, MLP and output there alone
+        (its keys and values still cover the window). Logits the caller does not read are
+        zeros. Equal to :meth:`run_from` at the positions read, up to float rounding
+        (``tests/test_engine.py``)."""
+        blocks = self._native_blocks()
+        rows, w = act.shape[:2]
+        causal = torch.ones(w, start + w, dtype=torch.bool, device=act.device).triu(start + 1)
+
+        def at(name: str, x: torch.Tensor, cut: int = 0) -> torch.Tensor:
+            # x holds window positions cut.. only; a patch sees the whole window (zeros before cut)
+            fns = patches.get(name, ())
+            if fns and cut:
+                x = torch.cat([x.new_zeros(rows, cut, x.shape[-1]), x], 1)
+            for fn in fns:
+                x = fn(x)
+            return x[:, cut:] if fns and cut else x
+
+        layer = self._point_layer(point)
+        h = at(f"blocks.{layer - 1}.hook_out", act) if layer > 0 else act
+        for i, (k_pre, v_pre) in zip(range(layer, len(blocks)), prefix_kv):
+            block, name = blocks[i], f"blocks.{i}"
+            attn = block.attn._original_component
+            h = at(f"{name}.hook_in", h)
+            a = _inner(block.ln1)(h)
+            # the last block: queries only where logits are read
+            last = readout_start is not None and i == len(blocks) - 1
+            cut = min(max(0, readout_start - start), w - 1) if last else 0  # type: ignore[operator]
+            q = attn.q(a[:, cut:]).view(rows, w - cut, attn.n_heads, attn.d_head).transpose(1, 2)
+            k = torch.cat([k_pre, attn.k(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
+            v = torch.cat([v_pre, attn.v(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
+            if attn.kv_repeats > 1:
+                k, v = k.repeat_interleave(attn.kv_repeats, dim=1), v.repeat_interleave(attn.kv_repeats, dim=1)
+            scores = torch.matmul(q, k.transpose(-2, -1)) / attn.scale
+            mask = causal[cut:]
+            pattern = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).masked_fill(mask, 0.0)
+            z = torch.matmul(pattern, v).transpose(1, 2).contiguous().view(rows, w - cut, -1)
+            h = h[:, cut:] + at(f"{name}.attn.hook_out", attn.o(at(f"{name}.attn.o.hook_in", z, cut)), cut)
+            if not self.cfg.attn_only:
+                h = h + at(f"{name}.mlp.hook_out", _inner(block.mlp)(_inner(block.ln2)(h)), cut)
+            h = at(f"{name}.hook_out", h, cut)
+            start, w = start + cut, w - cut
+        logits = _inner(self.model.unembed)(_inner(self.model.ln_final)(h))
+        return torch.cat([logits.new_zeros(rows, start, logits.shape[-1]), logits], 1)
 
 
 class ModuleAdapter(ModelAdapter):
@@ -489,6 +639,12 @@ class HuggingFaceAdapter(ModelAdapter):
         watched = any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
         absolute = getattr(self.config, "position_embedding_type", "absolute") in (None, "absolute")
         return not watched and not self.model.training and absolute
+
+
+def _inner(module: Any) -> Any:
+    """The module a TransformerLens bridge component wraps (the same function without
+    the bridge's hook points: LayerNorm runs fused), or the module itself."""
+    return getattr(module, "_original_component", None) or module
 
 
 def _bert_layer_first_token(block: Any, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

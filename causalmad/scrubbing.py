@@ -256,7 +256,14 @@ def counterfactual_classes(
     if counterfactual is None or var is None:
         raise ValueError(f"Explanation {explanation.name!r}: only an interchange explanation with a counterfactual "
                          "has counterfactual classes.")
-    out = [[counterfactual(values[i], var, pool.values[s][var]) for s in row] for i, row in enumerate(sources)]
+    out = []
+    for i, row in enumerate(sources):
+        seen: dict[Hashable, Sequence[int]] = {}  # a variable takes few values: one call per value
+        for s in row:
+            value = pool.values[s][var]
+            if value not in seen:
+                seen[value] = counterfactual(values[i], var, value)
+        out.append([seen[pool.values[s][var]] for s in row])
     return np.asarray(out, dtype=np.int64)
 
 
@@ -416,14 +423,25 @@ def scrub_many(
     unmatched = np.zeros((n, n_expl), dtype=bool)
     if n == 0 or n_expl == 0:
         return div, unmatched
-    groups: dict[str | None, list[int]] = {}
+    # explanations grouped by where their rows resume: (resume point, window start)
+    # (start None: the adapter runs these rows whole, see _window_start)
+    groups: dict[tuple[str | None, int | None], list[int]] = {}
     for j, e in enumerate(explanations):
-        groups.setdefault(adapter.resume_point([s.hook for s in e.sites]), []).append(j)
-    points = [p for p in groups if p is not None]
+        point = adapter.resume_point([s.hook for s in e.sites])
+        start = _window_start(adapter, e, readouts, inputs.shape[1]) if point is not None else None
+        groups.setdefault((point, start), []).append(j)
+    points = list(dict.fromkeys(p for p, _ in groups if p is not None))
+    # windowed groups also need the clean inputs of the blocks they run, for prefix keys/values
+    kv_points = list(dict.fromkeys(h for p, st in groups if p is not None and st is not None
+                                   for h in adapter.window_inputs(p)))
+    prefix = max((st or 0 for _, st in groups), default=0)
+    # the first position any readout reads (windowed runs compute their last block from there)
+    readout_start = min((r.position % inputs.shape[1] for r in readouts if r.position is not None), default=None)
     example = inputs[:1]
     per_input = 8 * k * sum(len(e.resamples) for e in explanations)  # source indices
     if points:
         per_input += sum(a[0].numel() * a.element_size() for a in _capture_raw(adapter, example, points))
+    per_input += 2 * len(kv_points) * prefix * (_capture_raw(adapter, example, kv_points)[0][0, 0].numel() * 4 if kv_points else 0)
     chunk, rows_per_pass = _budget(adapter, example, explanations, pool, memory_mb, per_input, n, batch_size)
     bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
                disable=not progress, leave=False)
@@ -440,7 +458,12 @@ def scrub_many(
             if e.target is not None:
                 classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
         cache = dict(zip(points, _capture_raw(adapter, x, points, rows_per_pass))) if points else {}
-        for point, columns in groups.items():
+        kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if kv_points:
+            with torch.no_grad():
+                for hook, act in zip(kv_points, _capture_raw(adapter, x, kv_points, rows_per_pass)):
+                    kv[hook] = adapter.prefix_kv(hook, act[:, :prefix])
+        for (point, start), columns in groups.items():
             # rows of this group, explanation-major: row r is (columns[r // (m k)], input (r // k) % m, resample r % k)
             for s in range(0, len(columns) * m * k, rows_per_pass):
                 rows = np.arange(s, min(len(columns) * m * k, s + rows_per_pass))
@@ -454,9 +477,11 @@ def scrub_many(
                     ii, kk = i_rows[st:en], k_rows[st:en]
                     for rule, src in zip(explanations[j].resamples, sources[j]):
                         vals = pool.acts(rule.site)[torch.as_tensor(src[ii, kk])]
+                        pos = rule.site.position_index(tokens[seg])
                         by_hook.setdefault(rule.site.hook, []).append(
-                            (seg, rule.site, vals, rule.site.position_index(tokens[seg])))
-                logits = _run_segments(adapter, point, tokens, cache, i_rows, by_hook, projections)
+                            (seg, rule.site, vals, pos - start if pos is not None and start else pos))
+                logits = _run_segments(adapter, point, tokens, cache, i_rows, by_hook, projections, start, kv,
+                                       readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
                 clean = [c[torch.as_tensor(i_rows + a)].to(logits.device) for c in clean_logprobs]
                 kl = kl_divergence(clean, scrubbed).cpu().double().numpy()
@@ -492,6 +517,22 @@ def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
     return [torch.cat(o) for o in out]
 
 
+def _window_start(adapter: ModelAdapter, explanation: Explanation, readouts: Sequence[Readout],
+                  seq: int) -> int | None:
+    """The first position an explanation's rows must recompute when the adapter can run
+    a window (:meth:`ModelAdapter.run_window`): its earliest patched position (or the
+    earliest readout, if before); 0 when a site has no fixed positions. ``None``: the
+    adapter cannot (the rows run whole, :meth:`ModelAdapter.run_from`)."""
+    if not adapter.can_window([s.hook for s in explanation.sites]) or any(r.position is None for r in readouts):
+        return None
+    firsts = [r.position % seq for r in readouts if r.position is not None]
+    for site in explanation.sites:
+        if not isinstance(site.positions, tuple):
+            return 0
+        firsts.append(min(p % seq for p in site.positions))
+    return max(0, min(firsts))
+
+
 def _run_segments(
     adapter: ModelAdapter,
     point: str | None,
@@ -500,8 +541,13 @@ def _run_segments(
     local_rows: np.ndarray,
     by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]],
     projections: dict[int, torch.Tensor | None],
+    start: int | None = None,
+    kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    readout_start: int | None = None,
 ) -> torch.Tensor:
-    """One forward pass in which each hook patches each segment of rows its own way."""
+    """One forward pass in which each hook patches each segment of rows its own way
+    (``start`` set: positions ``start`` onwards only, positions in ``by_hook`` counted
+    from ``start``; see :meth:`ModelAdapter.run_window`)."""
     from causalmad.interventions import _apply, _as_tensor, _flat, _hooks, _replace
 
     def make(hook: str):  # noqa: ANN202 - closure factory
@@ -516,6 +562,17 @@ def _run_segments(
 
         return fn
 
+    rows = torch.as_tensor(local_rows)
+    if start is not None and point is not None and kv is not None:
+        fns: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
+        for h in by_hook:
+            fns.setdefault(adapter.window_point(h), []).append(make(h))
+        device = adapter.device
+        prefix = [(kv[h][0][:, :, :start][rows].to(device), kv[h][1][:, :, :start][rows].to(device))
+                  for h in adapter.window_inputs(point)]
+        with torch.no_grad():
+            return adapter.run_window(point, start, cache[point][rows][:, start:].to(device), prefix, fns,
+                                      readout_start)
     with torch.no_grad(), _hooks(adapter, [(h, make(h)) for h in by_hook]):
         if point is None:
             return adapter.forward(tokens.to(adapter.device))

@@ -37,7 +37,15 @@ import torch
 
 import causalmad as cm
 from causalmad.interventions import interchange_pyvene
-from causalmad.scrubbing import clean_log_probs, kl_divergence, readout_log_probs, row_keys
+from causalmad.scrubbing import (
+    clean_log_probs,
+    counterfactual_classes,
+    counterfactual_nll,
+    explanation_sources,
+    kl_divergence,
+    readout_log_probs,
+    row_keys,
+)
 
 
 def spread(xs: list[float]) -> dict[str, float]:
@@ -74,17 +82,25 @@ def engine(det, x, family, k, memory_mb=None):
 
 
 def naive(det, x, family, k):
-    """One pyvene call per explanation and resample; the engine's sources."""
+    """One pyvene call per explanation and resample; the engine's sources and divergences
+    (KL to the clean readout, or for an interchange explanation the negative
+    log-likelihood of the counterfactual output)."""
     ad, values, keys = det.adapter_, det._values(x), row_keys(x)
     clean = clean_log_probs(ad, x, det.readouts_, det.batch_size)
     div = np.zeros((len(x), len(family)))
     for j, e in enumerate(family):
-        srcs = [det.pool_.sample(rule.match, values, keys, k, f"{det.random_state}|{e.name}|{r}")[0]
-                for r, rule in enumerate(e.resamples)]
+        srcs, _, gap = explanation_sources(det.pool_, e, values, keys, k, det.random_state)
+        classes = (counterfactual_classes(det._counterfactual, e, values, det.pool_, srcs[0])
+                   if e.target is not None else None)
         for kk in range(k):
             sources = [det.pool_.inputs[torch.as_tensor(s[:, kk])] for s in srcs]
-            logits = interchange_pyvene(ad, x, sources, e.sites)
-            div[:, j] += kl_divergence(clean, readout_log_probs(det.readouts_, logits)).double().numpy() / k
+            scrubbed = readout_log_probs(det.readouts_, interchange_pyvene(ad, x, sources, e.sites))
+            if classes is None:
+                d = kl_divergence(clean, scrubbed)
+            else:
+                d = counterfactual_nll(scrubbed, classes[:, kk])
+            div[:, j] += d.double().numpy() / k
+        div[gap, j] = np.nan
     return div
 
 

@@ -108,6 +108,83 @@ def test_run_from_a_block_equals_the_full_forward(tiny_bridge, layer):
         torch.testing.assert_close(resumed, adapter.forward(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("hook", "point"), [("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"),
+                                           ("blocks.1.hook_resid_post", "blocks.1.hook_resid_post")])
+def test_a_patch_on_a_block_output_resumes_after_the_block(tiny_bridge, hook, point):
+    """A block's output is the next block's input: scrubbing there reruns only what follows
+    (after the last block, the final norm and unembedding), and the patch still applies."""
+    from causalmad.scrubbing import _capture_raw
+
+    adapter = cm.adapt(tiny_bridge)
+    assert adapter.resume_point([hook]) == point
+    assert adapter.resume_point([hook, "blocks.0.hook_mlp_out"]) == "blocks.0.hook_resid_pre"
+    x = torch.randint(0, 12, (5, 11), generator=torch.Generator().manual_seed(4))
+
+    def bump(o):
+        o = o.clone()
+        o[:, 6, :4] += 1.0  # not uniform: a final LayerNorm would remove a constant shift
+        return o
+
+    with torch.no_grad():
+        with cm.interventions._hooks(adapter, [(hook, bump)]):
+            full = adapter.forward(x)
+        clean = _capture_raw(adapter, x, [point])[0]
+        with cm.interventions._hooks(adapter, [(hook, bump)]):
+            resumed = adapter.run_from(point, clean)
+    torch.testing.assert_close(resumed, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full, adapter.forward(x))
+
+
+@pytest.mark.parametrize(("layer", "start"), [(0, 4), (1, 7), (1, 10)])
+def test_windowed_run_equals_the_full_forward_with_the_same_patch(tiny_bridge, layer, start):
+    """Positions before ``start`` come from the clean run's keys and values; a patch at
+    ``start`` (z of head 1, then the MLP output after it) gives the full forward's logits."""
+    from causalmad.scrubbing import _capture_raw
+
+    adapter = cm.adapt(tiny_bridge)
+    x = torch.randint(0, 12, (6, 11), generator=torch.Generator().manual_seed(2))
+    z, mlp = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"
+    assert adapter.can_window([z, mlp]) and not adapter.can_window([f"blocks.{layer}.hook_resid_mid"])
+
+    def bump(act, at):  # head 1's coordinates at one position, plus 1
+        act = act.clone()
+        act[:, at, 8:16] += 1.0
+        return act
+
+    with torch.no_grad(), cm.interventions._hooks(adapter, [(z, lambda o: bump(o, start)),
+                                                          (mlp, lambda o: bump(o, start + 1 if start < 10 else start))]):
+        full = adapter.forward(x)
+    point = f"blocks.{layer}.hook_resid_pre"
+    points = adapter.window_inputs(point)
+    with torch.no_grad():
+        acts = _capture_raw(adapter, x, points)
+        prefix = [adapter.prefix_kv(h, a[:, :start]) for h, a in zip(points, acts)]
+        fns = {adapter.window_point(z): [lambda a: bump(a, 0)],
+               adapter.window_point(mlp): [lambda a: bump(a, 1 if start < 10 else 0)]}
+        window = adapter.run_window(point, start, acts[0][:, start:], prefix, fns)
+        read = min(start + 2, 10)  # logits read from there on: the last block computes only those
+        trimmed = adapter.run_window(point, start, acts[0][:, start:], prefix, fns, readout_start=read)
+    torch.testing.assert_close(window[:, start:], full[:, start:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trimmed[:, read:], full[:, read:], rtol=1e-5, atol=1e-5)
+
+
+def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, monkeypatch):
+    adapter = cm.adapt(tiny_bridge)
+    starts = []
+    run_window = adapter.run_window
+    monkeypatch.setattr(adapter, "run_window", lambda point, start, *a: starts.append(start) or run_window(point, start, *a))
+    g = torch.Generator().manual_seed(3)
+    pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (12, 11), generator=g)
+    pool = SourcePool(adapter, pool_x, None)
+    family = hypothesis_free_explanations(adapter, pool, 11, positions=[2, 6, 9])
+    everywhere = cm.scrubbing.Resample(cm.Site("blocks.1.hook_mlp_out"))  # every position: the whole sequence
+    family.append(cm.scrubbing.Explanation("mlp 1 irrelevant", "hypothesis-free", [everywhere]))
+    readouts = [cm.Readout(position=8), cm.Readout(position=-1)]
+    check_same(adapter, family, x, [{} for _ in range(len(x))], pool, readouts, batch_size=64)
+    # patches at 2 and 6 start there; at 9 the earliest readout (8) bounds the window
+    assert set(starts) == {0, 2, 6, 8}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_engine_on_cuda_matches_cpu(tiny_bridge):
     import copy
