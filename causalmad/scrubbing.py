@@ -437,11 +437,13 @@ def scrub_many(
     prefix = max((st or 0 for _, st in groups), default=0)
     # the first position any readout reads (windowed runs compute their last block from there)
     readout_start = min((r.position % inputs.shape[1] for r in readouts if r.position is not None), default=None)
+    captured = list(dict.fromkeys(points + kv_points))  # one clean pass per chunk captures both
     example = inputs[:1]
     per_input = 8 * k * sum(len(e.resamples) for e in explanations)  # source indices
-    if points:
-        per_input += sum(a[0].numel() * a.element_size() for a in _capture_raw(adapter, example, points))
-    per_input += 2 * len(kv_points) * prefix * (_capture_raw(adapter, example, kv_points)[0][0, 0].numel() * 4 if kv_points else 0)
+    for hook, one in zip(captured, _capture_raw(adapter, example, captured) if captured else []):
+        row_bytes = one[0].numel() * one.element_size()
+        per_input += row_bytes * (hook in points)  # the cached resume activation
+        per_input += row_bytes * 2 * prefix // one.shape[1] * (hook in kv_points)  # keys and values of the prefix
     chunk, rows_per_pass = _budget(adapter, example, explanations, pool, memory_mb, per_input, n, batch_size)
     bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
                disable=not progress, leave=False)
@@ -457,12 +459,12 @@ def scrub_many(
             sources[j], unmatched[a:b, j], gap[:, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
             if e.target is not None:
                 classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
-        cache = dict(zip(points, _capture_raw(adapter, x, points, rows_per_pass))) if points else {}
+        acts = dict(zip(captured, _capture_raw(adapter, x, captured, rows_per_pass))) if captured else {}
+        cache = {p: acts[p] for p in points}
         kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if kv_points:
-            with torch.no_grad():
-                for hook, act in zip(kv_points, _capture_raw(adapter, x, kv_points, rows_per_pass)):
-                    kv[hook] = adapter.prefix_kv(hook, act[:, :prefix])
+        with torch.no_grad():
+            for hook in kv_points:
+                kv[hook] = adapter.prefix_kv(hook, acts[hook][:, :prefix])
         for (point, start), columns in groups.items():
             # rows of this group, explanation-major: row r is (columns[r // (m k)], input (r // k) % m, resample r % k)
             for s in range(0, len(columns) * m * k, rows_per_pass):
