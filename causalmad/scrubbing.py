@@ -445,6 +445,7 @@ def scrub_many(
         per_input += row_bytes * (hook in points)  # the cached resume activation
         per_input += row_bytes * 2 * prefix // one.shape[1] * (hook in kv_points)  # keys and values of the prefix
     chunk, rows_per_pass = _budget(adapter, example, explanations, pool, memory_mb, per_input, n, batch_size)
+    groups = _merge_small_windows(groups, min(n, chunk) * k, rows_per_pass)
     bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
                disable=not progress, leave=False)
     projections: dict[int, torch.Tensor | None] = {}
@@ -517,6 +518,25 @@ def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
         for i, h in enumerate(hooks):
             out[i].append(got[h])
     return [torch.cat(o) for o in out]
+
+
+def _merge_small_windows(groups: dict[tuple[str | None, int | None], list[int]], rows_per_explanation: int,
+                         rows_per_pass: int) -> dict[tuple[str | None, int | None], list[int]]:
+    """Windowed groups of one resume point that fit in one pass together run as one,
+    from their earliest start: a few inputs then take a few passes, not one per window."""
+    merged: dict[tuple[str | None, int | None], list[int]] = {}
+    by_point: dict[str | None, list[tuple[int | None, list[int]]]] = {}
+    for (point, start), columns in groups.items():
+        by_point.setdefault(point, []).append((start, columns))
+    for point, items in by_point.items():
+        windowed = [(st, cols) for st, cols in items if st is not None]
+        if len(windowed) > 1 and sum(len(c) for _, c in windowed) * rows_per_explanation <= rows_per_pass:
+            merged[(point, min(st for st, _ in windowed))] = [j for _, cols in windowed for j in cols]
+            windowed = []
+        for st, cols in items:
+            if st is None or windowed:
+                merged[(point, st)] = cols
+    return merged
 
 
 def _window_start(adapter: ModelAdapter, explanation: Explanation, readouts: Sequence[Readout],

@@ -183,6 +183,11 @@ def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, mon
     check_same(adapter, family, x, [{} for _ in range(len(x))], pool, readouts, batch_size=64)
     # patches at 2 and 6 start there; at 9 the earliest readout (8) bounds the window
     assert set(starts) == {0, 2, 6, 8}
+    # one input: each resume point's windows fit in one pass and run as one, from the earliest start
+    starts.clear()
+    check_same(adapter, family, x[:1], [{}], pool, readouts, batch_size=4096)
+    points = {adapter.resume_point([s.hook for s in e.sites]) for e in family}
+    assert len(starts) == len(points) and set(starts) <= {0, 2}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
