@@ -306,8 +306,9 @@ class TransformerLensAdapter(ModelAdapter):
     WINDOW_POINTS = ("hook_in", "attn.o.hook_in", "attn.hook_out", "mlp.hook_out", "hook_out")
 
     def can_window(self, hooks: Sequence[str]) -> bool:
-        if not self._native_blocks():
-            return False
+        if not self._native_blocks() or any(m._forward_hooks or m._forward_pre_hooks for m in self.model.modules()
+                                            if type(m).__name__ == "HookPoint"):
+            return False  # a hook someone installed on the model would not run in a window
         for hook in hooks:
             parts = self.window_point(hook).split(".", 2)
             if not (len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in self.WINDOW_POINTS):
@@ -346,9 +347,8 @@ class TransformerLensAdapter(ModelAdapter):
         """``[n, heads, pos, d_head]`` keys and values of the block whose clean input
         (``blocks.{i}.hook_resid_pre``, one of :meth:`window_inputs`) is ``act``."""
         block = self._native_blocks()[int(hook.split(".")[1])]
-        resid_pre = act
         attn = block.attn._original_component
-        a = _inner(block.ln1)(resid_pre)
+        a = _inner(block.ln1)(act)
         n, p = a.shape[:2]
         k = attn.k(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2)
         v = attn.v(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2)

@@ -188,6 +188,14 @@ def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, mon
     check_same(adapter, family, x[:1], [{}], pool, readouts, batch_size=4096)
     points = {adapter.resume_point([s.hook for s in e.sites]) for e in family}
     assert len(starts) == len(points) and set(starts) <= {0, 2}
+    # a hook someone installed on the model must run: no windows then
+    starts.clear()
+    handle = tiny_bridge.blocks[0].hook_out.register_forward_hook(lambda m, a, o: None)
+    try:
+        check_same(adapter, family[:6], x, [{} for _ in range(len(x))], pool, readouts)
+    finally:
+        handle.remove()
+    assert starts == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
