@@ -530,12 +530,12 @@ def _merge_small_windows(groups: dict[tuple[str | None, int | None], list[int]],
         by_point.setdefault(point, []).append((start, columns))
     for point, items in by_point.items():
         windowed = [(st, cols) for st, cols in items if st is not None]
-        if len(windowed) > 1 and sum(len(c) for _, c in windowed) * rows_per_explanation <= rows_per_pass:
-            merged[(point, min(st for st, _ in windowed))] = [j for _, cols in windowed for j in cols]
-            windowed = []
+        small = sum(len(c) for _, c in windowed) * rows_per_explanation <= rows_per_pass
         for st, cols in items:
-            if st is None or windowed:
+            if st is None or not small:
                 merged[(point, st)] = cols
+        if windowed and small:
+            merged[(point, min(st for st, _ in windowed))] = [j for _, cols in windowed for j in cols]
     return merged
 
 
@@ -598,5 +598,5 @@ def _run_segments(
     with torch.no_grad(), _hooks(adapter, [(h, make(h)) for h in by_hook]):
         if point is None:
             return adapter.forward(tokens.to(adapter.device))
-        return adapter.run_from(point, cache[point][torch.as_tensor(local_rows)].to(adapter.device),
+        return adapter.run_from(point, cache[point][rows].to(adapter.device),
                                 tokens.to(adapter.device))
