@@ -15,6 +15,9 @@ detector fitted once and saved:
   10x, under a memory budget;
 * end to end: fit + score of the task's easy split.
 
+``--device cuda`` runs the model (plain, scrubbed and naive passes alike) on the GPU; the
+scaling section then also reports the GPU's peak allocated memory.
+
 Every figure is the median of ``--repeats`` runs (min-max spread beside it).
 """
 
@@ -37,6 +40,7 @@ import torch
 
 import causalmad as cm
 from causalmad.interventions import interchange_pyvene
+from causalmad.models import move_model
 from causalmad.scrubbing import (
     clean_log_probs,
     counterfactual_classes,
@@ -52,17 +56,26 @@ def spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so that a timer reads the work's end, not its launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> tuple[list[float], object]:
     times, out = [], None
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         out = fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return times, out
 
 
-def fitted(size: str, folder: Path, seed: int = 0):
+def fitted(size: str, folder: Path, device: str = "cpu", seed: int = 0):
     task = cm.load_task("addition-backdoor", size=size, seed=seed)
+    move_model(task.model, device)
     if (folder / "config.json").exists():
         try:
             return task, cm.load_detector(folder, task.model, task.hypothesis)
@@ -94,7 +107,7 @@ def naive(det, x, family, k):
                    if e.target is not None else None)
         for kk in range(k):
             sources = [det.pool_.inputs[torch.as_tensor(s[:, kk])] for s in srcs]
-            scrubbed = readout_log_probs(det.readouts_, interchange_pyvene(ad, x, sources, e.sites))
+            scrubbed = readout_log_probs(det.readouts_, interchange_pyvene(ad, x, sources, e.sites).cpu())
             if classes is None:
                 d = kl_divergence(clean, scrubbed)
             else:
@@ -107,6 +120,7 @@ def naive(det, x, family, k):
 def child(args: argparse.Namespace) -> None:
     """One scaling point in a fresh process: load the detector, scrub, report time and peak RSS."""
     task = cm.load_task("addition-backdoor", size=args.size, seed=0)
+    move_model(task.model, args.device)
     det = cm.load_detector(args.folder, task.model, task.hypothesis)
     x = task.splits["easy"].inputs
     x = x[torch.arange(args.n) % len(x)]
@@ -123,14 +137,18 @@ def child(args: argparse.Namespace) -> None:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
+    if args.device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     engine(det, x, family, args.k, args.budget)
     seconds = time.perf_counter() - t0
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if args.device != "cpu" else None
     done.set()
     sampler.join()
     print(json.dumps({"n": args.n, "e": args.e, "k": args.k, "seconds": seconds, "rss_before_mb": before,
                       "peak_rss_mb": peak[0], "scrub_peak_mb": peak[0] - before,
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "gpu_peak_allocated_mb": gpu_peak}))
 
 
 def rss_mb() -> float:
@@ -145,7 +163,7 @@ def overhead(args, det, x, family, k, out) -> None:
     def plain() -> None:
         with torch.no_grad():
             for s in range(0, rows, det.batch_size):
-                ad.forward(plain_x[s : s + det.batch_size])
+                ad.forward(plain_x[s : s + det.batch_size].to(ad.device))
 
     t_plain, _ = timed(plain, args.repeats)
     t_scrub, _ = timed(lambda: engine(det, x, family, k), args.repeats)
@@ -178,13 +196,15 @@ def scaling(args) -> list[dict[str, object]]:
         runs = []
         for _ in range(max(1, args.repeats // 2)):
             cmd = [sys.executable, __file__, "--child", "--size", args.size, "--folder", args.folder,
+                   "--device", args.device,
                    "--budget", str(args.budget), "--n", str(pt["n"]), "--e", str(pt["e"]), "--k", str(pt["k"])]
             runs.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
                                    .splitlines()[-1]))
         result.append({**pt, "rows": pt["n"] * pt["e"] * pt["k"], "seconds": spread([r["seconds"] for r in runs]),
                        "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]),
                        "rss_before_mb": spread([r["rss_before_mb"] for r in runs]),
-                       "scrub_peak_mb": spread([r["scrub_peak_mb"] for r in runs]), "budget_mb": args.budget})
+                       "scrub_peak_mb": spread([r["scrub_peak_mb"] for r in runs]), "budget_mb": args.budget,
+                       "gpu_peak_allocated_mb": max((r["gpu_peak_allocated_mb"] or 0) for r in runs) or None})
         print(json.dumps(result[-1]), flush=True)
     return result
 
@@ -222,6 +242,7 @@ def main() -> None:
     p.add_argument("--e2e-repeats", type=int, default=3)
     p.add_argument("--folder", default="results/speed-detector")
     p.add_argument("--out", default="results/speed.json")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default) or cuda")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--e", type=int, default=12, help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, default=2, help=argparse.SUPPRESS)
@@ -229,12 +250,16 @@ def main() -> None:
     if args.child:
         return child(args)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out: dict[str, object] = {
         "command": "python " + " ".join(sys.argv),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                   f"{torch.__version__}, {torch.get_num_threads()} threads, device cpu",
+                   f"{torch.__version__}, {torch.get_num_threads()} threads, device {name}",
     }
-    task, det = fitted(args.size, Path(args.folder))
+    task, det = fitted(args.size, Path(args.folder), args.device)
     x, family, k = task.splits["easy"].inputs[: args.n], det.valid_, det.resamples
     print(f"{len(family)} valid explanations, K={k}", flush=True)
     if "overhead" in args.only:

@@ -215,3 +215,29 @@ def test_engine_on_cuda_matches_cpu(tiny_bridge):
     gpu = scrub_many(gpu_adapter, gpu_family, x, values, clean_log_probs(gpu_adapter, x, readouts), gpu_pool,
                      readouts, 2)[0]
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+
+
+def _fitted_scores(model: nn.Module, hypothesis, trusted: torch.Tensor, x: torch.Tensor, device: str):
+    import copy
+
+    det = cm.ScrubbingDetector(copy.deepcopy(model).to(device), hypothesis=hypothesis, resamples=2, n_pairs=64,
+                               random_state=0).fit(trusted)
+    return [e["name"] for e in det.explanations_ if e["valid"]], det.score(x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("which", ["planted", "bridge"])
+def test_detector_fitted_on_cuda_matches_cpu(which, planted, tiny_bridge):
+    """The whole detector (alignment, validity, calibration, scoring) on a CUDA copy of a
+    model: the same valid explanations and the same scores as on the CPU."""
+    if which == "planted":
+        model, h = planted
+        trusted, x = planted_data(400, 0, 0), torch.cat([planted_data(30, 0, 5), planted_data(30, 1, 6)])
+    else:
+        g = torch.Generator().manual_seed(0)
+        model, h = tiny_bridge, None
+        trusted, x = torch.randint(0, 12, (200, 11), generator=g), torch.randint(0, 12, (40, 11), generator=g)
+    cpu_valid, cpu = _fitted_scores(model, h, trusted, x, "cpu")
+    gpu_valid, gpu = _fitted_scores(model, h, trusted, x, "cuda")
+    assert gpu_valid == cpu_valid
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
