@@ -616,11 +616,13 @@ class HuggingFaceAdapter(ModelAdapter):
         layer = self._layer_of(point)
         if layer is None or not self._resumable():
             raise NotImplementedError(f"{type(self).__name__} cannot resume from {point!r}.")
+        from transformers.masking_utils import create_bidirectional_mask
+
         bert: Any = self.model.bert
-        mask = bert._create_attention_masks(
-            attention_mask=self.attention_mask(inputs), encoder_attention_mask=None, embedding_output=act,
-            encoder_hidden_states=None, cache=None,
-        )[0]
+        # what BertModel builds for an encoder (public helper: BertModel's own private
+        # wrapper around it changed its arguments between transformers 5.17 and 5.24)
+        mask = create_bidirectional_mask(config=bert.config, inputs_embeds=act,
+                                         attention_mask=self.attention_mask(inputs))
         x = act
         blocks = list(bert.encoder.layer[layer + 1 :])
         last = blocks.pop() if blocks and self._first_token_only(blocks[-1]) else None

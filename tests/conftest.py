@@ -30,7 +30,7 @@ class PlantedSum(nn.Module):
 
 class Readoff(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        k = torch.arange(23, dtype=h.dtype)
+        k = torch.arange(23, dtype=h.dtype, device=h.device)
         return -4.0 * (h[:, :1] + 5 * h[:, 2:3] - k) ** 2
 
 
