@@ -34,10 +34,12 @@ def _demo(args: argparse.Namespace) -> int:
     from causalmad.evaluation import evaluate_detector, format_table, scrubbing_ablation
     from causalmad.task import load_task
 
+    device = _device(args.device)  # checked before the model is trained
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     print(f"[1/4] task {args.task!r} ({args.size}, seed {args.seed}): training or loading the model ...", flush=True)
     task = load_task(args.task, size=args.size, seed=args.seed)
+    move_model(task.model, device)
     print(f"      {json.dumps(task.info)}", flush=True)
     print("[2/4] scrubbing detector: align, build and validate explanations, score ...", flush=True)
     scrub = ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=args.resamples,
@@ -381,6 +383,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--resamples", type=int, default=4)
     demo.add_argument("--out", default="results/demo.json")
+    demo.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
     demo.set_defaults(func=_demo)
 
     fit = sub.add_parser("fit", parents=[common], help="fit a detector on trusted inputs and save it to a folder")

@@ -124,6 +124,7 @@ def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
         (["fit", *MODEL, "--trusted", inputs, "--param", "colour=3", "--out", str(tmp_path / "d5")], "--param"),
         (["explain", str(root / "det"), *MODEL], "give the input to explain"),
         (["score", str(root / "det"), inputs, *MODEL, "--device", "nonsense"], "not a device name"),
+        (["demo", "--device", "mps", "--out", str(tmp_path / "demo.json")], "causalmad runs on cpu or cuda"),
         (["fit", *MODEL, "--trusted", inputs, "--detector", "que", "--out", str(tmp_path / "d6")], "--untrusted FILE"),
         (["fit", *MODEL, "--trusted", inputs, "--untrusted", inputs, "--out", str(tmp_path / "d7")], "drop --untrusted"),
         (["fit", *MODEL, "--trusted", inputs, "--detector", "supervised-probe", "--out", str(tmp_path / "d8")],
