@@ -405,7 +405,8 @@ def scrub_many(
       per input, and each scrubbed variant runs only the rest of the network;
     * the ``n × k`` rows of many explanations share one forward pass: each hook patches
       each explanation's contiguous block of rows with its own sources and subspace;
-    * trusted source activations come from the pool, gathered once at fit time;
+    * trusted source activations come from the pool, gathered once at fit time (on a
+      GPU they are copied to it once per call, outside ``memory_mb``'s plan);
     * inputs are processed in chunks, and rows per pass are capped, so that a chunk's
       cached activations and source indices plus one pass stay under ``memory_mb``
       whatever ``n``, ``E`` and ``k`` are.
@@ -449,6 +450,18 @@ def scrub_many(
     bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
                disable=not progress, leave=False)
     projections: dict[int, torch.Tensor | None] = {}
+    # the pool's activations and the clean log-probabilities move to the model's device
+    # once per call, not once per pass (no-ops on the CPU)
+    device = adapter.device
+    on_device: dict[tuple[object, ...], torch.Tensor] = {}
+
+    def pool_acts(site: Site) -> torch.Tensor:
+        place = SourcePool._place(site)
+        if place not in on_device:
+            on_device[place] = pool.acts(site).to(device)
+        return on_device[place]
+
+    clean_all = [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
         m, x = b - a, inputs[a:b]
@@ -479,14 +492,14 @@ def scrub_many(
                     seg = slice(int(st), int(en))
                     ii, kk = i_rows[st:en], k_rows[st:en]
                     for rule, src in zip(explanations[j].resamples, sources[j]):
-                        vals = pool.acts(rule.site)[torch.as_tensor(src[ii, kk])]
+                        vals = pool_acts(rule.site)[torch.as_tensor(src[ii, kk], device=device)]
                         pos = rule.site.position_index(tokens[seg])
                         by_hook.setdefault(rule.site.hook, []).append(
                             (seg, rule.site, vals, pos - start if pos is not None and start else pos))
                 logits = _run_segments(adapter, point, tokens, cache, i_rows, by_hook, projections, start, kv,
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
-                clean = [c[torch.as_tensor(i_rows + a)].to(logits.device) for c in clean_logprobs]
+                clean = [c[torch.as_tensor(i_rows + a, device=device)].to(logits.device) for c in clean_all]
                 kl = kl_divergence(clean, scrubbed).cpu().double().numpy()
                 for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):  # interchange segments
                     j = columns[p_rows[st]]
