@@ -384,7 +384,7 @@ def scrub_many(
     explanations: Sequence[Explanation],
     inputs: torch.Tensor,
     values: Values,
-    clean_logprobs: Sequence[torch.Tensor],
+    clean_logprobs: Sequence[torch.Tensor] | None,
     pool: SourcePool,
     readouts: Sequence[Readout],
     resamples: int,
@@ -409,7 +409,9 @@ def scrub_many(
       GPU they are copied to it once per call, outside ``memory_mb``'s plan);
     * inputs are processed in chunks, and rows per pass are capped, so that a chunk's
       cached activations and source indices plus one pass stay under ``memory_mb``
-      whatever ``n``, ``E`` and ``k`` are.
+      whatever ``n``, ``E`` and ``k`` are;
+    * ``clean_logprobs=None``: the unscrubbed readouts (:func:`clean_log_probs`) come from
+      the same clean pass that caches the resume activations, not from a pass of their own.
 
     Returns:
         ``[n, E]`` divergences (mean over ``resamples``; NaN where a rule found no agreeing
@@ -461,7 +463,7 @@ def scrub_many(
             on_device[place] = pool.acts(site).to(device)
         return on_device[place]
 
-    clean_all = [c.to(device) for c in clean_logprobs]
+    clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
         m, x = b - a, inputs[a:b]
@@ -473,7 +475,12 @@ def scrub_many(
             sources[j], unmatched[a:b, j], gap[:, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
             if e.target is not None:
                 classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
-        acts = dict(zip(captured, _capture_raw(adapter, x, captured, rows_per_pass))) if captured else {}
+        if clean_all is None:  # one clean pass: resume activations and unscrubbed readouts
+            got = _capture_raw(adapter, x, captured, rows_per_pass, readouts)
+            acts, clean = dict(zip(captured, got)), got[len(captured):]
+        else:
+            acts = dict(zip(captured, _capture_raw(adapter, x, captured, rows_per_pass))) if captured else {}
+            clean = [c[a:b] for c in clean_all]
         cache = {p: acts[p] for p in points}
         kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.no_grad():
@@ -499,8 +506,8 @@ def scrub_many(
                 logits = _run_segments(adapter, point, tokens, cache, i_rows, by_hook, projections, start, kv,
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
-                clean = [c[torch.as_tensor(i_rows + a, device=device)].to(logits.device) for c in clean_all]
-                kl = kl_divergence(clean, scrubbed).cpu().double().numpy()
+                rows_clean = [c[torch.as_tensor(i_rows, device=device)].to(logits.device) for c in clean]
+                kl = kl_divergence(rows_clean, scrubbed).cpu().double().numpy()
                 for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):  # interchange segments
                     j = columns[p_rows[st]]
                     if j in classes:
@@ -514,11 +521,13 @@ def scrub_many(
 
 
 def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
-                 batch_size: int = 1024) -> list[torch.Tensor]:
-    """Outputs of ``hooks`` exactly as the model produced them (shape, dtype, device)."""
+                 batch_size: int = 1024, readouts: Sequence[Readout] = ()) -> list[torch.Tensor]:
+    """Outputs of ``hooks`` exactly as the model produced them (shape, dtype, device),
+    followed by the unscrubbed log-probabilities of each of ``readouts`` from the same
+    passes (as :func:`clean_log_probs` computes them, on the model's device)."""
     from causalmad.interventions import _as_tensor, _hooks
 
-    out: list[list[torch.Tensor]] = [[] for _ in hooks]
+    out: list[list[torch.Tensor]] = [[] for _ in range(len(hooks) + len(readouts))]
     for start in range(0, len(x), batch_size):
         got: dict[str, torch.Tensor] = {}
 
@@ -527,9 +536,12 @@ def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
             return output
 
         with torch.no_grad(), _hooks(adapter, [(h, lambda o, h=h: grab(o, h)) for h in hooks]):
-            adapter.forward(x[start : start + batch_size].to(adapter.device))
+            y = adapter.forward(x[start : start + batch_size].to(adapter.device))
         for i, h in enumerate(hooks):
             out[i].append(got[h])
+        if readouts:
+            for i, q in enumerate(readout_log_probs(readouts, y.float())):
+                out[len(hooks) + i].append(q)
     return [torch.cat(o) for o in out]
 
 

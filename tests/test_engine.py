@@ -26,6 +26,9 @@ def check_same(adapter, family, x, values, pool, readouts, k=3, **kw):
     div, unmatched = scrub_many(adapter, family, x, values, clean, pool, readouts, k, seed=0, **kw)
     np.testing.assert_array_equal(unmatched, ref_unmatched)
     np.testing.assert_allclose(div, ref_div, rtol=1e-4, atol=1e-5)
+    # clean_logprobs=None: the unscrubbed readouts from the engine's own clean pass
+    own, _ = scrub_many(adapter, family, x, values, None, pool, readouts, k, seed=0, **kw)
+    np.testing.assert_allclose(own, div, rtol=1e-5, atol=1e-6)
     return div
 
 
@@ -187,7 +190,8 @@ def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, mon
     starts.clear()
     check_same(adapter, family, x[:1], [{}], pool, readouts, batch_size=4096)
     points = {adapter.resume_point([s.hook for s in e.sites]) for e in family}
-    assert len(starts) == len(points) and set(starts) <= {0, 2}
+    # (check_same runs the engine twice: with the clean readouts given, and with its own)
+    assert len(starts) == 2 * len(points) and set(starts) <= {0, 2}
     # a hook someone installed on the model must run: no windows then
     starts.clear()
     handle = tiny_bridge.blocks[0].hook_out.register_forward_hook(lambda m, a, o: None)

@@ -29,8 +29,6 @@ from causalmad.scrubbing import (
     Explanation,
     Resample,
     SourcePool,
-    clean_log_probs,
-    pass_rows,
     row_keys,
     scrub_many,
     seen_values,
@@ -247,10 +245,9 @@ class ScrubbingDetector(Detector):
         self, family: list[Explanation], x: torch.Tensor, values: list[dict[str, Hashable]]
     ) -> tuple[np.ndarray, np.ndarray]:
         # each input's sources depend only on the input, the explanation and the seed, so
-        # a score does not depend on the batch the input is scored in
-        rows = pass_rows(self.adapter_, x[:1], self.memory_mb, self.batch_size)  # clean passes within the budget too
-        clean = clean_log_probs(self.adapter_, x, self.readouts_, rows)
-        return scrub_many(self.adapter_, family, x, values, clean, self.pool_, self.readouts_, self.resamples,
+        # a score does not depend on the batch the input is scored in; the unscrubbed
+        # readouts come from the engine's own clean pass (clean_logprobs=None)
+        return scrub_many(self.adapter_, family, x, values, None, self.pool_, self.readouts_, self.resamples,
                           seed=self.random_state, batch_size=self.batch_size, keys=row_keys(x),
                           memory_mb=self.memory_mb, progress=self.progress, counterfactual=self._counterfactual)
 
