@@ -475,12 +475,11 @@ def scrub_many(
             sources[j], unmatched[a:b, j], gap[:, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
             if e.target is not None:
                 classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
-        if clean_all is None:  # one clean pass: resume activations and unscrubbed readouts
-            got = _capture_raw(adapter, x, captured, rows_per_pass, readouts)
-            acts, clean = dict(zip(captured, got)), got[len(captured):]
-        else:
-            acts = dict(zip(captured, _capture_raw(adapter, x, captured, rows_per_pass))) if captured else {}
-            clean = [c[a:b] for c in clean_all]
+        # one clean pass: resume activations and (unless given) the unscrubbed readouts
+        own = readouts if clean_all is None else ()
+        got = _capture_raw(adapter, x, captured, rows_per_pass, own) if captured or own else []
+        acts = dict(zip(captured, got))
+        clean = got[len(captured):] if clean_all is None else [c[a:b] for c in clean_all]
         cache = {p: acts[p] for p in points}
         kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.no_grad():
@@ -506,7 +505,7 @@ def scrub_many(
                 logits = _run_segments(adapter, point, tokens, cache, i_rows, by_hook, projections, start, kv,
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
-                rows_clean = [c[torch.as_tensor(i_rows, device=device)].to(logits.device) for c in clean]
+                rows_clean = [c[torch.as_tensor(i_rows, device=device)] for c in clean]
                 kl = kl_divergence(rows_clean, scrubbed).cpu().double().numpy()
                 for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):  # interchange segments
                     j = columns[p_rows[st]]

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 import causalmad as cm
+from causalmad.cli import _device
 from causalmad.interventions import interchange_pyvene
 from causalmad.models import move_model
 from causalmad.scrubbing import (
@@ -250,9 +251,10 @@ def main() -> None:
     if args.child:
         return child(args)
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device here")
+    try:
+        device = _device(args.device)  # the CLI's own check of a device name
+    except cm.InputError as exc:
+        sys.exit(str(exc))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out: dict[str, object] = {
         "command": "python " + " ".join(sys.argv),
