@@ -189,6 +189,23 @@ class _PyveneModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, **_: object) -> torch.Tensor:
         return self.adapter.forward(input_ids)
 
+    def train(self, mode: bool = True) -> _PyveneModel:
+        self.training = mode  # pyvene calls eval() on every IntervenableModel it builds
+        if not in_mode(self.model, mode):
+            self.model.train(mode)
+        return self
+
+
+def in_mode(model: nn.Module, mode: bool) -> bool:
+    """Whether every module of ``model`` is in training mode ``mode`` already (the source
+    model a ``TransformerBridge`` keeps outside its module tree included). Checking is
+    cheap; a bridge's ``train()`` costs milliseconds, and every pyvene call (every IIA
+    measured in alignment) would switch modes twice."""
+    mods = list(model.modules())
+    mods += [m for o in mods if isinstance(o.__dict__.get("original_model"), nn.Module)
+             for m in o.__dict__["original_model"].modules()]
+    return all(m.training == mode for m in mods)
+
 
 def import_pyvene():  # noqa: ANN201 - the pyvene module
     """Import pyvene without its import-time print about the optional nnsight backend."""
@@ -207,7 +224,8 @@ def preserved_training_state(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        model.train(training)
+        if not in_mode(model, training):
+            model.train(training)
         for n, p in model.named_parameters():
             p.requires_grad_(grads[n])
 

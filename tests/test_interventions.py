@@ -29,6 +29,23 @@ def test_pyvene_and_hook_engines_agree(tiny_bridge, site):
     assert not torch.allclose(via_hooks, ad.run(base), atol=1e-4)  # the patch did something
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_a_pyvene_call_leaves_the_models_mode_and_gradients_as_they_were(tiny_bridge, training):
+    """pyvene puts the model in eval mode with gradients off, in place: the call undoes
+    that, and skips the (slow, on a bridge) mode switch when nothing needs switching."""
+    ad = cm.adapt(tiny_bridge)
+    before = {n: p.requires_grad for n, p in tiny_bridge.named_parameters()}
+    tiny_bridge.train(training)
+    try:
+        x = torch.randint(0, 12, (3, 11), generator=torch.Generator().manual_seed(3))
+        interchange_pyvene(ad, x, x.flip(0), cm.Site("blocks.0.hook_resid_post", (7,)))
+        modules = [*tiny_bridge.modules(), *tiny_bridge.original_model.modules()]
+        assert all(m.training == training for m in modules)
+        assert {n: p.requires_grad for n, p in tiny_bridge.named_parameters()} == before
+    finally:
+        tiny_bridge.eval()
+
+
 def test_patching_a_source_with_itself_changes_nothing(tiny_bridge):
     ad = cm.adapt(tiny_bridge)
     x = torch.randint(0, 12, (4, 11), generator=torch.Generator().manual_seed(2))
