@@ -191,6 +191,29 @@ def test_skyline_needs_labels_and_reports_out_of_fold_scores(planted, data):
     assert roc_auc_score(LABELS, oof) > 0.95
 
 
+def test_skyline_on_wide_features_reaches_the_same_optimum_in_the_span_of_its_rows(planted):
+    """With far more features than rows the probe is fitted in the rows' span (the
+    representer theorem): its weights lie in that span and its objective is at most what
+    a solver on all features reaches."""
+    from sklearn.linear_model import LogisticRegression
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(40, 2000))
+    y = (x[:, :5].sum(1) + 0.5 * g.normal(size=40) > 0).astype(float)
+    det = make("supervised-probe", planted)
+    w, b = det._probe(x, y)
+
+    def objective(w, b):
+        weight = (len(y) / (2 * np.bincount(y.astype(int))))[y.astype(int)]  # class_weight="balanced"
+        return 0.5 * w @ w + det.C * np.sum(weight * np.logaddexp(0, -(2 * y - 1) * (x @ w + b)))
+
+    direct = LogisticRegression(C=det.C, class_weight="balanced", max_iter=5000, tol=1e-10).fit(x, y)
+    assert objective(w, b) <= objective(direct.coef_[0], direct.intercept_[0]) + 1e-6
+    np.testing.assert_allclose(w, direct.coef_[0], atol=1e-3 * np.abs(w).max())
+    in_span = x.T @ np.linalg.lstsq(x.T, w, rcond=None)[0]
+    np.testing.assert_allclose(in_span, w, atol=1e-8 * np.abs(w).max())
+
+
 def test_registry_rejects_duplicate_names():
     with pytest.raises(ValueError, match="already registered"):
         cm.detectors.register("scrubbing")(type("Other", (cm.Detector,), {}))

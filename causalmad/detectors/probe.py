@@ -93,8 +93,25 @@ class SupervisedProbeDetector(Detector):
         acts = capture(self.adapter_, x, self.sites_)
         return np.concatenate([a.reshape(len(a), -1).double().numpy() for a in acts], 1)
 
-    def _probe(self) -> LogisticRegression:
-        return LogisticRegression(C=self.C, class_weight="balanced", max_iter=self.max_iter)
+    def _probe(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+        """Weights and bias of the L2-regularised logistic regression on ``(x, y)``.
+
+        With many more features than rows (every site and position of a transformer, a
+        few hundred inputs), the optimum's weights lie in the span of the rows (the
+        representer theorem: a part orthogonal to them changes no prediction and only
+        adds to the penalty). The probe is then fitted on the rows' coordinates in an
+        orthonormal basis of that span (from the eigenvectors of the rows' Gram matrix)
+        and its weights mapped back: the same optimum, found in rank-many dimensions.
+        """
+        probe = LogisticRegression(C=self.C, class_weight="balanced", max_iter=self.max_iter)
+        if x.shape[1] <= 4 * x.shape[0]:  # the reduction costs more than it saves
+            probe.fit(x, y)
+            return probe.coef_[0].astype(np.float64), float(probe.intercept_[0])
+        ev, u = np.linalg.eigh(x @ x.T)  # x = U diag(sv) V^T, ev = sv**2
+        keep = ev > ev.max() * 1e-12
+        sv, u = np.sqrt(ev[keep]), u[:, keep]
+        probe.fit(u * sv, y)  # x @ V
+        return x.T @ (u @ (probe.coef_[0] / sv)), float(probe.intercept_[0])  # V @ coef, V = x^T U / sv
 
     def _fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> None:
         y_u = self._fit_labels
@@ -121,12 +138,10 @@ class SupervisedProbeDetector(Detector):
         _, groups = np.unique(row_keys(untrusted), return_inverse=True)
         oof = np.empty(len(u))
         for train, test in cv.split(u, y_u, groups):
-            probe = self._probe().fit(np.concatenate([t, u[train]]), np.r_[np.zeros(len(t)), y_u[train]])
-            oof[test] = probe.decision_function(u[test])
+            w, b = self._probe(np.concatenate([t, u[train]]), np.r_[np.zeros(len(t)), y_u[train]])
+            oof[test] = u[test] @ w + b
         self.cross_val_scores_ = oof
-        probe = self._probe().fit(np.concatenate([t, u]), np.r_[np.zeros(len(t)), y_u])
-        self.weights_ = probe.coef_[0].astype(np.float64)
-        self.bias_ = float(probe.intercept_[0])
+        self.weights_, self.bias_ = self._probe(np.concatenate([t, u]), np.r_[np.zeros(len(t)), y_u])
         self.heldout_scores_ = self._score(trusted[torch.as_tensor(held_idx)])
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,7 @@ of independence" / ARC's MAD agenda; causal scrubbing, Chan et al. 2022).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Hashable
 from typing import Any
 
@@ -193,8 +194,10 @@ class ScrubbingDetector(Detector):
         self.calibration_unmatched_ = int(cal_unmatched.any(1).sum())
         # cells with no agreeing source measure the pool's coverage, not the explanation
         matched = np.where(cal_unmatched, np.nan, cal_div)
-        means = np.nan_to_num(np.nanmean(matched, 0), nan=np.inf)
-        stds = np.nan_to_num(np.nanstd(matched, 0), nan=0.0)
+        with warnings.catch_warnings():  # an explanation no calibration input matches: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nan_to_num(np.nanmean(matched, 0), nan=np.inf)
+            stds = np.nan_to_num(np.nanstd(matched, 0), nan=0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             recovered = np.where(ablated > 0, 1 - means / ablated, np.nan)
         valid = means <= self.tolerance
