@@ -81,12 +81,13 @@ def test_output_checks_see_nothing_on_the_hard_split(task):
 
 
 def test_scrubbing_fits_and_scores_the_task(task):
+    # on half the trusted inputs (the benchmark's smoke test runs it on every split too)
     det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=1, n_pairs=64,
-                               random_state=0).fit(task.trusted)
+                               random_state=0).fit(task.trusted[:200])
     assert det.alignment_ is not None and "sentiment" in det.alignment_.variables
     assert det.summary()["valid"] > 0
     for split in task.splits.values():
-        x = torch.cat([split.inputs[torch.as_tensor(split.labels == 0)][:15],
-                       split.inputs[torch.as_tensor(split.labels == 1)][:15]])
-        scores = det.score(x)  # ~7 s per 30 inputs on one thread (each scrubbed ~100 times)
-        assert scores.shape == (30,) and np.isfinite(scores).all()
+        x = torch.cat([split.inputs[torch.as_tensor(split.labels == 0)][:8],
+                       split.inputs[torch.as_tensor(split.labels == 1)][:8]])
+        scores = det.score(x)  # each input scrubbed ~100 times
+        assert scores.shape == (16,) and np.isfinite(scores).all()
