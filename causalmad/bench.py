@@ -65,17 +65,36 @@ class BenchSummary:
     seconds: float = 0.0
 
 
-def build_detector(name: str, task: Task, seed: int, progress: bool = False) -> Detector:
+def build_detector(name: str, task: Task, seed: int, progress: bool = False,
+                   params: dict[str, Any] | None = None) -> Detector:
     """The registered detector ``name`` for ``task``: seeded with ``seed``, given the task's
-    hypothesis if it takes one, with a progress bar if it has one."""
+    hypothesis if it takes one, with a progress bar if it has one, and ``params`` (its
+    other constructor arguments, checked by :func:`check_params`)."""
     cls = DETECTORS[name]
-    params = inspect.signature(cls).parameters
+    accepted = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {"random_state": seed}
-    if "hypothesis" in params:
+    if "hypothesis" in accepted:
         kwargs["hypothesis"] = task.hypothesis
-    if "progress" in params:
+    if "progress" in accepted:
         kwargs["progress"] = progress
-    return cls(task.model, **kwargs)
+    return cls(task.model, **kwargs, **(params or {}))
+
+
+#: constructor arguments a benchmark sets itself, never from ``params``
+_OWN_ARGS = ("self", "model", "hypothesis", "random_state", "progress")
+
+
+def check_params(params: dict[str, dict[str, Any]], detectors: Sequence[str]) -> None:
+    """Raise :class:`InputError` unless ``params`` (detector -> constructor arguments)
+    names only selected detectors and arguments their constructors take."""
+    for det, kwargs in params.items():
+        if det not in detectors:
+            raise InputError(f"parameters given for detector {det!r}, which this run does not include "
+                             f"(detectors: {list(detectors)}).")
+        accepted = [a for a in inspect.signature(DETECTORS[det]).parameters if a not in _OWN_ARGS]
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown:
+            raise InputError(f"detector {det!r} takes no parameter(s) {unknown}; it takes {accepted}.")
 
 
 def extras(detector: Detector, split: Split) -> dict[str, Any]:
@@ -148,6 +167,7 @@ def run_bench(
     progress: bool = False,
     max_inputs: int | None = None,
     device: torch.device | str = "cpu",
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> BenchSummary:
     """Run every selected detector on every selected task, split and seed.
 
@@ -163,6 +183,9 @@ def run_bench(
         progress: progress bars over cells and inside long detectors.
         device: where each task's model runs (inputs are moved to it batch by batch);
             every record notes it, since fit and score times depend on it.
+        params: detector -> constructor arguments other than the defaults (e.g.
+            ``{"scrubbing": {"resamples": 8}}``). Records note them under ``params``, and a
+            finished cell counts as finished only if it was computed with the same ones.
 
     Returns:
         a :class:`BenchSummary` with every record in ``results.json`` and the cells
@@ -176,8 +199,10 @@ def run_bench(
     det_names = _check_names(detectors, DETECTORS, "detector")
     if not seeds:
         raise InputError("seeds is empty; pass at least one seed.")
+    params = {d: dict(kw) for d, kw in (params or {}).items() if kw}
+    check_params(params, det_names)
     records = read_records(out)
-    done = {cell_of(r) for r in records if "size" in r}
+    done = {cell_of(r) for r in records if "size" in r and r.get("params", {}) == params.get(r["detector"], {})}
     summary = BenchSummary(out=out, records=records)
     from tqdm.auto import tqdm
 
@@ -213,7 +238,7 @@ def run_bench(
                 if todo:
                     bar.set_postfix_str(f"{task_name} seed {seed}: {det_name}")
                     _run_cells(out, task, det_name, todo, size, seed, progress, records, done, summary,
-                               str(torch.device(device)))
+                               str(torch.device(device)), params.get(det_name, {}))
                 bar.update(1)
     bar.close()
     write_atomic(out / "results.md", results_markdown(records))
@@ -247,15 +272,18 @@ def _record_task_info(out: Path, task: Task, size: str) -> None:
 
 
 def _run_cells(out: Path, task: Task, det_name: str, splits: list[str], size: str, seed: int, progress: bool,
-               records: list[dict[str, Any]], done: set[Cell], summary: BenchSummary, device: str) -> None:
+               records: list[dict[str, Any]], done: set[Cell], summary: BenchSummary, device: str,
+               params: dict[str, Any]) -> None:
     # seeded per cell, so a resumed run computes what an uninterrupted one would have
     torch.manual_seed(seed)
     np.random.seed(seed)
     try:
-        detector = build_detector(det_name, task, seed, progress)
+        detector = build_detector(det_name, task, seed, progress, params)
         for record, scores in evaluate_splits(det_name, detector, task, splits=splits, extras=extras):
             record["size"] = size
             record["device"] = device
+            if params:
+                record["params"] = params
             cell = cell_of(record)
             split = task.splits[record["split"]]
             path = scores_path(out, cell)

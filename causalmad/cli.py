@@ -77,8 +77,14 @@ def _bench(args: argparse.Namespace) -> int:
     from causalmad.bench import run_bench
 
     device = _device(args.device)  # checked before any task is loaded
+    params: dict[str, dict[str, Any]] = {}
+    for key, value in _params(args.param).items():
+        det, dot, name = key.partition(".")
+        if not dot or not det or not name:
+            raise InputError(f"--param {key}=...: name the detector too, e.g. --param scrubbing.resamples=8.")
+        params.setdefault(det, {})[name] = value
     s = run_bench(args.out, tasks=args.tasks, detectors=args.detectors, size=args.size, seeds=args.seeds,
-                  progress=not args.quiet, max_inputs=args.max_inputs, device=device)
+                  progress=not args.quiet, max_inputs=args.max_inputs, device=device, params=params)
     print(f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
           f"{len(s.failed)} failed ({s.seconds:.0f} s)")
     for task, det, seed, err in s.failed:
@@ -433,6 +439,8 @@ def parser() -> argparse.ArgumentParser:
                        help="quick run: first N normal and N anomalous inputs per split, 8N trusted")
     bench.add_argument("--out", default="results/bench", help="output folder; finished cells there are skipped")
     bench.add_argument("--device", default="cpu", help="where each task's model runs: cpu (default), cuda, ...")
+    bench.add_argument("--param", action="append", default=[], metavar="DETECTOR.NAME=VALUE",
+                       help="a detector argument, value as JSON (repeatable), e.g. --param scrubbing.resamples=8")
     bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults(func=_tasks, quiet=False)

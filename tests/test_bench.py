@@ -23,8 +23,9 @@ TYPES = {"task": str, "split": str, "detector": str, "size": str, "seed": int, "
 def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(tiny_addition_task, tmp_path, capsys):
     out = tmp_path / "bench"
     # a smoke test: every task and detector, on the first 20 normal + 20 anomalous inputs of
-    # each split and 160 trusted ones (the tiny models themselves are trained in full)
-    quick = ["--max-inputs", "20"]
+    # each split and 160 trusted ones, scrubbing each input once per explanation (the tiny
+    # models themselves are trained in full)
+    quick = ["--max-inputs", "20", "--param", "scrubbing.resamples=1"]
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
     assert "0 failed" in capsys.readouterr().out
     records = json.loads((out / "results.json").read_text())
@@ -44,6 +45,7 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
         assert {(r["split"], r["detector"]) for r in records if r["task"] == task} == {
             (s, d) for s in splits for d in cm.DETECTORS}
     assert {r["detector"] for r in records if r["skyline"]} == {"supervised-probe"}
+    assert all(r.get("params") == ({"resamples": 1} if r["detector"] == "scrubbing" else None) for r in records)
 
     # TPR thresholds come from held-out trusted scores, stored beside every cell's scores
     for r in records:
@@ -78,6 +80,14 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     auroc = lambda rs: {(r["task"], r["split"]): r["auroc"] for r in rs if r["detector"] == "mahalanobis"}  # noqa: E731
     assert auroc(again) == auroc(records)
 
+    # cells finished with other parameters are not finished for these: they are recomputed
+    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", "--max-inputs", "20",
+                 "--tasks", "measurement-tampering", "--detectors", "lof", "--param", "lof.n_neighbors=5"]) == 0
+    assert "2 cell(s) computed, 0 finished cell(s) skipped" in capsys.readouterr().out
+    lof = [r for r in json.loads((out / "results.json").read_text()) if r["task"] == "measurement-tampering"
+           and r["detector"] == "lof"]
+    assert len(lof) == 2 and all(r["params"] == {"n_neighbors": 5} for r in lof)
+
 
 def test_unknown_names_fail_before_any_work(tmp_path, capsys):
     assert main(["bench", "--detectors", "mahalanobiss", "--out", str(tmp_path)]) == 2
@@ -88,6 +98,11 @@ def test_unknown_names_fail_before_any_work(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--device", "cuda", "--out", str(tmp_path)]) == 2
         assert "no CUDA device is available here" in capsys.readouterr().err
+    capsys.readouterr()
+    for param, says in (("resamples=2", "name the detector too"), ("scrubbing.resampels=2", "takes no parameter"),
+                        ("scrubbing.random_state=3", "takes no parameter"), ("lof.n_neighbors=5", "does not include")):
+        assert main(["bench", "--detectors", "scrubbing", "--param", param, "--out", str(tmp_path)]) == 2
+        assert says in capsys.readouterr().err, param
     assert not (tmp_path / "results.json").exists()
 
 
