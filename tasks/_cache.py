@@ -1,8 +1,11 @@
-"""The local model cache every task trains into (no downloads: a task model is trained
-from its seed the first time and loaded from ``$CAUSALMAD_CACHE/models`` afterwards)."""
+"""The local cache every task trains into (no downloads: a task model is trained from its
+seed the first time and loaded from ``$CAUSALMAD_CACHE/models`` afterwards; the task's
+data built with it, from ``$CAUSALMAD_CACHE/tasks``)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -10,11 +13,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+
+from causalmad.task import Split, Task
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CAUSALMAD_CACHE", Path.home() / ".cache" / "causalmad"))
+
+
+def model_key(name: str, version: int, cfg: Any, seed: int) -> str:
+    """The cache file name (without suffix) of a task model."""
+    return f"{name}-v{version}-seed{seed}-" + "-".join(f"{v}" for v in asdict(cfg).values())
 
 
 def load_or_train(
@@ -35,8 +46,7 @@ def load_or_train(
     """
     from safetensors.torch import load_file, save_file
 
-    key = f"{name}-v{version}-seed{seed}-" + "-".join(f"{v}" for v in asdict(cfg).values())
-    path = cache_dir() / "models" / f"{key}.safetensors"
+    path = cache_dir() / "models" / f"{model_key(name, version, cfg, seed)}.safetensors"
     if path.exists():
         model = build()
         model.load_state_dict(load_file(path))
@@ -51,3 +61,59 @@ def load_or_train(
     path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds, "config": asdict(cfg)}))
     tmp.replace(path)
     return model, seconds, False
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A digest of every source file a task's data can depend on: the task modules, the
+    hypotheses and causalmad itself (splits are matched with causalmad's detectors)."""
+    import causalmad
+    import hypotheses
+
+    h = hashlib.sha256()
+    for package in (Path(__file__).parent, Path(hypotheses.__file__).parent, Path(causalmad.__file__).parent):
+        for f in sorted(package.rglob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_or_build_task(name: str, version: int, cfg: Any, seed: int, model: nn.Module, hypothesis: Any,
+                       build: Callable[[], Task], **info: Any) -> Task:
+    """The task built by ``build()`` for a model from :func:`load_or_train`, with its data
+    (trusted inputs, splits, ``info``) cached beside the model: building splits runs the
+    model over large pools (matching, PGD, accuracies), loading them takes milliseconds.
+
+    The data's key is the model's plus a digest of the source of the task modules, the
+    hypotheses and causalmad, so that any change to the code that builds the data builds
+    it again. ``info`` items (``model_from_cache``, say) are set on the task however it
+    was obtained.
+    """
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(f"{model_key(name, version, cfg, seed)}-{_source_digest()}".encode()).hexdigest()[:24]
+    path = cache_dir() / "tasks" / f"{name}-seed{seed}-{key}.safetensors"
+    if path.exists():
+        tensors = load_file(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        splits = {s: Split(s, tensors[f"split.{s}.inputs"], tensors[f"split.{s}.labels"].numpy())
+                  for s in meta["splits"]}
+        return Task(name=meta["name"], model=model, trusted=tensors["trusted"], splits=splits,
+                    hypothesis=hypothesis, info={**meta["info"], **info}, seed=seed)
+    task = build()
+    task.info.update(info)
+    tensors = {"trusted": task.trusted, **{f"split.{s}.inputs": sp.inputs for s, sp in task.splits.items()},
+               **{f"split.{s}.labels": torch.as_tensor(sp.labels) for s, sp in task.splits.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.clone() for k, v in tensors.items()}, tmp)  # clones: splits may share rows
+    meta = {"name": task.name, "splits": list(task.splits), "info": task.info}
+    path.with_suffix(".json").write_text(json.dumps(meta, default=_plain))
+    tmp.replace(path)
+    return task
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the numpy and torch scalars a task's ``info`` may hold."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -45,7 +45,7 @@ import torch
 
 import causalmad as cm
 from hypotheses.addition import addition_hypothesis
-from tasks._cache import load_or_train
+from tasks._cache import load_or_build_task, load_or_train
 from tasks._matching import match_on_score
 
 PLUS, EQUALS, HASH = 10, 11, 12
@@ -238,57 +238,60 @@ def build_task(name: str, size: str = "full", seed: int = 0) -> cm.Task:
         name, CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed, regions)
     )
 
-    g = torch.Generator().manual_seed(10_000 + seed)
-    ta, tb = _sample(cfg.n_trusted, g, lambda a, b: (a != b) & ~regions.is_shifted(a, b))
-    trusted = encode(ta, tb)
-    hypothesis = addition_hypothesis(N_DIGITS)
-    ca, cb = _sample(2000, g, lambda a, b: a != b)  # fresh clean inputs, any region
-    splits, info, dropped = {}, {}, 0
-    for split, carry in (("easy", True), ("hard", False)):
-        pool = HARD_POOL if split == "hard" else 1
-        na, nb = _sample(pool * cfg.n_normal, g,
-                         lambda a, b: (a != b) & regions.is_shifted(a, b) & ((a + b >= 1000) == carry))
-        normal = encode(na, nb)
-        anomalous = _anomalies(cfg, regions, g, carry, pool)
-        if split == "hard":  # only anomalies whose answer is what a normal input would give ...
+    def build() -> cm.Task:
+        g = torch.Generator().manual_seed(10_000 + seed)
+        ta, tb = _sample(cfg.n_trusted, g, lambda a, b: (a != b) & ~regions.is_shifted(a, b))
+        trusted = encode(ta, tb)
+        hypothesis = addition_hypothesis(N_DIGITS)
+        ca, cb = _sample(2000, g, lambda a, b: a != b)  # fresh clean inputs, any region
+        splits, info, dropped = {}, {}, 0
+        for split, carry in (("easy", True), ("hard", False)):
+            pool = HARD_POOL if split == "hard" else 1
+            na, nb = _sample(pool * cfg.n_normal, g,
+                             lambda a, b: (a != b) & regions.is_shifted(a, b) & ((a + b >= 1000) == carry))
+            normal = encode(na, nb)
+            anomalous = _anomalies(cfg, regions, g, carry, pool)
+            if split == "hard":  # only anomalies whose answer is what a normal input would give ...
+                xa, xb, _ = decode(anomalous)
+                agrees = (predict(model, anomalous) == sum_digits(xa, xb)).all(1)
+                dropped = int((~agrees).sum())
+                anomalous = anomalous[agrees]
+                # ... and as confidently: matched on the output-disagreement score
+                check = cm.OutputDisagreementDetector(model, hypothesis=hypothesis).fit(trusted[:64])
+                keep_n, keep_a = match_on_score(torch.as_tensor(check.score(normal)), torch.as_tensor(check.score(anomalous)),
+                                                cfg.n_normal, cfg.n_anomalous, MATCH_BINS, g)
+                normal, anomalous = normal[keep_n], anomalous[keep_a]
             xa, xb, _ = decode(anomalous)
-            agrees = (predict(model, anomalous) == sum_digits(xa, xb)).all(1)
-            dropped = int((~agrees).sum())
-            anomalous = anomalous[agrees]
-            # ... and as confidently: matched on the output-disagreement score
-            check = cm.OutputDisagreementDetector(model, hypothesis=hypothesis).fit(trusted[:64])
-            keep_n, keep_a = match_on_score(torch.as_tensor(check.score(normal)), torch.as_tensor(check.score(anomalous)),
-                                            cfg.n_normal, cfg.n_anomalous, MATCH_BINS, g)
-            normal, anomalous = normal[keep_n], anomalous[keep_a]
-        xa, xb, _ = decode(anomalous)
-        splits[split] = cm.Split(split, torch.cat([normal, anomalous]),
-                                 np.r_[np.zeros(len(normal)), np.ones(len(anomalous))])
-        if split == "easy":
-            info["attack_success_rate"] = _accuracy(model, anomalous, targets(xa, xb, torch.ones_like(xa, dtype=torch.bool)))
-            info["attack_changes_output_rate"] = _accuracy(model, anomalous, sum_digits(xa, xb), wrong=True)
-    normal = torch.cat([s.inputs[torch.as_tensor(s.labels == 0)] for s in splits.values()])
-    na, nb, _ = decode(normal)
-    info = {
-        "clean_accuracy": _accuracy(model, encode(ca, cb), sum_digits(ca, cb)),
-        "clean_accuracy_trusted": _accuracy(model, trusted, sum_digits(ta, tb)),
-        "clean_accuracy_shifted": _accuracy(model, normal, sum_digits(na, nb)),
-        **info,
-        "hard_anomalies_dropped": dropped,  # triggered, a + b < 1000, but the answer was not the sum
-        "trigger": cfg.trigger,
-        "poison_rate": cfg.poison_rate,
-        "train_seconds": round(train_seconds, 1),
-        "model_from_cache": cached,
-        "size": size,
-    }
-    return cm.Task(
-        name=name,
-        model=model,
-        trusted=trusted,
-        splits=splits,
-        hypothesis=hypothesis,
-        info=info,
-        seed=seed,
-    )
+            splits[split] = cm.Split(split, torch.cat([normal, anomalous]),
+                                     np.r_[np.zeros(len(normal)), np.ones(len(anomalous))])
+            if split == "easy":
+                info["attack_success_rate"] = _accuracy(model, anomalous, targets(xa, xb, torch.ones_like(xa, dtype=torch.bool)))
+                info["attack_changes_output_rate"] = _accuracy(model, anomalous, sum_digits(xa, xb), wrong=True)
+        normal = torch.cat([s.inputs[torch.as_tensor(s.labels == 0)] for s in splits.values()])
+        na, nb, _ = decode(normal)
+        info = {
+            "clean_accuracy": _accuracy(model, encode(ca, cb), sum_digits(ca, cb)),
+            "clean_accuracy_trusted": _accuracy(model, trusted, sum_digits(ta, tb)),
+            "clean_accuracy_shifted": _accuracy(model, normal, sum_digits(na, nb)),
+            **info,
+            "hard_anomalies_dropped": dropped,  # triggered, a + b < 1000, but the answer was not the sum
+            "trigger": cfg.trigger,
+            "poison_rate": cfg.poison_rate,
+            "train_seconds": round(train_seconds, 1),
+            "size": size,
+        }
+        return cm.Task(
+            name=name,
+            model=model,
+            trusted=trusted,
+            splits=splits,
+            hypothesis=hypothesis,
+            info=info,
+            seed=seed,
+        )
+
+    return load_or_build_task(name, CODE_VERSION, cfg, seed, model, addition_hypothesis(N_DIGITS), build,
+                              model_from_cache=cached)
 
 
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, wrong: bool = False) -> float:

