@@ -71,7 +71,7 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     resumed = ["addition-backdoor", "hierarchical-equality"]
     kept = [r for r in records if r["detector"] != "mahalanobis" or r["task"] not in resumed]
     (out / "results.json").write_text(json.dumps(kept))
-    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick,
+    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", "--max-inputs", "20",
                  "--tasks", *resumed, "--detectors", "mahalanobis", "lof"]) == 0
     rows = len({(r["task"], r["split"]) for r in records if r["task"] in resumed})  # a mahalanobis, a lof cell each
     assert f"{rows} cell(s) computed, {rows} finished cell(s) skipped" in capsys.readouterr().out
