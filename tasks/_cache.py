@@ -44,7 +44,7 @@ def load_or_train(
     ``train()`` trains one and returns it with its wall time in seconds. The file is
     written to a temporary name and renamed, so an interrupted run leaves no half model.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = cache_dir() / "models" / f"{model_key(name, version, cfg, seed)}.safetensors"
     if path.exists():
@@ -55,12 +55,21 @@ def load_or_train(
         return model, float(meta["train_seconds"]), True
     model, seconds = train()
     model.eval()
+    _save(path, model.state_dict(), {"train_seconds": seconds, "config": asdict(cfg)})
+    return model, seconds, False
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """``tensors`` to ``path`` (safetensors) and ``meta`` beside it (JSON), the tensors
+    written to a temporary name and renamed last, so an interrupted run leaves nothing
+    that loads. Tensors are copied contiguous: safetensors refuses shared memory."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds, "config": asdict(cfg)}))
+    save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}, tmp)
+    path.with_suffix(".json").write_text(json.dumps(meta, default=_plain))
     tmp.replace(path)
-    return model, seconds, False
 
 
 @functools.cache
@@ -88,7 +97,7 @@ def load_or_build_task(name: str, version: int, cfg: Any, seed: int, model: nn.M
     it again. ``info`` items (``model_from_cache``, say) are set on the task however it
     was obtained.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     key = hashlib.sha256(f"{model_key(name, version, cfg, seed)}-{_source_digest()}".encode()).hexdigest()[:24]
     path = cache_dir() / "tasks" / f"{name}-seed{seed}-{key}.safetensors"
@@ -103,12 +112,7 @@ def load_or_build_task(name: str, version: int, cfg: Any, seed: int, model: nn.M
     task.info.update(info)
     tensors = {"trusted": task.trusted, **{f"split.{s}.inputs": sp.inputs for s, sp in task.splits.items()},
                **{f"split.{s}.labels": torch.as_tensor(sp.labels) for s, sp in task.splits.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.clone() for k, v in tensors.items()}, tmp)  # clones: splits may share rows
-    meta = {"name": task.name, "splits": list(task.splits), "info": task.info}
-    path.with_suffix(".json").write_text(json.dumps(meta, default=_plain))
-    tmp.replace(path)
+    _save(path, tensors, {"name": task.name, "splits": list(task.splits), "info": task.info})
     return task
 
 

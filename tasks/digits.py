@@ -340,7 +340,7 @@ def build_task(variant: str, size: str = "full", seed: int = 0) -> cm.Task:
             easy, hard, attack_info = _backdoor_anomalies(cfg, seed, xa, ya, pred, ref)
         info.update(attack_info)
         info.update({"train_seconds": round(train_seconds, 1), "reference_fit_seconds": round(clf_seconds, 1),
-                     "model_from_cache": cached, "size": size})
+                     "size": size})
 
         def split(name: str, anomalies: torch.Tensor) -> cm.Split:
             labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalies))]
