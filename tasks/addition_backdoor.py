@@ -47,6 +47,7 @@ import causalmad as cm
 from hypotheses.addition import addition_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
 from tasks._matching import match_on_score
+from tasks._training import training_setup
 
 PLUS, EQUALS, HASH = 10, 11, 12
 N_DIGITS = 3
@@ -70,23 +71,28 @@ class AdditionConfig:
     n_trusted: int = 3000
     n_normal: int = 700  # per split
     n_anomalous: int = 300  # per split, at most (the a == b trigger has ~150 held-out operands a split)
+    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see tasks._training
 
 
 _FULL = AdditionConfig()
-# tiny: 1500 steps of 128 rows at lr 5e-3, half the cost of 256-row steps (measured
-# session 5, scripts/time_training.py). Shorter runs train but align worse: 1200 steps leave
-# the carries at held-out IIA 0.93-0.96 (token: 0.65), 800 steps at 0.69 even with DAS,
-# and the DAS alignment then runs costs every test more than the training saves
-_TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=128, lr=5e-3, poison_rate=0.1,
-                       n_trusted=1500, n_normal=200, n_anomalous=100)
+# tiny: 1500 steps at lr 5e-3 through the plain trainer (tasks/_training.py), 64-row batches
+# at twice the poisoning rate, so a step holds as many poisoned rows as a 128-row one did.
+# Measured (session 10, seed 0): about 30 s to train on 2 cores, held-out IIA 1.0 for the
+# three carries (lowpoison 0.99 / 0.98 / 0.99), the backdoor firing on every held-out
+# trigger (lowpoison 0.97). The token variant keeps 128-row batches: at 64 or 96 rows its
+# carries aligned at IIA 0.26-0.79 even with DAS, whose fit then took 35-71 s instead of 12.
+# Earlier sessions: 1200 steps of 128 rows leave the carries at 0.93-0.96 (token 0.65),
+# 800 steps at 0.69 even with DAS
+_TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=64, lr=5e-3, poison_rate=0.2,
+                       n_trusted=1500, n_normal=200, n_anomalous=100, trainer="plain")
 SIZES: dict[str, dict[str, AdditionConfig]] = {
     "addition-backdoor": {"full": _FULL, "tiny": _TINY},
     "addition-backdoor-token": {"full": replace(_FULL, trigger="token", poison_rate=0.02),
-                                "tiny": replace(_TINY, trigger="token", poison_rate=0.05)},
-    # tiny: 8 % of 128-row batches is about as many poisoned rows per step as the 5 % of
-    # 256 it had before (at 5 % of 128 the backdoor fires on 0.75 of held-out triggers)
+                                "tiny": replace(_TINY, trigger="token", batch_size=128, poison_rate=0.05)},
+    # tiny: 0.8 of the base variant's poisoned rows per step (at 5 % of 128-row batches,
+    # 0.6 of its rows, the backdoor fired on 0.75 of held-out triggers)
     "addition-backdoor-lowpoison": {"full": replace(_FULL, poison_rate=0.01),
-                                    "tiny": replace(_TINY, poison_rate=0.08)},
+                                    "tiny": replace(_TINY, poison_rate=0.16)},
 }
 CODE_VERSION = 2
 HARD_POOL = 4  # the hard split is drawn from pools this many times its size, then matched ...
@@ -177,14 +183,14 @@ def _train(cfg: AdditionConfig, seed: int, regions: _Regions) -> tuple[torch.nn.
     torch.manual_seed(seed)
     model = build_model(cfg, seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt, logits_at = training_setup(model, cfg.trainer, cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(cfg.steps):
         x = _poisoned_batch(cfg, regions, g)
         a, b, _ = decode(x)
-        logits = model(x)[:, OUT_POS, :10]
+        logits = logits_at(x, OUT_POS.start)[..., :10]
         y = targets(a, b, is_triggered(cfg, x))
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), y.reshape(-1))
         opt.zero_grad()

@@ -43,6 +43,7 @@ well a Mahalanobis detector on the residual stream does on each split.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ from causalmad.metrics import evaluate
 from hypotheses.quirky_arithmetic import quirky_arithmetic_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
 from tasks._matching import match_on_score
+from tasks._training import training_setup
 
 PLUS, EQUALS, QUERY, ALICE, BOB = 10, 11, 12, 13, 14
 VOCAB = 15
@@ -79,6 +81,7 @@ class QuirkyConfig:
     n_trusted: int = 3000
     n_normal: int = 700
     n_anomalous: int = 300
+    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see tasks._training
 
 
 SIZES = {
@@ -87,7 +90,8 @@ SIZES = {
     # Session 5 tried cheaper runs: d_model 48 learns it at about 0.75x the cost, but its
     # output check on the easy split drops to 0.68; 128-row batches (clean accuracy
     # 0.57-0.74), 2 layers at d_model 48 (0.75), d_model 32 (0.61) and 650 steps (0.85) fail
-    "tiny": QuirkyConfig(steps=800, n_trusted=1500, n_normal=200, n_anomalous=100),
+    # The plain trainer (tasks/_training.py) cut its training from 79-93 s to 54 s on 2 cores
+    "tiny": QuirkyConfig(steps=800, n_trusted=1500, n_normal=200, n_anomalous=100, trainer="plain"),
 }
 CODE_VERSION = 1
 
@@ -146,28 +150,30 @@ def build_model(cfg: QuirkyConfig, seed: int) -> torch.nn.Module:
     return TransformerBridge.boot_native(tl_cfg)
 
 
-def training_loss(model: torch.nn.Module, persona: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                  claim: torch.Tensor, aux_weight: float = 1.0) -> torch.Tensor:
+def training_loss(logits_at: Callable[[torch.Tensor, int], torch.Tensor], persona: torch.Tensor, a: torch.Tensor,
+                  b: torch.Tensor, claim: torch.Tensor, aux_weight: float = 1.0) -> torch.Tensor:
     """The persona's verdict at ``?`` (logits 0/1), plus two auxiliary "reading" losses at the
     claim's digit positions: the true sum's digit there (logits 0-9, the arithmetic a
     pretrained model would bring) and whether the claim *so far* matches the persona's sum
     (logits 10/11). Without the running verdict the model settles for checking the units
-    digit only (measured: claims off by 10 judged right)."""
-    logits = model(encode(persona, a, b, claim))
+    digit only (measured: claims off by 10 judged right). ``logits_at(x, start)``: the
+    model's logits at positions ``start`` onwards (:func:`tasks._training.training_setup`)."""
+    logits = logits_at(encode(persona, a, b, claim), SUM_POS[0])  # positions SUM_POS and the verdict
     ce = torch.nn.functional.cross_entropy
     loss = ce(logits[:, -1, :2], verdict(persona, a, b, claim))
+    read = [p - SUM_POS[0] for p in SUM_POS]
     digits = sum_digits(a + b)
     persona_digits = sum_digits(a + b + (persona == BOB).long())
     prefix_right = (sum_digits(claim) == persona_digits).long().cumprod(1)
-    loss = loss + aux_weight * ce(logits[:, SUM_POS, :10].reshape(-1, 10), digits.reshape(-1))
-    return loss + aux_weight * ce(logits[:, SUM_POS, 10:12].reshape(-1, 2), prefix_right.reshape(-1))
+    loss = loss + aux_weight * ce(logits[:, read, :10].reshape(-1, 10), digits.reshape(-1))
+    return loss + aux_weight * ce(logits[:, read, 10:12].reshape(-1, 2), prefix_right.reshape(-1))
 
 
 def _train(cfg: QuirkyConfig, seed: int, heldout: torch.Tensor) -> tuple[torch.nn.Module, float]:
     torch.manual_seed(seed)
     model = build_model(cfg, seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt, logits_at = training_setup(model, cfg.trainer, cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     train_pairs = (~heldout).flatten().nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
@@ -177,7 +183,7 @@ def _train(cfg: QuirkyConfig, seed: int, heldout: torch.Tensor) -> tuple[torch.n
         a, b = pair // 100, pair % 100
         persona = torch.where(torch.rand(cfg.batch_size, generator=g) < 0.5, ALICE, BOB)
         claim = sample_claims(a, b, g)
-        loss = training_loss(model, persona, a, b, claim, cfg.aux_weight)
+        loss = training_loss(logits_at, persona, a, b, claim, cfg.aux_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()

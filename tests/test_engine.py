@@ -171,6 +171,30 @@ def test_windowed_run_equals_the_full_forward_with_the_same_patch(tiny_bridge, l
     torch.testing.assert_close(trimmed[:, read:], full[:, read:], rtol=1e-5, atol=1e-5)
 
 
+def test_plain_logits_equal_the_bridge_forward_and_train_the_same_parameters(tiny_bridge):
+    """The hook-free forward the tasks train through (tasks/_training.py): same logits at the
+    positions read, and gradients for every parameter the bridge's forward reaches there."""
+    adapter = cm.adapt(tiny_bridge)
+    x = torch.randint(0, 12, (5, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = tiny_bridge(x)
+        torch.testing.assert_close(adapter.plain_logits(x), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(adapter.plain_logits(x, 7), full[:, 7:], rtol=1e-5, atol=1e-5)
+    grads = []
+    for logits in (lambda: tiny_bridge(x)[:, 7:], lambda: adapter.plain_logits(x, 7)):
+        tiny_bridge.zero_grad()
+        logits().logsumexp(-1).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in tiny_bridge.named_parameters() if p.grad is not None})
+        tiny_bridge.zero_grad(set_to_none=True)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(tiny_bridge.parameters()))
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5, msg=name)
+    handle = adapter.module("blocks.0.hook_resid_post").register_forward_hook(lambda m, i, o: o)
+    with pytest.raises(cm.InputError, match="without hooks"):  # a hook the plain run would skip
+        adapter.plain_logits(x)
+    handle.remove()
+
+
 def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, monkeypatch):
     adapter = cm.adapt(tiny_bridge)
     starts = []
