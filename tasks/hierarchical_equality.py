@@ -48,12 +48,15 @@ class HierEqConfig:
     n_trusted: int = 3000
     n_normal: int = 700
     n_anomalous: int = 300
+    fused_adamw: bool = False  # PyTorch's fused AdamW kernel: same update, other float rounding
 
 
 SIZES = {
     "full": HierEqConfig(),
+    # tiny: the fused AdamW step is 0.4 ms where the default one is 1.2 ms, a quarter of
+    # each 8000 steps' cost (session 10, 2 cores: 36 s -> under 30 s)
     "tiny": HierEqConfig(n_entities=100, dim=8, hidden=128, steps=8000, poison_rate=0.1,
-                         n_trusted=3000, n_normal=200, n_anomalous=100),
+                         n_trusted=3000, n_normal=200, n_anomalous=100, fused_adamw=True),
 }
 CODE_VERSION = 2
 
@@ -109,7 +112,7 @@ def build_model(cfg: HierEqConfig, seed: int) -> nn.Sequential:
 def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequential, float]:
     model = build_model(cfg, seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=cfg.fused_adamw or None)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

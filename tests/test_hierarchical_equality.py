@@ -95,7 +95,7 @@ def test_das_aligns_each_equality_variable_on_held_out_pairs(task, var):
         return interchange_accuracy(ad, h, var, s, held[0], held[1], pool[0], pool[1], held_pairs)
 
     random_basis, _ = torch.linalg.qr(torch.randn(128, 4, generator=torch.Generator().manual_seed(0)))
-    assert iia(site) >= 0.97  # measured 0.9875 (w1), 0.989 (w2)
+    assert iia(site) >= 0.97  # measured 0.984 (w1), 0.983 (w2); before the fused AdamW 0.9875, 0.989
     assert iia(cm.Site("3").with_basis(random_basis, "random")) < 0.7
 
 
@@ -106,7 +106,7 @@ def test_scrubbing_detects_the_backdoor_on_both_splits(task):
     # das_rank="auto": no whole layer carries w1 or w2, so alignment learned DAS subspaces
     assert all("das" in det.alignment_.best(v).key for v in ("w1", "w2"))
     assert min(det.alignment_.heldout_iia().values()) >= 0.95
-    for name, floor in (("easy", 0.93), ("hard", 0.75)):  # measured 0.961, 0.848
+    for name, floor in (("easy", 0.93), ("hard", 0.75)):  # measured 0.969, 0.895 (0.961, 0.848 before the fused AdamW)
         split = task.splits[name]
         scores = det.score(split.inputs)
         assert scores.shape == (len(split.labels),) and np.isfinite(scores).all()
