@@ -14,7 +14,7 @@ from causalmad.evaluation import evaluate_splits
 pytestmark = pytest.mark.slow
 
 VARIANTS = ["addition-backdoor", "addition-backdoor-token", "addition-backdoor-lowpoison"]
-# attack success floors at tiny size (measured: 0.99, 1.00, 0.98 at the tiny poison rates 0.1, 0.05, 0.08)
+# attack success floors at tiny size (measured session 10: 1.00, 1.00, 0.97 at the tiny poison rates 0.2, 0.05, 0.16)
 ATTACK_FLOOR = {"addition-backdoor": 0.9, "addition-backdoor-token": 0.9, "addition-backdoor-lowpoison": 0.9}
 
 
