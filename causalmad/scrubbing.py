@@ -249,25 +249,21 @@ Counterfactual = Callable[[dict[str, Hashable], str, Hashable], Sequence[int]]
 
 def counterfactual_classes(
     counterfactual: Counterfactual | None, explanation: Explanation, values: Values, pool: SourcePool,
-    sources: np.ndarray, memo: dict[tuple[int, str, Hashable], Sequence[int]] | None = None,
+    sources: np.ndarray,
 ) -> np.ndarray:
-    """``[n, k, outputs]`` target classes of an interchange explanation's rows. ``memo``
-    (keyed by input index, variable and value) shares the hypothesis' counterfactual
-    outputs between explanations that intervene on the same variable."""
+    """``[n, k, outputs]`` target classes of an interchange explanation's rows."""
     var = explanation.target
     if counterfactual is None or var is None:
         raise ValueError(f"Explanation {explanation.name!r}: only an interchange explanation with a counterfactual "
                          "has counterfactual classes.")
-    seen = {} if memo is None else memo  # a variable takes few values: one call per input and value
     out = []
     for i, row in enumerate(sources):
-        classes = []
+        seen: dict[Hashable, Sequence[int]] = {}  # a variable takes few values: one call per value
         for s in row:
-            key = (i, var, pool.values[s][var])
-            if key not in seen:
-                seen[key] = counterfactual(values[i], var, key[2])
-            classes.append(seen[key])
-        out.append(classes)
+            value = pool.values[s][var]
+            if value not in seen:
+                seen[value] = counterfactual(values[i], var, value)
+        out.append([seen[pool.values[s][var]] for s in row])
     return np.asarray(out, dtype=np.int64)
 
 
@@ -474,12 +470,11 @@ def scrub_many(
         # each input's sources depend on its key only, so chunking does not change them
         sources: dict[int, list[np.ndarray]] = {}
         classes: dict[int, np.ndarray] = {}
-        memo: dict[tuple[int, str, Hashable], Sequence[int]] = {}
         gap = np.zeros((m, n_expl), dtype=bool)
         for j, e in enumerate(explanations):
             sources[j], unmatched[a:b, j], gap[:, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
             if e.target is not None:
-                classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0], memo)
+                classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
         # one clean pass: resume activations and (unless given) the unscrubbed readouts
         own = readouts if clean_all is None else ()
         got = _capture_raw(adapter, x, captured, rows_per_pass, own) if captured or own else []
