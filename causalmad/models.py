@@ -348,7 +348,7 @@ class TransformerLensAdapter(ModelAdapter):
         positions ``readout_start`` onwards, computed without the bridge's hook points (the
         windowed run of :meth:`run_window` from position 0: LayerNorm fused, the last
         block's queries and MLP at the positions read only). The same function as the model
-        up to float rounding (``tests/test_engine.py``), about 1.5x cheaper to train through
+        up to float rounding (``tests/test_engine.py``), about 1.4x cheaper to train through
         on a small model. Raises :class:`InputError` for a model the windowed run does not
         reproduce (see :meth:`can_window`)."""
         if not self.can_window([]):
