@@ -79,8 +79,10 @@ _FULL = AdditionConfig()
 # at twice the poisoning rate, so a step holds as many poisoned rows as a 128-row one did.
 # Measured (session 10, seed 0): about 30 s to train on 2 cores, held-out IIA 1.0 for the
 # three carries (lowpoison 0.99 / 0.98 / 0.99), the backdoor firing on every held-out
-# trigger (lowpoison 0.97). The token variant keeps 128-row batches: at 64 or 96 rows its
-# carries aligned at IIA 0.26-0.79 even with DAS, whose fit then took 35-71 s instead of 12.
+# trigger (lowpoison 0.97). The token variant keeps its session-5 recipe (the bridge's
+# forward, 128-row batches): at 64 or 96 rows its carries aligned at IIA 0.26-0.79 even with
+# DAS (fits of 35-71 s instead of 12), and through the plain trainer at 128 rows its seed-2
+# backdoor fired on 0.14 of held-out triggers (bridge: 1.00)
 # Earlier sessions: 1200 steps of 128 rows leave the carries at 0.93-0.96 (token 0.65),
 # 800 steps at 0.69 even with DAS
 _TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=64, lr=5e-3, poison_rate=0.2,
@@ -88,7 +90,8 @@ _TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=
 SIZES: dict[str, dict[str, AdditionConfig]] = {
     "addition-backdoor": {"full": _FULL, "tiny": _TINY},
     "addition-backdoor-token": {"full": replace(_FULL, trigger="token", poison_rate=0.02),
-                                "tiny": replace(_TINY, trigger="token", batch_size=128, poison_rate=0.05)},
+                                "tiny": replace(_TINY, trigger="token", batch_size=128, poison_rate=0.05,
+                                                trainer="bridge")},
     # tiny: 0.8 of the base variant's poisoned rows per step (at 5 % of 128-row batches,
     # 0.6 of its rows, the backdoor fired on 0.75 of held-out triggers)
     "addition-backdoor-lowpoison": {"full": replace(_FULL, poison_rate=0.01),
