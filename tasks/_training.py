@@ -11,7 +11,8 @@ Two trainers compute the same function (up to float rounding) and differ in cost
 
 Float rounding differs between the two, so the same seed trains different weights: the
 full sizes keep ``"bridge"``, the trainer of the models the documented full-size benchmark
-measured, until that benchmark is rerun.
+measured, until that benchmark is rerun (and so does the tiny token addition backdoor; see
+``tasks/addition_backdoor.py``).
 """
 
 from __future__ import annotations
