@@ -27,7 +27,9 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     # DAS (tests/test_addition_task.py, test_hierarchical_equality.py and test_tracr.py test
     # it; in this run it only cost quirky arithmetic's fit 43 s and left the scores as they
     # were). The tiny models themselves are trained in full.
-    quick = ["--max-inputs", "20", "--param", "scrubbing.resamples=1", "--param", "scrubbing.das_rank=null"]
+    # (and isolation forests of 50 trees a site instead of 200: about 37 s of cells otherwise)
+    quick = ["--max-inputs", "20", "--param", "scrubbing.resamples=1", "--param", "scrubbing.das_rank=null",
+             "--param", "isolation-forest.n_estimators=50"]
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
     assert "0 failed" in capsys.readouterr().out
     records = json.loads((out / "results.json").read_text())
@@ -47,8 +49,8 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
         assert {(r["split"], r["detector"]) for r in records if r["task"] == task} == {
             (s, d) for s in splits for d in cm.DETECTORS}
     assert {r["detector"] for r in records if r["skyline"]} == {"supervised-probe"}
-    assert all(r.get("params") == ({"resamples": 1, "das_rank": None} if r["detector"] == "scrubbing" else None)
-               for r in records)
+    params = {"scrubbing": {"resamples": 1, "das_rank": None}, "isolation-forest": {"n_estimators": 50}}
+    assert all(r.get("params") == params.get(r["detector"]) for r in records)
 
     # TPR thresholds come from held-out trusted scores, stored beside every cell's scores
     for r in records:
