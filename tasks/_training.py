@@ -1,4 +1,4 @@
-"""How the tasks' TransformerLens models are trained: the forward pass and optimizer.
+"""How the tasks' models are trained: the optimizer, and for TransformerLens models the forward pass.
 
 Two trainers compute the same function (up to float rounding) and differ in cost:
 
@@ -26,17 +26,21 @@ import causalmad as cm
 TRAINERS = ("bridge", "plain")
 
 
-def training_setup(model: torch.nn.Module, trainer: str, lr: float, weight_decay: float = 0.01
+def adamw(model: torch.nn.Module, lr: float, fused: bool, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """Every task's optimizer: AdamW, with PyTorch's fused kernel or its default one."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def training_setup(model: torch.nn.Module, trainer: str, lr: float
                    ) -> tuple[torch.optim.Optimizer, Callable[[torch.Tensor, int], torch.Tensor]]:
     """AdamW on ``model``'s parameters and ``logits_at(x, start)``: the logits of token
     ids ``x`` at positions ``start`` onwards, ``[n, pos - start, vocab]``."""
     if trainer == "bridge":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        return opt, lambda x, start: model(x)[:, start:]
+        return adamw(model, lr, fused=False), lambda x, start: model(x)[:, start:]
     if trainer == "plain":
         adapter = cm.adapt(model)
         if not isinstance(adapter, cm.TransformerLensAdapter):
             raise cm.TaskError(f"The plain trainer needs a TransformerLens model, not {type(model).__name__}.")
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-        return opt, adapter.plain_logits
+        adapter.check_plain_logits()  # once, not every step
+        return adamw(model, lr, fused=True), adapter.unchecked_plain_logits
     raise cm.TaskError(f"Unknown trainer {trainer!r}; use one of {TRAINERS}.")

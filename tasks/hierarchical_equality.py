@@ -31,6 +31,7 @@ from torch import nn
 import causalmad as cm
 from hypotheses.hierarchical_equality import hierarchical_equality_hypothesis
 from tasks._cache import load_or_train
+from tasks._training import adamw
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def build_model(cfg: HierEqConfig, seed: int) -> nn.Sequential:
 def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequential, float]:
     model = build_model(cfg, seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=cfg.fused_adamw or None)
+    opt = adamw(model, cfg.lr, fused=cfg.fused_adamw)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

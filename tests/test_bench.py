@@ -25,9 +25,9 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     # a smoke test: every task and detector, on the first 20 normal + 20 anomalous inputs of
     # each split and 160 trusted ones, scrubbing each input once per explanation and with no
     # DAS (tests/test_addition_task.py, test_hierarchical_equality.py and test_tracr.py test
-    # it; in this run it only cost quirky arithmetic's fit 43 s and left the scores as they
-    # were). The tiny models themselves are trained in full.
-    # (and isolation forests of 50 trees a site instead of 200: about 37 s of cells otherwise)
+    # it; here it only cost quirky arithmetic's fit 43 s and left the scores as they were),
+    # isolation forests of 50 trees a site instead of 200 (about 37 s of cells otherwise).
+    # The tiny models themselves are trained in full.
     quick = ["--max-inputs", "20", "--param", "scrubbing.resamples=1", "--param", "scrubbing.das_rank=null",
              "--param", "isolation-forest.n_estimators=50"]
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
