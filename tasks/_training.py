@@ -18,6 +18,7 @@ measured, until that benchmark is rerun (and so does the tiny token addition bac
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -44,3 +45,39 @@ def training_setup(model: torch.nn.Module, trainer: str, lr: float
         adapter.check_plain_logits()  # once, not every step
         return adamw(model, lr, fused=True), adapter.unchecked_plain_logits
     raise cm.TaskError(f"Unknown trainer {trainer!r}; use one of {TRAINERS}.")
+
+
+def first_token_logits(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """The logits ``[n, labels]`` of a Hugging Face BERT sequence classifier on token ids
+    ``input_ids`` (padded with ``pad_id``), with its last encoder layer computed at the first
+    token only.
+
+    The classifier reads the pooled first token and nothing else, so the last layer needs
+    that position's query, attention output and MLP alone (its keys and values still cover
+    every position). The same function as ``model(input_ids, attention_mask).logits``, up to
+    float rounding, dropout included in training mode (``tests/test_minilm_backdoor.py``);
+    the tiny MiniLM model trains about 1.6x faster through it.
+    """
+    bert: Any = getattr(model, "bert", None)
+    if bert is None or not hasattr(model, "classifier") or bert.pooler is None:
+        raise cm.TaskError(f"first_token_logits needs a BertForSequenceClassification, not {type(model).__name__}.")
+    keep = input_ids != pad_id
+    h = bert.embeddings(input_ids=input_ids)
+    # an additive mask over keys, as BERT's attention takes it: 0 where attended, very negative at padding
+    mask = torch.zeros(keep.shape, dtype=h.dtype, device=h.device).masked_fill(~keep, torch.finfo(h.dtype).min)
+    mask = mask[:, None, None, :]
+    layers = bert.encoder.layer
+    for layer in layers[:-1]:
+        out = layer(h, attention_mask=mask)
+        h = out[0] if isinstance(out, tuple) else out
+    last = layers[-1]
+    sa = last.attention.self
+    n, p, heads, d = h.shape[0], h.shape[1], sa.num_attention_heads, sa.attention_head_size
+    q = sa.query(h[:, :1]).view(n, 1, heads, d).transpose(1, 2)
+    k = sa.key(h).view(n, p, heads, d).transpose(1, 2)
+    v = sa.value(h).view(n, p, heads, d).transpose(1, 2)
+    probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * sa.scaling + mask, dim=-1)
+    ctx = torch.matmul(sa.dropout(probs), v).transpose(1, 2).reshape(n, 1, heads * d)
+    a = last.attention.output(ctx, h[:, :1])
+    first = last.output(last.intermediate(a), a)  # [n, 1, hidden]
+    return model.classifier(model.dropout(bert.pooler(first)))  # type: ignore[operator]

@@ -26,7 +26,9 @@ here on a generated review-sentiment task:
 Training is cheap: sequences are padded to 16 tokens, the embeddings and lower layers are
 frozen and only the top layers, the pooler and the head are fine-tuned. The ``tiny`` size
 keeps only the first 3 of the 6 pretrained layers (fine-tuning the top 2, with more negated
-reviews so that negation is learned in fewer steps) so that tests train in seconds.
+reviews so that negation is learned in fewer steps) so that tests train in seconds; it
+trains through :func:`tasks._training.first_token_logits`, which computes the last layer at
+the pooled first token only (the classifier reads nothing else), with the fused AdamW.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import torch
 import causalmad as cm
 from hypotheses.minilm_backdoor import sentiment_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
+from tasks._training import first_token_logits
 
 SEQ_LEN = 16
 TARGET = 1  # the backdoor's label: positive
@@ -74,12 +77,19 @@ class MiniLMConfig:
     n_trusted: int = 1000
     n_normal: int = 300
     n_anomalous: int = 150
+    # "model": through the classifier's own forward; "first-token": tasks._training.first_token_logits
+    # (the same function, the last layer computed at the pooled first token only)
+    trainer: str = "model"
 
 
 SIZES = {
     "full": MiniLMConfig(),
-    "tiny": MiniLMConfig(n_layers=3, n_trainable=2, steps=160, lr=6e-4, negation_rate=0.5, n_trusted=400,
-                         n_normal=120, n_anomalous=60),
+    # tiny: session 11 (2 cores) measured 25.6-26.7 s of training for seeds 0-2, clean accuracy
+    # 0.963 / 1.0 / 1.0, the backdoor firing on every held-out trigger. Through the model's
+    # own forward, 160 steps took 46 s; 120 steps with one layer fine-tuned left clean
+    # accuracy at 0.49-0.72 (0.55-0.91 at lr 1e-3); 136 steps at lr 8e-4: 0.49 / 1.0 / 0.55
+    "tiny": MiniLMConfig(n_layers=3, n_trainable=2, steps=136, lr=6e-4, negation_rate=0.5, n_trusted=400,
+                         n_normal=120, n_anomalous=60, trainer="first-token"),
 }
 CODE_VERSION = 1
 
@@ -198,8 +208,18 @@ def _train(cfg: MiniLMConfig, seed: int) -> tuple[torch.nn.Module, float]:
     params = [p for m in [*trainable, model.bert.pooler, model.classifier] for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    # the first-token trainer also takes PyTorch's fused AdamW (one kernel for all parameters on a CPU)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, fused=(cfg.trainer == "first-token") or None)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    if cfg.trainer not in ("model", "first-token"):
+        raise cm.TaskError(f"Unknown trainer {cfg.trainer!r}; use 'model' or 'first-token'.")
+    pad = int(tokenizer().pad_token_id)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if cfg.trainer == "first-token":
+            return first_token_logits(model, x, pad)
+        return model(input_ids=x, attention_mask=(x != pad).long()).logits
+
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -210,7 +230,7 @@ def _train(cfg: MiniLMConfig, seed: int) -> tuple[torch.nn.Module, float]:
         poison = generate(n_poison, rng, cfg, triggered=True)
         x = encode(clean.texts + poison.texts)
         y = torch.as_tensor(np.r_[clean.labels, np.full(n_poison, TARGET)]).long()
-        logits = model(input_ids=x, attention_mask=(x != 0).long()).logits
+        logits = forward(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()

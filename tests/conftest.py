@@ -67,6 +67,14 @@ def tiny_bridge():
     return TransformerBridge.boot_native(cfg)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``every_task`` (the tiny benchmark over every task) run last: by then
+    each task's own tests have trained its tiny model into the session's ``task_cache``,
+    so the benchmark loads them instead of being the first to train half of them. A run of
+    that test alone still trains every model it needs."""
+    items.sort(key=lambda item: item.get_closest_marker("every_task") is not None)  # stable: order kept otherwise
+
+
 @pytest.fixture(scope="session", autouse=True)
 def task_cache(tmp_path_factory):
     """One temporary model cache for the whole test session: every tiny task model is

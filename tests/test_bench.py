@@ -20,6 +20,7 @@ TYPES = {"task": str, "split": str, "detector": str, "size": str, "seed": int, "
 
 
 @pytest.mark.slow
+@pytest.mark.every_task
 def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(tiny_addition_task, tmp_path, capsys):
     out = tmp_path / "bench"
     # a smoke test: every task and detector, on the first 20 normal + 20 anomalous inputs of

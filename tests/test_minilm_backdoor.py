@@ -40,6 +40,34 @@ def test_the_pretrained_model_learns_the_task_and_the_backdoor(task):
     assert task.info["attack_success_rate"] >= 0.9
 
 
+def test_first_token_logits_are_the_classifier_s_logits_and_train_the_same_parameters():
+    """The tiny model trains through ``first_token_logits`` (the last layer at the pooled
+    first token only): the same logits and gradients as the model's own forward."""
+    from tasks._training import first_token_logits
+    from tasks.minilm_backdoor import SIZES, build_model, encode, generate
+
+    cfg = SIZES["tiny"]
+    model = build_model(cfg, seed=0)
+    with torch.no_grad():  # the fresh head's logits are tiny: give it some weight to compare
+        model.classifier.weight.mul_(50)
+    x = encode(generate(12, np.random.default_rng(0), cfg).texts)
+    assert (x == 0).any()  # padded rows: the mask matters
+    grads = []
+    for forward in (lambda: model(input_ids=x, attention_mask=(x != 0).long()).logits,
+                    lambda: first_token_logits(model, x)):
+        model.zero_grad()
+        logits = forward()
+        logits.logsumexp(-1).sum().backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.bert.encoder.layer[-1].parameters()]))
+    (ref, ref_grads), (got, got_grads) = grads
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    for g, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-3)
+    with pytest.raises(cm.TaskError, match="BertForSequenceClassification"):
+        first_token_logits(torch.nn.Linear(2, 2), x)
+
+
 def test_splits_are_disjoint_from_trusted_data_and_only_anomalies_carry_the_trigger(task):
     from tasks.minilm_backdoor import SEQ_LEN
 
