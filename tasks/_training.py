@@ -13,6 +13,9 @@ Float rounding differs between the two, so the same seed trains different weight
 full sizes keep ``"bridge"``, the trainer of the models the documented full-size benchmark
 measured, until that benchmark is rerun (and so does the tiny token addition backdoor; see
 ``tasks/addition_backdoor.py``).
+
+For the Hugging Face BERT classifier of ``minilm-backdoor``, :func:`first_token_logits` plays
+the plain trainer's part: the last layer is computed at the pooled first token only.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ def first_token_logits(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: 
 
     The classifier reads the pooled first token and nothing else, so the last layer needs
     that position's query, attention output and MLP alone (its keys and values still cover
-    every position). The same function as ``model(input_ids, attention_mask).logits``, up to
-    float rounding, dropout included in training mode (``tests/test_minilm_backdoor.py``);
-    the tiny MiniLM model trains about 1.6x faster through it.
+    every position). The same function as ``model(input_ids, attention_mask).logits`` up to
+    float rounding in eval mode, with the same gradients (``tests/test_minilm_backdoor.py``);
+    in training mode it applies the model's dropouts to what it computes. A 32-row
+    training step of the tiny MiniLM model is about 1.4x faster through it.
     """
     bert: Any = getattr(model, "bert", None)
     if bert is None or not hasattr(model, "classifier") or bert.pooler is None:
