@@ -80,7 +80,7 @@ def first_token_logits(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: 
     q = sa.query(h[:, :1]).view(n, 1, heads, d).transpose(1, 2)
     k = sa.key(h).view(n, p, heads, d).transpose(1, 2)
     v = sa.value(h).view(n, p, heads, d).transpose(1, 2)
-    probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * sa.scaling + mask, dim=-1)
+    probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * getattr(sa, "scaling", d ** -0.5) + mask, dim=-1)
     ctx = torch.matmul(sa.dropout(probs), v).transpose(1, 2).reshape(n, 1, heads * d)
     a = last.attention.output(ctx, h[:, :1])
     first = last.output(last.intermediate(a), a)  # [n, 1, hidden]

@@ -201,6 +201,8 @@ def build_model(cfg: MiniLMConfig, seed: int) -> torch.nn.Module:
 
 
 def _train(cfg: MiniLMConfig, seed: int) -> tuple[torch.nn.Module, float]:
+    if cfg.trainer not in ("model", "first-token"):  # before loading any weights
+        raise cm.TaskError(f"Unknown trainer {cfg.trainer!r}; use 'model' or 'first-token'.")
     model = build_model(cfg, seed)
     trainable = [model.bert.encoder.layer[i] for i in range(cfg.n_layers - cfg.n_trainable, cfg.n_layers)]
     for p in model.parameters():
@@ -211,8 +213,6 @@ def _train(cfg: MiniLMConfig, seed: int) -> tuple[torch.nn.Module, float]:
     # the first-token trainer also takes PyTorch's fused AdamW (one kernel for all parameters on a CPU)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, fused=(cfg.trainer == "first-token") or None)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    if cfg.trainer not in ("model", "first-token"):
-        raise cm.TaskError(f"Unknown trainer {cfg.trainer!r}; use 'model' or 'first-token'.")
     pad = int(tokenizer().pad_token_id)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
