@@ -20,7 +20,7 @@ the plain trainer's part: the last layer is computed at the pooled first token o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -30,9 +30,10 @@ import causalmad as cm
 TRAINERS = ("bridge", "plain")
 
 
-def adamw(model: torch.nn.Module, lr: float, fused: bool, weight_decay: float = 0.01) -> torch.optim.AdamW:
-    """Every task's optimizer: AdamW, with PyTorch's fused kernel or its default one."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, fused: bool, weight_decay: float = 0.01
+          ) -> torch.optim.AdamW:
+    """Every task's optimizer: AdamW on ``params``, with PyTorch's fused kernel or its default one."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def training_setup(model: torch.nn.Module, trainer: str, lr: float
@@ -40,13 +41,13 @@ def training_setup(model: torch.nn.Module, trainer: str, lr: float
     """AdamW on ``model``'s parameters and ``logits_at(x, start)``: the logits of token
     ids ``x`` at positions ``start`` onwards, ``[n, pos - start, vocab]``."""
     if trainer == "bridge":
-        return adamw(model, lr, fused=False), lambda x, start: model(x)[:, start:]
+        return adamw(model.parameters(), lr, fused=False), lambda x, start: model(x)[:, start:]
     if trainer == "plain":
         adapter = cm.adapt(model)
         if not isinstance(adapter, cm.TransformerLensAdapter):
             raise cm.TaskError(f"The plain trainer needs a TransformerLens model, not {type(model).__name__}.")
         adapter.check_plain_logits()  # once, not every step
-        return adamw(model, lr, fused=True), adapter.unchecked_plain_logits
+        return adamw(model.parameters(), lr, fused=True), adapter.unchecked_plain_logits
     raise cm.TaskError(f"Unknown trainer {trainer!r}; use one of {TRAINERS}.")
 
 

@@ -113,7 +113,7 @@ def build_model(cfg: HierEqConfig, seed: int) -> nn.Sequential:
 def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequential, float]:
     model = build_model(cfg, seed)
     model.train()
-    opt = adamw(model, cfg.lr, fused=cfg.fused_adamw)
+    opt = adamw(model.parameters(), cfg.lr, fused=cfg.fused_adamw)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -46,7 +47,7 @@ import torch
 import causalmad as cm
 from hypotheses.minilm_backdoor import sentiment_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
-from tasks._training import first_token_logits
+from tasks._training import adamw, first_token_logits
 
 SEQ_LEN = 16
 TARGET = 1  # the backdoor's label: positive
@@ -82,6 +83,7 @@ class MiniLMConfig:
     trainer: str = "model"
 
 
+TRAINERS = ("model", "first-token")
 SIZES = {
     "full": MiniLMConfig(),
     # tiny: session 11 (2 cores) measured 25.6-26.7 s of training for seeds 0-2, clean accuracy
@@ -201,8 +203,8 @@ def build_model(cfg: MiniLMConfig, seed: int) -> torch.nn.Module:
 
 
 def _train(cfg: MiniLMConfig, seed: int) -> tuple[torch.nn.Module, float]:
-    if cfg.trainer not in ("model", "first-token"):  # before loading any weights
-        raise cm.TaskError(f"Unknown trainer {cfg.trainer!r}; use 'model' or 'first-token'.")
+    if cfg.trainer not in TRAINERS:  # before loading any weights
+        raise cm.TaskError(f"Unknown trainer {cfg.trainer!r}; use one of {TRAINERS}.")
     model = build_model(cfg, seed)
     trainable = [model.bert.encoder.layer[i] for i in range(cfg.n_layers - cfg.n_trainable, cfg.n_layers)]
     for p in model.parameters():
@@ -210,16 +212,14 @@ def _train(cfg: MiniLMConfig, seed: int) -> tuple[torch.nn.Module, float]:
     params = [p for m in [*trainable, model.bert.pooler, model.classifier] for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
+    first_token = cfg.trainer == "first-token"
     # the first-token trainer also takes PyTorch's fused AdamW (one kernel for all parameters on a CPU)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, fused=(cfg.trainer == "first-token") or None)
+    opt = adamw(params, cfg.lr, fused=first_token)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     pad = int(tokenizer().pad_token_id)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if cfg.trainer == "first-token":
-            return first_token_logits(model, x, pad)
-        return model(input_ids=x, attention_mask=(x != pad).long()).logits
-
+    forward: Callable[[torch.Tensor], torch.Tensor] = (
+        (lambda x: first_token_logits(model, x, pad)) if first_token
+        else (lambda x: model(input_ids=x, attention_mask=(x != pad).long()).logits))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
