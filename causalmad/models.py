@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,28 @@ class HookInfo:
     component: str
     n_heads: int = 0
     d_head: int = 0
+
+
+@dataclass
+class CleanWindow:
+    """The clean run of a windowed run's inputs (:meth:`ModelAdapter.run_window`), which
+    the run reuses at every position no patch reaches.
+
+    Attributes:
+        kv: for each block the run computes, the clean keys and values of every input at
+            every position, ``[inputs, heads, pos, d_head]`` each (:meth:`ModelAdapter.prefix_kv`).
+        resid: for each block the run computes, its clean input, then the last block's
+            clean output: ``[inputs, pos, d]`` each (the activations of
+            :meth:`ModelAdapter.window_inputs`, then of :meth:`ModelAdapter.final_hook`).
+        rows: ``[rows]`` the input each row of the run is (an index into ``kv`` and ``resid``).
+        touched: for each window point (:meth:`ModelAdapter.window_point`) the run
+            patches, the window positions its patches write (``None``: every position).
+    """
+
+    kv: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    resid: Sequence[torch.Tensor]
+    rows: torch.Tensor
+    touched: Mapping[str, torch.Tensor | None]
 
 
 class ModelAdapter(ABC):
@@ -141,9 +163,9 @@ class ModelAdapter(ABC):
 
     def run_window(self, point: str, start: int, act: torch.Tensor, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
                    patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
-                   readout_start: int | None = None) -> torch.Tensor:
+                   readout_start: int | None = None, clean: CleanWindow | None = None) -> torch.Tensor:
         """Logits of a causal model run on from ``point`` for positions ``start`` onwards
-        only (see :class:`TransformerLensAdapter`)."""
+        only, reusing ``clean`` wherever no patch reaches (see :class:`TransformerLensAdapter`)."""
         raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
 
     def activation_bytes_per_row(self, example: torch.Tensor) -> int:
@@ -387,7 +409,7 @@ class TransformerLensAdapter(ModelAdapter):
 
     def run_window(self, point: str, start: int, act: torch.Tensor, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
                    patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
-                   readout_start: int | None = None) -> torch.Tensor:
+                   readout_start: int | None = None, clean: CleanWindow | None = None) -> torch.Tensor:
         """Logits ``[rows, start + w, vocab]`` of the model run on from :meth:`resume_point`
         ``point`` for positions ``start`` onwards only.
 
@@ -398,50 +420,125 @@ class TransformerLensAdapter(ModelAdapter):
         and only the ``w`` window positions of ``act`` (``[rows, w, d]``, ``point``'s
         activation at ``start..``) are computed. ``patches`` maps canonical hook points
         (:meth:`window_point`) to functions applied to the window's activation there, in
-        window coordinates. ``readout_start``: the caller reads logits at that position
-        and after only, so the last block computes its queries, MLP and output there alone
-        (its keys and values still cover the window). Logits the caller does not read are
-        zeros. Equal to :meth:`run_from` at the positions read, up to float rounding
+        window coordinates (positions the run does not compute are zeros there).
+        ``readout_start``: the caller reads logits at that position and after only, so the
+        last block computes its queries, MLP and output there alone (its keys and values
+        still cover the window). Logits the caller does not read are zeros.
+
+        ``clean`` (the clean run of the rows' inputs, with the positions each patch
+        writes; ``prefix_kv`` is then unused): a block computes only the positions a patch
+        can have changed: those a patch in it writes, and every position from the first
+        one whose input differs from the clean run's (attention mixes it into all later
+        ones); keys and values are recomputed only where the input differs. A patch on
+        block 0's attention at position 2 thus runs block 0 at position 2 alone. Without
+        ``clean`` every window position counts as changed.
+
+        Equal to :meth:`run_from` at the positions read, up to float rounding
         (``tests/test_engine.py``)."""
         blocks = self._native_blocks()
         rows, w = act.shape[:2]
-        causal = torch.ones(w, start + w, dtype=torch.bool, device=act.device).triu(start + 1)
+        device = act.device
+        everywhere, nowhere = torch.ones(w, dtype=torch.bool), torch.zeros(w, dtype=torch.bool)
+        pos = torch.arange(w)
 
-        def at(name: str, x: torch.Tensor, cut: int = 0) -> torch.Tensor:
-            # x holds window positions cut.. only; a patch sees the whole window (zeros before cut)
+        def touched(name: str) -> torch.Tensor:
+            """The window positions the patches at ``name`` write (CPU mask)."""
+            if name not in patches:
+                return nowhere
+            at_pos = None if clean is None else clean.touched.get(name)
+            if at_pos is None:
+                return everywhere
+            mask = nowhere.clone()
+            mask[at_pos.cpu()] = True
+            return mask
+
+        def span(mask: torch.Tensor) -> slice | torch.Tensor | None:
+            """``mask``'s positions as an index: a slice when they are contiguous."""
+            idx = mask.nonzero().flatten()
+            if not len(idx):
+                return None
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            return slice(lo, hi) if hi - lo == len(idx) else idx.to(device)
+
+        def at(name: str, x: torch.Tensor, where: slice | torch.Tensor) -> torch.Tensor:
+            """Apply ``name``'s patches to ``x``, the window's positions ``where``."""
             fns = patches.get(name, ())
-            if fns and cut:
-                x = torch.cat([x.new_zeros(rows, cut, x.shape[-1]), x], 1)
+            if not fns:
+                return x
+            whole = isinstance(where, slice) and where.start == 0 and where.stop == w
+            if not whole:
+                full = x.new_zeros(rows, w, x.shape[-1])
+                full[:, where] = x
+                x = full
             for fn in fns:
                 x = fn(x)
-            return x[:, cut:] if fns and cut else x
+            return x if whole else x[:, where]
 
-        layer = self._point_layer(point)
-        h = at(f"blocks.{layer - 1}.hook_out", act) if layer > 0 else act
-        for i, (k_pre, v_pre) in zip(range(layer, len(blocks)), prefix_kv):
+        def positions(where: slice | torch.Tensor) -> torch.Tensor:
+            return torch.arange(where.start, where.stop, device=device) if isinstance(where, slice) else where
+
+        layer, n = self._point_layer(point), len(blocks)
+        keys = torch.arange(start + w, device=device)
+        h, off = act, 0  # h: the window's positions off.. (off > 0 only after a last block without clean)
+        dirty = everywhere if clean is None else nowhere  # positions where h may differ from the clean run
+        if layer > 0:
+            h = at(f"blocks.{layer - 1}.hook_out", h, slice(0, w))
+            dirty = dirty | touched(f"blocks.{layer - 1}.hook_out")
+        for i in range(layer, n):
             block, name = blocks[i], f"blocks.{i}"
             attn = block.attn._original_component
-            h = at(f"{name}.hook_in", h)
-            a = _inner(block.ln1)(h)
-            # the last block: queries only where logits are read
-            last = readout_start is not None and i == len(blocks) - 1
-            cut = min(max(0, readout_start - start), w - 1) if last else 0  # type: ignore[operator]
-            q = attn.q(a[:, cut:]).view(rows, w - cut, attn.n_heads, attn.d_head).transpose(1, 2)
-            k = torch.cat([k_pre, attn.k(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
-            v = torch.cat([v_pre, attn.v(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
+            ln1 = _inner(block.ln1)
+            h = at(f"{name}.hook_in", h, slice(0, w))
+            dirty = dirty | touched(f"{name}.hook_in")
+            first = int(dirty.nonzero()[0]) if dirty.any() else w
+            changed = pos >= first
+            for point_in_block in ("attn.o.hook_in", "attn.hook_out", "mlp.hook_out", "hook_out"):
+                changed = changed | touched(f"{name}.{point_in_block}")
+            if readout_start is not None and i == n - 1:  # the last block: only where logits are read
+                changed = changed & (pos >= min(max(0, readout_start - start), w - 1))
+            where = span(changed)
+            if where is None:  # no patch reaches this block's output: it is the clean run's
+                assert clean is not None
+                h, dirty = clean.resid[i - layer + 1][clean.rows, start:], nowhere
+                continue
+            # keys and values: the clean run's, recomputed where the input differs
+            if clean is None:
+                a = ln1(h)
+                k, v = (torch.cat([pre, proj(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
+                        for pre, proj in zip(prefix_kv[i - layer], (attn.k, attn.v)))
+            else:
+                k, v = (kv[clean.rows] for kv in clean.kv[i - layer])
+                redo = span(dirty)
+                if redo is not None:
+                    a = ln1(h[:, redo])
+                    at_redo = slice(start + redo.start, start + redo.stop) if isinstance(redo, slice) else start + redo
+                    k[:, :, at_redo] = attn.k(a).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+                    v[:, :, at_redo] = attn.v(a).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+            h_at = h[:, where]
+            a_at = a[:, where] if clean is None else ln1(h_at)
+            m = h_at.shape[1]
+            q = attn.q(a_at).view(rows, m, attn.n_heads, attn.d_head).transpose(1, 2)
             if attn.kv_repeats > 1:
                 k, v = k.repeat_interleave(attn.kv_repeats, dim=1), v.repeat_interleave(attn.kv_repeats, dim=1)
             scores = torch.matmul(q, k.transpose(-2, -1)) / attn.scale
-            mask = causal[cut:]
+            mask = keys[None, :] > (start + positions(where))[:, None]
             pattern = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).masked_fill(mask, 0.0)
-            z = torch.matmul(pattern, v).transpose(1, 2).contiguous().view(rows, w - cut, -1)
-            h = h[:, cut:] + at(f"{name}.attn.hook_out", attn.o(at(f"{name}.attn.o.hook_in", z, cut)), cut)
+            z = torch.matmul(pattern, v).transpose(1, 2).contiguous().view(rows, m, -1)
+            h_at = h_at + at(f"{name}.attn.hook_out", attn.o(at(f"{name}.attn.o.hook_in", z, where)), where)
             if not self.cfg.attn_only:
-                h = h + at(f"{name}.mlp.hook_out", _inner(block.mlp)(_inner(block.ln2)(h)), cut)
-            h = at(f"{name}.hook_out", h, cut)
-            start, w = start + cut, w - cut
-        logits = _inner(self.model.unembed)(_inner(self.model.ln_final)(h))
-        return torch.cat([logits.new_zeros(rows, start, logits.shape[-1]), logits], 1)
+                h_at = h_at + at(f"{name}.mlp.hook_out", _inner(block.mlp)(_inner(block.ln2)(h_at)), where)
+            h_at = at(f"{name}.hook_out", h_at, where)
+            if clean is None:  # every position from `where` on was computed
+                assert isinstance(where, slice)
+                h, off = h_at, where.start
+            else:
+                h = clean.resid[i - layer + 1][clean.rows, start:]
+                h[:, where] = h_at
+            dirty = changed
+        read = 0 if readout_start is None else min(max(0, readout_start - start), w - 1)
+        read = max(read, off)
+        logits = _inner(self.model.unembed)(_inner(self.model.ln_final)(h[:, read - off:]))
+        return torch.cat([logits.new_zeros(rows, start + read, logits.shape[-1]), logits], 1)
 
 
 class ModuleAdapter(ModelAdapter):

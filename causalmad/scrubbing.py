@@ -30,7 +30,7 @@ import torch
 
 from causalmad.hypothesis import Readout
 from causalmad.interventions import Patch, capture, run_patched
-from causalmad.models import ModelAdapter
+from causalmad.models import CleanWindow, ModelAdapter
 from causalmad.sites import Site
 
 Values = list[dict[str, Hashable]]
@@ -403,6 +403,10 @@ def scrub_many(
     * explanations are grouped by the point the model can resume from before all their
       sites (:meth:`ModelAdapter.resume_point`); that point's activation is computed once
       per input, and each scrubbed variant runs only the rest of the network;
+    * on a causal model (:meth:`ModelAdapter.run_window`) a row computes only the
+      positions its patches can have changed, the clean pass giving the rest
+      (:class:`~causalmad.models.CleanWindow`); explanations that patch the same places
+      share passes, and small groups of one resume point are packed into full passes;
     * the ``n × k`` rows of many explanations share one forward pass: each hook patches
       each explanation's contiguous block of rows with its own sources and subspace;
     * trusted source activations come from the pool, gathered once at fit time (on a
@@ -426,27 +430,31 @@ def scrub_many(
     unmatched = np.zeros((n, n_expl), dtype=bool)
     if n == 0 or n_expl == 0:
         return div, unmatched
-    # explanations grouped by where their rows resume: (resume point, window start)
-    # (start None: the adapter runs these rows whole, see _window_start)
-    groups: dict[tuple[str | None, int | None], list[int]] = {}
+    # explanations grouped by where their rows resume: (resume point, window start, the
+    # places they patch) (start None: the adapter runs these rows whole, see _window_start)
+    groups: dict[tuple[str | None, int | None, object], list[int]] = {}
     for j, e in enumerate(explanations):
         point = adapter.resume_point([s.hook for s in e.sites])
         start = _window_start(adapter, e, readouts, inputs.shape[1]) if point is not None else None
-        groups.setdefault((point, start), []).append(j)
-    points = list(dict.fromkeys(p for p, _ in groups if p is not None))
-    # windowed groups also need the clean inputs of the blocks they run, for prefix keys/values
-    kv_points = list(dict.fromkeys(h for p, st in groups if p is not None and st is not None
+        places = tuple(sorted({(adapter.window_point(s.hook), s.positions if isinstance(s.positions, tuple) else None)
+                               for s in e.sites}, key=repr)) if start is not None else None
+        groups.setdefault((point, start, places), []).append(j)
+    points = list(dict.fromkeys(p for p, _, _ in groups if p is not None))
+    # windowed groups also need the clean run of the blocks they run: each block's input
+    # (for keys and values, and the positions no patch reaches), then the last one's output
+    kv_points = list(dict.fromkeys(h for p, st, _ in groups if p is not None and st is not None
                                    for h in adapter.window_inputs(p)))
-    prefix = max((st or 0 for _, st in groups), default=0)
+    windowed = any(st is not None for _, st, _ in groups)
+    resid_points = [*kv_points, adapter.final_hook()] if windowed else []
     # the first position any readout reads (windowed runs compute their last block from there)
     readout_start = min((r.position % inputs.shape[1] for r in readouts if r.position is not None), default=None)
-    captured = list(dict.fromkeys(points + kv_points))  # one clean pass per chunk captures both
+    captured = list(dict.fromkeys(points + resid_points))  # one clean pass per chunk captures them all
     example = inputs[:1]
     per_input = 8 * k * sum(len(e.resamples) for e in explanations)  # source indices
     for hook, one in zip(captured, _capture_raw(adapter, example, captured) if captured else []):
         row_bytes = one[0].numel() * one.element_size()
-        per_input += row_bytes * (hook in points)  # the cached resume activation
-        per_input += row_bytes * 2 * prefix // one.shape[1] * (hook in kv_points)  # keys and values of the prefix
+        per_input += row_bytes * (hook in points or hook in resid_points)  # cached clean activations
+        per_input += row_bytes * 2 * (hook in kv_points)  # clean keys and values
     chunk, rows_per_pass = _budget(adapter, example, explanations, pool, memory_mb, per_input, n, batch_size)
     groups = _merge_small_windows(groups, min(n, chunk) * k, rows_per_pass)
     bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
@@ -480,12 +488,11 @@ def scrub_many(
         got = _capture_raw(adapter, x, captured, rows_per_pass, own) if captured or own else []
         acts = dict(zip(captured, got))
         clean = got[len(captured):] if clean_all is None else [c[a:b] for c in clean_all]
-        cache = {p: acts[p] for p in points}
         kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.no_grad():
             for hook in kv_points:
-                kv[hook] = adapter.prefix_kv(hook, acts[hook][:, :prefix])
-        for (point, start), columns in groups.items():
+                kv[hook] = adapter.prefix_kv(hook, acts[hook])
+        for (point, start, _), columns in groups.items():
             # rows of this group, explanation-major: row r is (columns[r // (m k)], input (r // k) % m, resample r % k)
             for s in range(0, len(columns) * m * k, rows_per_pass):
                 rows = np.arange(s, min(len(columns) * m * k, s + rows_per_pass))
@@ -502,7 +509,7 @@ def scrub_many(
                         pos = rule.site.position_index(tokens[seg])
                         by_hook.setdefault(rule.site.hook, []).append(
                             (seg, rule.site, vals, pos - start if pos is not None and start else pos))
-                logits = _run_segments(adapter, point, tokens, cache, i_rows, by_hook, projections, start, kv,
+                logits = _run_segments(adapter, point, tokens, acts, i_rows, by_hook, projections, start, kv,
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
                 rows_clean = [c[torch.as_tensor(i_rows, device=device)] for c in clean]
@@ -544,22 +551,30 @@ def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
     return [torch.cat(o) for o in out]
 
 
-def _merge_small_windows(groups: dict[tuple[str | None, int | None], list[int]], rows_per_explanation: int,
-                         rows_per_pass: int) -> dict[tuple[str | None, int | None], list[int]]:
-    """Windowed groups of one resume point that fit in one pass together run as one,
-    from their earliest start: a few inputs then take a few passes, not one per window."""
-    merged: dict[tuple[str | None, int | None], list[int]] = {}
-    by_point: dict[str | None, list[tuple[int | None, list[int]]]] = {}
-    for (point, start), columns in groups.items():
-        by_point.setdefault(point, []).append((start, columns))
+def _merge_small_windows(groups: dict[tuple[str | None, int | None, object], list[int]], rows_per_explanation: int,
+                         rows_per_pass: int) -> dict[tuple[str | None, int | None, object], list[int]]:
+    """Windowed groups of one resume point that fit in one pass together run as one, from
+    their earliest start and patching what each patches: a few inputs then take a few
+    passes, not one per window and place. Groups are packed in order of their start."""
+    merged: dict[tuple[str | None, int | None, object], list[int]] = {}
+    by_point: dict[str | None, list[tuple[int, object, list[int]]]] = {}
+    for (point, start, places), columns in groups.items():
+        if start is None:
+            merged[(point, start, places)] = columns
+        else:
+            by_point.setdefault(point, []).append((start, places, columns))
     for point, items in by_point.items():
-        windowed = [(st, cols) for st, cols in items if st is not None]
-        small = sum(len(c) for _, c in windowed) * rows_per_explanation <= rows_per_pass
-        for st, cols in items:
-            if st is None or not small:
-                merged[(point, st)] = cols
-        if windowed and small:
-            merged[(point, min(st for st, _ in windowed))] = [j for _, cols in windowed for j in cols]
+        items.sort(key=lambda it: (it[0], repr(it[1])))
+        packs: list[list[tuple[int, object, list[int]]]] = []
+        for item in items:
+            rows = sum(len(c) for _, _, c in [*packs[-1], item]) * rows_per_explanation if packs else None
+            if rows is not None and rows <= rows_per_pass:
+                packs[-1].append(item)
+            else:
+                packs.append([item])
+        for pack in packs:
+            key = pack[0][:2] if len(pack) == 1 else (pack[0][0], tuple(places for _, places, _ in pack))
+            merged[(point, *key)] = [j for _, _, c in pack for j in c]
     return merged
 
 
@@ -611,14 +626,17 @@ def _run_segments(
     rows = torch.as_tensor(local_rows)
     if start is not None and point is not None and kv is not None:
         fns: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
-        for h in by_hook:
-            fns.setdefault(adapter.window_point(h), []).append(make(h))
-        device = adapter.device
-        prefix = [(kv[h][0][:, :, :start][rows].to(device), kv[h][1][:, :, :start][rows].to(device))
-                  for h in adapter.window_inputs(point)]
+        touched: dict[str, torch.Tensor | None] = {}
+        for h, patches in by_hook.items():
+            name = adapter.window_point(h)
+            fns.setdefault(name, []).append(make(h))
+            where = [touched.get(name, torch.empty(0, dtype=torch.long)), *(pos for _, _, _, pos in patches)]
+            touched[name] = None if any(p is None for p in where) else torch.cat([p.flatten() for p in where]).unique()  # type: ignore[union-attr]
+        at = rows.to(cache[point].device)  # the clean run's activations are where the model is
+        clean = CleanWindow([kv[h] for h in adapter.window_inputs(point)],
+                            [cache[h] for h in [*adapter.window_inputs(point), adapter.final_hook()]], at, touched)
         with torch.no_grad():
-            return adapter.run_window(point, start, cache[point][rows][:, start:].to(device), prefix, fns,
-                                      readout_start)
+            return adapter.run_window(point, start, cache[point][at, start:], [], fns, readout_start, clean)
     with torch.no_grad(), _hooks(adapter, [(h, make(h)) for h in by_hook]):
         if point is None:
             return adapter.forward(tokens.to(adapter.device))

@@ -10,6 +10,7 @@ from torch import nn
 
 import causalmad as cm
 from causalmad.explanations import hypothesis_free_explanations
+from causalmad.models import CleanWindow
 from causalmad.scrubbing import SourcePool, clean_log_probs, scrub, scrub_many
 
 
@@ -169,6 +170,23 @@ def test_windowed_run_equals_the_full_forward_with_the_same_patch(tiny_bridge, l
         trimmed = adapter.run_window(point, start, acts[0][:, start:], prefix, fns, readout_start=read)
     torch.testing.assert_close(window[:, start:], full[:, start:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(trimmed[:, read:], full[:, read:], rtol=1e-5, atol=1e-5)
+    # with the clean run given, the patched block computes only the positions patched
+    # (start, start + 1); every block after it, every position from there on
+    final = _capture_raw(adapter, x, [adapter.final_hook()])[0]
+    with torch.no_grad():
+        kv = [adapter.prefix_kv(h, a) for h, a in zip(points, acts)]
+        touched = {adapter.window_point(z): torch.tensor([0]),
+                   adapter.window_point(mlp): torch.tensor([1 if start < 10 else 0])}
+        clean = CleanWindow(kv, [*acts, final], torch.arange(len(x)), touched)
+        queried = []
+        q_proj = tiny_bridge.blocks[layer].attn._original_component.q
+        handle = q_proj.register_forward_hook(lambda m, args, out: queried.append(args[0].shape[1]))
+        try:
+            sparse = adapter.run_window(point, start, acts[0][:, start:], [], fns, clean=clean)
+        finally:
+            handle.remove()
+    torch.testing.assert_close(sparse[:, start:], full[:, start:], rtol=1e-5, atol=1e-5)
+    assert queried == [2 if start < 10 else 1]
 
 
 def test_plain_logits_equal_the_bridge_forward_and_train_the_same_parameters(tiny_bridge):
@@ -199,7 +217,7 @@ def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, mon
     adapter = cm.adapt(tiny_bridge)
     starts = []
     run_window = adapter.run_window
-    monkeypatch.setattr(adapter, "run_window", lambda point, start, *a: starts.append(start) or run_window(point, start, *a))
+    monkeypatch.setattr(adapter, "run_window", lambda point, start, *a, **kw: starts.append(start) or run_window(point, start, *a, **kw))
     g = torch.Generator().manual_seed(3)
     pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (12, 11), generator=g)
     pool = SourcePool(adapter, pool_x, None)
