@@ -501,23 +501,24 @@ class TransformerLensAdapter(ModelAdapter):
                 assert clean is not None
                 h, dirty = clean.resid[i - layer + 1][clean.rows, start:], nowhere
                 continue
+            h_at = h[:, where]
+            a = ln1(h) if clean is None else None
+            a_at = ln1(h_at) if a is None else a[:, where]
+            m = h_at.shape[1]
+            q = attn.q(a_at).view(rows, m, attn.n_heads, attn.d_head).transpose(1, 2)
             # keys and values: the clean run's, recomputed where the input differs
-            if clean is None:
-                a = ln1(h)
+            if a is not None:
                 k, v = (torch.cat([pre, proj(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
                         for pre, proj in zip(prefix_kv[i - layer], (attn.k, attn.v)))
             else:
+                assert clean is not None
                 k, v = (kv[clean.rows] for kv in clean.kv[i - layer])
                 redo = span(dirty)
                 if redo is not None:
-                    a = ln1(h[:, redo])
+                    a_redo = ln1(h[:, redo])
                     at_redo = slice(start + redo.start, start + redo.stop) if isinstance(redo, slice) else start + redo
-                    k[:, :, at_redo] = attn.k(a).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-                    v[:, :, at_redo] = attn.v(a).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-            h_at = h[:, where]
-            a_at = a[:, where] if clean is None else ln1(h_at)
-            m = h_at.shape[1]
-            q = attn.q(a_at).view(rows, m, attn.n_heads, attn.d_head).transpose(1, 2)
+                    k[:, :, at_redo] = attn.k(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+                    v[:, :, at_redo] = attn.v(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
             if attn.kv_repeats > 1:
                 k, v = k.repeat_interleave(attn.kv_repeats, dim=1), v.repeat_interleave(attn.kv_repeats, dim=1)
             scores = torch.matmul(q, k.transpose(-2, -1)) / attn.scale
