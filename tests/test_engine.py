@@ -287,3 +287,16 @@ def test_detector_fitted_on_cuda_matches_cpu(which, planted, tiny_bridge):
     gpu_valid, gpu = _fitted_scores(model, h, trusted, x, "cuda")
     assert gpu_valid == cpu_valid
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_small_window_groups_are_packed_into_full_passes():
+    from causalmad.scrubbing import _merge_small_windows
+
+    groups = {("p", 5, "c"): [2], ("p", 0, "a"): [0], ("p", 2, "b"): [1, 4], ("p", None, None): [3], ("q", 1, "d"): [5]}
+    # 40 rows per explanation, 120 per pass: a and b (3 explanations) fill one pass, c runs alone
+    merged = _merge_small_windows(groups, 40, 120)
+    assert merged == {("p", None, None): [3], ("p", 0, ("a", "b")): [0, 1, 4], ("p", 5, "c"): [2], ("q", 1, "d"): [5]}
+    # every explanation stays in exactly one group
+    assert sorted(j for cols in merged.values() for j in cols) == list(range(6))
+    # passes too small for two explanations: nothing merges
+    assert _merge_small_windows(groups, 40, 60) == groups
