@@ -452,11 +452,9 @@ class TransformerLensAdapter(ModelAdapter):
             mask[at_pos.cpu()] = True
             return mask
 
-        def span(mask: torch.Tensor) -> slice | torch.Tensor | None:
-            """``mask``'s positions as an index: a slice when they are contiguous."""
+        def span(mask: torch.Tensor) -> slice | torch.Tensor:
+            """``mask``'s positions (at least one) as an index: a slice when they are contiguous."""
             idx = mask.nonzero().flatten()
-            if not len(idx):
-                return None
             lo, hi = int(idx[0]), int(idx[-1]) + 1
             return slice(lo, hi) if hi - lo == len(idx) else idx.to(device)
 
@@ -479,6 +477,8 @@ class TransformerLensAdapter(ModelAdapter):
 
         layer, n = self._point_layer(point), len(blocks)
         keys = torch.arange(start + w, device=device)
+        # the first window position whose logits the caller reads
+        read = 0 if readout_start is None else min(max(0, readout_start - start), w - 1)
         h, off = act, 0  # h: the window's positions off.. (off > 0 only after a last block without clean)
         dirty = everywhere if clean is None else nowhere  # positions where h may differ from the clean run
         if layer > 0:
@@ -494,27 +494,28 @@ class TransformerLensAdapter(ModelAdapter):
             changed = pos >= first
             for point_in_block in ("attn.o.hook_in", "attn.hook_out", "mlp.hook_out", "hook_out"):
                 changed = changed | touched(f"{name}.{point_in_block}")
-            if readout_start is not None and i == n - 1:  # the last block: only where logits are read
-                changed = changed & (pos >= min(max(0, readout_start - start), w - 1))
-            where = span(changed)
-            if where is None:  # no patch reaches this block's output: it is the clean run's
-                assert clean is not None
+            if i == n - 1:  # the last block: only where logits are read
+                changed = changed & (pos >= read)
+            if clean is not None and not changed.any():  # no patch reaches this block's output
                 h, dirty = clean.resid[i - layer + 1][clean.rows, start:], nowhere
                 continue
+            where = span(changed)  # (without clean, every position from `read` on)
             h_at = h[:, where]
-            a = ln1(h) if clean is None else None
-            a_at = ln1(h_at) if a is None else a[:, where]
+            if clean is None:
+                a = ln1(h)
+                a_at = a[:, where]
+            else:
+                a_at = ln1(h_at)
             m = h_at.shape[1]
             q = attn.q(a_at).view(rows, m, attn.n_heads, attn.d_head).transpose(1, 2)
             # keys and values: the clean run's, recomputed where the input differs
-            if a is not None:
+            if clean is None:
                 k, v = (torch.cat([pre, proj(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
                         for pre, proj in zip(prefix_kv[i - layer], (attn.k, attn.v)))
             else:
-                assert clean is not None
                 k, v = (kv[clean.rows] for kv in clean.kv[i - layer])
-                redo = span(dirty)
-                if redo is not None:
+                if dirty.any():
+                    redo = span(dirty)
                     a_redo = ln1(h[:, redo])
                     at_redo = slice(start + redo.start, start + redo.stop) if isinstance(redo, slice) else start + redo
                     k[:, :, at_redo] = attn.k(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
@@ -529,15 +530,12 @@ class TransformerLensAdapter(ModelAdapter):
             if not self.cfg.attn_only:
                 h_at = h_at + at(f"{name}.mlp.hook_out", _inner(block.mlp)(_inner(block.ln2)(h_at)), where)
             h_at = at(f"{name}.hook_out", h_at, where)
-            if clean is None:  # every position from `where` on was computed
-                assert isinstance(where, slice)
-                h, off = h_at, where.start
+            if clean is None:  # every position from the first changed one on was computed
+                h, off = h_at, int(changed.byte().argmax())
             else:
                 h = clean.resid[i - layer + 1][clean.rows, start:]
                 h[:, where] = h_at
             dirty = changed
-        read = 0 if readout_start is None else min(max(0, readout_start - start), w - 1)
-        read = max(read, off)
         logits = _inner(self.model.unembed)(_inner(self.model.ln_final)(h[:, read - off:]))
         return torch.cat([logits.new_zeros(rows, start + read, logits.shape[-1]), logits], 1)
 
