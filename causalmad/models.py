@@ -403,8 +403,9 @@ class TransformerLensAdapter(ModelAdapter):
         attn = block.attn._original_component
         a = _inner(block.ln1)(act)
         n, p = a.shape[:2]
-        k = attn.k(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-        v = attn.v(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+        # contiguous, so that rows gathered from them feed the attention products uncopied
+        k = attn.k(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2).contiguous()
+        v = attn.v(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2).contiguous()
         return k, v
 
     def run_window(self, point: str, start: int, act: torch.Tensor, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -497,7 +498,7 @@ class TransformerLensAdapter(ModelAdapter):
             if i == n - 1:  # the last block: only where logits are read
                 changed = changed & (pos >= read)
             if clean is not None and not changed.any():  # no patch reaches this block's output
-                h, dirty = clean.resid[i - layer + 1][clean.rows, start:], nowhere
+                h, dirty = clean.resid[i - layer + 1][:, start:].index_select(0, clean.rows), nowhere
                 continue
             where = span(changed)  # (without clean, every position from `read` on)
             h_at = h[:, where]
@@ -513,13 +514,20 @@ class TransformerLensAdapter(ModelAdapter):
                 k, v = (torch.cat([pre, proj(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
                         for pre, proj in zip(prefix_kv[i - layer], (attn.k, attn.v)))
             else:
-                k, v = (kv[clean.rows] for kv in clean.kv[i - layer])
-                if dirty.any():
-                    redo = span(dirty)
+                redo = span(dirty) if dirty.any() else None
+                tail = isinstance(redo, slice) and redo.stop == w  # the input differs from redo.start on
+                # the clean keys and values up to where they are recomputed (all of them if the rows differ only here and there)
+                upto = start + redo.start if tail else start + w  # type: ignore[union-attr]
+                k, v = (kv[:, :, :upto].index_select(0, clean.rows) for kv in clean.kv[i - layer])
+                if redo is not None:
                     a_redo = ln1(h[:, redo])
-                    at_redo = slice(start + redo.start, start + redo.stop) if isinstance(redo, slice) else start + redo
-                    k[:, :, at_redo] = attn.k(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-                    v[:, :, at_redo] = attn.v(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+                    k_redo, v_redo = (proj(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+                                      for proj in (attn.k, attn.v))
+                    if tail:
+                        k, v = torch.cat([k, k_redo], 2), torch.cat([v, v_redo], 2)
+                    else:
+                        at_redo = slice(start + redo.start, start + redo.stop) if isinstance(redo, slice) else start + redo
+                        k[:, :, at_redo], v[:, :, at_redo] = k_redo, v_redo
             if attn.kv_repeats > 1:
                 k, v = k.repeat_interleave(attn.kv_repeats, dim=1), v.repeat_interleave(attn.kv_repeats, dim=1)
             scores = torch.matmul(q, k.transpose(-2, -1)) / attn.scale
@@ -533,7 +541,7 @@ class TransformerLensAdapter(ModelAdapter):
             if clean is None:  # every position from the first changed one on was computed
                 h, off = h_at, int(changed.byte().argmax())
             else:
-                h = clean.resid[i - layer + 1][clean.rows, start:]
+                h = clean.resid[i - layer + 1][:, start:].index_select(0, clean.rows)
                 h[:, where] = h_at
             dirty = changed
         logits = _inner(self.model.unembed)(_inner(self.model.ln_final)(h[:, read - off:]))

@@ -409,6 +409,8 @@ def scrub_many(
       share passes, and small groups of one resume point are packed into full passes;
     * the ``n × k`` rows of many explanations share one forward pass: each hook patches
       each explanation's contiguous block of rows with its own sources and subspace;
+    * rows of one explanation with the same input and byte-identical source activations
+      run once and count for all of them (:func:`_distinct_rows`);
     * trusted source activations come from the pool, gathered once at fit time (on a
       GPU they are copied to it once per call, outside ``memory_mb``'s plan);
     * inputs are processed in chunks, and rows per pass are capped, so that a chunk's
@@ -493,10 +495,12 @@ def scrub_many(
             for hook in kv_points:
                 kv[hook] = adapter.prefix_kv(hook, acts[hook])
         for (point, start, _), columns in groups.items():
-            # rows of this group, explanation-major: row r is (columns[r // (m k)], input (r // k) % m, resample r % k)
-            for s in range(0, len(columns) * m * k, rows_per_pass):
-                rows = np.arange(s, min(len(columns) * m * k, s + rows_per_pass))
-                p_rows, i_rows, k_rows = rows // (m * k), (rows // k) % m, rows % k
+            # the group's distinct rows, explanation-major: (columns[p], input i, resample r), standing for `count` rows
+            table = [np.concatenate(t) for t in zip(*(
+                (np.full(len(i), p), i, r, c) for p, j in enumerate(columns)
+                for i, r, c in [_distinct_rows(explanations[j], sources[j], classes.get(j), pool_acts, m, k)]))]
+            for s in range(0, len(table[0]), rows_per_pass):
+                p_rows, i_rows, k_rows, count = (t[s : s + rows_per_pass] for t in table)
                 tokens = x[torch.as_tensor(i_rows)]
                 by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
                 starts = np.flatnonzero(np.r_[True, p_rows[1:] != p_rows[:-1]])
@@ -519,11 +523,32 @@ def scrub_many(
                     if j in classes:
                         seg_cls = classes[j][i_rows[st:en], k_rows[st:en]]
                         kl[st:en] = counterfactual_nll([q[st:en] for q in scrubbed], seg_cls).cpu().double().numpy()
-                np.add.at(div, (i_rows + a, np.asarray(columns)[p_rows]), kl / k)
-                bar.update(len(rows))
+                np.add.at(div, (i_rows + a, np.asarray(columns)[p_rows]), kl * count / k)
+                bar.update(int(count.sum()))
         div[a:b][gap] = np.nan
     bar.close()
     return div, unmatched
+
+
+def _distinct_rows(explanation: Explanation, sources: list[np.ndarray], classes: np.ndarray | None,
+                   pool_acts: Callable[[Site], torch.Tensor], m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An explanation's ``m x k`` rows with the same input and the same source activation
+    at every site (and the same counterfactual classes) give the same output: the
+    first of each such set, as ``(input, resample, count)`` arrays in row order. Rows
+    repeat where few trusted inputs agree with an input, or where a site's activation
+    takes few values (an embedding at a position whose token is fixed)."""
+    i_rows, k_rows = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
+    parts = [i_rows.view(np.uint8).reshape(m * k, -1)]
+    if classes is not None:
+        parts.append(np.ascontiguousarray(classes.reshape(m * k, -1), dtype=np.int64).view(np.uint8))
+    for rule, src in zip(explanation.resamples, sources):
+        vals = pool_acts(rule.site)[torch.as_tensor(src.reshape(-1), device=pool_acts(rule.site).device)]
+        parts.append(vals.reshape(m * k, -1).contiguous().cpu().view(torch.uint8).numpy())
+    raw = np.ascontiguousarray(np.concatenate(parts, 1))
+    # each row's bytes as one opaque value (np.unique's axis=0 is ~50x slower)
+    _, first, count = np.unique(raw.view(np.dtype((np.void, raw.shape[1])))[:, 0], return_index=True, return_counts=True)
+    order = np.argsort(first)
+    return i_rows[first[order]], k_rows[first[order]], count[order]
 
 
 def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],

@@ -300,3 +300,25 @@ def test_small_window_groups_are_packed_into_full_passes():
     assert sorted(j for cols in merged.values() for j in cols) == list(range(6))
     # passes too small for two explanations: nothing merges
     assert _merge_small_windows(groups, 40, 60) == groups
+
+
+def test_rows_with_the_same_input_and_source_activations_run_once(tiny_bridge, monkeypatch):
+    adapter = cm.adapt(tiny_bridge)
+    computed = []
+    run_window = adapter.run_window
+    monkeypatch.setattr(adapter, "run_window", lambda point, start, act, *a, **kw: computed.append(len(act))
+                        or run_window(point, start, act, *a, **kw))
+    g = torch.Generator().manual_seed(5)
+    pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (12, 11), generator=g)
+    pool_x[:, 3], x[:, 3] = 7, 7  # a fixed token: every source's embedding there is the input's own
+    pool = SourcePool(adapter, pool_x, None)
+    fixed = cm.scrubbing.Resample(cm.Site("blocks.0.hook_resid_pre", positions=(3,)))
+    varied = cm.scrubbing.Resample(cm.Site("blocks.0.hook_resid_pre", positions=(4,)))
+    family = [cm.scrubbing.Explanation("fixed token", "hypothesis-free", [fixed]),
+              cm.scrubbing.Explanation("varied token", "hypothesis-free", [varied])]
+    readouts = [cm.Readout(position=-1)]
+    div = check_same(adapter, family, x, [{} for _ in range(len(x))], pool, readouts, k=4, batch_size=4096)
+    # the fixed token's 12 x 4 rows are 12 distinct ones (each its clean run); the varied
+    # token's draw 4 different sources for most inputs
+    assert computed[0] < 12 + 12 * 4 and computed[0] >= 12 + 12 * 3
+    np.testing.assert_allclose(div[:, 0], 0.0, atol=1e-5)
