@@ -1,0 +1,64 @@
+"""Model adapters: the one boundary between causalmad and a concrete kind of network.
+
+An adapter runs the model on a batch of inputs, validates inputs before any forward pass,
+resolves hook / module names to ``nn.Module`` objects (the places interventions attach
+to), and lists the candidate hooks that alignment searches. Everything above this module
+(interventions, alignment, scrubbing, detectors) talks to an adapter only, so supporting a
+new kind of model means adding one adapter module here.
+
+Three adapters ship:
+
+* :class:`TransformerLensAdapter` for TransformerLens ``TransformerBridge`` models
+  (including the offline ``TransformerBridge.boot_native`` ones); inputs are token ids
+  ``[batch, pos]``, hooks use TransformerLens names (``blocks.0.hook_resid_post``).
+* :class:`HuggingFaceAdapter` for Hugging Face ``transformers`` encoder classifiers of the
+  BERT family (``BertForSequenceClassification`` and kin); inputs are padded token ids
+  ``[batch, pos]``, hooks are module paths (``bert.encoder.layer.3.output``).
+* :class:`ModuleAdapter` for any ``nn.Module`` taking one float tensor; hooks are module
+  paths (``net.1``).
+"""
+
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from causalmad.errors import InputError
+from causalmad.models.base import CleanWindow, HookInfo, ModelAdapter
+from causalmad.models.huggingface import HuggingFaceAdapter
+from causalmad.models.module import ModuleAdapter
+from causalmad.models.transformer_lens import TransformerLensAdapter
+
+__all__ = ["CleanWindow", "HookInfo", "HuggingFaceAdapter", "ModelAdapter", "ModuleAdapter", "TransformerLensAdapter",
+           "adapt", "move_model"]
+
+
+def move_model(model: nn.Module, device: torch.device | str) -> None:
+    """Put ``model`` on ``device`` in place, only if it is elsewhere (TransformerLens prints
+    when it moves a model; that print goes to stderr, so stdout stays clean for JSON)."""
+    import contextlib
+
+    device = torch.device(device)
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == device.type and (device.index is None or param.device == device):
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        model.to(device)
+
+
+def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
+    """Wrap ``model`` in the right adapter (an adapter is returned as it is)."""
+    if isinstance(model, ModelAdapter):
+        return model
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if hasattr(model, "cfg") and hasattr(model, "hook_dict") and hasattr(model.cfg, "n_ctx"):
+        return TransformerLensAdapter(model)
+    # a transformers model can only exist once transformers is imported: never import it here
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
+        return HuggingFaceAdapter(model)
+    return ModuleAdapter(model)
