@@ -410,7 +410,8 @@ def scrub_many(
     * the ``n × k`` rows of many explanations share one forward pass: each hook patches
       each explanation's contiguous block of rows with its own sources and subspace;
     * rows of one explanation with the same input and byte-identical source activations
-      run once and count for all of them (:func:`_distinct_rows`);
+      run once and count for all of them (pooled activations are compared once per call,
+      by their bytes; rows by small integer ids);
     * trusted source activations come from the pool, gathered once at fit time (on a
       GPU they are copied to it once per call, outside ``memory_mb``'s plan);
     * inputs are processed in chunks, and rows per pass are capped, so that a chunk's
@@ -473,6 +474,17 @@ def scrub_many(
             on_device[place] = pool.acts(site).to(device)
         return on_device[place]
 
+    ids: dict[tuple[object, ...], np.ndarray] = {}
+
+    def pool_ids(site: Site) -> np.ndarray:
+        """``[pool]`` ids of the pool's activations at ``site``'s place, equal where byte-identical."""
+        place = SourcePool._place(site)
+        if place not in ids:
+            a = pool.acts(site)
+            raw = a.reshape(len(a), -1).contiguous().cpu().view(torch.uint8).numpy()
+            ids[place] = np.unique(raw.view(np.dtype((np.void, raw.shape[1])))[:, 0], return_inverse=True)[1].reshape(-1)
+        return ids[place]
+
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
@@ -494,11 +506,20 @@ def scrub_many(
         with torch.no_grad():
             for hook in kv_points:
                 kv[hook] = adapter.prefix_kv(hook, acts[hook])
+        # an explanation's rows with the same input, byte-identical source activations at
+        # every site and the same counterfactual classes give the same output: each such
+        # set runs once, as its first row, and counts for all
+        i_all, k_all = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
+        distinct: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for j, e in enumerate(explanations):
+            cls = [classes[j].reshape(m * k, -1)] if j in classes else []
+            distinct[j] = _distinct_rows([i_all, *cls, *(pool_ids(r.site)[src.reshape(-1)]
+                                                         for r, src in zip(e.resamples, sources[j]))])
         for (point, start, _), columns in groups.items():
-            # the group's distinct rows, explanation-major: (columns[p], input i, resample r), standing for `count` rows
+            # the group's rows, explanation-major: (columns[p], input i, resample r), standing for `count` rows
             table = [np.concatenate(t) for t in zip(*(
-                (np.full(len(i), p), i, r, c) for p, j in enumerate(columns)
-                for i, r, c in [_distinct_rows(explanations[j], sources[j], classes.get(j), pool_acts, m, k)]))]
+                (np.full(len(first), p), i_all[first], k_all[first], count)
+                for p, j in enumerate(columns) for first, count in [distinct[j]]))]
             for s in range(0, len(table[0]), rows_per_pass):
                 p_rows, i_rows, k_rows, count = (t[s : s + rows_per_pass] for t in table)
                 tokens = x[torch.as_tensor(i_rows)]
@@ -530,25 +551,15 @@ def scrub_many(
     return div, unmatched
 
 
-def _distinct_rows(explanation: Explanation, sources: list[np.ndarray], classes: np.ndarray | None,
-                   pool_acts: Callable[[Site], torch.Tensor], m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An explanation's ``m x k`` rows with the same input and the same source activation
-    at every site (and the same counterfactual classes) give the same output: the
-    first of each such set, as ``(input, resample, count)`` arrays in row order. Rows
-    repeat where few trusted inputs agree with an input, or where a site's activation
-    takes few values (an embedding at a position whose token is fixed)."""
-    i_rows, k_rows = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
-    parts = [i_rows.view(np.uint8).reshape(m * k, -1)]
-    if classes is not None:
-        parts.append(np.ascontiguousarray(classes.reshape(m * k, -1), dtype=np.int64).view(np.uint8))
-    for rule, src in zip(explanation.resamples, sources):
-        vals = pool_acts(rule.site)[torch.as_tensor(src.reshape(-1), device=pool_acts(rule.site).device)]
-        parts.append(vals.reshape(m * k, -1).contiguous().cpu().view(torch.uint8).numpy())
-    raw = np.ascontiguousarray(np.concatenate(parts, 1))
+def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each set of equal rows of the integer ``columns`` (``[rows]`` or
+    ``[rows, c]`` each), in row order, and how many rows each stands for."""
+    key = np.ascontiguousarray(np.concatenate([np.asarray(c, dtype=np.int64).reshape(len(c), -1) for c in columns], 1))
     # each row's bytes as one opaque value (np.unique's axis=0 is ~50x slower)
-    _, first, count = np.unique(raw.view(np.dtype((np.void, raw.shape[1])))[:, 0], return_index=True, return_counts=True)
+    _, first, count = np.unique(key.view(np.dtype((np.void, key.shape[1] * 8)))[:, 0], return_index=True,
+                                return_counts=True)
     order = np.argsort(first)
-    return i_rows[first[order]], k_rows[first[order]], count[order]
+    return first[order], count[order]
 
 
 def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
