@@ -82,7 +82,9 @@ _FULL = AdditionConfig()
 # trigger (lowpoison 0.97). The token variant keeps its session-5 recipe (the bridge's
 # forward, 128-row batches): at 64 or 96 rows its carries aligned at IIA 0.26-0.79 even with
 # DAS (fits of 35-71 s instead of 12), and through the plain trainer at 128 rows its seed-2
-# backdoor fired on 0.14 of held-out triggers (bridge: 1.00)
+# backdoor fired on 0.14 of held-out triggers (bridge: 1.00). Session 13: the plain trainer,
+# 1000 steps of 128 rows at poison rate 0.08, trains in 29-31 s, but seed 2's backdoor fires
+# on 0.21 of held-out triggers and seed 0's carry c1 aligns at IIA 0.63 (fit 43 s)
 # Earlier sessions: 1200 steps of 128 rows leave the carries at 0.93-0.96 (token 0.65),
 # 800 steps at 0.69 even with DAS
 _TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=64, lr=5e-3, poison_rate=0.2,
