@@ -91,9 +91,9 @@ SIZES = {
     # output check on the easy split drops to 0.68; 128-row batches (clean accuracy
     # 0.57-0.74), 2 layers at d_model 48 (0.75), d_model 32 (0.61) and 650 steps (0.85) fail
     # The plain trainer (tasks/_training.py) cut its training from 79-93 s to 54-62 s on 2 cores.
-    # Session 13 (seed 0, 2 threads): 2 layers train in 40.5 s and pass every floor (clean
-    # 1.00, Bob 0.95); 2 layers with d_mlp 128, 35.0 s, clean accuracy 0.88; 2 layers, 600
-    # steps at lr 5e-3, 28.5 s, clean 0.58 and the easy output check 0.63
+    # Session 13 (2 threads): 2 layers train in 41 s; seed 0 passes every floor (clean 1.00,
+    # Bob 0.95) but seeds 1 and 2 reach clean accuracy 0.85 and 0.76 only. Seed 0 with 2
+    # layers and d_mlp 128: 35.0 s, clean 0.88; 2 layers, 600 steps at lr 5e-3: 28.5 s, clean 0.58
     "tiny": QuirkyConfig(steps=800, n_trusted=1500, n_normal=200, n_anomalous=100, trainer="plain"),
 }
 CODE_VERSION = 1
