@@ -35,6 +35,7 @@ from causalmad.interventions import (
     preserved_training_state,
 )
 from causalmad.models import ModelAdapter
+from causalmad.scrubbing import Interchanges
 from causalmad.sites import Site
 
 logger = logging.getLogger(__name__)
@@ -153,13 +154,22 @@ def interchange_accuracy(
     source_values: Values,
     pairs: np.ndarray,
     targets: dict[str, torch.Tensor] | None = None,
+    runner: Interchanges | None = None,
 ) -> float:
     """IIA of ``variable`` at ``site`` (or a group of sites) on (base, source) ``pairs``
-    (through pyvene). ``targets`` (from :func:`counterfactual_targets`) may be passed to
-    reuse them across many sites."""
+    (through the engine's windowed run on a model that has one, else through pyvene). ``targets`` (from :func:`counterfactual_targets`) may be passed to
+    reuse them across many sites; ``runner`` (an :class:`~causalmad.scrubbing.Interchanges`
+    of these pairs' bases and sources) likewise reuses captured activations."""
     if targets is None:
         targets = counterfactual_targets(hypothesis, variable, base_values, source_values, pairs)
-    logits = interchange_pyvene(adapter, base_x[pairs[:, 0]], source_x[pairs[:, 1]], site)
+    base, source = base_x[pairs[:, 0]], source_x[pairs[:, 1]]
+    sites = [site] if isinstance(site, Site) else list(site)
+    # the engine's windowed run where the model has one, pyvene otherwise
+    if runner is None and adapter.has_positions:
+        runner = Interchanges(adapter, base, source, [hypothesis.readout(o) for o in hypothesis.outputs])
+    logits = None if runner is None else runner.logits(sites)
+    if logits is None:
+        logits = interchange_pyvene(adapter, base, source, site)
     pred = predicted_outputs(hypothesis, logits)
     target = targets
     ok = torch.ones(len(pairs), dtype=torch.bool)
@@ -231,6 +241,7 @@ def search(
     """
     rng = np.random.default_rng(random_state)
     seq_len = int(align[0].shape[1]) if align[0].ndim > 1 else 1
+    readouts = [hypothesis.readout(o) for o in hypothesis.outputs]
     alignment = Alignment()
     for var in variables:
         grid = (sites or {}).get(var) or candidate_sites(adapter, hypothesis, var, seq_len)
@@ -238,10 +249,15 @@ def search(
         pairs_h = sample_pairs(var, heldout[1], pool[1], n_pairs, rng)
         targets = {id(pairs_a): counterfactual_targets(hypothesis, var, align[1], pool[1], pairs_a),
                    id(pairs_h): counterfactual_targets(hypothesis, var, heldout[1], pool[1], pairs_h)}
+        # each pair set's base and source activations, captured once for every site
+        runners = {id(p): Interchanges(adapter, b[0][p[:, 0]], pool[0][p[:, 1]], readouts) if adapter.has_positions
+                   else None for p, b in ((pairs_a, align), (pairs_h, heldout))}
+        if runners[id(pairs_a)] is not None:
+            runners[id(pairs_a)].prepare(grid)  # one pass over the sources for the whole grid
 
         def score(group: tuple[Site, ...], pairs: np.ndarray, base: tuple[torch.Tensor, Values]) -> float:
             return interchange_accuracy(adapter, hypothesis, var, group, base[0], base[1], pool[0], pool[1], pairs,
-                                        targets[id(pairs)])
+                                        targets[id(pairs)], runners[id(pairs)])
 
         scored: list[tuple[float, tuple[Site, ...]]] = [(score((s,), pairs_a, align), (s,)) for s in grid]
         if das_rank and (das_if_below is None or max(iia for iia, _ in scored) < das_if_below):

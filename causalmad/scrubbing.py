@@ -438,7 +438,7 @@ def scrub_many(
     groups: dict[tuple[str | None, int | None, object], list[int]] = {}
     for j, e in enumerate(explanations):
         point = adapter.resume_point([s.hook for s in e.sites])
-        start = _window_start(adapter, e, readouts, inputs.shape[1]) if point is not None else None
+        start = _window_start(adapter, e.sites, readouts, inputs.shape[1]) if point is not None else None
         places = tuple(sorted({(adapter.window_point(s.hook), s.positions if isinstance(s.positions, tuple) else None)
                                for s in e.sites}, key=repr)) if start is not None else None
         groups.setdefault((point, start, places), []).append(j)
@@ -562,6 +562,69 @@ def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return first[order], count[order]
 
 
+class Interchanges:
+    """Interchange interventions of one batch of ``base`` inputs with one batch of
+    ``source`` inputs (row i from row i) at many sites, through the engine's windowed run
+    (:meth:`ModelAdapter.run_window`): what alignment measures IIA with. The base's clean
+    run and the sources' activations are captured once per hook and reused for every
+    site. The same interchange as :func:`~causalmad.interventions.interchange_pyvene` up
+    to float rounding (``tests/test_engine.py``), several times cheaper per site."""
+
+    def __init__(self, adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor, readouts: Sequence[Readout],
+                 batch_size: int = 1024) -> None:
+        self.adapter, self.base, self.source, self.readouts = adapter, base, source, list(readouts)
+        self.batch_size = batch_size
+        self._clean: dict[str, torch.Tensor] = {}  # the base's clean activations, per hook
+        self._sources: dict[str, torch.Tensor] = {}  # the sources' activations, per hook
+        self._projections: dict[int, torch.Tensor | None] = {}
+
+    @staticmethod
+    def _fill(adapter: ModelAdapter, cache: dict[str, torch.Tensor], x: torch.Tensor, hooks: Sequence[str],
+              batch_size: int) -> None:
+        need = [h for h in dict.fromkeys(hooks) if h not in cache]
+        if need:
+            cache.update(zip(need, _capture_raw(adapter, x, need, batch_size)))
+
+    def prepare(self, sites: Sequence[Site]) -> None:
+        """Capture the sources' activations at every hook of ``sites`` the windowed run can
+        patch, in one pass."""
+        hooks = [s.hook for s in sites if self.adapter.can_window([s.hook])]
+        self._fill(self.adapter, self._sources, self.source, hooks, self.batch_size)
+
+    def logits(self, sites: Sequence[Site]) -> torch.Tensor | None:
+        """Logits of the base with every one of ``sites`` taken from the sources, at the
+        positions the readouts read (zeros elsewhere); ``None`` where the adapter cannot
+        run these sites windowed (a site without fixed positions counts as all of them)."""
+        from causalmad.interventions import _flat, _gather
+
+        adapter, base = self.adapter, self.base
+        point = adapter.resume_point([s.hook for s in sites])
+        seq = int(base.shape[1]) if base.ndim > 1 else 1
+        start = _window_start(adapter, sites, self.readouts, seq) if point is not None else None
+        if point is None or start is None:
+            return None
+        inputs = adapter.window_inputs(point)
+        self._fill(adapter, self._clean, base, [point, *inputs, adapter.final_hook()], self.batch_size)
+        self._fill(adapter, self._sources, self.source, [s.hook for s in sites], self.batch_size)
+        values = [_gather(_flat(adapter, self._sources[s.hook]), s.position_index(self.source)).float() for s in sites]
+        readout_start = min(r.position % seq for r in self.readouts if r.position is not None)
+        out = []
+        for a in range(0, len(base), self.batch_size):
+            x = base[a : a + self.batch_size]
+            rows = np.arange(a, a + len(x))
+            acts = {h: self._clean[h][a : a + len(x)] for h in [point, *inputs, adapter.final_hook()]}
+            with torch.no_grad():
+                kv = {h: adapter.prefix_kv(h, acts[h]) for h in inputs}
+            by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
+            for site, vals in zip(sites, values):
+                pos = site.position_index(x)
+                by_hook.setdefault(site.hook, []).append(
+                    (slice(0, len(x)), site, vals[rows].to(adapter.device), None if pos is None else pos - start))
+            out.append(_run_segments(adapter, point, x, acts, rows - a, by_hook, self._projections, start, kv,
+                                     readout_start))
+        return torch.cat(out)
+
+
 def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
                  batch_size: int = 1024, readouts: Sequence[Readout] = ()) -> list[torch.Tensor]:
     """Outputs of ``hooks`` exactly as the model produced them (shape, dtype, device),
@@ -614,16 +677,16 @@ def _merge_small_windows(groups: dict[tuple[str | None, int | None, object], lis
     return merged
 
 
-def _window_start(adapter: ModelAdapter, explanation: Explanation, readouts: Sequence[Readout],
+def _window_start(adapter: ModelAdapter, sites: Sequence[Site], readouts: Sequence[Readout],
                   seq: int) -> int | None:
-    """The first position an explanation's rows must recompute when the adapter can run
-    a window (:meth:`ModelAdapter.run_window`): its earliest patched position (or the
+    """The first position rows patching ``sites`` must recompute when the adapter can run
+    a window (:meth:`ModelAdapter.run_window`): the earliest patched position (or the
     earliest readout, if before); 0 when a site has no fixed positions. ``None``: the
     adapter cannot (the rows run whole, :meth:`ModelAdapter.run_from`)."""
-    if not adapter.can_window([s.hook for s in explanation.sites]) or any(r.position is None for r in readouts):
+    if not adapter.can_window([s.hook for s in sites]) or not readouts or any(r.position is None for r in readouts):
         return None
     firsts = [r.position % seq for r in readouts if r.position is not None]
-    for site in explanation.sites:
+    for site in sites:
         if not isinstance(site.positions, tuple):
             return 0
         firsts.append(min(p % seq for p in site.positions))

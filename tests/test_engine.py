@@ -322,3 +322,25 @@ def test_rows_with_the_same_input_and_source_activations_run_once(tiny_bridge, m
     # token's draw 4 different sources for most inputs
     assert computed[0] < 12 + 12 * 4 and computed[0] >= 12 + 12 * 3
     np.testing.assert_allclose(div[:, 0], 0.0, atol=1e-5)
+
+
+def test_interchanges_equal_the_pyvene_interchange(tiny_bridge):
+    from causalmad.interventions import interchange_pyvene
+    from causalmad.scrubbing import Interchanges
+
+    adapter = cm.adapt(tiny_bridge)
+    g = torch.Generator().manual_seed(7)
+    base, source = torch.randint(0, 12, (20, 11), generator=g), torch.randint(0, 12, (20, 11), generator=g)
+    runner = Interchanges(adapter, base, source, [cm.Readout(position=8), cm.Readout(position=-1)], batch_size=8)
+    groups = [[cm.Site("blocks.0.hook_resid_pre", positions=(2,))],
+              [cm.Site("blocks.0.attn.hook_z", positions=(9,), head=1)], [cm.Site("blocks.1.attn.hook_z", positions=(10,), head=2)],
+              [cm.Site("blocks.0.hook_resid_post", positions=(4, 9)), cm.Site("blocks.1.hook_mlp_out", positions=(10,))],
+              [cm.Site("blocks.1.hook_attn_out")]]  # every position
+    runner.prepare([s for group in groups for s in group])
+    for sites in groups:
+        fast = runner.logits(sites)
+        slow = interchange_pyvene(adapter, base, source, sites)
+        assert not torch.allclose(slow[:, [8, 10]], adapter.run(base)[:, [8, 10]])  # the interchange changes the readouts
+        torch.testing.assert_close(fast[:, [8, 10]], slow[:, [8, 10]], rtol=1e-4, atol=1e-5)
+    # a readout without a position: no windowed run (alignment then goes through pyvene)
+    assert Interchanges(adapter, base, source, [cm.Readout()]).logits(groups[0]) is None
