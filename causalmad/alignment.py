@@ -157,9 +157,10 @@ def interchange_accuracy(
     runner: Interchanges | None = None,
 ) -> float:
     """IIA of ``variable`` at ``site`` (or a group of sites) on (base, source) ``pairs``
-    (through the engine's windowed run on a model that has one, else through pyvene). ``targets`` (from :func:`counterfactual_targets`) may be passed to
-    reuse them across many sites; ``runner`` (an :class:`~causalmad.scrubbing.Interchanges`
-    of these pairs' bases and sources) likewise reuses captured activations."""
+    (through the engine's windowed run on a model that has one, else through pyvene).
+    ``targets`` (from :func:`counterfactual_targets`) may be passed to reuse them across
+    many sites; ``runner`` (an :class:`~causalmad.scrubbing.Interchanges` of these pairs'
+    bases and sources) likewise reuses captured activations."""
     if targets is None:
         targets = counterfactual_targets(hypothesis, variable, base_values, source_values, pairs)
     base, source = base_x[pairs[:, 0]], source_x[pairs[:, 1]]
@@ -252,8 +253,9 @@ def search(
         # each pair set's base and source activations, captured once for every site
         runners = {id(p): Interchanges(adapter, b[0][p[:, 0]], pool[0][p[:, 1]], readouts) if adapter.has_positions
                    else None for p, b in ((pairs_a, align), (pairs_h, heldout))}
-        if runners[id(pairs_a)] is not None:
-            runners[id(pairs_a)].prepare(grid)  # one pass over the sources for the whole grid
+        ranking = runners[id(pairs_a)]
+        if ranking is not None:
+            ranking.prepare(grid)  # one pass over the sources for the whole grid
 
         def score(group: tuple[Site, ...], pairs: np.ndarray, base: tuple[torch.Tensor, Values]) -> float:
             return interchange_accuracy(adapter, hypothesis, var, group, base[0], base[1], pool[0], pool[1], pairs,
