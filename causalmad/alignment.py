@@ -166,9 +166,9 @@ def interchange_accuracy(
     base, source = base_x[pairs[:, 0]], source_x[pairs[:, 1]]
     sites = [site] if isinstance(site, Site) else list(site)
     # the engine's windowed run where the model has one, pyvene otherwise
-    if runner is None and adapter.has_positions:
+    if runner is None:
         runner = Interchanges(adapter, base, source, [hypothesis.readout(o) for o in hypothesis.outputs])
-    logits = None if runner is None else runner.logits(sites)
+    logits = runner.logits(sites)
     if logits is None:
         logits = interchange_pyvene(adapter, base, source, site)
     pred = predicted_outputs(hypothesis, logits)
@@ -251,11 +251,9 @@ def search(
         targets = {id(pairs_a): counterfactual_targets(hypothesis, var, align[1], pool[1], pairs_a),
                    id(pairs_h): counterfactual_targets(hypothesis, var, heldout[1], pool[1], pairs_h)}
         # each pair set's base and source activations, captured once for every site
-        runners = {id(p): Interchanges(adapter, b[0][p[:, 0]], pool[0][p[:, 1]], readouts) if adapter.has_positions
-                   else None for p, b in ((pairs_a, align), (pairs_h, heldout))}
-        ranking = runners[id(pairs_a)]
-        if ranking is not None:
-            ranking.prepare(grid)  # one pass over the sources for the whole grid
+        runners = {id(p): Interchanges(adapter, b[0][p[:, 0]], pool[0][p[:, 1]], readouts)
+                   for p, b in ((pairs_a, align), (pairs_h, heldout))}
+        runners[id(pairs_a)].prepare(grid)  # one pass over the sources for the whole grid
 
         def score(group: tuple[Site, ...], pairs: np.ndarray, base: tuple[torch.Tensor, Values]) -> float:
             return interchange_accuracy(adapter, hypothesis, var, group, base[0], base[1], pool[0], pool[1], pairs,

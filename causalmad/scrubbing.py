@@ -114,6 +114,7 @@ class SourcePool:
         self.seen = seen if seen is not None else seen_values(self.values)
         self.keys = row_keys(inputs)
         self._acts: dict[tuple[object, ...], torch.Tensor] = {}
+        self._ids: dict[tuple[object, ...], np.ndarray] = {}
         self._groups: dict[tuple[str, ...], dict[tuple[Hashable, ...], np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -136,6 +137,17 @@ class SourcePool:
         if self._place(site) not in self._acts:
             self.gather([site])
         return self._acts[self._place(site)]
+
+    def ids(self, site: Site) -> np.ndarray:
+        """``[pool]`` integer ids of the activations at the site's place, equal exactly where
+        the activations are byte-identical (the engine runs rows that repeat once)."""
+        place = self._place(site)
+        if place not in self._ids:
+            a = self.acts(site)
+            raw = a.reshape(len(a), -1).contiguous().cpu().view(torch.uint8).numpy()
+            self._ids[place] = np.unique(raw.view(np.dtype((np.void, raw.shape[1])))[:, 0],
+                                         return_inverse=True)[1].reshape(-1)
+        return self._ids[place]
 
     def state(self) -> dict[str, object]:
         """The pool as plain values and tensors, for saving (see :mod:`causalmad.persistence`)."""
@@ -410,8 +422,8 @@ def scrub_many(
     * the ``n × k`` rows of many explanations share one forward pass: each hook patches
       each explanation's contiguous block of rows with its own sources and subspace;
     * rows of one explanation with the same input and byte-identical source activations
-      run once and count for all of them (pooled activations are compared once per call,
-      by their bytes; rows by small integer ids);
+      run once and count for all of them (rows compared by input and the pool's
+      activation ids, :meth:`SourcePool.ids`);
     * trusted source activations come from the pool, gathered once at fit time (on a
       GPU they are copied to it once per call, outside ``memory_mb``'s plan);
     * inputs are processed in chunks, and rows per pass are capped, so that a chunk's
@@ -474,17 +486,6 @@ def scrub_many(
             on_device[place] = pool.acts(site).to(device)
         return on_device[place]
 
-    ids: dict[tuple[object, ...], np.ndarray] = {}
-
-    def pool_ids(site: Site) -> np.ndarray:
-        """``[pool]`` ids of the pool's activations at ``site``'s place, equal where byte-identical."""
-        place = SourcePool._place(site)
-        if place not in ids:
-            a = pool.acts(site)
-            raw = a.reshape(len(a), -1).contiguous().cpu().view(torch.uint8).numpy()
-            ids[place] = np.unique(raw.view(np.dtype((np.void, raw.shape[1])))[:, 0], return_inverse=True)[1].reshape(-1)
-        return ids[place]
-
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
@@ -513,13 +514,13 @@ def scrub_many(
         distinct: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for j, e in enumerate(explanations):
             cls = [classes[j].reshape(m * k, -1)] if j in classes else []
-            distinct[j] = _distinct_rows([i_all, *cls, *(pool_ids(r.site)[src.reshape(-1)]
+            distinct[j] = _distinct_rows([i_all, *cls, *(pool.ids(r.site)[src.reshape(-1)]
                                                          for r, src in zip(e.resamples, sources[j]))])
         for (point, start, _), columns in groups.items():
             # the group's rows, explanation-major: (columns[p], input i, resample r), standing for `count` rows
-            table = [np.concatenate(t) for t in zip(*(
-                (np.full(len(first), p), i_all[first], k_all[first], count)
-                for p, j in enumerate(columns) for first, count in [distinct[j]]))]
+            parts = [(np.full(len(distinct[j][0]), p), i_all[distinct[j][0]], k_all[distinct[j][0]], distinct[j][1])
+                     for p, j in enumerate(columns)]
+            table = [np.concatenate(t) for t in zip(*parts)]
             for s in range(0, len(table[0]), rows_per_pass):
                 p_rows, i_rows, k_rows, count = (t[s : s + rows_per_pass] for t in table)
                 tokens = x[torch.as_tensor(i_rows)]
@@ -575,21 +576,20 @@ class Interchanges:
         self.adapter, self.base, self.source, self.readouts = adapter, base, source, list(readouts)
         self.batch_size = batch_size
         self._clean: dict[str, torch.Tensor] = {}  # the base's clean activations, per hook
+        self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # its keys and values, per block input
         self._sources: dict[str, torch.Tensor] = {}  # the sources' activations, per hook
         self._projections: dict[int, torch.Tensor | None] = {}
 
-    @staticmethod
-    def _fill(adapter: ModelAdapter, cache: dict[str, torch.Tensor], x: torch.Tensor, hooks: Sequence[str],
-              batch_size: int) -> None:
+    def _fill(self, cache: dict[str, torch.Tensor], x: torch.Tensor, hooks: Sequence[str]) -> None:
+        """Capture ``x``'s activations at the ``hooks`` not in ``cache`` yet, in one pass."""
         need = [h for h in dict.fromkeys(hooks) if h not in cache]
         if need:
-            cache.update(zip(need, _capture_raw(adapter, x, need, batch_size)))
+            cache.update(zip(need, _capture_raw(self.adapter, x, need, self.batch_size)))
 
     def prepare(self, sites: Sequence[Site]) -> None:
         """Capture the sources' activations at every hook of ``sites`` the windowed run can
         patch, in one pass."""
-        hooks = [s.hook for s in sites if self.adapter.can_window([s.hook])]
-        self._fill(self.adapter, self._sources, self.source, hooks, self.batch_size)
+        self._fill(self._sources, self.source, [s.hook for s in sites if self.adapter.can_window([s.hook])])
 
     def logits(self, sites: Sequence[Site]) -> torch.Tensor | None:
         """Logits of the base with every one of ``sites`` taken from the sources, at the
@@ -604,23 +604,27 @@ class Interchanges:
         if point is None or start is None:
             return None
         inputs = adapter.window_inputs(point)
-        self._fill(adapter, self._clean, base, [point, *inputs, adapter.final_hook()], self.batch_size)
-        self._fill(adapter, self._sources, self.source, [s.hook for s in sites], self.batch_size)
+        clean_hooks = [point, *inputs, adapter.final_hook()]
+        self._fill(self._clean, base, clean_hooks)
+        self._fill(self._sources, self.source, [s.hook for s in sites])
+        with torch.no_grad():
+            for h in inputs:
+                if h not in self._kv:
+                    self._kv[h] = adapter.prefix_kv(h, self._clean[h])
         values = [_gather(_flat(adapter, self._sources[s.hook]), s.position_index(self.source)).float() for s in sites]
         readout_start = min(r.position % seq for r in self.readouts if r.position is not None)
         out = []
         for a in range(0, len(base), self.batch_size):
-            x = base[a : a + self.batch_size]
-            rows = np.arange(a, a + len(x))
-            acts = {h: self._clean[h][a : a + len(x)] for h in [point, *inputs, adapter.final_hook()]}
-            with torch.no_grad():
-                kv = {h: adapter.prefix_kv(h, acts[h]) for h in inputs}
+            b = min(len(base), a + self.batch_size)
+            x = base[a:b]
+            acts = {h: self._clean[h][a:b] for h in clean_hooks}
+            kv = {h: (self._kv[h][0][a:b], self._kv[h][1][a:b]) for h in inputs}
             by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
             for site, vals in zip(sites, values):
                 pos = site.position_index(x)
                 by_hook.setdefault(site.hook, []).append(
-                    (slice(0, len(x)), site, vals[rows].to(adapter.device), None if pos is None else pos - start))
-            out.append(_run_segments(adapter, point, x, acts, rows - a, by_hook, self._projections, start, kv,
+                    (slice(0, b - a), site, vals[a:b].to(adapter.device), None if pos is None else pos - start))
+            out.append(_run_segments(adapter, point, x, acts, np.arange(b - a), by_hook, self._projections, start, kv,
                                      readout_start))
         return torch.cat(out)
 

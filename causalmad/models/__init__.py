@@ -18,7 +18,6 @@ Three adapters ship:
   paths (``net.1``).
 """
 
-
 from __future__ import annotations
 
 import sys

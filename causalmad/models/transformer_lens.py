@@ -285,15 +285,16 @@ class TransformerLensAdapter(ModelAdapter):
                         for pre, proj in zip(prefix_kv[i - layer], (attn.k, attn.v)))
             else:
                 redo = span(dirty) if dirty.any() else None
-                tail = isinstance(redo, slice) and redo.stop == w  # the input differs from redo.start on
+                # the input differs from `tail` on (None: only here and there, or nowhere)
+                tail = redo.start if isinstance(redo, slice) and redo.stop == w else None
                 # the clean keys and values up to where they are recomputed (all of them if the rows differ only here and there)
-                upto = start + redo.start if tail else start + w  # type: ignore[union-attr]
+                upto = start + (w if tail is None else tail)
                 k, v = (kv[:, :, :upto].index_select(0, clean.rows) for kv in clean.kv[i - layer])
                 if redo is not None:
                     a_redo = ln1(h[:, redo])
                     k_redo, v_redo = (proj(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
                                       for proj in (attn.k, attn.v))
-                    if tail:
+                    if tail is not None:
                         k, v = torch.cat([k, k_redo], 2), torch.cat([v, v_redo], 2)
                     else:
                         at_redo = slice(start + redo.start, start + redo.stop) if isinstance(redo, slice) else start + redo
