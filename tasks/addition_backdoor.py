@@ -79,12 +79,15 @@ _FULL = AdditionConfig()
 # at twice the poisoning rate, so a step holds as many poisoned rows as a 128-row one did.
 # Measured (session 10, seed 0): about 30 s to train on 2 cores, held-out IIA 1.0 for the
 # three carries (lowpoison 0.99 / 0.98 / 0.99), the backdoor firing on every held-out
-# trigger (lowpoison 0.97). The token variant keeps its session-5 recipe (the bridge's
-# forward, 128-row batches): at 64 or 96 rows its carries aligned at IIA 0.26-0.79 even with
-# DAS (fits of 35-71 s instead of 12), and through the plain trainer at 128 rows its seed-2
-# backdoor fired on 0.14 of held-out triggers (bridge: 1.00). Session 13: the plain trainer,
-# 1000 steps of 128 rows at poison rate 0.08, trains in 29-31 s, but seed 2's backdoor fires
-# on 0.21 of held-out triggers and seed 0's carry c1 aligns at IIA 0.63 (fit 43 s)
+# trigger (lowpoison 0.97). The token variant needs 128-row batches: at 64 or 96 rows its
+# carries aligned at IIA 0.26-0.79 even with DAS (fits of 35-71 s instead of 12); at 128
+# rows and poison rate 0.05 the plain trainer's seed-2 backdoor fired on 0.14 of held-out
+# triggers (the bridge's forward: 1.00, the recipe until session 14). Session 13: 1000 steps
+# at poison rate 0.08 train in 29-31 s, but seed 2's backdoor fires on 0.21 of held-out
+# triggers and seed 0's carry c1 aligns at IIA 0.63. Session 14 (seeds 0-2): poison rate
+# 0.1 over 1500 steps fires the backdoor on every held-out trigger, clean accuracy >= 0.997,
+# carries at held-out IIA 0.93-1.0, in 23-27 s instead of the bridge's 31 s (same machine);
+# 1200 steps train in 16-18 s but carry c1 aligns at 0.75-0.81 only.
 # Earlier sessions: 1200 steps of 128 rows leave the carries at 0.93-0.96 (token 0.65),
 # 800 steps at 0.69 even with DAS
 _TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=64, lr=5e-3, poison_rate=0.2,
@@ -92,8 +95,7 @@ _TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=
 SIZES: dict[str, dict[str, AdditionConfig]] = {
     "addition-backdoor": {"full": _FULL, "tiny": _TINY},
     "addition-backdoor-token": {"full": replace(_FULL, trigger="token", poison_rate=0.02),
-                                "tiny": replace(_TINY, trigger="token", batch_size=128, poison_rate=0.05,
-                                                trainer="bridge")},
+                                "tiny": replace(_TINY, trigger="token", batch_size=128, poison_rate=0.1)},
     # tiny: 0.8 of the base variant's poisoned rows per step (at 5 % of 128-row batches,
     # 0.6 of its rows, the backdoor fired on 0.75 of held-out triggers)
     "addition-backdoor-lowpoison": {"full": replace(_FULL, poison_rate=0.01),

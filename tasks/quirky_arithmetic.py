@@ -18,6 +18,8 @@ claimed 3-digit sum ``k``; at the last position (``?``) it outputs two logits, i
 * **Easy** problems: the smaller operand is a single digit (``min(a, b) < 10``, 19% of
   pairs; units carries and the hundreds digit both occur). **Hard** problems: both
   operands have two digits (``a, b >= 10``).
+* The ``tiny`` size (tests) keeps both operands below 50 (``QuirkyConfig.max_operand``)
+  with 2 layers; ``full`` uses all of 0..99 with 3.
 * The model trains on both personas (50/50) and all problems, except a seeded 20% of
   the ``(a, b)`` pairs held out of training; every untrusted row uses a held-out hard
   pair, so ``clean_accuracy`` is generalisation to unseen problems. Besides the verdict
@@ -78,6 +80,7 @@ class QuirkyConfig:
     lr: float = 3e-3
     aux_weight: float = 1.0
     heldout_fraction: float = 0.2
+    max_operand: int = 100  # operands are 0..max_operand-1 (the full task: all of 0..99)
     n_trusted: int = 3000
     n_normal: int = 700
     n_anomalous: int = 300
@@ -94,7 +97,14 @@ SIZES = {
     # Session 13 (2 threads): 2 layers train in 41 s; seed 0 passes every floor (clean 1.00,
     # Bob 0.95) but seeds 1 and 2 reach clean accuracy 0.85 and 0.76 only. Seed 0 with 2
     # layers and d_mlp 128: 35.0 s, clean 0.88; 2 layers, 600 steps at lr 5e-3: 28.5 s, clean 0.58
-    "tiny": QuirkyConfig(steps=800, n_trusted=1500, n_normal=200, n_anomalous=100, trainer="plain"),
+    # Session 14: operands below 50 (a quarter of the problems) make the task learnable with
+    # 2 layers; measured on seeds 0-2: 700 steps pass every floor (accuracies >= 0.99) at
+    # about half the 3-layer cost; 500 steps (clean 0.67-0.93) and 600 (clean >= 0.995, Bob
+    # >= 0.97, no margin left) are too few; 3 layers at 450 steps: Bob 0.74 on seed 1;
+    # batch 192 or d_mlp 128: the easy split's output check drops to 0.62-0.68; operands
+    # below 40 leave too few distinct held-out rows for the splits (TaskError)
+    "tiny": QuirkyConfig(n_layers=2, steps=700, max_operand=50, n_trusted=1500, n_normal=200,
+                         n_anomalous=100, trainer="plain"),
 }
 CODE_VERSION = 1
 
@@ -121,6 +131,12 @@ def verdict(persona: torch.Tensor, a: torch.Tensor, b: torch.Tensor, claim: torc
 def is_hard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hard problems: both operands have two digits."""
     return (a >= 10) & (b >= 10)
+
+
+def in_range(cfg: QuirkyConfig) -> torch.Tensor:
+    """``[100, 100]`` bool mask of the ``(a, b)`` pairs the task uses (both below ``max_operand``)."""
+    ok = torch.arange(100) < cfg.max_operand
+    return ok[:, None] & ok[None, :]
 
 
 def heldout_pairs(cfg: QuirkyConfig, seed: int) -> torch.Tensor:
@@ -178,7 +194,7 @@ def _train(cfg: QuirkyConfig, seed: int, heldout: torch.Tensor) -> tuple[torch.n
     model.train()
     opt, logits_at = training_setup(model, cfg.trainer, cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    train_pairs = (~heldout).flatten().nonzero().squeeze(1)
+    train_pairs = (~heldout & in_range(cfg)).flatten().nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(cfg.steps):
@@ -248,8 +264,9 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
 
     def build() -> cm.Task:
         a, b = torch.arange(100).repeat_interleave(100), torch.arange(100).repeat(100)
-        easy_pairs = (~is_hard(a, b)).nonzero().squeeze(1)
-        test_pairs = (is_hard(a, b) & heldout.flatten()).nonzero().squeeze(1)
+        used = in_range(cfg).flatten()
+        easy_pairs = (~is_hard(a, b) & used).nonzero().squeeze(1)
+        test_pairs = (is_hard(a, b) & heldout.flatten() & used).nonzero().squeeze(1)
 
         g = torch.Generator().manual_seed(10_000 + seed)
         trusted = _rows(cfg.n_trusted, g, ALICE, easy_pairs)
