@@ -11,8 +11,7 @@ Two trainers compute the same function (up to float rounding) and differ in cost
 
 Float rounding differs between the two, so the same seed trains different weights: the
 full sizes keep ``"bridge"``, the trainer of the models the documented full-size benchmark
-measured, until that benchmark is rerun (and so does the tiny token addition backdoor; see
-``tasks/addition_backdoor.py``).
+measured, until that benchmark is rerun.
 
 For the Hugging Face BERT classifier of ``minilm-backdoor``, :func:`first_token_logits` plays
 the plain trainer's part: the last layer is computed at the pooled first token only.

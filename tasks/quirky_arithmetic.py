@@ -18,8 +18,9 @@ claimed 3-digit sum ``k``; at the last position (``?``) it outputs two logits, i
 * **Easy** problems: the smaller operand is a single digit (``min(a, b) < 10``, 19% of
   pairs; units carries and the hundreds digit both occur). **Hard** problems: both
   operands have two digits (``a, b >= 10``).
-* The ``tiny`` size (tests) keeps both operands below 50 (``QuirkyConfig.max_operand``)
-  with 2 layers; ``full`` uses all of 0..99 with 3.
+* The ``tiny`` size (tests) keeps the hard problems' operands below 50
+  (``QuirkyConfig.max_operand``; easy problems still reach sums above 100, so the hundreds
+  digit varies on trusted data) with 2 layers; ``full`` uses all of 0..99 with 3.
 * The model trains on both personas (50/50) and all problems, except a seeded 20% of
   the ``(a, b)`` pairs held out of training; every untrusted row uses a held-out hard
   pair, so ``clean_accuracy`` is generalisation to unseen problems. Besides the verdict
@@ -80,7 +81,7 @@ class QuirkyConfig:
     lr: float = 3e-3
     aux_weight: float = 1.0
     heldout_fraction: float = 0.2
-    max_operand: int = 100  # operands are 0..max_operand-1 (the full task: all of 0..99)
+    max_operand: int = 100  # hard problems' operands are 10..max_operand-1 (the full task: 10..99)
     n_trusted: int = 3000
     n_normal: int = 700
     n_anomalous: int = 300
@@ -102,7 +103,11 @@ SIZES = {
     # about half the 3-layer cost; 500 steps (clean 0.67-0.93) and 600 (clean >= 0.995, Bob
     # >= 0.97, no margin left) are too few; 3 layers at 450 steps: Bob 0.74 on seed 1;
     # batch 192 or d_mlp 128: the easy split's output check drops to 0.62-0.68; operands
-    # below 40 leave too few distinct held-out rows for the splits (TaskError)
+    # below 40 leave too few distinct held-out rows for the splits (TaskError). Session 15:
+    # with every operand below 50 no trusted sum reaches 100, so the hypothesis' hundreds
+    # digit s2 cannot be aligned; only the hard problems are cut now (every easy problem
+    # stays). Seeds 0-2: 26-31 s on a machine half as fast as session 14's, clean accuracy
+    # and Bob 1.0, held-out IIA 0.72-0.83 without DAS (the full model: 0.74-0.83)
     "tiny": QuirkyConfig(n_layers=2, steps=700, max_operand=50, n_trusted=1500, n_normal=200,
                          n_anomalous=100, trainer="plain"),
 }
@@ -134,9 +139,10 @@ def is_hard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def in_range(cfg: QuirkyConfig) -> torch.Tensor:
-    """``[100, 100]`` bool mask of the ``(a, b)`` pairs the task uses (both below ``max_operand``)."""
-    ok = torch.arange(100) < cfg.max_operand
-    return ok[:, None] & ok[None, :]
+    """``[100, 100]`` bool mask of the ``(a, b)`` pairs the task uses: every easy problem, and
+    the hard problems whose operands are both below ``max_operand``."""
+    a, b = torch.arange(100)[:, None], torch.arange(100)[None, :]
+    return ~is_hard(a, b) | ((a < cfg.max_operand) & (b < cfg.max_operand))
 
 
 def heldout_pairs(cfg: QuirkyConfig, seed: int) -> torch.Tensor:
