@@ -87,7 +87,9 @@ _FULL = AdditionConfig()
 # triggers and seed 0's carry c1 aligns at IIA 0.63. Session 14 (seeds 0-2): poison rate
 # 0.1 over 1500 steps fires the backdoor on every held-out trigger, clean accuracy >= 0.997,
 # carries at held-out IIA 0.93-1.0, in 23-27 s instead of the bridge's 31 s (same machine);
-# 1200 steps train in 16-18 s but carry c1 aligns at 0.75-0.81 only.
+# 1200 steps train in 16-18 s but carry c1 aligns at 0.75-0.81 only. Session 15's cheaper
+# tries (64, 80 or 96 rows; 1000-1200 steps of 128-256) lose a carry on some seed or save
+# nothing (docs/tasks.md).
 # Earlier sessions: 1200 steps of 128 rows leave the carries at 0.93-0.96 (token 0.65),
 # 800 steps at 0.69 even with DAS
 _TINY = AdditionConfig(d_model=64, n_heads=4, d_mlp=256, steps=1500, batch_size=64, lr=5e-3, poison_rate=0.2,
