@@ -107,7 +107,7 @@ SIZES = {
     # with every operand below 50 no trusted sum reaches 100, so the hypothesis' hundreds
     # digit s2 cannot be aligned; only the hard problems are cut now (every easy problem
     # stays). Seeds 0-2: 26-31 s on a machine half as fast as session 14's, clean accuracy
-    # and Bob 1.0, held-out IIA 0.72-0.83 without DAS (the full model: 0.74-0.83)
+    # and Bob 1.0, held-out IIA 0.72-0.83 without DAS (session 11's 3-layer tiny model: 0.74-0.83)
     "tiny": QuirkyConfig(n_layers=2, steps=700, max_operand=50, n_trusted=1500, n_normal=200,
                          n_anomalous=100, trainer="plain"),
 }
