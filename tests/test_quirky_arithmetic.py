@@ -75,8 +75,8 @@ def test_output_checks_are_near_chance_on_the_hard_split_only(task):
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis)
     records = {r["split"]: r for r, _ in evaluate_splits("output-disagreement", det, task)}
     # on the easy split the check catches every anomaly whose verdict differs from Alice's
-    # (about 60% of them) and ranks the rest, right answers given for Alice's reasons, near
-    # chance, so the split's AUROC sits near that share (measured 0.69-0.78 on seeds 0-2)
+    # (about 60% of them); the rest are Alice's answers, given as confidently as normal rows
+    # or more, so the split's AUROC sits near that share (0.67-0.74 on seeds 0-2)
     easy = task.splits["easy"]
     normal, anomalous = _split_parts(easy)
     persona, a, b, claim = decode(anomalous)
