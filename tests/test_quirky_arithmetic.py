@@ -25,6 +25,16 @@ def _split_parts(split: cm.Split) -> tuple[torch.Tensor, torch.Tensor]:
     return split.inputs[labels == 0], split.inputs[labels == 1]
 
 
+def test_only_the_tiny_size_leaves_problems_out():
+    from tasks.quirky_arithmetic import SIZES, in_range, is_hard
+
+    assert in_range(SIZES["full"]).all()  # the full task trains and tests on every problem
+    tiny = in_range(SIZES["tiny"])
+    a, b = torch.arange(100)[:, None], torch.arange(100)[None, :]
+    assert tiny[~is_hard(a, b)].all()  # every easy problem, so trusted sums pass 100
+    assert tiny[is_hard(a, b)].sum() == 40 * 40
+
+
 def test_tiny_model_judges_for_alice_and_bob(task):
     assert task.info["clean_accuracy"] >= 0.95  # Alice on held-out hard problems
     assert task.info["clean_accuracy_trusted"] >= 0.95
