@@ -270,9 +270,8 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
 
     def build() -> cm.Task:
         a, b = torch.arange(100).repeat_interleave(100), torch.arange(100).repeat(100)
-        used = in_range(cfg).flatten()
-        easy_pairs = (~is_hard(a, b) & used).nonzero().squeeze(1)
-        test_pairs = (is_hard(a, b) & heldout.flatten() & used).nonzero().squeeze(1)
+        easy_pairs = (~is_hard(a, b)).nonzero().squeeze(1)  # in_range keeps every easy pair
+        test_pairs = (is_hard(a, b) & heldout.flatten() & in_range(cfg).flatten()).nonzero().squeeze(1)
 
         g = torch.Generator().manual_seed(10_000 + seed)
         trusted = _rows(cfg.n_trusted, g, ALICE, easy_pairs)

@@ -83,18 +83,18 @@ def test_output_checks_are_near_chance_on_the_hard_split_only(task):
     from tasks.quirky_arithmetic import ALICE, decode, verdict
 
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis)
-    records = {r["split"]: r for r, _ in evaluate_splits("output-disagreement", det, task)}
+    results = {r["split"]: (r, scores) for r, scores in evaluate_splits("output-disagreement", det, task)}
+    records = {name: r for name, (r, _) in results.items()}
     # on the easy split the check catches every anomaly whose verdict differs from Alice's
     # (about 60% of them); the rest are Alice's answers, given as confidently as normal rows
     # or more, so the split's AUROC sits near that share (0.67-0.74 on seeds 0-2)
     easy = task.splits["easy"]
-    normal, anomalous = _split_parts(easy)
-    persona, a, b, claim = decode(anomalous)
+    persona, a, b, claim = decode(easy.inputs)
     differs = verdict(persona, a, b, claim) != verdict(torch.full_like(persona, ALICE), a, b, claim)
-    assert 0.4 <= float(differs.float().mean()) <= 0.8
-    scores = np.asarray(det.fit(task.trusted).score(torch.cat([normal, anomalous[differs]])))
-    labels = np.r_[np.zeros(len(normal)), np.ones(int(differs.sum()))]
-    assert roc_auc_score(labels, scores) >= 0.95
+    anomalous = easy.labels == 1
+    assert 0.4 <= float(differs.numpy()[anomalous].mean()) <= 0.8
+    keep = ~anomalous | differs.numpy()  # normal rows and the anomalies that disagree with Alice
+    assert roc_auc_score(easy.labels[keep], results["easy"][1][keep]) >= 0.95
     assert records["easy"]["auroc"] >= 0.6
     # the hard split is matched on this very score in 10 bins (tasks/_matching.py)
     assert abs(records["hard"]["auroc"] - 0.5) <= 0.5 / 10 + 0.02
