@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,27 @@ from pathlib import Path
 import torch
 
 import causalmad as cm
+
+
+def speed_probe(repeats: int = 5) -> dict[str, float]:
+    """How fast this machine runs the two kinds of work the tasks' training is made of:
+    large matrix products (``gemm_gflops``: 1024x1024 float32 products on torch's threads)
+    and small operations, whose fixed cost dominates a tiny model's step (``small_op_us``:
+    microseconds per add of two 64x64 tensors). Medians of ``repeats`` timings; they let a
+    reader compare training times taken on different machines."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    x, y = torch.randn(64, 64), torch.randn(64, 64)
+    gemm, small = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        gemm.append(10 * 2 * 1024**3 / (time.perf_counter() - t) / 1e9)
+        t = time.perf_counter()
+        for _ in range(2000):
+            x + y
+        small.append((time.perf_counter() - t) / 2000 * 1e6)
+    return {"gemm_gflops": round(statistics.median(gemm), 1), "small_op_us": round(statistics.median(small), 2)}
 
 
 def main() -> None:
@@ -54,7 +76,7 @@ def main() -> None:
         acc = "" if record["clean_accuracy"] is None else f"{record['clean_accuracy']:.3f}"
         print(f"| {name} | {args.size} | {record['train_s']:.1f} | {wall:.1f} | {cpu:.1f} | {acc} |", flush=True)
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "python": platform.python_version(), "load_average": os.getloadavg()}
+               "python": platform.python_version(), "load_average": os.getloadavg(), **speed_probe()}
     print(f"machine: {machine}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
