@@ -479,6 +479,10 @@ def scrub_many(
     # once per call, not once per pass (no-ops on the CPU)
     device = adapter.device
     on_device: dict[tuple[object, ...], torch.Tensor] = {}
+    # the divergences add up where the model runs: no copy to the host (a synchronisation
+    # on a GPU) per pass, one at the end
+    total = torch.zeros(n * n_expl, dtype=torch.float64, device=device)
+    gaps = np.zeros((n, n_expl), dtype=bool)
 
     def pool_acts(site: Site) -> torch.Tensor:
         place = SourcePool._place(site)
@@ -493,9 +497,8 @@ def scrub_many(
         # each input's sources depend on its key only, so chunking does not change them
         sources: dict[int, list[np.ndarray]] = {}
         classes: dict[int, np.ndarray] = {}
-        gap = np.zeros((m, n_expl), dtype=bool)
         for j, e in enumerate(explanations):
-            sources[j], unmatched[a:b, j], gap[:, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
+            sources[j], unmatched[a:b, j], gaps[a:b, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
             if e.target is not None:
                 classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
         # one clean pass: resume activations and (unless given) the unscrubbed readouts
@@ -539,16 +542,18 @@ def scrub_many(
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
                 rows_clean = [c[torch.as_tensor(i_rows, device=device)] for c in clean]
-                kl = kl_divergence(rows_clean, scrubbed).cpu().double().numpy()
+                kl = kl_divergence(rows_clean, scrubbed)
                 for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):  # interchange segments
                     j = columns[p_rows[st]]
                     if j in classes:
                         seg_cls = classes[j][i_rows[st:en], k_rows[st:en]]
-                        kl[st:en] = counterfactual_nll([q[st:en] for q in scrubbed], seg_cls).cpu().double().numpy()
-                np.add.at(div, (i_rows + a, np.asarray(columns)[p_rows]), kl * count / k)
+                        kl[st:en] = counterfactual_nll([q[st:en] for q in scrubbed], seg_cls)
+                cells = torch.as_tensor((i_rows + a) * n_expl + np.asarray(columns)[p_rows], device=device)
+                total.index_add_(0, cells, kl.double() * torch.as_tensor(count / k, device=device))
                 bar.update(int(count.sum()))
-        div[a:b][gap] = np.nan
     bar.close()
+    div = total.view(n, n_expl).cpu().numpy()
+    div[gaps] = np.nan
     return div, unmatched
 
 
