@@ -441,10 +441,9 @@ def scrub_many(
 
     n, k, n_expl = len(inputs), resamples, len(explanations)
     keys = row_keys(inputs) if keys is None else keys
-    div = np.zeros((n, n_expl))
     unmatched = np.zeros((n, n_expl), dtype=bool)
     if n == 0 or n_expl == 0:
-        return div, unmatched
+        return np.zeros((n, n_expl)), unmatched
     # explanations grouped by where their rows resume: (resume point, window start, the
     # places they patch) (start None: the adapter runs these rows whole, see _window_start)
     groups: dict[tuple[str | None, int | None, object], list[int]] = {}
@@ -541,7 +540,8 @@ def scrub_many(
                 logits = _run_segments(adapter, point, tokens, acts, i_rows, by_hook, projections, start, kv,
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
-                rows_clean = [c[torch.as_tensor(i_rows, device=device)] for c in clean]
+                at_rows = torch.as_tensor(i_rows, device=device)
+                rows_clean = [c[at_rows] for c in clean]
                 kl = kl_divergence(rows_clean, scrubbed)
                 for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):  # interchange segments
                     j = columns[p_rows[st]]
