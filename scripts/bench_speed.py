@@ -13,7 +13,12 @@ detector fitted once and saved:
   explanations; speed-up and the largest difference between the two;
 * scaling: wall time and peak memory (max RSS of a fresh process) as N, E and K each grow
   10x, under a memory budget;
-* end to end: fit + score of the task's easy split.
+* end to end: fit + score of the task's easy split;
+* traffic: the overhead comparison's plain and scrubbed passes run again on an accelerator
+  simulated on the CPU (:mod:`causalmad.simulated_device`), counting per 1,024 rows the
+  operations run on the device (kernel launches on a GPU) and the times the host waits
+  for it (blocking copies, reads): what decides speed on a GPU whose passes are bound by
+  launches, measured without one.
 
 ``--device cuda`` runs the model (plain, scrubbed and naive passes alike) on the GPU; the
 scaling section then also reports the GPU's peak allocated memory.
@@ -24,6 +29,7 @@ Every figure is the median of ``--repeats`` runs (min-max spread beside it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -210,6 +216,42 @@ def scaling(args) -> list[dict[str, object]]:
     return result
 
 
+def traffic(args, det, x, family, k) -> dict[str, object]:
+    from causalmad.persistence import load_detector
+    from causalmad.simulated_device import DEVICE, simulated_device
+
+    rows = len(x) * len(family) * k
+    plain_x = x[torch.arange(rows) % len(x)]
+    passes: list[int] = []
+    with simulated_device() as seen:
+        model = det.adapter_.model
+        move_model(model, DEVICE)
+        try:
+            sim = load_detector(Path(args.folder), model, det.hypothesis)
+            ad = sim.adapter_
+            for name in ("run_window", "run_from"):  # count the scrubbed passes
+                run = getattr(ad, name)
+                setattr(ad, name, lambda *a, run=run, **kw: passes.append(1) or run(*a, **kw))
+            seen.clear()
+            with torch.no_grad():
+                for s in range(0, rows, det.batch_size):
+                    ad.forward(plain_x[s : s + det.batch_size].to(ad.device))
+            plain = dataclasses.replace(seen)
+            seen.clear()
+            engine(sim, x, sim.valid_, k)
+            scrub = dataclasses.replace(seen)
+        finally:
+            move_model(model, "cpu")
+    per = lambda c: {"ops": c.ops * 1024 / rows, "syncs": c.syncs * 1024 / rows,  # noqa: E731
+                     "to_device": c.to_device * 1024 / rows, "to_host": c.to_host * 1024 / rows, "reads": c.reads * 1024 / rows}
+    res = {"n": len(x), "explanations": len(family), "k": k, "rows": rows, "batch_size": det.batch_size,
+           "plain_passes": -(-rows // det.batch_size), "scrub_passes": len(passes),
+           "plain_per_1024_rows": per(plain), "scrub_per_1024_rows": per(scrub),
+           "ops_ratio": scrub.ops / max(plain.ops, 1), "syncs_per_scrub_pass": scrub.syncs / max(len(passes), 1)}
+    print(json.dumps(res), flush=True)
+    return res
+
+
 def end_to_end(args, task) -> dict[str, object] | None:
     fits, scores = [], []
     for _ in range(args.e2e_repeats):
@@ -237,8 +279,8 @@ def main() -> None:
     p.add_argument("--naive-explanations", type=int, default=16)
     p.add_argument("--naive-n", type=int, nargs="+", default=[1, 10, 200],
                    help="batch sizes N of the comparison with naive pyvene calls")
-    p.add_argument("--only", nargs="+", choices=["overhead", "naive", "scaling", "e2e"],
-                   default=["overhead", "naive", "scaling", "e2e"], help="sections to run")
+    p.add_argument("--only", nargs="+", choices=["overhead", "naive", "scaling", "e2e", "traffic"],
+                   default=["overhead", "naive", "scaling", "e2e", "traffic"], help="sections to run")
     p.add_argument("--budget", type=float, default=512.0, help="memory budget (MiB) of the scaling runs")
     p.add_argument("--e2e-repeats", type=int, default=3)
     p.add_argument("--folder", default="results/speed-detector")
@@ -272,6 +314,8 @@ def main() -> None:
         out["scaling"] = scaling(args)
     if "e2e" in args.only:
         out["end_to_end"] = end_to_end(args, task)
+    if "traffic" in args.only:
+        out["traffic"] = traffic(args, det, x, family, k)
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**previous, **out}, indent=2))  # --only updates its sections

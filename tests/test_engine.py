@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,7 @@ import causalmad as cm
 from causalmad.explanations import hypothesis_free_explanations
 from causalmad.models import CleanWindow
 from causalmad.scrubbing import SourcePool, clean_log_probs, scrub, scrub_many
+from causalmad.simulated_device import DEVICE, simulated_device
 
 
 def straightforward(adapter, family, x, values, clean, pool, readouts, k, counterfactual=None):
@@ -244,8 +248,25 @@ def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, mon
     assert starts == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
-def test_engine_on_cuda_matches_cpu(tiny_bridge):
+@contextlib.contextmanager
+def on(device: str) -> Iterator[torch.device]:
+    """A CUDA device, or the accelerator simulated on the CPU (which raises where CUDA
+    would: :mod:`causalmad.simulated_device`), so that CI without a GPU checks the
+    device code too."""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device here")
+        yield torch.device("cuda")
+    else:
+        with simulated_device():
+            yield DEVICE
+
+
+DEVICES = ["cuda", "simulated"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_engine_on_a_device_matches_cpu(device, tiny_bridge):
     import copy
 
     adapter = cm.adapt(tiny_bridge)
@@ -255,15 +276,16 @@ def test_engine_on_cuda_matches_cpu(tiny_bridge):
     family = hypothesis_free_explanations(adapter, pool, 11, positions=[10])
     readouts, values = [cm.Readout(position=-1)], [{} for _ in range(len(x))]
     cpu = scrub_many(adapter, family, x, values, clean_log_probs(adapter, x, readouts), pool, readouts, 2)[0]
-    gpu_adapter = cm.adapt(copy.deepcopy(tiny_bridge).to("cuda"))
-    gpu_pool = SourcePool(gpu_adapter, pool_x, None)
-    gpu_family = hypothesis_free_explanations(gpu_adapter, gpu_pool, 11, positions=[10])
-    gpu = scrub_many(gpu_adapter, gpu_family, x, values, clean_log_probs(gpu_adapter, x, readouts), gpu_pool,
-                     readouts, 2)[0]
+    with on(device) as dev:
+        gpu_adapter = cm.adapt(copy.deepcopy(tiny_bridge).to(dev))
+        gpu_pool = SourcePool(gpu_adapter, pool_x, None)
+        gpu_family = hypothesis_free_explanations(gpu_adapter, gpu_pool, 11, positions=[10])
+        gpu = scrub_many(gpu_adapter, gpu_family, x, values, clean_log_probs(gpu_adapter, x, readouts), gpu_pool,
+                         readouts, 2)[0]
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
 
 
-def _fitted_scores(model: nn.Module, hypothesis, trusted: torch.Tensor, x: torch.Tensor, device: str):
+def _fitted_scores(model: nn.Module, hypothesis, trusted: torch.Tensor, x: torch.Tensor, device: torch.device | str):
     import copy
 
     det = cm.ScrubbingDetector(copy.deepcopy(model).to(device), hypothesis=hypothesis, resamples=2, n_pairs=64,
@@ -271,11 +293,11 @@ def _fitted_scores(model: nn.Module, hypothesis, trusted: torch.Tensor, x: torch
     return [e["name"] for e in det.explanations_ if e["valid"]], det.score(x)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("which", ["planted", "bridge"])
-def test_detector_fitted_on_cuda_matches_cpu(which, planted, tiny_bridge):
-    """The whole detector (alignment, validity, calibration, scoring) on a CUDA copy of a
-    model: the same valid explanations and the same scores as on the CPU."""
+def test_detector_fitted_on_a_device_matches_cpu(which, device, planted, tiny_bridge):
+    """The whole detector (alignment, validity, calibration, scoring) on a device copy of
+    a model: the same valid explanations and the same scores as on the CPU."""
     if which == "planted":
         model, h = planted
         trusted, x = planted_data(400, 0, 0), torch.cat([planted_data(30, 0, 5), planted_data(30, 1, 6)])
@@ -284,7 +306,8 @@ def test_detector_fitted_on_cuda_matches_cpu(which, planted, tiny_bridge):
         model, h = tiny_bridge, None
         trusted, x = torch.randint(0, 12, (200, 11), generator=g), torch.randint(0, 12, (40, 11), generator=g)
     cpu_valid, cpu = _fitted_scores(model, h, trusted, x, "cpu")
-    gpu_valid, gpu = _fitted_scores(model, h, trusted, x, "cuda")
+    with on(device) as dev:
+        gpu_valid, gpu = _fitted_scores(model, h, trusted, x, dev)
     assert gpu_valid == cpu_valid
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
 
