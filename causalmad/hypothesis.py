@@ -68,7 +68,12 @@ class Readout:
     def select(self, logits: torch.Tensor) -> torch.Tensor:
         """The ``[n, classes]`` logits this readout reads from model output ``logits``."""
         x = logits if self.position is None else logits[:, self.position]
-        return x if self.logits is None else x[:, list(self.logits)]
+        if self.logits is None:
+            return x
+        lo = self.logits[0]
+        if self.logits == tuple(range(lo, lo + len(self.logits))):
+            return x[:, lo : lo + len(self.logits)]  # a slice: no index copied to the model's device
+        return x[:, list(self.logits)]
 
 
 class Hypothesis:

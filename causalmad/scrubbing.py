@@ -279,7 +279,7 @@ def counterfactual_classes(
     return np.asarray(out, dtype=np.int64)
 
 
-def counterfactual_nll(scrubbed: Sequence[torch.Tensor], classes: np.ndarray) -> torch.Tensor:
+def counterfactual_nll(scrubbed: Sequence[torch.Tensor], classes: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``sum_r -log q_r[class_r]`` per row (``classes``: ``[rows, outputs]``)."""
     total = torch.zeros(len(scrubbed[0]), device=scrubbed[0].device)
     for r, q in enumerate(scrubbed):
@@ -490,6 +490,14 @@ def scrub_many(
         return on_device[place]
 
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
+    # every rule's subspace reaches the device once per call, in one copy
+    sites = list({id(s): s for e in explanations for s in e.sites}.items())
+    bases = [(i, s.projection(pool.acts(s).shape[-1], adapter.head_width(s.hook))) for i, s in sites]
+    projections.update((i, None) for i, b in bases if b is None)
+    with_basis = [(i, b) for i, b in bases if b is not None]
+    if with_basis:
+        projections.update(zip([i for i, _ in with_basis],
+                               _to_device([b.numpy() for _, b in with_basis], device, np.float32)))
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
         m, x = b - a, inputs[a:b]
@@ -526,35 +534,49 @@ def scrub_many(
             for s in range(0, len(table[0]), rows_per_pass):
                 p_rows, i_rows, k_rows, count = (t[s : s + rows_per_pass] for t in table)
                 tokens = x[torch.as_tensor(i_rows)]
-                by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
                 starts = np.flatnonzero(np.r_[True, p_rows[1:] != p_rows[:-1]])
-                for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):
-                    j = columns[p_rows[st]]
-                    seg = slice(int(st), int(en))
-                    ii, kk = i_rows[st:en], k_rows[st:en]
-                    for rule, src in zip(explanations[j].resamples, sources[j]):
-                        vals = pool_acts(rule.site)[torch.as_tensor(src[ii, kk], device=device)]
+                segments = [(slice(int(st), int(en)), columns[p_rows[st]])
+                            for st, en in zip(starts, np.r_[starts[1:], len(p_rows)])]
+                # the pass's indices reach the device in one copy: the rows' inputs and
+                # cells, then per segment each rule's sources and any counterfactual classes
+                host = [i_rows, (i_rows + a) * n_expl + np.asarray(columns)[p_rows], count]
+                for seg, j in segments:
+                    ii, kk = i_rows[seg], k_rows[seg]
+                    host += [src[ii, kk] for src in sources[j]] + ([classes[j][ii, kk]] if j in classes else [])
+                moved = iter(_to_device(host, device))
+                at_rows, cells, counts = next(moved), next(moved), next(moved)
+                by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
+                seg_classes: list[tuple[slice, torch.Tensor]] = []
+                for seg, j in segments:
+                    for rule in explanations[j].resamples:
+                        vals = pool_acts(rule.site)[next(moved)]
                         pos = rule.site.position_index(tokens[seg])
                         by_hook.setdefault(rule.site.hook, []).append(
                             (seg, rule.site, vals, pos - start if pos is not None and start else pos))
+                    if j in classes:
+                        seg_classes.append((seg, next(moved)))
                 logits = _run_segments(adapter, point, tokens, acts, i_rows, by_hook, projections, start, kv,
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
-                at_rows = torch.as_tensor(i_rows, device=device)
-                rows_clean = [c[at_rows] for c in clean]
-                kl = kl_divergence(rows_clean, scrubbed)
-                for st, en in zip(starts, np.r_[starts[1:], len(p_rows)]):  # interchange segments
-                    j = columns[p_rows[st]]
-                    if j in classes:
-                        seg_cls = classes[j][i_rows[st:en], k_rows[st:en]]
-                        kl[st:en] = counterfactual_nll([q[st:en] for q in scrubbed], seg_cls)
-                cells = torch.as_tensor((i_rows + a) * n_expl + np.asarray(columns)[p_rows], device=device)
-                total.index_add_(0, cells, kl.double() * torch.as_tensor(count / k, device=device))
+                kl = kl_divergence([c[at_rows] for c in clean], scrubbed)
+                for seg, seg_cls in seg_classes:  # interchange segments
+                    kl[seg] = counterfactual_nll([q[seg] for q in scrubbed], seg_cls)
+                total.index_add_(0, cells, kl.double() * (counts.double() / k))
                 bar.update(int(count.sum()))
     bar.close()
     div = total.view(n, n_expl).cpu().numpy()
     div[gaps] = np.nan
     return div, unmatched
+
+
+def _to_device(arrays: Sequence[np.ndarray], device: torch.device, dtype: type = np.int64) -> list[torch.Tensor]:
+    """``arrays`` as tensors of ``dtype`` on ``device``, through one copy: each copy from
+    the host makes it wait until the device has run everything queued (on the CPU, views
+    of one host array)."""
+    flat: list[np.ndarray] = [np.asarray(x, dtype=dtype) for x in arrays]
+    sizes = [x.size for x in flat]
+    moved = torch.as_tensor(np.concatenate([x.reshape(-1) for x in flat]), device=device)
+    return [part.view(x.shape) for part, x in zip(torch.split(moved, sizes), flat)]
 
 
 def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -719,19 +741,29 @@ def _run_segments(
     from ``start``; see :meth:`ModelAdapter.run_window`)."""
     from causalmad.interventions import _apply, _as_tensor, _flat, _hooks, _replace
 
+    # the rows and every patch's positions reach the model's device in one copy; which
+    # window positions a patch writes is worked out from the host's copy
+    device = cache[point].device if point is not None else adapter.device
+    host_pos = [(h, i, pos) for h, patches in by_hook.items() for i, (_, _, _, pos) in enumerate(patches)
+                if pos is not None]
+    rows, *moved = _to_device([local_rows, *(pos.numpy() for _, _, pos in host_pos)], device)
+    on_device = {(h, i): pos for (h, i, _), pos in zip(host_pos, moved)}
+    patches_at = {h: [(seg, site, vals, on_device.get((h, i))) for i, (seg, site, vals, _) in enumerate(patches)]
+                  for h, patches in by_hook.items()}
+
     def make(hook: str):  # noqa: ANN202 - closure factory
         def fn(output: object) -> object:
             act = _as_tensor(output)
             flat = _flat(adapter, act).clone()
-            for seg, site, vals, pos in by_hook[hook]:
+            for seg, site, vals, pos in patches_at[hook]:
                 if id(site) not in projections:
-                    projections[id(site)] = site.projection(flat.shape[-1], adapter.head_width(hook))
+                    proj = site.projection(flat.shape[-1], adapter.head_width(hook))
+                    projections[id(site)] = None if proj is None else proj.to(flat.device, flat.dtype)
                 flat[seg] = _apply(flat[seg], pos, vals, projections[id(site)])
             return _replace(output, flat.reshape(act.shape))
 
         return fn
 
-    rows = torch.as_tensor(local_rows)
     if start is not None and point is not None and kv is not None:
         fns: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
         touched: dict[str, torch.Tensor | None] = {}
@@ -740,13 +772,11 @@ def _run_segments(
             fns.setdefault(name, []).append(make(h))
             where = [touched.get(name, torch.empty(0, dtype=torch.long)), *(pos for _, _, _, pos in patches)]
             touched[name] = None if any(p is None for p in where) else torch.cat([p.flatten() for p in where]).unique()  # type: ignore[union-attr]
-        at = rows.to(cache[point].device)  # the clean run's activations are where the model is
         clean = CleanWindow([kv[h] for h in adapter.window_inputs(point)],
-                            [cache[h] for h in [*adapter.window_inputs(point), adapter.final_hook()]], at, touched)
+                            [cache[h] for h in [*adapter.window_inputs(point), adapter.final_hook()]], rows, touched)
         with torch.no_grad():
-            return adapter.run_window(point, start, cache[point][at, start:], [], fns, readout_start, clean)
+            return adapter.run_window(point, start, cache[point][rows, start:], [], fns, readout_start, clean)
     with torch.no_grad(), _hooks(adapter, [(h, make(h)) for h in by_hook]):
         if point is None:
             return adapter.forward(tokens.to(adapter.device))
-        return adapter.run_from(point, cache[point][rows].to(adapter.device),
-                                tokens.to(adapter.device))
+        return adapter.run_from(point, cache[point][rows], tokens.to(adapter.device))

@@ -59,7 +59,8 @@ class Traffic:
     """What ran on the simulated device.
 
     Attributes:
-        ops: operations run there (on a GPU, roughly one kernel launch each).
+        ops: operations that compute there (on a GPU, roughly one kernel launch each);
+            views (``x[:, 2]``, ``x.view(...)``) launch nothing and are not counted.
         to_device: blocking host-to-device copies (host indices into a device tensor too).
         to_host: blocking device-to-host copies.
         reads: values read back by the host (``.item()``, ``bool(t)``) and outputs whose
@@ -172,7 +173,9 @@ class _Simulation(TorchDispatchMode):
             t.to_device += 1
         if on_device and name in _DATA_DEPENDENT:
             t.reads += 1
-        if on_device or to_device:
+        returns = func._schema.returns
+        view = bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
+        if (on_device or to_device) and not view:
             t.ops += 1
         unwrap = lambda x: x.elem if isinstance(x, OnDevice) else x  # noqa: E731
         if target is not None:

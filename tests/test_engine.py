@@ -285,6 +285,32 @@ def test_engine_on_a_device_matches_cpu(device, tiny_bridge):
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
 
 
+def test_a_scrubbed_pass_waits_for_the_device_at_most_twice(tiny_bridge):
+    """Each blocking copy between host and device makes the host wait for the device: a
+    pass copies its indices over in one copy, its patches' positions in another, however
+    many explanations and rules share it (counted on the simulated accelerator)."""
+    import copy
+
+    g = torch.Generator().manual_seed(0)
+    pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (12, 11), generator=g)
+    readouts, values = [cm.Readout(position=-1)], [{} for _ in range(len(x))]
+    with simulated_device() as traffic:
+        adapter = cm.adapt(copy.deepcopy(tiny_bridge).to(DEVICE))
+        pool = SourcePool(adapter, pool_x, None)
+        family = hypothesis_free_explanations(adapter, pool, 11, positions=[7, 10])
+        clean = clean_log_probs(adapter, x, readouts)
+        places = {SourcePool._place(s) for e in family for s in e.sites}
+        passes = []
+        for name in ("forward", "run_from", "run_window"):
+            run = getattr(adapter, name)
+            setattr(adapter, name, lambda *a, run=run, **kw: passes.append(1) or run(*a, **kw))
+        traffic.clear()
+        scrub_many(adapter, family, x, values, clean, pool, readouts, 3, batch_size=128)
+    assert len(family) > 20 and len(passes) > 3  # passes shared by several explanations
+    # two copies per pass, the pool's activations and the clean readouts once per call, the results back
+    assert traffic.syncs <= 2 * len(passes) + len(places) + len(readouts) + 2
+
+
 def _fitted_scores(model: nn.Module, hypothesis, trusted: torch.Tensor, x: torch.Tensor, device: torch.device | str):
     import copy
 

@@ -165,3 +165,25 @@ def test_batched_scrubbing_with_resumed_passes_matches_the_straightforward_engin
     div, _ = scrub_many(adapter, family, x, values, clean, pool, readouts, 3, seed=0, batch_size=50)
     np.testing.assert_allclose(div, ref, rtol=1e-4, atol=1e-6)
     assert (div > 0).any()
+
+
+def test_scrubbing_on_a_simulated_accelerator_matches_the_cpu(bert):
+    """The adapter's resumed passes (attention masks, positions) build nothing on the host
+    that meets device tensors: checked on the accelerator simulated on the CPU."""
+    import copy
+
+    from causalmad.explanations import hypothesis_free_explanations
+    from causalmad.scrubbing import SourcePool, clean_log_probs, scrub_many
+    from causalmad.simulated_device import DEVICE, simulated_device
+
+    pool_x, x = tokens(60, 6, pad_from=8), tokens(20, 7, pad_from=6)
+    readouts, values = [cm.Readout()], [{} for _ in range(len(x))]
+    out = []
+    for device in ("cpu", DEVICE):
+        with simulated_device():
+            adapter = cm.adapt(copy.deepcopy(bert).to(device))
+            pool = SourcePool(adapter, pool_x, None)
+            family = hypothesis_free_explanations(adapter, pool, SEQ, positions=[0, 5])
+            clean = clean_log_probs(adapter, x, readouts)
+            out.append(scrub_many(adapter, family, x, values, clean, pool, readouts, 3, seed=0, batch_size=50)[0])
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-4, atol=1e-6)

@@ -111,3 +111,25 @@ def test_scrubbing_detects_the_backdoor_on_both_splits(task):
         scores = det.score(split.inputs)
         assert scores.shape == (len(split.labels),) and np.isfinite(scores).all()
         assert roc_auc_score(split.labels, scores) >= floor
+
+
+def test_das_on_a_simulated_accelerator_learns_the_cpu_basis(task):
+    """DAS's training loop (rotation, optimiser, early stop) builds nothing on the host that
+    meets device tensors: on the accelerator simulated on the CPU it learns the same basis."""
+    import copy
+
+    from causalmad.simulated_device import DEVICE, simulated_device
+
+    h, x = task.hypothesis, task.trusted
+    vals = [h.values(r) for r in x]
+    pool, align = (x[:1200], vals[:1200]), (x[1200:2000], vals[1200:2000])
+    bases = []
+    for device in ("cpu", DEVICE):
+        pairs = sample_pairs("w1", align[1], pool[1], 200, np.random.default_rng(0))
+        with simulated_device():
+            torch.manual_seed(0)
+            model = copy.deepcopy(task.model).to(device)
+            site = learn_rotation(cm.adapt(model), h, "w1", cm.Site("3"), align, pool, pairs, rank=4, steps=40,
+                                  lr=3e-3, batch_size=64)
+            bases.append(site.basis.cpu())
+    torch.testing.assert_close(bases[1], bases[0])
