@@ -473,31 +473,23 @@ def scrub_many(
     groups = _merge_small_windows(groups, min(n, chunk) * k, rows_per_pass)
     bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
                disable=not progress, leave=False)
-    projections: dict[int, torch.Tensor | None] = {}
-    # the pool's activations and the clean log-probabilities move to the model's device
-    # once per call, not once per pass (no-ops on the CPU)
     device = adapter.device
-    on_device: dict[tuple[object, ...], torch.Tensor] = {}
     # the divergences add up where the model runs: no copy to the host (a synchronisation
     # on a GPU) per pass, one at the end
     total = torch.zeros(n * n_expl, dtype=torch.float64, device=device)
     gaps = np.zeros((n, n_expl), dtype=bool)
-
-    def pool_acts(site: Site) -> torch.Tensor:
-        place = SourcePool._place(site)
-        if place not in on_device:
-            on_device[place] = pool.acts(site).to(device)
-        return on_device[place]
-
-    clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
-    # every rule's subspace reaches the device once per call, in one copy
+    # what the passes read goes to the model's device once per call (nothing is copied on
+    # the CPU): the pool's activations at the call's places and every rule's subspace, one
+    # copy each, and the clean log-probabilities
+    at_places = {SourcePool._place(s): s for e in explanations for s in e.sites}
+    pool_acts = dict(zip(at_places, _to_device([pool.acts(s).numpy() for s in at_places.values()], device,
+                                               np.float32)))
     sites = list({id(s): s for e in explanations for s in e.sites}.items())
     bases = [(i, s.projection(pool.acts(s).shape[-1], adapter.head_width(s.hook))) for i, s in sites]
-    projections.update((i, None) for i, b in bases if b is None)
+    projections: dict[int, torch.Tensor | None] = {i: None for i, b in bases if b is None}
     with_basis = [(i, b) for i, b in bases if b is not None]
-    if with_basis:
-        projections.update(zip([i for i, _ in with_basis],
-                               _to_device([b.numpy() for _, b in with_basis], device, np.float32)))
+    projections.update(zip([i for i, _ in with_basis], _to_device([b.numpy() for _, b in with_basis], device, np.float32)))
+    clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
         m, x = b - a, inputs[a:b]
@@ -549,7 +541,7 @@ def scrub_many(
                 seg_classes: list[tuple[slice, torch.Tensor]] = []
                 for seg, j in segments:
                     for rule in explanations[j].resamples:
-                        vals = pool_acts(rule.site)[next(moved)]
+                        vals = pool_acts[SourcePool._place(rule.site)][next(moved)]
                         pos = rule.site.position_index(tokens[seg])
                         by_hook.setdefault(rule.site.hook, []).append(
                             (seg, rule.site, vals, pos - start if pos is not None and start else pos))
@@ -571,9 +563,11 @@ def scrub_many(
 
 def _to_device(arrays: Sequence[np.ndarray], device: torch.device, dtype: type = np.int64) -> list[torch.Tensor]:
     """``arrays`` as tensors of ``dtype`` on ``device``, through one copy: each copy from
-    the host makes it wait until the device has run everything queued (on the CPU, views
-    of one host array)."""
+    the host makes it wait until the device has run everything queued (on the CPU, the
+    arrays themselves, uncopied)."""
     flat: list[np.ndarray] = [np.asarray(x, dtype=dtype) for x in arrays]
+    if device.type == "cpu" or not flat:
+        return [torch.as_tensor(x) for x in flat]
     sizes = [x.size for x in flat]
     moved = torch.as_tensor(np.concatenate([x.reshape(-1) for x in flat]), device=device)
     return [part.view(x.shape) for part, x in zip(torch.split(moved, sizes), flat)]
