@@ -140,9 +140,9 @@ class _Simulation(TorchDispatchMode):
                 on_device.append(t)
             elif isinstance(t, torch.Tensor):
                 if t.device.type == DEVICE.type:
-                    raise RuntimeError(f"{name}: a tensor reached the simulated device without the simulation "
-                                       "seeing it (torch.tensor(data, device=...) is not simulated; use "
-                                       "torch.as_tensor).")
+                    raise RuntimeError(f"{name}: a tensor was built on the simulated device without the "
+                                       "simulation seeing it (a builder below PyTorch's dispatcher that "
+                                       "causalmad.simulated_device does not wrap).")
                 if t.dim() > 0:  # a host scalar mixes with device tensors on CUDA too
                     on_host.append(t)
             return t
@@ -153,7 +153,7 @@ class _Simulation(TorchDispatchMode):
         copy = name == "copy_.default" or name.startswith("_to_copy")
         # host tensors allowed only as the indices (args[1]) into a device tensor
         indices = {id(i) for i in args[1] if isinstance(i, torch.Tensor)} if name in _HOST_INDICES else set()
-        host_indices = isinstance(args[0], OnDevice) and bool(on_host) and all(id(h) in indices for h in on_host)
+        host_indices = bool(indices and on_host) and isinstance(args[0], OnDevice) and all(id(h) in indices for h in on_host)
         if on_device and on_host and not (copy or host_indices):
             raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
                                f"{DEVICE} (simulated) and cpu! ({name})")

@@ -223,8 +223,8 @@ def traffic(args, det, x, family, k) -> dict[str, object]:
     rows = len(x) * len(family) * k
     plain_x = x[torch.arange(rows) % len(x)]
     passes: list[int] = []
+    model, device = det.adapter_.model, det.adapter_.device
     with simulated_device() as seen:
-        model = det.adapter_.model
         move_model(model, DEVICE)
         try:
             sim = load_detector(Path(args.folder), model, det.hypothesis)
@@ -241,12 +241,13 @@ def traffic(args, det, x, family, k) -> dict[str, object]:
             engine(sim, x, sim.valid_, k)
             scrub = dataclasses.replace(seen)
         finally:
-            move_model(model, "cpu")
+            move_model(model, device)
     per = lambda c: {"ops": c.ops * 1024 / rows, "syncs": c.syncs * 1024 / rows,  # noqa: E731
                      "to_device": c.to_device * 1024 / rows, "to_host": c.to_host * 1024 / rows, "reads": c.reads * 1024 / rows}
     res = {"n": len(x), "explanations": len(family), "k": k, "rows": rows, "batch_size": det.batch_size,
            "plain_passes": -(-rows // det.batch_size), "scrub_passes": len(passes),
            "plain_per_1024_rows": per(plain), "scrub_per_1024_rows": per(scrub),
+           # every wait of the scoring call (its clean passes and once-per-call copies too) per scrubbed pass
            "ops_ratio": scrub.ops / max(plain.ops, 1), "syncs_per_scrub_pass": scrub.syncs / max(len(passes), 1)}
     print(json.dumps(res), flush=True)
     return res
