@@ -282,6 +282,9 @@ def main() -> None:
                    help="batch sizes N of the comparison with naive pyvene calls")
     p.add_argument("--only", nargs="+", choices=["overhead", "naive", "scaling", "e2e", "traffic"],
                    default=["overhead", "naive", "scaling", "e2e", "traffic"], help="sections to run")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per forward pass, plain and scrubbed (default: the detector's, 1,024); small "
+                        "passes cost what their operations' dispatch costs, as a GPU's do")
     p.add_argument("--budget", type=float, default=512.0, help="memory budget (MiB) of the scaling runs")
     p.add_argument("--e2e-repeats", type=int, default=3)
     p.add_argument("--folder", default="results/speed-detector")
@@ -306,6 +309,8 @@ def main() -> None:
     }
     task, det = fitted(args.size, Path(args.folder), args.device)
     x, family, k = task.splits["easy"].inputs[: args.n], det.valid_, det.resamples
+    if args.batch_size is not None:
+        det.batch_size = args.batch_size
     print(f"{len(family)} valid explanations, K={k}", flush=True)
     if "overhead" in args.only:
         overhead(args, det, x, family, k, out)
