@@ -359,7 +359,7 @@ def learn_rotation(
             rows = torch.as_tensor(local_b[idx])
             x = bases[rows].to(device)
             src = act_s[torch.as_tensor(local_s[idx])].to(device)
-            pos = whole.position_index(x)
+            pos = whole.position_index(bases[rows])  # on the host's copy
             q, _ = torch.linalg.qr(free.to(device))
 
             def swap(output: object, src: torch.Tensor = src, pos: torch.Tensor | None = pos,

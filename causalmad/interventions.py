@@ -24,6 +24,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,7 +94,8 @@ def capture(
     """
     chunks: list[list[torch.Tensor]] = [[] for _ in sites]
     for start in range(0, len(inputs), batch_size):
-        x = inputs[start : start + batch_size].to(adapter.device)
+        host = inputs[start : start + batch_size]  # positions are worked out on the host's copy
+        x = host.to(adapter.device)
         grabbed: dict[str, torch.Tensor] = {}
 
         def grab(output: object, name: str) -> object:
@@ -103,10 +105,33 @@ def capture(
         names = sorted({s.hook for s in sites})
         with torch.no_grad(), _hooks(adapter, [(n, lambda o, n=n: grab(o, n)) for n in names]):
             adapter.forward(x)
-        for i, s in enumerate(sites):
-            act = _flat(adapter, grabbed[s.hook])
-            chunks[i].append(_gather(act, s.position_index(x)).float().cpu())
+        # one copy of every site's positions to the device, one copy of the activations back
+        pos = [s.position_index(host) for s in sites]
+        moved = iter(to_device([p.numpy() for p in pos if p is not None], adapter.device))
+        got = [_gather(_flat(adapter, grabbed[s.hook]), None if p is None else next(moved)).float()
+               for s, p in zip(sites, pos)]
+        for i, a in enumerate(to_host(got)):
+            chunks[i].append(a)
     return [torch.cat(c) for c in chunks]
+
+
+def to_device(arrays: Sequence[np.ndarray], device: torch.device, dtype: type = np.int64) -> list[torch.Tensor]:
+    """``arrays`` as tensors of ``dtype`` on ``device``, through one copy: each copy from
+    the host makes it wait until the device has run everything queued (on the CPU, the
+    arrays themselves, uncopied)."""
+    flat: list[np.ndarray] = [np.asarray(x, dtype=dtype) for x in arrays]
+    if device.type == "cpu" or not flat:
+        return [torch.as_tensor(x) for x in flat]
+    moved = torch.as_tensor(np.concatenate([x.reshape(-1) for x in flat]), device=device)
+    return [part.view(x.shape) for part, x in zip(torch.split(moved, [x.size for x in flat]), flat)]
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Device tensors of one dtype on the CPU, through one copy (on the CPU, the tensors)."""
+    if not tensors or tensors[0].device.type == "cpu":
+        return list(tensors)
+    back = torch.cat([t.reshape(-1) for t in tensors]).cpu()
+    return [part.view(t.shape) for part, t in zip(torch.split(back, [t.numel() for t in tensors]), tensors)]
 
 
 def positions_of(site: Site, inputs: torch.Tensor) -> torch.Tensor:
@@ -152,7 +177,7 @@ def run_patched(
             raise CausalMADError(f"Patch at {p.site.key} has {len(p.values)} rows for {len(inputs)} inputs.")
         by_hook.setdefault(p.site.hook, []).append(p)
     x = inputs.to(adapter.device)
-    positions = {id(p): p.site.position_index(x) for p in patches}
+    positions = {id(p): p.site.position_index(inputs) for p in patches}  # on the host's copy
 
     def make(hook: str):  # noqa: ANN202 - closure factory
         def fn(output: object) -> object:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from causalmad.hypothesis import Readout
-from causalmad.interventions import Patch, capture, run_patched
+from causalmad.interventions import Patch, capture, run_patched, to_device
 from causalmad.models import CleanWindow, ModelAdapter
 from causalmad.sites import Site
 
@@ -482,13 +482,13 @@ def scrub_many(
     # the CPU): the pool's activations at the call's places and every rule's subspace, one
     # copy each, and the clean log-probabilities
     at_places = {SourcePool._place(s): s for e in explanations for s in e.sites}
-    pool_acts = dict(zip(at_places, _to_device([pool.acts(s).numpy() for s in at_places.values()], device,
+    pool_acts = dict(zip(at_places, to_device([pool.acts(s).numpy() for s in at_places.values()], device,
                                                np.float32)))
     sites = list({id(s): s for e in explanations for s in e.sites}.items())
     bases = [(i, s.projection(pool.acts(s).shape[-1], adapter.head_width(s.hook))) for i, s in sites]
     projections: dict[int, torch.Tensor | None] = {i: None for i, b in bases if b is None}
     with_basis = [(i, b) for i, b in bases if b is not None]
-    projections.update(zip([i for i, _ in with_basis], _to_device([b.numpy() for _, b in with_basis], device, np.float32)))
+    projections.update(zip([i for i, _ in with_basis], to_device([b.numpy() for _, b in with_basis], device, np.float32)))
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
@@ -535,7 +535,7 @@ def scrub_many(
                 for seg, j in segments:
                     ii, kk = i_rows[seg], k_rows[seg]
                     host += [src[ii, kk] for src in sources[j]] + ([classes[j][ii, kk]] if j in classes else [])
-                moved = iter(_to_device(host, device))
+                moved = iter(to_device(host, device))
                 at_rows, cells, counts = next(moved), next(moved), next(moved)
                 by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
                 seg_classes: list[tuple[slice, torch.Tensor]] = []
@@ -559,18 +559,6 @@ def scrub_many(
     div = total.view(n, n_expl).cpu().numpy()
     div[gaps] = np.nan
     return div, unmatched
-
-
-def _to_device(arrays: Sequence[np.ndarray], device: torch.device, dtype: type = np.int64) -> list[torch.Tensor]:
-    """``arrays`` as tensors of ``dtype`` on ``device``, through one copy: each copy from
-    the host makes it wait until the device has run everything queued (on the CPU, the
-    arrays themselves, uncopied)."""
-    flat: list[np.ndarray] = [np.asarray(x, dtype=dtype) for x in arrays]
-    if device.type == "cpu" or not flat:
-        return [torch.as_tensor(x) for x in flat]
-    sizes = [x.size for x in flat]
-    moved = torch.as_tensor(np.concatenate([x.reshape(-1) for x in flat]), device=device)
-    return [part.view(x.shape) for part, x in zip(torch.split(moved, sizes), flat)]
 
 
 def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -740,7 +728,7 @@ def _run_segments(
     device = cache[point].device if point is not None else adapter.device
     host_pos = [(h, i, pos) for h, patches in by_hook.items() for i, (_, _, _, pos) in enumerate(patches)
                 if pos is not None]
-    rows, *moved = _to_device([local_rows, *(pos.numpy() for _, _, pos in host_pos)], device)
+    rows, *moved = to_device([local_rows, *(pos.numpy() for _, _, pos in host_pos)], device)
     on_device = {(h, i): pos for (h, i, _), pos in zip(host_pos, moved)}
     patches_at = {h: [(seg, site, vals, on_device.get((h, i))) for i, (seg, site, vals, _) in enumerate(patches)]
                   for h, patches in by_hook.items()}
