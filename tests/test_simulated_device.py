@@ -68,3 +68,22 @@ def test_the_simulation_finds_the_host_tensor_a_gpu_found():
     fit(planted())  # fine on the CPU
     with simulated_device(), pytest.raises(RuntimeError, match="same device"):
         fit(planted().to(DEVICE))
+
+
+def test_a_positions_function_reads_the_hosts_copy_of_the_inputs(tiny_bridge):
+    """A site's positions function sees host rows, not device rows (each value it read
+    from a device row would make the host wait)."""
+    import copy
+
+    from causalmad.interventions import Patch, capture, run_patched
+
+    x = torch.randint(0, 12, (16, 11), generator=torch.Generator().manual_seed(0))
+    site = cm.Site("blocks.0.hook_resid_pre", positions=lambda ex: [int(ex[0]) % 11])
+    expected = capture(cm.adapt(tiny_bridge), x, [site])[0]
+    with simulated_device() as traffic:
+        adapter = cm.adapt(copy.deepcopy(tiny_bridge).to(DEVICE))
+        traffic.clear()
+        got = capture(adapter, x, [site])[0]
+        run_patched(adapter, x, [Patch(site, got.to(DEVICE))])
+    assert traffic.reads == 0
+    torch.testing.assert_close(got, expected)
