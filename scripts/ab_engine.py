@@ -7,7 +7,8 @@ more than most engine changes. Here both engines score the same saved detector (
 default task's, as ``scripts/bench_speed.py`` fits it) in the same process, one call
 each in turn, alternating which goes first. The earlier engine is that commit's
 ``causalmad/scrubbing.py`` loaded beside this one; the rest of the package is this
-checkout's. Each call's process CPU time is recorded; the first round is a warm-up.
+checkout's. Each call's process CPU time is recorded; the first round is a warm-up. It
+also says whether the two engines' scores are identical.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -54,16 +57,20 @@ def main() -> None:
     x = task.splits["easy"].inputs[: args.n]
     engines = {args.against: earlier, "this checkout": current}
     seconds: dict[str, list[float]] = {name: [] for name in engines}
+    scores: dict[str, np.ndarray] = {}
     for i in range(args.calls + 1):
         order = list(engines.items()) if i % 2 else list(engines.items())[::-1]
         for name, module in order:
             detector_module.scrub_many = module.scrub_many  # what the detector's scoring calls
             t0 = time.process_time()
-            bench_speed.engine(det, x, det.valid_, det.resamples)
+            scores[name] = bench_speed.engine(det, x, det.valid_, det.resamples)
             if i:
                 seconds[name].append(time.process_time() - t0)
     detector_module.scrub_many = current.scrub_many
-    print(json.dumps({name: bench_speed.spread(s) for name, s in seconds.items()}))
+    a, b = scores.values()
+    print(json.dumps({**{name: bench_speed.spread(s) for name, s in seconds.items()},
+                      "identical_scores": bool(np.array_equal(a, b, equal_nan=True)),
+                      "max_abs_difference": float(np.nanmax(np.abs(a - b)))}))
 
 
 if __name__ == "__main__":
