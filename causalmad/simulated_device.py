@@ -18,7 +18,9 @@ benchmark can report them per pass.
 
 :data:`DEVICE` is PyTorch's ``meta`` device, the one other device a CPU build of PyTorch
 can address; the simulation gives its tensors real data. Code that branches on
-``device.type == "cuda"`` takes its non-CUDA branch here.
+``device.type == "cuda"`` takes its non-CUDA branch here. The simulation is built on
+PyTorch's dispatch hooks (``TorchDispatchMode``, wrapper tensor subclasses), which are
+not a stable API; it is tested with the torch this project pins (2.13).
 
 Example::
 
