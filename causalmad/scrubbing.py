@@ -547,7 +547,7 @@ def scrub_many(
                             (seg, rule.site, vals, pos - start if pos is not None and start else pos))
                     if j in classes:
                         seg_classes.append((seg, next(moved)))
-                logits = _run_segments(adapter, point, tokens, acts, i_rows, by_hook, projections, start, kv,
+                logits = _run_segments(adapter, point, tokens, acts, at_rows, by_hook, projections, start, kv,
                                        readout_start)
                 scrubbed = readout_log_probs(readouts, logits)
                 kl = kl_divergence([c[at_rows] for c in clean], scrubbed)
@@ -633,7 +633,8 @@ class Interchanges:
                 pos = site.position_index(x)
                 by_hook.setdefault(site.hook, []).append(
                     (slice(0, b - a), site, vals[a:b].to(adapter.device), None if pos is None else pos - start))
-            out.append(_run_segments(adapter, point, x, acts, np.arange(b - a), by_hook, self._projections, start, kv,
+            rows = torch.arange(b - a, device=adapter.device)
+            out.append(_run_segments(adapter, point, x, acts, rows, by_hook, self._projections, start, kv,
                                      readout_start))
         return torch.cat(out)
 
@@ -711,7 +712,7 @@ def _run_segments(
     point: str | None,
     tokens: torch.Tensor,
     cache: dict[str, torch.Tensor],
-    local_rows: np.ndarray,
+    rows: torch.Tensor,
     by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]],
     projections: dict[int, torch.Tensor | None],
     start: int | None = None,
@@ -720,15 +721,15 @@ def _run_segments(
 ) -> torch.Tensor:
     """One forward pass in which each hook patches each segment of rows its own way
     (``start`` set: positions ``start`` onwards only, positions in ``by_hook`` counted
-    from ``start``; see :meth:`ModelAdapter.run_window`)."""
+    from ``start``; see :meth:`ModelAdapter.run_window`). ``rows``: the input each row
+    is (an index into ``cache``), on the model's device."""
     from causalmad.interventions import _apply, _as_tensor, _flat, _hooks, _replace
 
-    # the rows and every patch's positions reach the model's device in one copy; which
-    # window positions a patch writes is worked out from the host's copy
-    device = cache[point].device if point is not None else adapter.device
+    # every patch's positions reach the model's device in one copy; which window positions
+    # a patch writes is worked out from the host's copy
     host_pos = [(h, i, pos) for h, patches in by_hook.items() for i, (_, _, _, pos) in enumerate(patches)
                 if pos is not None]
-    rows, *moved = to_device([local_rows, *(pos.numpy() for _, _, pos in host_pos)], device)
+    moved = to_device([pos.numpy() for _, _, pos in host_pos], rows.device)
     on_device = {(h, i): pos for (h, i, _), pos in zip(host_pos, moved)}
     patches_at = {h: [(seg, site, vals, on_device.get((h, i))) for i, (seg, site, vals, _) in enumerate(patches)]
                   for h, patches in by_hook.items()}

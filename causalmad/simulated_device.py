@@ -29,7 +29,7 @@ Example::
     with simulated_device() as traffic:
         model.to(DEVICE)
         scores = detector.fit(trusted).score(x)  # raises where CUDA would
-    print(traffic.syncs, traffic.ops)
+    waits, launches = traffic.syncs, traffic.ops
 """
 
 from __future__ import annotations

@@ -217,31 +217,31 @@ def scaling(args) -> list[dict[str, object]]:
 
 
 def traffic(args, det, x, family, k) -> dict[str, object]:
-    from causalmad.persistence import load_detector
     from causalmad.simulated_device import DEVICE, simulated_device
 
     rows = len(x) * len(family) * k
     plain_x = x[torch.arange(rows) % len(x)]
     passes: list[int] = []
-    model, device = det.adapter_.model, det.adapter_.device
+    ad = det.adapter_
+    device = ad.device
     with simulated_device() as seen:
-        move_model(model, DEVICE)
+        move_model(ad.model, DEVICE)  # the same detector, its model on the simulated device
+        for name in ("run_window", "run_from"):  # count the scrubbed passes
+            run = getattr(ad, name)
+            setattr(ad, name, lambda *a, run=run, **kw: passes.append(1) or run(*a, **kw))
         try:
-            sim = load_detector(Path(args.folder), model, det.hypothesis)
-            ad = sim.adapter_
-            for name in ("run_window", "run_from"):  # count the scrubbed passes
-                run = getattr(ad, name)
-                setattr(ad, name, lambda *a, run=run, **kw: passes.append(1) or run(*a, **kw))
             seen.clear()
             with torch.no_grad():
                 for s in range(0, rows, det.batch_size):
                     ad.forward(plain_x[s : s + det.batch_size].to(ad.device))
             plain = dataclasses.replace(seen)
             seen.clear()
-            engine(sim, x, sim.valid_, k)
+            engine(det, x, family, k)
             scrub = dataclasses.replace(seen)
         finally:
-            move_model(model, device)
+            for name in ("run_window", "run_from"):
+                delattr(ad, name)
+            move_model(ad.model, device)
     per = lambda c: {"ops": c.ops * 1024 / rows, "syncs": c.syncs * 1024 / rows,  # noqa: E731
                      "to_device": c.to_device * 1024 / rows, "to_host": c.to_host * 1024 / rows, "reads": c.reads * 1024 / rows}
     res = {"n": len(x), "explanations": len(family), "k": k, "rows": rows, "batch_size": det.batch_size,
