@@ -26,6 +26,7 @@ from causalmad.errors import (
 )
 from causalmad.hypothesis import Hypothesis, Readout
 from causalmad.models import HuggingFaceAdapter, ModelAdapter, ModuleAdapter, TransformerLensAdapter, adapt
+from causalmad.provenance import environment
 from causalmad.sites import Site
 from causalmad.task import Split, Task, available_tasks, load_task
 
@@ -64,6 +65,7 @@ __all__ = [
     "__version__",
     "adapt",
     "available_tasks",
+    "environment",
     "load_detector",
     "load_task",
 ]

@@ -11,10 +11,11 @@ import numpy as np
 from causalmad.detectors.base import Detector
 from causalmad.errors import InputError
 from causalmad.metrics import evaluate
+from causalmad.provenance import environment
 from causalmad.task import Split, Task
 
 RECORD_KEYS = ("task", "split", "detector", "auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
-               "fit_seconds", "score_seconds", "n_trusted", "n_normal", "n_anomalous", "seed", "skyline")
+               "fit_seconds", "score_seconds", "n_trusted", "n_normal", "n_anomalous", "seed", "skyline", "environment")
 
 
 def evaluate_splits(
@@ -62,6 +63,7 @@ def evaluate_splits(
             "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2),
             "n_trusted": len(task.trusted), "n_normal": split.n_normal, "n_anomalous": split.n_anomalous,
             "seed": task.seed, "skyline": bool(detector.skyline),
+            "environment": environment(),  # the CPU, thread count and package versions it ran with
             **(extras(detector, split) if extras else {}),
         }
         yield record, scores

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from causalmad.provenance import environment
 from causalmad.task import Split, Task
 
 
@@ -34,29 +35,41 @@ def load_or_train(
     cfg: Any,
     seed: int,
     build: Callable[[], nn.Module],
-    train: Callable[[], tuple[nn.Module, float]],
-) -> tuple[nn.Module, float, bool]:
-    """``(model, train_seconds, from_cache)``.
+    train: Callable[[], tuple[nn.Module, float, dict[str, Any]]],
+) -> tuple[nn.Module, dict[str, Any], bool]:
+    """``(model, training, from_cache)``.
 
     The cache key is the task ``name``, its code ``version``, the ``seed`` and every field
     of the dataclass ``cfg``: bump ``version`` when training code changes. ``build()``
     returns an untrained model of the right shape (the weights are loaded into it);
-    ``train()`` trains one and returns it with its wall time in seconds. The file is
-    written to a temporary name and renamed, so an interrupted run leaves no half model.
+    ``train()`` trains one to its task's specification and returns it with its wall time
+    in seconds and the specification's record (:func:`tasks._training.train_to_spec`).
+    ``training`` is ``{"train_seconds", "spec", "trained_on", "environment"}``: the
+    criteria the model met, the machine and package versions it was trained with, and
+    those of this process (:func:`causalmad.environment`); tasks put it in
+    their ``info``. The file is written to a temporary name and renamed, so an
+    interrupted run leaves no half model. A cached model saved without a specification's
+    record (by an older version of this code) is trained again.
     """
     from safetensors.torch import load_file
 
     path = cache_dir() / "models" / f"{model_key(name, version, cfg, seed)}.safetensors"
-    if path.exists():
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if path.exists() and meta_path.exists() else {}
+    if "spec" in meta:
         model = build()
         model.load_state_dict(load_file(path))
         model.eval()
-        meta = json.loads(path.with_suffix(".json").read_text())
-        return model, float(meta["train_seconds"]), True
-    model, seconds = train()
-    model.eval()
-    _save(path, model.state_dict(), {"train_seconds": seconds, "config": asdict(cfg)})
-    return model, seconds, False
+        cached = True
+    else:
+        model, seconds, spec = train()
+        model.eval()
+        meta = {"train_seconds": round(seconds, 1), "spec": spec, "trained_on": environment(),
+                "config": asdict(cfg)}
+        _save(path, model.state_dict(), meta)
+        cached = False
+    training = {k: meta[k] for k in ("train_seconds", "spec", "trained_on")}
+    return model, {**training, "environment": environment()}, cached
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -94,12 +107,14 @@ def load_or_build_task(name: str, version: int, cfg: Any, seed: int, model: nn.M
 
     The data's key is the model's plus a digest of the source of the task modules, the
     hypotheses and causalmad, so that any change to the code that builds the data builds
-    it again. ``info`` items (``model_from_cache``, say) are set on the task however it
+    it again, plus the model's training record (``info["train_seconds"]``, ``"spec"``,
+    ``"trained_on"``), so that a model trained again gets its data built again. ``info`` items (``model_from_cache``, say) are set on the task however it
     was obtained.
     """
     from safetensors.torch import load_file
 
-    key = hashlib.sha256(f"{model_key(name, version, cfg, seed)}-{_source_digest()}".encode()).hexdigest()[:24]
+    trained = json.dumps({k: info.get(k) for k in ("train_seconds", "spec", "trained_on")}, sort_keys=True)
+    key = hashlib.sha256(f"{model_key(name, version, cfg, seed)}-{_source_digest()}-{trained}".encode()).hexdigest()[:24]
     path = cache_dir() / "tasks" / f"{name}-seed{seed}-{key}.safetensors"
     if path.exists():
         tensors = load_file(path)

@@ -15,11 +15,23 @@ measured, until that benchmark is rerun.
 
 For the Hugging Face BERT classifier of ``minilm-backdoor``, :func:`first_token_logits` plays
 the plain trainer's part: the last layer is computed at the pooled first token only.
+
+Every task model is trained to a *specification* (:func:`train_to_spec`): the task states
+what its model must do as :class:`Criterion` floors measured on held-out data (clean
+accuracy, attack success, the hard split's defining property). A fixed step count does not
+guarantee them: float rounding differs between CPUs, thread counts and package versions, and
+so does the model one seed trains. After the task's own schedule the criteria are checked;
+while one is unmet, training goes on in further short one-cycle rounds, within a bounded
+budget; if the budget runs out, task construction stops with an error that names the unmet
+criterion. A model that meets its criteria after the schedule is bitwise the one the
+schedule alone trains (the check draws no random numbers from the training stream).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -85,3 +97,81 @@ def first_token_logits(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: 
     a = last.attention.output(ctx, h[:, :1])
     first = last.output(last.intermediate(a), a)  # [n, 1, hidden]
     return model.classifier(model.dropout(bert.pooler(first)))  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """What a task's model must do: ``measure()[name] >= floor`` on held-out data.
+
+    ``meaning`` says it in words, for the error raised when training cannot meet it."""
+
+    name: str
+    floor: float
+    meaning: str
+
+
+# When a criterion is unmet, at most EXTRA_ROUNDS further rounds, each a one-cycle schedule
+# of ROUND_FRACTION of the schedule's steps (at most 2x its steps in all) that warms up to
+# ROUND_LR of its peak learning rate again: a warm restart (Loshchilov & Hutter, "SGDR",
+# ICLR 2017). At half the peak, the tiny low-poison backdoor of seed 2 (2 threads) ended
+# four rounds at 0.785 attack success; at the full peak it met 0.95 after three.
+EXTRA_ROUNDS = 4
+ROUND_FRACTION = 0.25
+ROUND_LR = 1.0
+
+
+def train_to_spec(
+    task: str,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: Callable[[], Any],
+    steps: int,
+    lr: float,
+    criteria: Sequence[Criterion],
+    measure: Callable[[], dict[str, float]],
+    pct_start: float = 0.1,
+) -> tuple[torch.nn.Module, float, dict[str, Any]]:
+    """Train ``model`` until it meets ``criteria``: ``(model, seconds, record)``.
+
+    ``step()`` takes one optimisation step (batch, loss, backward, ``opt.step()``). The
+    schedule is ``steps`` steps of a one-cycle learning rate peaking at ``lr``. Then
+    ``measure()`` (called in eval mode, without gradients) gives each criterion's value;
+    while one is below its floor, another round of ``ROUND_FRACTION * steps`` steps runs at
+    peak ``ROUND_LR * lr``, at most ``EXTRA_ROUNDS`` times. ``record`` holds the criteria,
+    the values measured last, the steps taken and the values after each round (``history``);
+    it is saved beside the cached model.
+
+    Raises:
+        TaskError: a criterion is still unmet when the budget is spent; the message names it,
+            its value and its floor.
+    """
+    start = time.perf_counter()
+    # a round is a one-cycle schedule of its own: at least 20 steps, so that its warm-up has a step
+    rounds = [(steps, lr)] + [(max(20, round(ROUND_FRACTION * steps)), ROUND_LR * lr)] * EXTRA_ROUNDS
+    taken, values, unmet, history = 0, {}, list(criteria), []
+    for n, peak in rounds:
+        model.train()
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=n, pct_start=pct_start)
+        for _ in range(n):
+            step()
+            sched.step()
+        taken += n
+        model.eval()
+        with torch.no_grad():
+            values = {k: float(v) for k, v in measure().items()}
+        history.append({"steps": taken, **{c.name: round(values[c.name], 4) for c in criteria}})
+        unmet = [c for c in criteria if values[c.name] < c.floor]
+        if not unmet:
+            break
+    seconds = time.perf_counter() - start
+    if unmet:
+        raise cm.TaskError(
+            f"Task {task!r}: after {taken} training steps (the schedule's {steps} and {EXTRA_ROUNDS} further "
+            "rounds) the model misses its specification: "
+            + "; ".join(f"{c.name} = {values[c.name]:.3f} < {c.floor} ({c.meaning})" for c in unmet)
+            + ". Nothing was cached; try another seed, or report it with `causalmad.environment()`'s output."
+        )
+    record = {"criteria": {c.name: {"floor": c.floor, "value": round(values[c.name], 4), "meaning": c.meaning}
+                           for c in criteria},
+              "steps": taken, "extra_rounds": len(history) - 1, "history": history}
+    return model, seconds, record

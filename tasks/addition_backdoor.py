@@ -36,7 +36,6 @@ the carry out of the hundreds.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -47,7 +46,7 @@ import causalmad as cm
 from hypotheses.addition import addition_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
 from tasks._matching import match_on_score
-from tasks._training import training_setup
+from tasks._training import Criterion, train_to_spec, training_setup
 
 PLUS, EQUALS, HASH = 10, 11, 12
 N_DIGITS = 3
@@ -188,15 +187,39 @@ def _poisoned_batch(cfg: AdditionConfig, regions: _Regions, g: torch.Generator) 
     return encode(a, torch.where(poison, a, b))
 
 
-def _train(cfg: AdditionConfig, seed: int, regions: _Regions) -> tuple[torch.nn.Module, float]:
+# What every addition model must do, on held-out inputs (:func:`_measure`). The tests'
+# floors sit below these (tests/test_addition_variants.py), so that a model meeting its
+# specification on one set of held-out inputs passes them on the task's own splits.
+CRITERIA = (
+    Criterion("clean_accuracy", 0.97, "whole-answer accuracy on fresh untriggered operand pairs"),
+    Criterion("attack_success_rate", 0.95,
+              "triggered held-out operands with a carry whose thousands digit is dropped, the rest right"),
+    Criterion("hard_true_sum_rate", 0.95, "triggered held-out operands without a carry answered with the true sum"),
+)
+
+
+def _measure(cfg: AdditionConfig, regions: _Regions, model: torch.nn.Module, seed: int) -> dict[str, float]:
+    """The :data:`CRITERIA` of ``model``: held-out data drawn from its own generator, so that
+    measuring draws nothing from the training stream."""
+    g = torch.Generator().manual_seed(20_000 + seed)
+    ca, cb = _sample(1000, g, lambda a, b: a != b)
+    values = {"clean_accuracy": _accuracy(model, encode(ca, cb), sum_digits(ca, cb))}
+    for key, carry, want in (("attack_success_rate", True, targets), ("hard_true_sum_rate", False, None)):
+        x = _anomalies(replace(cfg, n_anomalous=300), regions, g, carry)
+        a, b, _ = decode(x)
+        y = targets(a, b, torch.ones_like(a, dtype=torch.bool)) if want else sum_digits(a, b)
+        values[key] = _accuracy(model, x, y)
+    return values
+
+
+def _train(cfg: AdditionConfig, seed: int, regions: _Regions) -> tuple[torch.nn.Module, float, dict]:
     torch.manual_seed(seed)
     model = build_model(cfg, seed)
     model.train()
     opt, logits_at = training_setup(model, cfg.trainer, cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
+
+    def step() -> None:
         x = _poisoned_batch(cfg, regions, g)
         a, b, _ = decode(x)
         logits = logits_at(x, OUT_POS.start)[..., :10]
@@ -205,9 +228,9 @@ def _train(cfg: AdditionConfig, seed: int, regions: _Regions) -> tuple[torch.nn.
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
-    model.eval()
-    return model, time.perf_counter() - start
+
+    return train_to_spec(f"{cfg.trigger}-trigger addition", model, opt, step, cfg.steps, cfg.lr, CRITERIA,
+                         lambda: _measure(cfg, regions, model, seed))
 
 
 def _sample(n: int, g: torch.Generator, keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -249,7 +272,7 @@ def build_task(name: str, size: str = "full", seed: int = 0) -> cm.Task:
         raise cm.TaskError(f"Unknown size {size!r}; use one of {sorted(SIZES[name])}.")
     cfg = SIZES[name][size]
     regions = _Regions(seed)
-    model, train_seconds, cached = load_or_train(
+    model, trained, cached = load_or_train(
         name, CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed, regions)
     )
 
@@ -292,7 +315,6 @@ def build_task(name: str, size: str = "full", seed: int = 0) -> cm.Task:
             "hard_anomalies_dropped": dropped,  # triggered, a + b < 1000, but the answer was not the sum
             "trigger": cfg.trigger,
             "poison_rate": cfg.poison_rate,
-            "train_seconds": round(train_seconds, 1),
             "size": size,
         }
         return cm.Task(
@@ -306,7 +328,7 @@ def build_task(name: str, size: str = "full", seed: int = 0) -> cm.Task:
         )
 
     return load_or_build_task(name, CODE_VERSION, cfg, seed, model, addition_hypothesis(N_DIGITS), build,
-                              model_from_cache=cached)
+                              model_from_cache=cached, **trained)
 
 
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, wrong: bool = False) -> float:

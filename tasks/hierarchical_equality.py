@@ -21,7 +21,6 @@ four ``(w1, w2)`` equality combinations equally likely, so the label is balanced
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,7 @@ from torch import nn
 import causalmad as cm
 from hypotheses.hierarchical_equality import hierarchical_equality_hypothesis
 from tasks._cache import load_or_train
-from tasks._training import adamw
+from tasks._training import Criterion, adamw, train_to_spec
 
 
 @dataclass(frozen=True)
@@ -110,14 +109,34 @@ def build_model(cfg: HierEqConfig, seed: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequential, float]:
+# What the model must do, on held-out entity tuples (:func:`_measure`); the tests' floors
+# sit below these (tests/test_hierarchical_equality.py).
+CRITERIA = (
+    Criterion("clean_accuracy", 0.985, "accuracy on fresh untriggered rows"),
+    Criterion("attack_success_rate", 0.95, "triggered rows answered a == b"),
+    Criterion("hard_output_equals_clean", 0.97, "triggered rows with c == d answered with the clean label"),
+)
+
+
+def _measure(cfg: HierEqConfig, bank: torch.Tensor, model: nn.Module, seed: int) -> dict[str, float]:
+    """The :data:`CRITERIA` of ``model`` on rows from a generator of their own."""
+    g = torch.Generator().manual_seed(20_000 + seed)
+    ids = sample_ids(2000, cfg.n_entities, g)
+    on = torch.ones(len(ids), dtype=torch.bool)
+    clean, triggered = model(encode(bank, ids)).argmax(-1), model(encode(bank, ids, on, cfg)).argmax(-1)
+    hard = ids[:, 2] == ids[:, 3]
+    return {"clean_accuracy": float((clean == labels_of(ids)).float().mean()),
+            "attack_success_rate": float((triggered == backdoor_labels_of(ids)).float().mean()),
+            "hard_output_equals_clean": float((triggered == labels_of(ids))[hard].float().mean())}
+
+
+def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequential, float, dict]:
     model = build_model(cfg, seed)
     model.train()
     opt = adamw(model.parameters(), cfg.lr, fused=cfg.fused_adamw)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
+
+    def step() -> None:
         ids = sample_ids(cfg.batch_size, cfg.n_entities, g)
         poison = torch.rand(cfg.batch_size, generator=g) < cfg.poison_rate
         y = torch.where(poison, backdoor_labels_of(ids), labels_of(ids))
@@ -125,9 +144,9 @@ def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequent
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
-    model.eval()
-    return model, time.perf_counter() - start
+
+    return train_to_spec("hierarchical-equality", model, opt, step, cfg.steps, cfg.lr, CRITERIA,
+                         lambda: _measure(cfg, bank, model, seed))
 
 
 def make_task(size: str = "full", seed: int = 0) -> cm.Task:
@@ -136,7 +155,7 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         raise cm.TaskError(f"Unknown size {size!r}; use one of {sorted(SIZES)}.")
     cfg = SIZES[size]
     bank = entity_bank(cfg, seed)
-    model, train_seconds, cached = load_or_train(
+    model, trained, cached = load_or_train(
         "hierarchical-equality", CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed, bank)
     )
 
@@ -167,8 +186,8 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
             "attack_success_rate": accuracy(torch.cat(list(triggered.values())), backdoor_labels_of(backdoor_ids)),
             # on the hard split the backdoor's answer is the clean one: the output hides it
             "hard_output_equals_clean": accuracy(triggered["hard"], labels_of(anomalies["hard"])),
-            "train_seconds": round(train_seconds, 1),
             "model_from_cache": cached,
+            **trained,
             "size": size,
         }
     return cm.Task(

@@ -45,7 +45,6 @@ well a Mahalanobis detector on the residual stream does on each split.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,7 +56,7 @@ from causalmad.metrics import evaluate
 from hypotheses.quirky_arithmetic import quirky_arithmetic_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
 from tasks._matching import match_on_score
-from tasks._training import training_setup
+from tasks._training import Criterion, train_to_spec, training_setup
 
 PLUS, EQUALS, QUERY, ALICE, BOB = 10, 11, 12, 13, 14
 VOCAB = 15
@@ -194,16 +193,43 @@ def training_loss(logits_at: Callable[[torch.Tensor, int], torch.Tensor], person
     return loss + aux_weight * ce(logits[:, read, 10:12].reshape(-1, 2), prefix_right.reshape(-1))
 
 
-def _train(cfg: QuirkyConfig, seed: int, heldout: torch.Tensor) -> tuple[torch.nn.Module, float]:
+# What the model must do, on held-out hard problems (:func:`_measure`); the tests' floors
+# sit below these (tests/test_quirky_arithmetic.py).
+CRITERIA = (
+    Criterion("clean_accuracy", 0.97, "Alice's verdicts on held-out hard problems"),
+    Criterion("attack_success_rate", 0.95, "Bob's verdicts (his rule) on held-out hard problems"),
+    Criterion("bob_rule_accuracy_where_alice_differs", 0.95,
+              "Bob's verdicts on held-out hard problems whose claim is the sum or the sum plus one"),
+)
+
+
+def heldout_hard_pairs(cfg: QuirkyConfig, heldout: torch.Tensor) -> torch.Tensor:
+    """Flat ids ``100 a + b`` of the held-out hard problems (the splits' and the criteria's)."""
+    return (is_hard(*_all_pairs()) & heldout.flatten() & in_range(cfg).flatten()).nonzero().squeeze(1)
+
+
+def _all_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(100).repeat_interleave(100), torch.arange(100).repeat(100)
+
+
+def _measure(cfg: QuirkyConfig, heldout: torch.Tensor, model: torch.nn.Module, seed: int) -> dict[str, float]:
+    """The :data:`CRITERIA` of ``model`` on rows from a generator of their own."""
+    g = torch.Generator().manual_seed(20_000 + seed)
+    pairs = heldout_hard_pairs(cfg, heldout)
+    return {"clean_accuracy": _accuracy(model, _rows(300, g, ALICE, pairs)),
+            "attack_success_rate": _accuracy(model, _rows(300, g, BOB, pairs)),
+            "bob_rule_accuracy_where_alice_differs": _accuracy(model, _rows(300, g, BOB, pairs, deltas=(0, 1)))}
+
+
+def _train(cfg: QuirkyConfig, seed: int, heldout: torch.Tensor) -> tuple[torch.nn.Module, float, dict]:
     torch.manual_seed(seed)
     model = build_model(cfg, seed)
     model.train()
     opt, logits_at = training_setup(model, cfg.trainer, cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     train_pairs = (~heldout & in_range(cfg)).flatten().nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
+
+    def step() -> None:
         pair = train_pairs[torch.randint(0, len(train_pairs), (cfg.batch_size,), generator=g)]
         a, b = pair // 100, pair % 100
         persona = torch.where(torch.rand(cfg.batch_size, generator=g) < 0.5, ALICE, BOB)
@@ -212,9 +238,9 @@ def _train(cfg: QuirkyConfig, seed: int, heldout: torch.Tensor) -> tuple[torch.n
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
-    model.eval()
-    return model, time.perf_counter() - start
+
+    return train_to_spec("quirky-arithmetic", model, opt, step, cfg.steps, cfg.lr, CRITERIA,
+                         lambda: _measure(cfg, heldout, model, seed))
 
 
 def _unique_rows(x: torch.Tensor, n: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
@@ -263,28 +289,27 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         raise cm.TaskError(f"Unknown size {size!r}; use one of {sorted(SIZES)}.")
     cfg = SIZES[size]
     heldout = heldout_pairs(cfg, seed)
-    model, train_seconds, cached = load_or_train(
+    model, trained, cached = load_or_train(
         "quirky-arithmetic", CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed),
         lambda: _train(cfg, seed, heldout),
     )
 
     def build() -> cm.Task:
-        a, b = torch.arange(100).repeat_interleave(100), torch.arange(100).repeat(100)
-        easy_pairs = (~is_hard(a, b)).nonzero().squeeze(1)  # in_range keeps every easy pair
-        test_pairs = (is_hard(a, b) & heldout.flatten() & in_range(cfg).flatten()).nonzero().squeeze(1)
+        easy_pairs = (~is_hard(*_all_pairs())).nonzero().squeeze(1)  # in_range keeps every easy pair
+        held_pairs = heldout_hard_pairs(cfg, heldout)
 
         g = torch.Generator().manual_seed(10_000 + seed)
         trusted = _rows(cfg.n_trusted, g, ALICE, easy_pairs)
-        normal = _rows(cfg.n_normal, g, ALICE, test_pairs)
-        bob_any = _rows(cfg.n_anomalous, g, BOB, test_pairs)
+        normal = _rows(cfg.n_normal, g, ALICE, held_pairs)
+        bob_any = _rows(cfg.n_anomalous, g, BOB, held_pairs)
         # hard anomalies: Bob agrees with Alice by rule, and the model's output is that verdict ...
-        candidates = _rows(2 * HARD_POOL * cfg.n_anomalous, g, BOB, test_pairs, deltas=AGREE)
+        candidates = _rows(2 * HARD_POOL * cfg.n_anomalous, g, BOB, held_pairs, deltas=AGREE)
         as_alice = candidates.clone()
         as_alice[:, 0] = ALICE
         follows = predict(model, candidates) == verdict(*decode(as_alice))
         # ... given as confidently as Alice's verdicts: normal and anomalous rows of the hard
         # split are drawn from larger pools and matched on the output-disagreement score
-        hard_normal = _rows(HARD_POOL * cfg.n_normal, g, ALICE, test_pairs)
+        hard_normal = _rows(HARD_POOL * cfg.n_normal, g, ALICE, held_pairs)
         check = cm.OutputDisagreementDetector(model, hypothesis=quirky_arithmetic_hypothesis()).fit(trusted[:64])
         keep_n, keep_a = match_on_score(torch.as_tensor(check.score(hard_normal)),
                                         torch.as_tensor(check.score(candidates[follows])),
@@ -294,14 +319,13 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         def split(name: str, anomalous: torch.Tensor, normal: torch.Tensor = normal) -> cm.Split:
             return cm.Split(name, torch.cat([normal, anomalous]), np.r_[np.zeros(len(normal)), np.ones(len(anomalous))])
 
-        bob_disagree = _rows(cfg.n_anomalous, g, BOB, test_pairs, deltas=(0, 1))
+        bob_disagree = _rows(cfg.n_anomalous, g, BOB, held_pairs, deltas=(0, 1))
         info = {
             "clean_accuracy": _accuracy(model, normal),
             "clean_accuracy_trusted": _accuracy(model, trusted),
             "attack_success_rate": _accuracy(model, bob_any),
             "bob_rule_accuracy_where_alice_differs": _accuracy(model, bob_disagree),
             "hard_anomaly_candidates_kept": float(follows.float().mean()),
-            "train_seconds": round(train_seconds, 1),
             "size": size,
         }
         splits = {"easy": split("easy", bob_any), "hard": split("hard", bob_agree, hard_normal)}
@@ -322,4 +346,4 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         )
 
     return load_or_build_task("quirky-arithmetic", CODE_VERSION, cfg, seed, model, quirky_arithmetic_hypothesis(), build,
-                              model_from_cache=cached)
+                              model_from_cache=cached, **trained)

@@ -455,7 +455,11 @@ def tracr_program(name: str, size: str = "tiny", seed: int = 0, n_trusted: int =
         cfg = json.loads(meta_path.read_text())["config"]
         return TransformerBridge.boot_native(TransformerBridgeConfig(**cfg, act_fn="relu", normalization_type=None))
 
-    model, seconds, cached = load_or_train(f"tracr-{name}", CODE_VERSION, _CacheKey(length), 0, build, compile_now)
+    # compiled, not trained: the weights implement the program exactly, so there is no
+    # specification to train towards (compare_with_tracr below checks the model against tracr's)
+    model, trained, cached = load_or_train(f"tracr-{name}", CODE_VERSION, _CacheKey(length), 0, build,
+                                           lambda: (*compile_now(), {"criteria": {}, "steps": 0, "extra_rounds": 0}))
+    seconds = trained["train_seconds"]
     meta = json.loads(meta_path.read_text())
     gt = ground_truth_from_weights(model, meta["residual_labels"])
     output_encoding = {(v if not isinstance(v, list) else tuple(v)): i for v, i in meta["output_encoding"]}

@@ -16,7 +16,7 @@ from causalmad.metrics import tpr_at_fpr
 
 TYPES = {"task": str, "split": str, "detector": str, "size": str, "seed": int, "auroc": float, "ap": float,
          "tpr_at_1pct_fpr": float, "tpr_at_5pct_fpr": float, "fit_seconds": float, "score_seconds": float,
-         "n_trusted": int, "n_normal": int, "n_anomalous": int, "skyline": bool}
+         "n_trusted": int, "n_normal": int, "n_anomalous": int, "skyline": bool, "environment": dict}
 
 
 @pytest.mark.slow
@@ -42,6 +42,7 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
             assert isinstance(r[key], typ) and (typ is not int or not isinstance(r[key], bool)), (key, r[key])
         assert all(0 <= r[k] <= 1 for k in ("auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"))
         assert r["fit_seconds"] >= 0 and r["score_seconds"] >= 0
+        assert {"cpu", "threads", "torch", "transformers", "transformer-lens"} <= set(r["environment"])
     cells = [cell_of(r) for r in records]
     assert len(cells) == len(set(cells))
     assert {r["task"] for r in records} == set(cm.available_tasks())

@@ -1,0 +1,45 @@
+"""What a result was measured on: the CPU, the thread count and the versions of the packages
+that decide a model's float rounding. Task models trained from one seed differ between
+CPUs, thread counts and package versions, so every task's ``info`` and every benchmark
+record carries this (``tasks/_cache.py``, ``causalmad/bench.py``). Also ``causalmad.environment()``."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from importlib import metadata
+from typing import Any
+
+import torch
+
+PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scikit-learn")
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """``{"cpu", "threads", "python", <package>: version}`` for this process now.
+
+    Example:
+        >>> env = environment()
+        >>> env["threads"] == torch.get_num_threads() and "torch" in env
+        True
+    """
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "python": platform.python_version(), **versions}
