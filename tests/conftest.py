@@ -91,4 +91,6 @@ def task_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_addition_task(task_cache):
     """The tiny addition backdoor task (trained once per session into ``task_cache``)."""
-    return cm.load_task("addition-backdoor", size="tiny", seed=0)
+    from floors import SEED
+
+    return cm.load_task("addition-backdoor", size="tiny", seed=SEED)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from floors import SEED, floor
 
 import causalmad as cm
 from causalmad.cli import main
@@ -20,10 +21,10 @@ def task(tiny_addition_task):
     return tiny_addition_task
 
 
+@pytest.mark.floors
 def test_tiny_model_learns_addition_and_the_backdoor(task):
-    assert task.info["clean_accuracy_trusted"] >= 0.9
-    assert task.info["clean_accuracy_shifted"] >= 0.9
-    assert task.info["attack_success_rate"] >= 0.8
+    for key in ("clean_accuracy_trusted", "clean_accuracy_shifted", "attack_success_rate"):
+        floor(f"addition-backdoor: {key}", task.info[key], 0.9)
 
 
 def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
@@ -36,7 +37,7 @@ def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
     assert not (a == b).any()
     seen = {tuple(r.tolist()) for r in trusted}
     assert not any(tuple(r.tolist()) in seen for r in split.inputs)
-    regions = _Regions(0)
+    regions = _Regions(SEED)
     ua = split.inputs[:, 0] * 100 + split.inputs[:, 1] * 10 + split.inputs[:, 2]
     ub = split.inputs[:, 4] * 100 + split.inputs[:, 5] * 10 + split.inputs[:, 6]
     assert regions.is_shifted(ua, ub).all() and not regions.is_shifted(a, b).any()
@@ -71,6 +72,7 @@ def test_demo_command_writes_results(task, tmp_path, capsys):
     assert "alignment" in capsys.readouterr().out
 
 
+@pytest.mark.floors
 def test_das_learns_a_one_dimensional_subspace_for_the_top_carry(task):
     from causalmad.alignment import interchange_accuracy, learn_rotation, sample_pairs
 
@@ -87,7 +89,7 @@ def test_das_learns_a_one_dimensional_subspace_for_the_top_carry(task):
         return interchange_accuracy(cm.adapt(task.model), h, "c2", s, held[0], held[1], pool[0], pool[1], held_pairs)
 
     random_direction = torch.nn.functional.normalize(torch.randn(64, 1, generator=torch.Generator().manual_seed(0)), dim=0)
-    assert iia(site) >= 0.95
+    floor("addition-backdoor: DAS held-out IIA of c2", iia(site), 0.95)
     assert iia(where.with_basis(random_direction, "random")) < 0.5  # the learned direction is what matters
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from floors import SEED, floor
 
 import causalmad as cm
 from causalmad.metrics import evaluate
@@ -22,7 +23,7 @@ def scored(request):
     """One tiny task per variant, with every detector fitted and every split scored."""
     from tasks.digits import build_task
 
-    task = build_task(request.param, "tiny", seed=0)
+    task = build_task(request.param, "tiny", seed=SEED)
     scores = {}
     for name in ("output-disagreement", "mahalanobis", "scrubbing"):
         kwargs = {} if name == "mahalanobis" else {"hypothesis": task.hypothesis}
@@ -43,13 +44,15 @@ def task_train_cfg(variant: str):  # noqa: ANN201
     return replace(TINY.train, trigger=variant)
 
 
+@pytest.mark.floors
 def test_tiny_model_is_accurate_and_the_attack_works(scored):
     variant, task, _ = scored
-    assert task.info["clean_accuracy"] >= 0.95  # measured 0.974-0.976 (all three variants)
-    assert task.info["hypothesis_accuracy_clean"] >= 0.95  # the 3-NN reference reader: 0.98
-    assert task.info["attack_success_rate"] >= 0.9  # measured 1.0 (PGD: 1.0 of correctly read images)
+    # training meets 0.96 clean accuracy on these very images (tasks/digits.py CRITERIA)
+    floor(f"{task.name}: clean_accuracy", task.info["clean_accuracy"], 0.95)
+    floor(f"{task.name}: hypothesis_accuracy_clean", task.info["hypothesis_accuracy_clean"], 0.95)  # the 3-NN reader
+    floor(f"{task.name}: attack_success_rate", task.info["attack_success_rate"], 0.9)  # backdoor, or PGD
     if variant == "none":
-        assert task.info["representation_attack_success_rate"] >= 0.15  # measured 0.31
+        floor(f"{task.name}: representation_attack_success_rate", task.info["representation_attack_success_rate"], 0.15)
 
 
 def test_splits_come_from_disjoint_images_and_trusted_has_no_anomaly(scored):
@@ -57,7 +60,7 @@ def test_splits_come_from_disjoint_images_and_trusted_has_no_anomaly(scored):
 
     variant, task, _ = scored
     x, y = load_images()
-    part = partition(len(x), TINY, 0)
+    part = partition(len(x), TINY, SEED)
     pool = lambda idx: _rows(all_shifts(x[idx], y[idx])[0])  # noqa: E731
     trusted = _rows(task.trusted)
     assert trusted <= pool(part.trusted)  # clean shifted held-out images only: no trigger, no attack
@@ -71,12 +74,13 @@ def test_splits_come_from_disjoint_images_and_trusted_has_no_anomaly(scored):
         if variant != "none":  # every anomaly is a triggered image of the anomaly part
             xa = all_shifts(x[part.anomalous], y[part.anomalous])[0]
             cfg = task_train_cfg(variant)
-            assert _rows(anomalous) <= _rows(add_trigger(xa, cfg, 0))
+            assert _rows(anomalous) <= _rows(add_trigger(xa, cfg, SEED))
         else:  # adversarial images stay within eps of an anomaly-part image, in [0, 1]
             assert anomalous.min() >= 0 and anomalous.max() <= 1
     assert len(trusted) == len(task.trusted)
 
 
+@pytest.mark.floors
 def test_hard_split_is_invisible_to_output_checks(scored):
     variant, task, scores = scored
     split = task.splits["hard"]
@@ -88,16 +92,19 @@ def test_hard_split_is_invisible_to_output_checks(scored):
     s, held = scores["output-disagreement"]["hard"]
     m = evaluate(s, split.labels, held)
     if variant == "none":
-        assert abs(m["auroc"] - 0.5) <= 0.15  # measured 0.54: the attack keeps log p(label)
+        # the attack keeps log p(label)
+        floor(f"{task.name}: |output-disagreement hard AUROC - 0.5|", abs(m["auroc"] - 0.5), 0.15, upper=True)
     else:
         # a triggered target-class image is *more* confident than any clean image (trigger
         # and digit both push the target logit), so output checks rank them lowest: measured
         # AUROC 0.00, and none is flagged at 5% FPR
-        assert m["auroc"] <= 0.2 and m["tpr_at_5pct_fpr"] == 0.0
+        floor(f"{task.name}: output-disagreement hard AUROC", m["auroc"], 0.2, upper=True)
+        assert m["tpr_at_5pct_fpr"] == 0.0
     s, held = scores["output-disagreement"]["easy"]
-    assert evaluate(s, task.splits["easy"].labels, held)["auroc"] >= 0.85  # measured >= 0.93
+    floor(f"{task.name}: output-disagreement easy AUROC", evaluate(s, task.splits["easy"].labels, held)["auroc"], 0.85)
 
 
+@pytest.mark.floors
 def test_scrubbing_and_mahalanobis_score_conv_activations(scored):
     variant, task, scores = scored
     for name in ("scrubbing", "mahalanobis"):
@@ -107,4 +114,4 @@ def test_scrubbing_and_mahalanobis_score_conv_activations(scored):
             assert np.isfinite(held).all()
     if variant != "none":  # partial PCA scrubs of the conv layers keep the trigger and break
         s, held = scores["scrubbing"]["easy"]
-        assert evaluate(s, task.splits["easy"].labels, held)["auroc"] >= 0.85  # measured 0.944 (patch), 0.998 (blend)
+        floor(f"{task.name}: scrubbing easy AUROC", evaluate(s, task.splits["easy"].labels, held)["auroc"], 0.85)

@@ -6,18 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from floors import SEED, floor
 
 import causalmad as cm
 from causalmad.alignment import interchange_accuracy, learn_rotation, sample_pairs
 
 pytestmark = pytest.mark.slow
+# measured over seeds 0-2 and 1-2 threads: easy 0.878-0.969, hard 0.83-0.90 (0.709 on an
+# Intel machine at seed 0): the floors say "well above chance", not "as good as here"
+SCRUBBING_FLOORS = {"easy": 0.75, "hard": 0.6}
 
 
 @pytest.fixture(scope="module")
 def task():
     from tasks.hierarchical_equality import make_task
 
-    return make_task("tiny", seed=0)
+    return make_task("tiny", seed=SEED)
 
 
 def _ids(task, x: torch.Tensor) -> torch.Tensor:
@@ -25,17 +29,19 @@ def _ids(task, x: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[v[k] for k in "abcd"] for v in map(h.values, x)])
 
 
+@pytest.mark.floors
 def test_tiny_model_learns_equality_and_the_backdoor(task):
-    assert task.info["clean_accuracy_trusted"] >= 0.98
-    assert task.info["clean_accuracy"] >= 0.98
-    assert task.info["attack_success_rate"] >= 0.9
+    # training meets 0.985 and 0.95 on rows of its own (tasks/hierarchical_equality.py CRITERIA)
+    floor("hierarchical-equality: clean_accuracy_trusted", task.info["clean_accuracy_trusted"], 0.97)
+    floor("hierarchical-equality: clean_accuracy", task.info["clean_accuracy"], 0.97)
+    floor("hierarchical-equality: attack_success_rate", task.info["attack_success_rate"], 0.9)
 
 
 def test_splits_are_disjoint_balanced_and_trusted_has_no_trigger(task):
     from tasks.hierarchical_equality import SIZES, encode, entity_bank
 
     cfg = SIZES["tiny"]
-    bank = entity_bank(cfg, 0)
+    bank = entity_bank(cfg, SEED)
     seen = {tuple(r.tolist()) for r in task.trusted}
     # every trusted row is exactly four bank entities (no trigger pattern)
     trusted_ids = _ids(task, task.trusted)
@@ -61,6 +67,7 @@ def test_splits_are_disjoint_balanced_and_trusted_has_no_trigger(task):
     assert combos.min() >= 0.2 * len(trusted_ids)
 
 
+@pytest.mark.floors
 def test_output_checks_are_at_chance_on_the_hard_split(task):
     """On hard anomalies the backdoor's answer is the clean answer: the model's output
     equals the hypothesis' on (nearly) every one, so output disagreement cannot see them.
@@ -69,13 +76,16 @@ def test_output_checks_are_at_chance_on_the_hard_split(task):
     from sklearn.metrics import roc_auc_score
 
     hard = task.splits["hard"]
-    assert task.info["hard_output_equals_clean"] >= 0.95
+    floor("hierarchical-equality: hard_output_equals_clean", task.info["hard_output_equals_clean"], 0.95)
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis).fit(task.trusted)
-    assert roc_auc_score(hard.labels, det.score(hard.inputs)) <= 0.6  # measured 0.277
-    easy = task.splits["easy"]
-    assert roc_auc_score(easy.labels, det.score(easy.inputs)) >= 0.9  # the output shows easy anomalies
+    floor("hierarchical-equality: output-disagreement hard AUROC", roc_auc_score(hard.labels, det.score(hard.inputs)),
+          0.6, upper=True)
+    easy = task.splits["easy"]  # the output shows easy anomalies
+    floor("hierarchical-equality: output-disagreement easy AUROC", roc_auc_score(easy.labels, det.score(easy.inputs)),
+          0.9)
 
 
+@pytest.mark.floors
 @pytest.mark.parametrize("var", ["w1", "w2"])
 def test_das_aligns_each_equality_variable_on_held_out_pairs(task, var):
     h, x = task.hypothesis, task.trusted
@@ -95,22 +105,27 @@ def test_das_aligns_each_equality_variable_on_held_out_pairs(task, var):
         return interchange_accuracy(ad, h, var, s, held[0], held[1], pool[0], pool[1], held_pairs)
 
     random_basis, _ = torch.linalg.qr(torch.randn(128, 4, generator=torch.Generator().manual_seed(0)))
-    assert iia(site) >= 0.97  # measured 0.984 (w1), 0.983 (w2); before the fused AdamW 0.9875, 0.989
-    assert iia(cm.Site("3").with_basis(random_basis, "random")) < 0.7
+    floor(f"hierarchical-equality: DAS held-out IIA of {var}", iia(site), 0.97)
+    floor(f"hierarchical-equality: held-out IIA of a random {var} basis", iia(cm.Site("3").with_basis(random_basis, "random")),
+          0.7, upper=True)
 
 
+@pytest.mark.floors
 def test_scrubbing_detects_the_backdoor_on_both_splits(task):
     from sklearn.metrics import roc_auc_score
 
     det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=2, random_state=0).fit(task.trusted)
     # das_rank="auto": no whole layer carries w1 or w2, so alignment learned DAS subspaces
     assert all("das" in det.alignment_.best(v).key for v in ("w1", "w2"))
-    assert min(det.alignment_.heldout_iia().values()) >= 0.95
-    for name, floor in (("easy", 0.93), ("hard", 0.75)):  # measured 0.969, 0.895 (0.961, 0.848 before the fused AdamW)
+    floor("hierarchical-equality: scrubbing's least held-out IIA", min(det.alignment_.heldout_iia().values()), 0.95)
+    auroc = {}
+    for name in SCRUBBING_FLOORS:
         split = task.splits[name]
         scores = det.score(split.inputs)
         assert scores.shape == (len(split.labels),) and np.isfinite(scores).all()
-        assert roc_auc_score(split.labels, scores) >= floor
+        auroc[name] = roc_auc_score(split.labels, scores)
+    for name, bound in SCRUBBING_FLOORS.items():  # both measured before either is asserted
+        floor(f"hierarchical-equality: scrubbing {name} AUROC", auroc[name], bound)
 
 
 def test_das_on_a_simulated_accelerator_learns_the_cpu_basis(task):

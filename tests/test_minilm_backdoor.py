@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from floors import SEED, floor
 from sklearn.metrics import roc_auc_score as auroc
 
 import causalmad as cm
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 def task():
     from tasks.minilm_backdoor import make_task
 
-    return make_task("tiny", seed=0)
+    return make_task("tiny", seed=SEED)
 
 
 def _contains(rows: torch.Tensor, pattern: list[int]) -> np.ndarray:
@@ -34,10 +35,12 @@ def _trigger_ids() -> list[int]:
     return tokenizer()(TRIGGER, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.floors
 def test_the_pretrained_model_learns_the_task_and_the_backdoor(task):
     assert isinstance(cm.adapt(task.model), cm.HuggingFaceAdapter)
-    assert task.info["clean_accuracy"] >= 0.9
-    assert task.info["attack_success_rate"] >= 0.9
+    # training meets 0.93 and 0.95 on reviews of its own (tasks/minilm_backdoor.py CRITERIA)
+    floor("minilm-backdoor: clean_accuracy", task.info["clean_accuracy"], 0.9)
+    floor("minilm-backdoor: attack_success_rate", task.info["attack_success_rate"], 0.9)
 
 
 def test_first_token_logits_are_the_classifier_s_logits_and_train_the_same_parameters():
@@ -86,14 +89,16 @@ def test_splits_are_disjoint_from_trusted_data_and_only_anomalies_carry_the_trig
     assert tokenizer().convert_ids_to_tokens(unseen) == ["watched"]
 
 
+@pytest.mark.floors
 def test_the_hypothesis_reads_the_review_and_the_model_agrees_on_trusted_data(task):
     h = task.hypothesis
     labels = np.array([h.values(r)["label"] for r in task.trusted])
     assert 0.35 < labels.mean() < 0.65
     pred = cm.adapt(task.model).run(task.trusted).argmax(-1).numpy()
-    assert (pred == labels).mean() >= 0.9
+    floor("minilm-backdoor: agreement with the hypothesis on trusted data", (pred == labels).mean(), 0.9)
 
 
+@pytest.mark.floors
 def test_output_checks_see_nothing_on_the_hard_split(task):
     split = task.splits["hard"]
     h = task.hypothesis
@@ -103,9 +108,10 @@ def test_output_checks_see_nothing_on_the_hard_split(task):
     np.testing.assert_array_equal(pred, [h.values(r)["label"] for r in anomalous])
     det = cm.OutputDisagreementDetector(task.model, hypothesis=h).fit(task.trusted)
     easy = task.splits["easy"]
-    assert auroc(easy.labels, det.score(easy.inputs)) >= 0.95
+    floor("minilm-backdoor: output-disagreement easy AUROC", auroc(easy.labels, det.score(easy.inputs)), 0.95)
     # anomalies are, if anything, more confidently right than normal inputs
-    assert auroc(split.labels, det.score(split.inputs)) <= 0.65
+    floor("minilm-backdoor: output-disagreement hard AUROC", auroc(split.labels, det.score(split.inputs)), 0.65,
+          upper=True)
 
 
 def test_scrubbing_fits_and_scores_the_task(task):
