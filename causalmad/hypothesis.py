@@ -88,11 +88,19 @@ class Hypothesis:
         self._graph = nx.DiGraph()
 
     # ------------------------------------------------------------------ declaring
-    def add_input(self, name: str, mechanism: Callable[[Any], Hashable]) -> None:
-        """Declare an input variable: ``mechanism(example) -> value``."""
+    def add_input(self, name: str, mechanism: Callable[[Any], Hashable], at: Any = None) -> None:
+        """Declare an input variable: ``mechanism(example) -> value``.
+
+        Args:
+            at: where the variable lives in an example, as an index of it: a token
+                position (``3``), positions (``[0, 1]``), a slice, or a boolean mask of the
+                example's shape. The input cut (:mod:`causalmad.input_cut`) builds hybrids
+                of an input and trusted inputs part by part from these; ``None``: not
+                located (then token inputs are cut position by position).
+        """
         self._check_new(name)
         _check_arity(name, mechanism, 1, "one example")
-        self._graph.add_node(name, kind=INPUT, mechanism=mechanism, readout=None)
+        self._graph.add_node(name, kind=INPUT, mechanism=mechanism, readout=None, at=at)
 
     def add_variable(
         self, name: str, mechanism: Callable[..., Hashable], parents: Sequence[str]
@@ -142,7 +150,7 @@ class Hypothesis:
             if kind == INPUT:
                 if parents:
                     raise HypothesisError(f"Input variable {node!r} cannot have parents {parents}.")
-                hyp.add_input(node, mech)
+                hyp.add_input(node, mech, at=attrs.get("at"))
             elif kind == INNER:
                 hyp.add_variable(node, mech, parents)
             elif kind == OUTPUT:
@@ -222,6 +230,10 @@ class Hypothesis:
     @property
     def variables(self) -> list[str]:
         return list(self._graph.nodes)
+
+    def locations(self) -> dict[str, Any]:
+        """Input variable -> where it lives in an example (``at``), for those that say."""
+        return {n: self._graph.nodes[n]["at"] for n in self.inputs if self._graph.nodes[n].get("at") is not None}
 
     def kind(self, name: str) -> str:
         self._require(name)

@@ -32,8 +32,8 @@ def addition_hypothesis(
     out0 = 2 * n + 1 if first_output_position is None else first_output_position
     h = cm.Hypothesis(f"addition-{n}digit-{carries}-carries")
     for i in range(n):  # digit i = 10**i place
-        h.add_input(f"a{i}", lambda ex, p=n - 1 - i: int(ex[p]))
-        h.add_input(f"b{i}", lambda ex, p=2 * n - i: int(ex[p]))
+        h.add_input(f"a{i}", lambda ex, p=n - 1 - i: int(ex[p]), at=n - 1 - i)
+        h.add_input(f"b{i}", lambda ex, p=2 * n - i: int(ex[p]), at=2 * n - i)
     digits = tuple(range(10))
     carry_in: str | None = None
     for i in range(n):

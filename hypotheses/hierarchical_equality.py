@@ -35,7 +35,7 @@ def hierarchical_equality_hypothesis(bank: torch.Tensor) -> cm.Hypothesis:
         def entity(ex: torch.Tensor, i: int = i) -> int:
             return nearest_entity(bank, ex[i * dim : (i + 1) * dim])
 
-        h.add_input(name, entity)
+        h.add_input(name, entity, at=slice(i * dim, (i + 1) * dim))
     h.add_variable("w1", lambda a, b: int(a == b), parents=["a", "b"])
     h.add_variable("w2", lambda c, d: int(c == d), parents=["c", "d"])
     h.add_output("y", lambda w1, w2: int(w1 == w2), parents=["w1", "w2"], readout=cm.Readout())

@@ -28,7 +28,7 @@ def quirky_arithmetic_hypothesis() -> cm.Hypothesis:
         def digit(ex: torch.Tensor, pos: int = pos) -> int:
             return int(ex[pos])
 
-        h.add_input(name, digit)
+        h.add_input(name, digit, at=pos)
     h.add_variable("c0", lambda a0, b0: int(a0 + b0 >= 10), parents=["a0", "b0"])
     h.add_variable("s0", lambda a0, b0: (a0 + b0) % 10, parents=["a0", "b0"])
     h.add_variable("s1", lambda a1, b1, c0: (a1 + b1 + c0) % 10, parents=["a1", "b1", "c0"])

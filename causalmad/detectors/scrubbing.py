@@ -5,9 +5,11 @@ to patch in), an alignment split, a calibration split and a threshold split — 
 hypothesis' inner variables (:mod:`causalmad.alignment`), builds the explanation family
 (:mod:`causalmad.explanations`), keeps the explanations whose mean divergence on the
 calibration split stays within ``tolerance`` and stores each valid one's trusted
-divergence distribution. ``score`` scrubs each input under every valid explanation and
-returns the largest standardised divergence: an input is anomalous if *some* explanation
-that holds on trusted data breaks on it (Christiano et al., "Formalizing the presumption
+divergence distribution. ``score`` scrubs each input under every valid explanation (and,
+with ``input_cut``, every valid hybrid of it and trusted inputs, :mod:`causalmad.input_cut`)
+and returns the largest standardised divergence, or with ``aggregation="calibrated"`` the
+combined two-sided tail probability (:mod:`causalmad.calibration`): an input is anomalous
+if *some* explanation that holds on trusted data breaks on it (Christiano et al., "Formalizing the presumption
 of independence" / ARC's MAD agenda; causal scrubbing, Chan et al. 2022).
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from causalmad import calibration, input_cut
 from causalmad.alignment import Alignment, search
 from causalmad.detectors.base import Detector, register, split_indices
 from causalmad.errors import HypothesisError, InputError, PersistenceError
@@ -39,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 #: rank of the DAS subspace ``das_rank="auto"`` learns for a variable no whole site carries
 AUTO_DAS_RANK = 4
+AGGREGATIONS = ("calibrated", "max-z")
 
 
 def _num(x: float) -> float | None:
@@ -85,7 +89,20 @@ class ScrubbingDetector(Detector):
         n_pairs: (base, source) pairs per IIA measurement.
         readouts: outputs to compare when there is no hypothesis (default: last position).
         split: fractions of trusted inputs for pool, alignment, calibration, threshold.
-        min_scale: floor on each explanation's trusted divergence spread when standardising.
+        min_scale: floor on each explanation's trusted divergence spread when standardising,
+            and on the scale of the exponential tail its p-values extrapolate with.
+        aggregation: how the divergences become one score: ``"max-z"`` (default): the
+            largest standardised divergence; ``"calibrated"``: two-sided tail
+            probabilities under each explanation's trusted divergences, combined by Simes'
+            test within and across families (:mod:`causalmad.calibration`), score
+            ``-log p``. (The default stays until the full benchmark has measured the
+            calibrated one on every split.)
+        input_cut: directions of the input-cut scrubs (:mod:`causalmad.input_cut`):
+            ``"base"`` (trusted parts into ``x``, every hypothesis value kept) and
+            ``"dual"`` (``x``'s parts into trusted inputs, scored against the hypothesis'
+            prediction for the hybrid); ``()`` (default) for none. Needs a hypothesis.
+        input_cut_budget: at most this many subsets of input parts, each tested in every
+            direction of ``input_cut``.
         batch_size: most rows per scrubbed forward pass (fewer if ``memory_mb`` says so).
         memory_mb: memory budget of scoring (MiB): inputs are processed in chunks and
             passes capped so that cached activations plus one pass stay under it.
@@ -115,6 +132,9 @@ class ScrubbingDetector(Detector):
         readouts: list[Readout] | None = None,
         split: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2),
         min_scale: float = 1e-3,
+        aggregation: str = "max-z",
+        input_cut: tuple[str, ...] = (),
+        input_cut_budget: int = 32,
         batch_size: int = 1024,
         memory_mb: float = 2048.0,
         random_state: int = 0,
@@ -132,6 +152,9 @@ class ScrubbingDetector(Detector):
         self.readouts = readouts
         self.split = split
         self.min_scale = min_scale
+        self.aggregation = aggregation
+        self.input_cut = input_cut
+        self.input_cut_budget = input_cut_budget
         self.batch_size = batch_size
         self.memory_mb = memory_mb
         self.progress = progress
@@ -150,6 +173,10 @@ class ScrubbingDetector(Detector):
         if not (self.das_rank is None or self.das_rank == "auto"
                 or (isinstance(self.das_rank, int) and not isinstance(self.das_rank, bool) and self.das_rank > 0)):
             raise InputError(f"das_rank must be a positive int, 'auto' or None, got {self.das_rank!r}.")
+        if not set(self.input_cut) <= set(input_cut.DIRECTIONS) or isinstance(self.input_cut, str):
+            raise InputError(f"input_cut must be a tuple of {input_cut.DIRECTIONS}, got {self.input_cut!r}.")
+        if self.aggregation not in AGGREGATIONS:
+            raise InputError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
         if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
         super().fit(trusted, untrusted)
@@ -215,8 +242,15 @@ class ScrubbingDetector(Detector):
         ]
         self.valid_ = [e for e, v in zip(family, valid) if v]
         self.variable_explanations_ = [e for e in family if e.family == "hypothesis-subset"]
-        self.loc_ = means[valid]
-        self.scale_ = stds[valid] + self.min_scale
+        cut_div = self._fit_input_cut(trusted[0], cal)
+        columns = np.concatenate([matched[:, valid], cut_div], 1)
+        self.loc_ = np.nanmean(columns, 0) if len(columns) else np.zeros(columns.shape[1])
+        self.scale_ = np.nan_to_num(np.nanstd(columns, 0)) + self.min_scale
+        # each valid explanation's trusted divergences (held out of alignment), the
+        # distribution its divergence on an input is a tail probability under
+        self.calibration_ = calibration.sorted_columns(columns)
+        self.column_names_ = [e.name for e in self.valid_] + list(self.input_cut_["names"])
+        self.families_ = [e.family for e in self.valid_] + [f"input-cut ({d})" for d in self.input_cut_["directions"]]
         dropped = len(family) - len(self.valid_)
         logger.info("explanations: %d searched, %d valid, %d dropped as invalid", len(family), len(self.valid_), dropped)
         if not self.valid_:
@@ -225,6 +259,44 @@ class ScrubbingDetector(Detector):
                 f"(tolerance={self.tolerance} nats). Raise tolerance or check the hypothesis' readouts."
             )
         self.heldout_scores_ = self._score(thr[0])
+
+    def _fit_input_cut(self, example: torch.Tensor, cal: tuple[torch.Tensor, list[dict[str, Hashable]]]) -> np.ndarray:
+        """Build and validate the input-cut scrubs; ``[cal, valid scrubs]`` divergences.
+
+        A base scrub holds when its mean divergence on the calibration split is within
+        ``tolerance``; a dual scrub when the model gives the hypothesis' answer on at least
+        ``min_iia`` of the calibration inputs' hybrids (an interchange accuracy)."""
+        none: dict[str, Any] = {"names": [], "masks": np.zeros((0, *example.shape), dtype=bool), "directions": []}
+        self.input_cut_: dict[str, Any] = none
+        if self.hypothesis is None or not self.input_cut:
+            return np.zeros((len(cal[0]), 0))
+        cut = input_cut.build(self.hypothesis, example, self.input_cut_budget, self.random_state, self.input_cut)
+        if not cut["names"]:
+            return np.zeros((len(cal[0]), 0))
+        div, agree = self._input_cut_divergences(cut, cal[0], cal[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means, agreement = np.nanmean(div, 0), np.nanmean(agree, 0)
+        valid = np.where(np.array(cut["directions"]) == "dual", np.nan_to_num(agreement) >= self.min_iia,
+                         np.nan_to_num(means, nan=np.inf) <= self.tolerance)
+        self.explanations_ += [
+            {"name": name, "family": f"input-cut ({d})", "valid": bool(v), "trusted_mean_divergence": float(m),
+             "trusted_std_divergence": float(np.nanstd(div[:, j])) if np.isfinite(div[:, j]).any() else float("nan"),
+             "recovered": None, **({"agreement": float(a)} if d == "dual" else {})}
+            for j, (name, d, v, m, a) in enumerate(zip(cut["names"], cut["directions"], valid, means, agreement))]
+        keep = np.flatnonzero(valid)
+        self.input_cut_ = {"names": [cut["names"][j] for j in keep], "masks": cut["masks"][keep],
+                           "directions": [cut["directions"][j] for j in keep]}
+        return div[:, keep]
+
+    def _input_cut_divergences(self, cut: dict[str, Any], x: torch.Tensor, values: list[dict[str, Hashable]]
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        if self.hypothesis is None or not cut["names"]:
+            return np.zeros((len(x), 0)), np.zeros((len(x), 0))
+        return input_cut.scrub_input_cut(self.adapter_, self.hypothesis, self.readouts_, cut["masks"],
+                                         cut["directions"], x, values, row_keys(x), self.pool_.inputs,
+                                         self.pool_.keys, self.resamples, seed=self.random_state,
+                                         batch_size=self.batch_size)
 
     def _das_options(self) -> dict[str, Any]:
         if self.das_rank == "auto":
@@ -273,18 +345,29 @@ class ScrubbingDetector(Detector):
         _, z, unmatched = self._explanation_scores(x, self._values(x))
         return z, unmatched
 
+    def divergences(self, inputs: torch.Tensor) -> np.ndarray:
+        """``[n, C]`` each input's divergence under every valid explanation and input-cut
+        scrub: the columns ``column_names_`` names, in ``families_``; NaN where a column
+        could not be tested on the input. What ``score`` calibrates (``calibration_``)
+        and combines."""
+        x = self._check(inputs)
+        return self._explanation_scores(x, self._values(x))[0]
+
     def _explanation_scores(
         self, x: torch.Tensor, values: list[dict[str, Hashable]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[n, E]`` divergences, z-scores and unmatched mask under the valid explanations."""
         div, unmatched = self._divergences(self.valid_, x, values)
+        cut, _ = self._input_cut_divergences(self.input_cut_, x, values)
+        div = np.concatenate([div, cut], 1)
+        unmatched = np.concatenate([unmatched, np.isnan(cut)], 1)
         return div, (div - self.loc_) / self.scale_, unmatched
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
         values = self._values(inputs)
-        _, z, unmatched = self._explanation_scores(inputs, values)
+        div, z, unmatched = self._explanation_scores(inputs, values)
         self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
-        self.last_unmatched_ = unmatched.any(1)
+        self.last_unmatched_ = unmatched[:, : len(self.valid_)].any(1)  # the input cut's NaN: no hybrid kept the values
         novel = self._novel(values)
         if novel.any():
             logger.warning("%d input(s) have hypothesis values no trusted input shares; explanations matching "
@@ -293,7 +376,14 @@ class ScrubbingDetector(Detector):
         if gaps:
             logger.info("%d input(s) have a combination of values missing from the source pool; the "
                         "explanations that match on it were skipped for them", gaps)
-        return nan_max(z)
+        return self._aggregate(div, z)
+
+    def _aggregate(self, div: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """``[n]`` scores from ``[n, E]`` divergences and their z-scores (``aggregation``)."""
+        if self.aggregation == "max-z":
+            return nan_max(z)
+        return calibration.score(calibration.log_p_values(div, self.calibration_, self.min_scale),
+                                 self.families_)
 
     def _novel(self, values: list[dict[str, Hashable]]) -> np.ndarray:
         return np.array([any(v not in self.seen_values_.get(k, ()) for k, v in row.items()) for row in values],
@@ -322,8 +412,8 @@ class ScrubbingDetector(Detector):
         Returns a dict with ``score``, ``threshold`` (at ``fpr`` on held-out trusted
         inputs) and ``flagged``; ``broken``: the ``top`` valid explanations whose scrub
         moved the output most, each with its divergence (nats), its trusted mean and
-        spread, and ``z`` (standardised against trusted — the number the score is the
-        maximum of); ``variables``: for each hypothesis variable with an aligned site (and
+        spread, ``z`` (standardised against trusted) and ``p`` (its two-sided tail
+        probability under trusted divergences, what the score combines); ``variables``: for each hypothesis variable with an aligned site (and
         each output mechanism), the divergence of scrubbing it alone, its trusted mean,
         ``z``, and ``share`` — its part of the excess divergence over trusted summed over
         variables; ``values``: the input's hypothesis values; ``values_unseen_in_trusted``:
@@ -338,13 +428,16 @@ class ScrubbingDetector(Detector):
         values = self._values(x)
         div, z, unmatched = self._explanation_scores(x, values)
         div, z, unmatched = div[0], z[0], unmatched[0]
-        score = float(nan_max(z[None])[0])
+        score = float(self._aggregate(div[None], z[None])[0])
+        p = np.exp(calibration.log_p_values(div[None], self.calibration_, self.min_scale)[0])
         stats = {e["name"]: e for e in self.explanations_}
-        order = np.argsort(-np.nan_to_num(z, nan=-np.inf))
-        broken = [{"explanation": self.valid_[j].name, "family": self.valid_[j].family,
+        # the explanations that broke most: the smallest tail probability (largest z under "max-z")
+        order = (np.argsort(np.nan_to_num(p, nan=np.inf)) if self.aggregation == "calibrated"
+                 else np.argsort(-np.nan_to_num(z, nan=-np.inf)))
+        broken = [{"explanation": self.column_names_[j], "family": self.families_[j],
                    "divergence": _num(div[j]), "trusted_mean": float(self.loc_[j]),
-                   "trusted_std": float(stats[self.valid_[j].name]["trusted_std_divergence"]),
-                   "z": _num(z[j]), "unmatched": bool(unmatched[j])} for j in order[:top]]
+                   "trusted_std": float(stats[self.column_names_[j]]["trusted_std_divergence"]),
+                   "z": _num(z[j]), "p": _num(p[j]), "unmatched": bool(unmatched[j])} for j in order[:top]]
         singles = self.variable_explanations_
         vdiv, vunmatched = self._divergences(singles, x, values) if singles else (np.zeros((1, 0)),) * 2
         variables: list[dict[str, Any]] = []

@@ -1,0 +1,131 @@
+"""Calibration: each explanation's divergence as a tail probability under its own trusted
+distribution, and a combination of many explanations that null ones cannot dilute.
+
+The scrubbing detector tests an input under many explanations. Their divergences live on
+different scales and have different tails (a confident classifier's KL divergences are
+heavy-tailed), so the largest standardised divergence is dominated by whichever
+explanation is noisiest, not by the one that carries signal. Here every explanation's
+divergence on an input becomes a p-value against the same explanation's divergences on
+held-out trusted inputs:
+
+* the empirical tail, ``(1 + #{trusted >= d}) / (m + 1)``, and beyond the top
+  :data:`TAIL` share of trusted values an exponential tail fitted to their excesses (the
+  peaks-over-threshold model with shape 0), so that values past every trusted one keep
+  their order instead of tying at ``1 / (m + 1)``;
+* two-sided: an input whose scrub moves the output far *less* than trusted inputs ever do
+  is suspicious too (a trigger that holds the output in place, an overdetermined output),
+  so ``p = min(1, 2 min(p_upper, p_lower))``;
+
+and the p-values are combined with Simes' test within each family of explanations, then
+across families (Simes, "An improved Bonferroni procedure for multiple tests of
+significance", Biometrika 1986): valid under positive dependence, and an explanation whose
+p-values are uniform on normal and anomalous inputs alike cannot pull a small p-value up
+by more than the factor its family's size grows by, the same factor for every input, so
+the ranking of inputs (and so the AUROC) stays where the informative explanations put it.
+The detector's score is ``-log`` of the combined p-value: higher = more anomalous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+TAIL = 0.1  # share of the largest (smallest) trusted values the exponential tail is fitted to
+
+
+def sorted_columns(trusted: np.ndarray) -> np.ndarray:
+    """``[m, E]`` trusted divergences sorted within each column, NaN last (what
+    :func:`p_values` reads; the state a detector stores)."""
+    return np.sort(np.asarray(trusted, dtype=np.float64), axis=0)
+
+
+def _log_upper(column: np.ndarray, d: np.ndarray, floor: float) -> np.ndarray:
+    """Log upper-tail probability of each of ``d`` under the sorted finite trusted ``column``."""
+    m = len(column)
+    at_least = m - np.searchsorted(column, d, side="left")
+    log_p = np.log((1.0 + at_least) / (m + 1.0))
+    k = max(1, int(np.ceil(TAIL * m)))
+    u = column[m - k]
+    beta = max(float(np.mean(column[m - k :] - u)), floor)
+    log_tail = np.log((k + 1.0) / (m + 1.0)) - (d - u) / beta
+    return np.where(d > u, log_tail, log_p)
+
+
+def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: float, two_sided: bool = True
+                 ) -> np.ndarray:
+    """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
+    under each column's trusted distribution (``trusted_sorted`` from
+    :func:`sorted_columns`); logs, because past every trusted value the tail probability
+    falls exponentially and would underflow.
+
+    ``floor`` is the resolution of a divergence (in its units): divergences are compared
+    in whole multiples of it, and no exponential tail is steeper than it. An explanation
+    whose scrubs do not matter moves the output by float noise only; at full precision
+    that noise would rank inputs as finely as a real signal (uniform p-values, on every
+    input alike, which a combination must then pay for), at the resolution it is a tie
+    and every p-value is 1. NaN divergences (untestable cells) and columns without trusted
+    values give NaN. ``two_sided=False``: the upper tail alone.
+    """
+    d = np.floor(np.asarray(divergences, dtype=np.float64) / floor) * floor
+    trusted_sorted = np.floor(trusted_sorted / floor) * floor
+    out = np.full(d.shape, np.nan)
+    for j in range(d.shape[1]):
+        col = trusted_sorted[:, j]
+        col = col[np.isfinite(col)]
+        ok = np.isfinite(d[:, j])
+        if len(col) == 0 or not ok.any():
+            continue
+        x = d[ok, j]
+        if not two_sided:
+            out[ok, j] = _log_upper(col, x, floor)
+            continue
+        lowest = np.minimum(_log_upper(col, x, floor), _log_upper(-col[::-1], -x, floor))
+        out[ok, j] = np.minimum(0.0, np.log(2.0) + lowest)
+    return out
+
+
+def simes(log_p: np.ndarray) -> np.ndarray:
+    """Simes' combination of each row of ``log_p`` (``[n, E]`` log p-values), as a log:
+    ``min_j E' p_(j) / j`` over the row's ``E'`` informative values in ascending order;
+    0 (p = 1) for a row with none. Not clipped at p = 1, so that rows with no small
+    p-value keep an order.
+
+    NaN cells (untestable) and cells with p = 1 are not counted: p = 1 means the input
+    ties with the bulk of trusted inputs at the divergence's resolution, as every input
+    does under an explanation whose scrubs never move the output. Such a test could not
+    have rejected, so it costs nothing (Tarone, "A modified Bonferroni method for discrete
+    data", Biometrics 1990): appending explanations that do not matter leaves every
+    score as it was."""
+    log_p = np.asarray(log_p, dtype=np.float64)
+    if log_p.shape[1] == 0:
+        return np.zeros(len(log_p))
+    s = np.sort(np.where(np.isnan(log_p) | (log_p >= 0), np.inf, log_p), axis=1)
+    count = np.isfinite(s).sum(1, keepdims=True)
+    rank = np.arange(1, log_p.shape[1] + 1)[None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adjusted = np.where(np.isfinite(s), s + np.log(count) - np.log(rank), np.inf)
+    return np.where(count[:, 0] > 0, adjusted.min(1), 0.0)
+
+
+def combine(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
+    """``[n]`` combined log p-values: Simes within each family of columns, then across families."""
+    names = sorted(set(families))
+    if not names:
+        return np.zeros(len(log_p))
+    fam = np.asarray(families)
+    return simes(np.stack([simes(log_p[:, fam == f]) for f in names], 1))
+
+
+def score(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
+    """``[n]`` anomaly scores, ``-log`` of the combined p-value (higher = more anomalous).
+
+    Example:
+        >>> import numpy as np
+        >>> trusted = sorted_columns(np.random.default_rng(0).normal(size=(200, 3)))
+        >>> d = np.array([[0.0, 0.1, -0.2], [0.0, 9.0, 0.0]])
+        >>> s = score(log_p_values(d, trusted, 1e-3), ["a", "a", "b"])
+        >>> bool(s[1] > s[0] + 5)
+        True
+    """
+    return -combine(log_p, families)

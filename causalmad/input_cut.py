@@ -1,0 +1,228 @@
+"""The hypothesis at the input cut: hybrids of an input and trusted inputs, checked with
+the hypothesis itself before any forward pass.
+
+The earliest place to test a hypothesis is the input. Its input variables say where they
+live in the input (``Hypothesis.add_input(..., at=...)``: token positions, or an index
+into a tensor example); for token inputs whose variables say nothing, every position is a
+part. A *subset* of parts is tested in two directions (Chan et al., "Causal Scrubbing",
+2022: resampling part of the input with every downstream hypothesis value fixed is the
+sharpest test of a hypothesis):
+
+* **base** (``x`` as the base): the parts in the subset are taken from a trusted source
+  such that the hybrid's hypothesis values are all ``x``'s. The hypothesis says the
+  model's output cannot change; the divergence is ``KL(f(x) || f(hybrid))`` on the
+  readouts, averaged over the sources found (NaN if none of the candidates keeps every
+  value; a source that shares ``x``'s parts there makes no hybrid). A model that, on ``x``, uses something in those parts that the hypothesis
+  ignores (a trigger) changes its output.
+* **dual** (``x`` as the source): ``x``'s parts in the subset are placed into trusted
+  base inputs. The hypothesis predicts each hybrid's output; the divergence is the
+  model's negative log-likelihood of that prediction, averaged over bases. A trigger
+  carried into a trusted base fires there and the model departs from the prediction
+  even when, on ``x`` itself, the trigger's answer happened to equal the clean one
+  (input-level versions of this are how STRIP and SentiNet catch backdoored images).
+
+Subsets: every singleton, every complement of one part, every pair, then seeded random
+larger subsets, up to a budget (:func:`subsets`). Every source or base is drawn from the
+pool with a seed that depends only on the input's bytes, so a score does not depend on the
+batch it is computed in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from causalmad.errors import HypothesisError
+from causalmad.hypothesis import Hypothesis, Readout
+from causalmad.models import ModelAdapter
+from causalmad.scrubbing import counterfactual_nll, draws, kl_divergence, readout_log_probs
+
+Values = list[dict[str, Hashable]]
+DIRECTIONS = ("base", "dual")
+
+
+def part_masks(hypothesis: Hypothesis | None, example: torch.Tensor) -> tuple[list[str], np.ndarray]:
+    """The input's parts: names and ``[P, *example.shape]`` boolean masks.
+
+    From the hypothesis' input variables when every one says where it lives (``at``),
+    plus a part ``"rest"`` for what none of them reads; else, for token ids (a 1-D
+    integer example), one part per position; else none.
+
+    Raises:
+        HypothesisError: an input variable's ``at`` is not an index of the example.
+    """
+    shape = tuple(example.shape)
+    located = hypothesis.locations() if hypothesis is not None else {}
+    if hypothesis is not None and located and len(located) == len(hypothesis.inputs):
+        names, masks = [], []
+        for name, at in located.items():
+            mask = np.zeros(shape, dtype=bool)
+            try:
+                mask[at] = True
+            except (IndexError, TypeError, ValueError) as exc:
+                raise HypothesisError(
+                    f"Input variable {name!r}: at={at!r} is not an index of an example of shape {shape} ({exc})."
+                ) from None
+            names.append(name)
+            masks.append(mask)
+        rest = ~np.any(masks, 0)
+        if rest.any():  # what no input variable reads: the hypothesis claims it does not matter
+            names.append("rest")
+            masks.append(rest)
+        return names, np.stack(masks)
+    if len(shape) == 1 and not torch.is_floating_point(example):
+        return [f"pos {p}" for p in range(shape[0])], np.eye(shape[0], dtype=bool)
+    return [], np.zeros((0, *shape), dtype=bool)
+
+
+def subsets(n_parts: int, budget: int, seed: int) -> list[tuple[int, ...]]:
+    """Subsets of ``range(n_parts)`` to test: singletons, complements of one, pairs, then
+    seeded random subsets of 3 .. n-2 parts, at most ``budget`` in all (singletons and
+    complements first; pairs and larger subsets sampled when they do not all fit)."""
+    if n_parts == 0 or budget <= 0:
+        return []
+    everything = tuple(range(n_parts))
+    out: list[tuple[int, ...]] = [(i,) for i in everything]
+    if n_parts > 2:
+        out += [tuple(j for j in everything if j != i) for i in everything]
+    out = out[:budget]
+    rng = np.random.default_rng(seed)
+    pairs = list(itertools.combinations(everything, 2)) if n_parts > 3 else []
+    room = budget - len(out)
+    if room > 0 and pairs:
+        pick = rng.permutation(len(pairs))[:room] if len(pairs) > room else range(len(pairs))
+        out += [pairs[i] for i in sorted(pick)]
+    seen, tries = set(out), 0
+    while len(out) < budget and n_parts > 4 and tries < 20 * budget:
+        tries += 1
+        size = int(rng.integers(3, n_parts - 1))
+        s = tuple(sorted(rng.choice(n_parts, size=size, replace=False).tolist()))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+def _classes(hypothesis: Hypothesis, values: dict[str, Hashable]) -> list[int]:
+    return [int(values[o]) for o in hypothesis.outputs]  # type: ignore[call-overload]
+
+
+def _forward(adapter: ModelAdapter, rows: torch.Tensor, readouts: Sequence[Readout], batch_size: int
+             ) -> list[torch.Tensor]:
+    return readout_log_probs(readouts, adapter.run(rows, batch_size))
+
+
+def scrub_input_cut(
+    adapter: ModelAdapter,
+    hypothesis: Hypothesis,
+    readouts: Sequence[Readout],
+    masks: np.ndarray,
+    directions: Sequence[str],
+    inputs: torch.Tensor,
+    values: Values,
+    keys: np.ndarray,
+    pool_inputs: torch.Tensor,
+    pool_keys: np.ndarray,
+    resamples: int,
+    seed: int = 0,
+    batch_size: int = 1024,
+    candidates: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Divergences of every input under every input-cut scrub.
+
+    Args:
+        masks: ``[S, *example shape]`` the parts each scrub takes from the other input.
+        directions: ``"base"`` or ``"dual"`` per scrub (see the module docstring).
+        values: each input's hypothesis values; ``keys``: :func:`causalmad.scrubbing.row_keys`.
+        pool_inputs, pool_keys: the trusted inputs sources and bases are drawn from.
+        resamples: ``K``, sources (base) or bases (dual) per input and scrub.
+        candidates: a base scrub tries ``candidates * K`` sources for ``K`` that keep
+            every hypothesis value of the input.
+
+    Returns:
+        ``[n, S]`` divergences (NaN where a base scrub found no source keeping the values)
+        and ``[n, S]`` the share of the hybrids on which the model's answer is the one the
+        hypothesis predicts (dual; NaN for base scrubs).
+    """
+    n, n_scrubs, k = len(inputs), len(masks), resamples
+    div = np.full((n, n_scrubs), np.nan)
+    agree = np.full((n, n_scrubs), np.nan)
+    if n == 0 or n_scrubs == 0:
+        return div, agree
+    mask_t = torch.as_tensor(masks)
+    inner = [v for v in hypothesis.variables if v not in set(hypothesis.inputs)]
+    clean = _forward(adapter, inputs, readouts, batch_size)
+    for s, direction in enumerate(directions):
+        m = mask_t[s]
+        want = k if direction == "dual" else candidates * k
+        picks = draws(keys, f"{seed}|input-cut|{s}", want + 1) % np.uint64(len(pool_inputs))
+        rows, owner, classes = [], [], []
+        for i in range(n):
+            others = [int(j) for j in picks[i] if pool_keys[j] != keys[i]][:want]
+            if direction == "dual":
+                hybrids = torch.where(m, inputs[i], pool_inputs[others])
+                rows.append(hybrids)
+                owner += [i] * len(others)
+                classes += [_classes(hypothesis, hypothesis.values(h)) for h in hybrids]
+                continue
+            kept = 0
+            for j in others:
+                hybrid = torch.where(m, pool_inputs[j], inputs[i])
+                if torch.equal(hybrid, inputs[i]):  # the source shares these parts: no intervention
+                    continue
+                hv = hypothesis.values(hybrid)
+                if all(hv[v] == values[i][v] for v in inner):
+                    rows.append(hybrid[None])
+                    owner.append(i)
+                    kept += 1
+                    if kept == k:
+                        break
+        if not owner:
+            continue
+        scrubbed = _forward(adapter, torch.cat(rows), readouts, batch_size)
+        who = torch.as_tensor(owner)
+        if direction == "dual":
+            cls = np.asarray(classes, dtype=np.int64)
+            cell = counterfactual_nll(scrubbed, cls)
+            hit = torch.stack([q.argmax(-1) == torch.as_tensor(cls[:, r]) for r, q in enumerate(scrubbed)]).all(0)
+            agree[:, s] = _mean_by(hit.double(), who, n)
+        else:
+            cell = kl_divergence([c[who] for c in clean], scrubbed)
+        div[:, s] = _mean_by(cell.double(), who, n)
+    return div, agree
+
+
+def _mean_by(cells: torch.Tensor, owner: torch.Tensor, n: int) -> np.ndarray:
+    """Per-input mean of ``cells`` grouped by ``owner`` (NaN for inputs with no cell)."""
+    total = torch.zeros(n, dtype=torch.float64).index_add_(0, owner, cells.cpu())
+    count = torch.zeros(n, dtype=torch.float64).index_add_(0, owner, torch.ones_like(cells, dtype=torch.float64))
+    out = (total / count).numpy()
+    out[count.numpy() == 0] = np.nan
+    return out
+
+
+def describe(part_names: Sequence[str], subset: Sequence[int], direction: str) -> str:
+    """A scrub's readable name."""
+    parts = ", ".join(part_names[i] for i in subset)
+    return f"input cut ({direction}): {'x' if direction == 'dual' else 'trusted'} at {parts}"
+
+
+def build(hypothesis: Hypothesis, example: torch.Tensor, budget: int, seed: int,
+          directions_wanted: Sequence[str] = DIRECTIONS) -> dict[str, Any]:
+    """The input-cut scrubs to search: ``{"names", "masks", "directions"}`` (each of
+    ``directions_wanted`` for each subset of :func:`subsets`; empty when the input has no
+    parts)."""
+    part_names, parts = part_masks(hypothesis, example)
+    chosen = subsets(len(part_names), budget, seed)
+    names, masks, directions = [], [], []
+    for direction in directions_wanted:
+        for sub in chosen:
+            names.append(describe(part_names, sub, direction))
+            masks.append(parts[list(sub)].any(0))
+            directions.append(direction)
+    stacked = np.stack(masks) if masks else np.zeros((0, *example.shape), dtype=bool)
+    return {"names": names, "masks": stacked, "directions": directions}
