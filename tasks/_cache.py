@@ -108,8 +108,8 @@ def load_or_build_task(name: str, version: int, cfg: Any, seed: int, model: nn.M
     The data's key is the model's plus a digest of the source of the task modules, the
     hypotheses and causalmad, so that any change to the code that builds the data builds
     it again, plus the model's training record (``info["train_seconds"]``, ``"spec"``,
-    ``"trained_on"``), so that a model trained again gets its data built again. ``info`` items (``model_from_cache``, say) are set on the task however it
-    was obtained.
+    ``"trained_on"``), so that a model trained again gets its data built again. ``info``
+    items (``model_from_cache``, say) are set on the task however it was obtained.
     """
     from safetensors.torch import load_file
 
