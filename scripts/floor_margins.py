@@ -28,12 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(seed: int, threads: int, log: Path) -> tuple[int, float, str]:
+def run(seed: int, threads: int, log: Path, tests: list[str]) -> tuple[int, float, str]:
     """One pytest run of the floor tests: ``(exit status, seconds, its last lines)``."""
     env = {**os.environ, "CAUSALMAD_TEST_SEED": str(seed), "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "CAUSALMAD_FLOOR_LOG": str(log)}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "floors", "-q", "-p", "no:cacheprovider", "tests"], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "floors", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env, capture_output=True, text=True)
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
     return proc.returncode, time.perf_counter() - start, tail
 
@@ -68,13 +68,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (results do not depend on it)")
     ap.add_argument("--out", type=Path, help="write every value seen and the per-floor summary here (JSON)")
+    ap.add_argument("--tests", nargs="+", default=["tests"], help="test files or node ids (default: every floor)")
+    ap.add_argument("--merge", type=Path, help="an earlier --out: its values of floors this run did not see are kept")
     a = ap.parse_args()
     runs = [(s, t) for s in a.seeds for t in a.threads]
     with tempfile.TemporaryDirectory() as tmp:
         logs = {run_: Path(tmp) / f"seed{run_[0]}-threads{run_[1]}.jsonl" for run_ in runs}
         with ThreadPoolExecutor(a.jobs) as pool:
-            results = dict(zip(runs, pool.map(lambda r: run(*r, logs[r]), runs)))
+            results = dict(zip(runs, pool.map(lambda r: run(*r, logs[r], a.tests), runs)))
         rows = [json.loads(line) for r in runs if logs[r].exists() for line in logs[r].read_text().splitlines()]
+    if a.merge:
+        seen = {r["name"] for r in rows}
+        rows += [r for r in json.loads(a.merge.read_text())["values"] if r["name"] not in seen]
     failed = False
     for (seed, threads), (code, seconds, tail) in results.items():
         print(f"seed {seed}, {threads} thread(s): exit {code} in {seconds:.0f} s", file=sys.stderr)
