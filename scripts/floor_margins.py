@@ -40,13 +40,13 @@ def run(seed: int, threads: int, log: Path, tests: list[str]) -> tuple[int, floa
 
 def table(rows: list[dict]) -> tuple[str, list[dict]]:
     """The markdown table of ``rows`` (floor log lines) and one summary per floor."""
-    by_name: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_name[r["name"]].append(r)
+    by_name: dict[tuple[str, float, bool], list[dict]] = defaultdict(list)
+    for r in rows:  # two tests may check one quantity against different bounds
+        by_name[(r["name"], r["bound"], r["upper"])].append(r)
     out = ["| floor | bound | runs | worst (seed, threads) | margin | spread | |", "|---|---|---|---|---|---|---|"]
     summary = []
-    for name in sorted(by_name):
-        rs = by_name[name]
+    for key in sorted(by_name):
+        name, rs = key[0], by_name[key]
         upper = rs[0]["upper"]
         worst = max(rs, key=lambda r: r["value"]) if upper else min(rs, key=lambda r: r["value"])
         margin = (rs[0]["bound"] - worst["value"]) if upper else (worst["value"] - rs[0]["bound"])
