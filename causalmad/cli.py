@@ -29,6 +29,21 @@ from causalmad.errors import CausalMADError, InputError
 from causalmad.models import move_model
 
 
+def _print_info(info: dict) -> None:
+    """A task's ``info`` in a few lines: its scalars, the criteria its model met and where
+    it was trained (the full record is ``task.info``)."""
+    scalars = {k: v for k, v in info.items() if not isinstance(v, (dict, list))}
+    print(f"      {json.dumps(scalars)}", flush=True)
+    spec = info.get("spec") or {}
+    if spec.get("criteria"):
+        met = ", ".join(f"{k} {c['value']:.3f} >= {c['floor']}" for k, c in spec["criteria"].items())
+        print(f"      criteria met after {spec['steps']} steps ({spec['extra_rounds']} extra rounds): {met}", flush=True)
+    where = info.get("trained_on")
+    if where:
+        print(f"      trained on {where.get('cpu')}, {where.get('threads')} threads, torch {where.get('torch')}",
+              flush=True)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from causalmad.detectors import MahalanobisDetector, ScrubbingDetector
     from causalmad.evaluation import evaluate_detector, format_table, scrubbing_ablation
@@ -40,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"[1/4] task {args.task!r} ({args.size}, seed {args.seed}): training or loading the model ...", flush=True)
     task = load_task(args.task, size=args.size, seed=args.seed)
     move_model(task.model, device)
-    print(f"      {json.dumps(task.info)}", flush=True)
+    _print_info(task.info)
     print("[2/4] scrubbing detector: align, build and validate explanations, score ...", flush=True)
     scrub = ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=args.resamples,
                               random_state=args.seed, progress=not args.quiet)
