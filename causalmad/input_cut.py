@@ -155,7 +155,8 @@ def scrub_input_cut(
         return div, agree
     mask_t = torch.as_tensor(masks)
     inner = [v for v in hypothesis.variables if v not in set(hypothesis.inputs)]
-    clean = _forward(adapter, inputs, readouts, batch_size)
+    # f(x) at the readouts, which base scrubs compare with (dual scrubs compare with the hypothesis)
+    clean = _forward(adapter, inputs, readouts, batch_size) if "base" in directions else []
     for s, direction in enumerate(directions):
         m = mask_t[s]
         want = k if direction == "dual" else candidates * k
