@@ -9,8 +9,9 @@ divergence distribution. ``score`` scrubs each input under every valid explanati
 with ``input_cut``, every valid hybrid of it and trusted inputs, :mod:`causalmad.input_cut`)
 and returns the largest standardised divergence, or with ``aggregation="calibrated"`` the
 combined two-sided tail probability (:mod:`causalmad.calibration`): an input is anomalous
-if *some* explanation that holds on trusted data breaks on it (Christiano et al., "Formalizing the presumption
-of independence" / ARC's MAD agenda; causal scrubbing, Chan et al. 2022).
+if *some* explanation that holds on trusted data breaks on it (Christiano et al.,
+"Formalizing the presumption of independence" / ARC's MAD agenda; causal scrubbing, Chan
+et al. 2022).
 """
 
 from __future__ import annotations
