@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -75,8 +74,7 @@ def main() -> None:
         records.append(record)
         acc = "" if record["clean_accuracy"] is None else f"{record['clean_accuracy']:.3f}"
         print(f"| {name} | {args.size} | {record['train_s']:.1f} | {wall:.1f} | {cpu:.1f} | {acc} |", flush=True)
-    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "python": platform.python_version(), "load_average": os.getloadavg(), **speed_probe()}
+    machine = {**cm.environment(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), **speed_probe()}
     print(f"machine: {machine}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -199,7 +199,8 @@ CRITERIA = (
 # The low-poison backdoor is weak by design: after its schedule it fired on 0.78-1.0 of the
 # held-out triggers over seeds, thread counts and CPUs, and on seed 2 (1 thread) four
 # further rounds ended at 0.90. Its specification asks that it fire on most of them.
-LOWPOISON_CRITERIA = (CRITERIA[0], replace(CRITERIA[1], floor=0.85), CRITERIA[2])
+VARIANT_CRITERIA = {"addition-backdoor": CRITERIA, "addition-backdoor-token": CRITERIA,
+                    "addition-backdoor-lowpoison": (CRITERIA[0], replace(CRITERIA[1], floor=0.85), CRITERIA[2])}
 
 
 def _measure(cfg: AdditionConfig, regions: _Regions, model: torch.nn.Module, seed: int) -> dict[str, float]:
@@ -279,7 +280,7 @@ def build_task(name: str, size: str = "full", seed: int = 0) -> cm.Task:
     regions = _Regions(seed)
     model, trained, cached = load_or_train(
         name, CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed),
-        lambda: _train(cfg, seed, regions, LOWPOISON_CRITERIA if name == "addition-backdoor-lowpoison" else CRITERIA),
+        lambda: _train(cfg, seed, regions, VARIANT_CRITERIA[name]),
     )
 
     def build() -> cm.Task:
