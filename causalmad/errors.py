@@ -50,6 +50,12 @@ class PersistenceError(CausalMADError, ValueError):
     saved from another model or hypothesis."""
 
 
+class CausalMADWarning(UserWarning):
+    """Something causalmad was told to do anyway, or did on its own, that the user should
+    know of (a detector folder loaded with ``trust_modified=True`` despite a checksum
+    mismatch, say)."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """Return a ``" Did you mean ...?"`` suffix for an unknown ``name``, or ``""``."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

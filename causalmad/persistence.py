@@ -1,20 +1,28 @@
 """Saving and loading fitted detectors: JSON for structure, safetensors for numbers.
 
-A detector folder holds two files:
+A detector folder holds three files:
 
 * ``state.safetensors`` — every array and tensor the detector learned (alignment
   rotations, calibration statistics, trusted source activations, ...);
 * ``config.json`` — the format version, the causalmad version, the detector's name and
   constructor arguments, its fitted state with each array replaced by a reference into
-  ``state.safetensors``, a fingerprint of the model and of the hypothesis, and the
-  SHA-256 of ``state.safetensors``.
+  ``state.safetensors``, and a fingerprint of the model and of the hypothesis;
+* ``SHA256SUMS`` — the SHA-256 of each of the other two, in the format of
+  ``sha256sum -c``. Loading refuses a folder whose files do not match it, or that holds
+  a file it does not cover, unless the caller passes ``trust_modified=True``.
 
 Nothing is pickled and loading executes no code from the folder: the JSON decoder
-rebuilds only plain values and a fixed list of causalmad records (:data:`RECORDS`). The
+rebuilds only plain values and a fixed list of causalmad records (:func:`_records`). The
 model and the hypothesis are code, so the caller passes them again; their fingerprints
-must match the stored ones. Saving writes into a hidden sibling folder and renames it
-into place only once ``config.json`` (written last, with the checksum) is complete, so an
-interrupted save never leaves a folder that loads.
+must match the stored ones.
+
+Writing never destroys what it was not given. Saving writes into a hidden sibling folder
+``.NAME.causalmad-tmp-PID`` and renames it into place only once ``SHA256SUMS`` (written
+last) is complete; ``overwrite=True`` replaces only a folder that is a causalmad detector
+folder (its ``config.json`` says so and it holds no file causalmad does not write), and
+moves it aside (``.NAME.causalmad-old-PID``) until the new one is in place. Leftovers of a
+writer that was killed carry its process id; :func:`remove_stale` removes those whose
+process is gone (and puts back an old folder whose replacement never arrived).
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import shutil
-import tempfile
+import warnings
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,15 +44,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from causalmad.errors import PersistenceError
+from causalmad.errors import CausalMADWarning, PersistenceError
 
 if TYPE_CHECKING:
     from causalmad.detectors.base import Detector
     from causalmad.hypothesis import Hypothesis
 
-FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 2: SHA256SUMS covers config.json too (version 1 checksummed only the state)
 CONFIG = "config.json"
 STATE = "state.safetensors"
+CHECKSUMS = "SHA256SUMS"
+FILES = (CONFIG, STATE, CHECKSUMS)  # every file causalmad writes into a detector folder
+TEMP_KINDS = ("causalmad-tmp", "causalmad-old", "partial")  # .NAME.KIND-PID beside a destination
 
 
 def _records() -> dict[str, type]:
@@ -188,7 +203,11 @@ def hypothesis_fingerprint(hypothesis: Hypothesis | None) -> dict[str, Any] | No
     return json.loads(json.dumps(fingerprint))  # as stored: tuples become lists
 
 
-def _sha256(path: Path) -> str:
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -197,6 +216,7 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries (after a rename), to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -204,88 +224,279 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+# ---------------------------------------------------------------- leftovers of killed writers
+def temp_path(path: str | Path, kind: str) -> Path:
+    """``.NAME.KIND-PID`` beside ``path``: where this process writes before renaming into
+    place (``kind`` one of :data:`TEMP_KINDS`), recognisable by :func:`remove_stale`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except OverflowError:  # not a process id at all
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale(path: str | Path) -> list[Path]:
+    """Remove what killed writers left beside ``path``, and say so (a warning each).
+
+    A writer (a save, a scores file) works in ``.NAME.KIND-PID`` beside its destination
+    and renames it into place when complete; a ``kill -9`` leaves that behind. This
+    removes each one whose process is gone (this process's own count as gone: call this
+    before writing). A folder moved aside by a save that replaced it
+    (``causalmad-old``) is put back if its replacement never arrived, else removed.
+    Nothing else is touched. Returns the leftovers dealt with.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    pattern = re.compile(rf"({'|'.join(TEMP_KINDS)})-(\d{{1,10}})")
+    try:
+        entries = sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix))
+    except OSError:  # no such folder yet: nothing was left there
+        return []
+    done = []
+    for p in entries:
+        m = pattern.fullmatch(p.name[len(prefix):])
+        if m is None or (int(m[2]) != os.getpid() and _alive(int(m[2]))):
+            continue
+        if m[1] == "causalmad-old" and not os.path.lexists(path):
+            os.rename(p, path)
+            logger.warning("put back %s from %s: process %s was killed while replacing it", path, p.name, m[2])
+        else:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            logger.warning("removed %s, left by process %s, which was killed before it finished", p, m[2])
+        done.append(p)
+    return done
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through ``.NAME.partial-PID`` beside it, flushed to the
+    disk and renamed into place: ``path`` holds the old bytes or all the new ones."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path, "partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 # ---------------------------------------------------------------- folders
+def check_replaceable(path: str | Path) -> None:
+    """Raise :class:`PersistenceError` unless ``overwrite=True`` may replace ``path``: a
+    causalmad detector folder (its ``config.json`` says so and it holds only the files
+    causalmad writes, :data:`FILES`). Anything else, an empty folder included, is the user's."""
+    path = Path(path)
+    refuse = "; refusing to replace it (choose another path, or remove it yourself)."
+    if path.is_symlink():
+        raise PersistenceError(f"{path} is a symbolic link" + refuse)
+    if not path.is_dir():
+        raise PersistenceError(f"{path} is a file, not a detector folder" + refuse)
+    names = sorted(p.name for p in path.iterdir())
+    foreign = [n for n in names if n not in FILES or (path / n).is_symlink() or not (path / n).is_file()]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise PersistenceError(f"{path} is not a causalmad detector folder (it holds {shown}, which causalmad "
+                               "does not write)" + refuse)
+    if CONFIG not in names:
+        raise PersistenceError(f"{path} is not a causalmad detector folder (it has no {CONFIG})" + refuse)
+    try:
+        config = json.loads((path / CONFIG).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        config = None
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if not isinstance(version, int) or "detector" not in config:  # type: ignore[operator]
+        raise PersistenceError(f"{path} is not a causalmad detector folder (its {CONFIG} is not a detector's)"
+                               + refuse)
+
+
 def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite: bool = False) -> Path:
-    """Write ``config`` (+ the encoded ``state``) into the folder ``path`` atomically."""
+    """Write ``config`` (+ the encoded ``state``) into the folder ``path`` atomically:
+    beside it first, then renamed into place; an existing folder (``overwrite=True``, a
+    detector folder only) stays until the new one is complete."""
     from safetensors.torch import save_file
 
     import causalmad
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise PersistenceError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it.")
-    if path.exists() and not (path / CONFIG).exists():
-        raise PersistenceError(f"{path} exists and is not a detector folder; refusing to replace it.")
+    remove_stale(path)
+    if os.path.lexists(path):
+        if not overwrite:
+            raise PersistenceError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it.")
+        check_replaceable(path)
     encoded, tensors = encode(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp, old = temp_path(path, "causalmad-tmp"), temp_path(path, "causalmad-old")
+    tmp.mkdir()
+    moved = False
     try:
         save_file(tensors, str(tmp / STATE))
-        _fsync(tmp / STATE)
-        full = {"format_version": FORMAT_VERSION, "causalmad_version": causalmad.__version__, **config,
-                "state": encoded, "state_sha256": _sha256(tmp / STATE)}
-        (tmp / CONFIG).write_text(json.dumps(full, indent=1, allow_nan=False))  # written last: marks completeness
-        _fsync(tmp / CONFIG)
         umask = os.umask(0)
         os.umask(umask)
-        for f, mode in ((tmp, 0o777), (tmp / STATE, 0o666), (tmp / CONFIG, 0o666)):
-            os.chmod(f, mode & ~umask)  # mkdtemp makes private folders; give the usual permissions
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        os.chmod(tmp / STATE, 0o666 & ~umask)  # safetensors writes a private file; give the usual permissions
+        full = {"format_version": FORMAT_VERSION, "causalmad_version": causalmad.__version__, **config,
+                "state": encoded}
+        (tmp / CONFIG).write_text(json.dumps(full, indent=1, allow_nan=False))
+        sums = "".join(f"{_sha256_file(tmp / name)}  {name}\n" for name in (CONFIG, STATE))
+        (tmp / CHECKSUMS).write_text(sums)  # written last: marks the folder complete
+        for name in (STATE, CONFIG, CHECKSUMS, ""):  # "": the folder's own entries
+            _fsync(tmp / name)
+        if os.path.lexists(path):
+            if not overwrite:
+                raise PersistenceError(f"{path} was created by another writer during this save; nothing replaced.")
+            os.rename(path, old)
+            moved = True
+        try:
+            os.rename(tmp, path)
+        except OSError as exc:
+            raise PersistenceError(f"{path} was created by another writer during this save; nothing "
+                                   "replaced.") from exc
+        _fsync(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not os.path.lexists(path):
+            os.rename(old, path)
         raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a detector folder, after checking the folder's shape (cheap:
-    the tensors are not read)."""
-    path = Path(path)
+def _modified(message: str, trust_modified: bool) -> None:
+    """A folder whose files are not the ones saved: refused, or a warning if trusted."""
+    if not trust_modified:
+        raise PersistenceError(f"{message} Pass trust_modified=True (CLI: --trust-modified) to load it anyway.")
+    warnings.warn(f"{message} Loading it anyway (trust_modified).", CausalMADWarning, stacklevel=2)
+
+
+def _read_checksums(path: Path, trust_modified: bool) -> dict[str, str] | None:
+    """``SHA256SUMS`` as name -> hex digest; ``None`` if absent (or malformed and trusted)."""
+    file = path / CHECKSUMS
+    if not file.is_file():
+        return None
+    sums: dict[str, str] = {}
+    try:
+        lines = file.read_bytes().decode("ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = ["(not text)"]
+    for n, line in enumerate(lines, 1):
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *](\S+)", line)
+        if m is None or m[2] not in (CONFIG, STATE) or m[2] in sums:
+            _modified(f"{file} line {n} is not 'SHA-256  {CONFIG}' or 'SHA-256  {STATE}': the file was edited "
+                      "or is corrupted.", trust_modified)
+            return None
+        sums[m[2]] = m[1]
+    if set(sums) != {CONFIG, STATE}:
+        _modified(f"{file} lacks the checksum of {sorted({CONFIG, STATE} - set(sums))}: the file was edited or is "
+                  "corrupted.", trust_modified)
+        return None
+    return sums
+
+
+def _read_config(path: Path, trust_modified: bool) -> tuple[dict[str, Any], str | None, str]:
+    """``(config, expected SHA-256 of the state or None, where that checksum is kept)``."""
+    import causalmad
+
     if not path.is_dir():
-        raise PersistenceError(f"{path} is not a folder (a saved detector is a folder with {CONFIG} and {STATE}).")
-    if not (path / CONFIG).exists():
+        raise PersistenceError(f"{path} is not a folder (a saved detector is a folder with {CONFIG}, {STATE} and "
+                               f"{CHECKSUMS}).")
+    if not (path / CONFIG).is_file():
         raise PersistenceError(f"{path} has no {CONFIG}: not a detector folder, or an interrupted save.")
     try:
-        config = json.loads((path / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PersistenceError(f"{path / CONFIG} is not valid JSON ({exc}); the folder is corrupted.") from exc
+        raw = (path / CONFIG).read_bytes()
+        config: Any = json.loads(raw)
+        invalid = None
+    except OSError as exc:
+        raise PersistenceError(f"{path / CONFIG} cannot be read ({exc}).") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        config, invalid = None, exc
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        # before the checksums: a newer format may keep them differently
+        raise PersistenceError(f"{path} was saved in format version {version} by a newer causalmad; this causalmad "
+                               f"({causalmad.__version__}) reads format versions up to {FORMAT_VERSION}: upgrade "
+                               "causalmad to load it.")
+    sums = _read_checksums(path, trust_modified)
+    if sums is not None and _sha256(raw) != sums[CONFIG]:
+        _modified(f"{path / CONFIG} does not match its checksum in {CHECKSUMS}: it was edited, truncated or "
+                  "corrupted after the save.", trust_modified)
+    if invalid is not None:
+        raise PersistenceError(f"{path / CONFIG} is not valid JSON ({invalid}); the folder is corrupted.")
     if not isinstance(config, dict) or "format_version" not in config:
         raise PersistenceError(f"{path / CONFIG} has no format_version; not a causalmad detector folder.")
-    if config["format_version"] != FORMAT_VERSION:
-        raise PersistenceError(f"{path} uses format version {config['format_version']}; this causalmad "
-                               f"reads version {FORMAT_VERSION}.")
-    missing = [k for k in ("detector", "params", "state", "state_sha256", "input_shape", "input_dtype")
-               if k not in config]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise PersistenceError(f"{path / CONFIG}: format_version {version!r} is not a format version; the folder "
+                               "is corrupted.")
+    required = ["detector", "params", "state", "input_shape", "input_dtype"]
+    if version == 1:
+        _modified(f"{path} was saved by an older causalmad (format version 1), whose checksum does not cover "
+                  f"{CONFIG}: refit it with this causalmad.", trust_modified)
+        required.append("state_sha256")
+    else:
+        if sums is None and not (path / CHECKSUMS).is_file():
+            _modified(f"{path} has no {CHECKSUMS}: an interrupted save, or the file was removed.", trust_modified)
+        for name in sorted(p.name for p in path.iterdir() if p.name not in FILES):
+            _modified(f"{path / name} is not covered by {CHECKSUMS} (a detector folder holds only "
+                      f"{', '.join(FILES)}).", trust_modified)
+    missing = [k for k in required if k not in config]
     if missing:
         raise PersistenceError(f"{path / CONFIG} lacks {missing}; the folder is corrupted.")
-    if not (path / STATE).exists():
+    if not (path / STATE).is_file():
         raise PersistenceError(f"{path} has no {STATE}; the folder is incomplete.")
-    return config
+    if version == 1:
+        return config, config["state_sha256"], CONFIG
+    return config, None if sums is None else sums[STATE], CHECKSUMS
 
 
-def read_folder(path: str | Path) -> tuple[dict[str, Any], Any]:
-    """``(config, decoded state)`` of a detector folder, after checking it is complete."""
+def read_config(path: str | Path, trust_modified: bool = False) -> dict[str, Any]:
+    """The ``config.json`` of a detector folder, after checking the folder's shape and
+    ``config.json``'s checksum (cheap: the tensors are not read).
+
+    Raises:
+        PersistenceError: not a detector folder, a newer format, or (unless
+            ``trust_modified``) a file that does not match ``SHA256SUMS``.
+    """
+    return _read_config(Path(path), trust_modified)[0]
+
+
+def read_folder(path: str | Path, trust_modified: bool = False) -> tuple[dict[str, Any], Any]:
+    """``(config, decoded state)`` of a detector folder, after checking every file
+    against its checksum (a mismatch raises unless ``trust_modified``, then warns)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = Path(path)
-    config = read_config(path)
-    if _sha256(path / STATE) != config["state_sha256"]:
-        raise PersistenceError(f"{path / STATE} does not match the checksum in {CONFIG}: the file is truncated "
-                               "or corrupted.")
+    config, expected, kept_in = _read_config(path, trust_modified)
     try:
-        tensors = load_file(str(path / STATE))
-    except (SafetensorError, OSError) as exc:
+        data = (path / STATE).read_bytes()  # hashed and parsed from one read: no change in between
+    except OSError as exc:
+        raise PersistenceError(f"{path / STATE} cannot be read ({exc}).") from exc
+    if expected is not None and _sha256(data) != expected:
+        _modified(f"{path / STATE} does not match its checksum in {kept_in}: the file is truncated or corrupted.",
+                  trust_modified)
+    try:
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise PersistenceError(f"{path / STATE} cannot be read ({exc}).") from exc
     try:
         return config, decode(config["state"], tensors)
-    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RecursionError) as exc:
         raise PersistenceError(f"{path / CONFIG}: the stored state is malformed ({exc}).") from exc
 
 
@@ -317,12 +528,13 @@ def save_detector(detector: Detector, path: str | Path, overwrite: bool = False,
 
 
 def load_detector(path: str | Path, model: nn.Module | Any, hypothesis: Hypothesis | None = None,
-                  check: Callable[[dict[str, Any]], None] | None = None) -> Detector:
+                  check: Callable[[dict[str, Any]], None] | None = None,
+                  trust_modified: bool = False) -> Detector:
     """Load a detector saved with :meth:`Detector.save` (see :meth:`Detector.load`)."""
     from causalmad.detectors.base import DETECTORS
     from causalmad.models import adapt
 
-    config, state = read_folder(path)
+    config, state = read_folder(path, trust_modified)
     if check is not None:
         check(config)
     name = config["detector"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +21,7 @@ from test_detectors import make as make_detector
 
 import causalmad as cm
 from causalmad import persistence
+from causalmad.errors import CausalMADWarning
 
 ROUND_TRIP = sorted(cm.DETECTORS)  # every registered detector, baselines and skyline included
 
@@ -79,13 +83,16 @@ def test_loaded_detector_keeps_thresholds_and_explanations(saved, data):
     assert det.explain(untrusted[-1])["score"] == pytest.approx(scores[-1])
 
 
-def test_folder_holds_only_json_and_safetensors(saved):
+def test_folder_holds_json_safetensors_and_their_checksums(saved):
     folder, _ = saved["scrubbing"]
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "state.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["SHA256SUMS", "config.json", "state.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["format_version"] == persistence.FORMAT_VERSION
     assert config["causalmad_version"] == cm.__version__
     assert len(config["model_fingerprint"]) == 64
+    sums = dict(reversed(line.split("  ")) for line in (folder / "SHA256SUMS").read_text().splitlines())
+    assert sums == {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+                    for name in ("config.json", "state.safetensors")}  # as `sha256sum -c SHA256SUMS` reads it
 
 
 def copy_folder(src: Path, dst: Path) -> Path:
@@ -104,8 +111,10 @@ def test_truncated_or_corrupted_folders_are_refused(saved, tmp_path):
         cm.load_detector(truncated, PlantedSum())
     garbled = copy_folder(src, tmp_path / "garbled")
     (garbled / "config.json").write_text('{"format_version": 1, "detec')
-    with pytest.raises(cm.PersistenceError, match="not valid JSON"):
+    with pytest.raises(cm.PersistenceError, match="config.json does not match its checksum"):
         cm.load_detector(garbled, PlantedSum())
+    with pytest.warns(CausalMADWarning), pytest.raises(cm.PersistenceError, match="not valid JSON"):
+        cm.load_detector(garbled, PlantedSum(), trust_modified=True)
     incomplete = copy_folder(src, tmp_path / "incomplete")
     (incomplete / "config.json").unlink()
     with pytest.raises(cm.PersistenceError, match="interrupted save"):
@@ -113,8 +122,8 @@ def test_truncated_or_corrupted_folders_are_refused(saved, tmp_path):
     future = copy_folder(src, tmp_path / "future")
     config = json.loads((future / "config.json").read_text())
     (future / "config.json").write_text(json.dumps({**config, "format_version": 99}))
-    with pytest.raises(cm.PersistenceError, match="format version 99"):
-        cm.load_detector(future, PlantedSum())
+    with pytest.raises(cm.PersistenceError, match="format version 99 by a newer causalmad"):
+        cm.load_detector(future, PlantedSum(), trust_modified=True)  # no override for a format it cannot read
     with pytest.raises(cm.PersistenceError, match="not a folder"):
         cm.load_detector(tmp_path / "nowhere", PlantedSum())
 
@@ -153,7 +162,7 @@ def test_saving_refuses_to_clobber_and_an_interrupted_save_leaves_nothing(data, 
     with pytest.raises(cm.PersistenceError, match="already exists"):
         det.save(target)
     (tmp_path / "notes").mkdir()
-    with pytest.raises(cm.PersistenceError, match="not a detector folder"):
+    with pytest.raises(cm.PersistenceError, match="notes is not a causalmad detector folder .it has no config.json"):
         det.save(tmp_path / "notes", overwrite=True)
 
     def crash(*args, **kwargs):
@@ -167,6 +176,20 @@ def test_saving_refuses_to_clobber_and_an_interrupted_save_leaves_nothing(data, 
     assert not (tmp_path / "fresh").exists()
     assert (target / "config.json").read_bytes() == before  # the old folder is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["det", "notes"]  # no temporary folders left
+
+    def crash_on_second_rename(real=os.rename, calls=[]):  # noqa: B006 -- counts calls
+        def rename(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:  # the old folder is aside, the new one not yet in place
+                raise KeyboardInterrupt
+            real(src, dst)
+        return rename
+
+    monkeypatch.setattr("causalmad.persistence.os.rename", crash_on_second_rename())
+    with pytest.raises(KeyboardInterrupt):
+        det.save(target, overwrite=True)
+    assert (target / "config.json").read_bytes() == before  # put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det", "notes"]
 
 
 def test_state_that_is_not_plain_data_is_named_in_the_error(data, tmp_path):
@@ -201,3 +224,152 @@ def test_every_detector_explains_an_input_as_json(saved, data):
         assert why["flagged"] == (scores[-1] > det.threshold(0.01))
         if "sites" in why:
             assert why["sites"][0]["z"] >= why["sites"][-1]["z"]
+
+
+# ---------------------------------------------------------------- a folder is data, checked whole
+def resign(folder: Path) -> None:
+    """Rewrite SHA256SUMS for the folder's current files (as someone who edits a folder can)."""
+    (folder / "SHA256SUMS").write_text("".join(
+        f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in ("config.json", "state.safetensors")))
+
+
+def test_an_edit_to_any_byte_of_config_json_is_refused(saved, tmp_path):
+    src, _ = saved["mahalanobis"]
+    folder = copy_folder(src, tmp_path / "edited")
+    original = (folder / "config.json").read_bytes()
+    for i in range(len(original)):
+        edited = bytearray(original)
+        edited[i] ^= 0x01
+        (folder / "config.json").write_bytes(bytes(edited))
+        # (an edit of the format version to 3 claims a newer format: refused as one, with no override)
+        with pytest.raises(cm.PersistenceError, match=r"edited/config\.json does not match its checksum|"
+                                                        r"format version 3 by a newer causalmad"):
+            persistence.read_config(folder)
+    (folder / "config.json").write_bytes(original + b"\n")  # harmless, but not what was saved
+    with pytest.raises(cm.PersistenceError, match="trust_modified=True"):
+        cm.load_detector(folder, PlantedSum())
+    with pytest.warns(CausalMADWarning, match="config.json does not match its checksum"):
+        det = cm.load_detector(folder, PlantedSum(), trust_modified=True)
+    np.testing.assert_array_equal(det.heldout_scores_, cm.load_detector(src, PlantedSum()).heldout_scores_)
+
+
+def test_every_file_in_the_folder_is_covered(saved, tmp_path):
+    src, _ = saved["mahalanobis"]
+    edited = copy_folder(src, tmp_path / "state")
+    state = bytearray((edited / "state.safetensors").read_bytes())
+    state[-1] ^= 0x01
+    (edited / "state.safetensors").write_bytes(bytes(state))
+    with pytest.raises(cm.PersistenceError, match=r"state\.safetensors does not match its checksum in SHA256SUMS"):
+        cm.load_detector(edited, PlantedSum())
+    extra = copy_folder(src, tmp_path / "extra")
+    (extra / "notes.txt").write_text("hello")
+    with pytest.raises(cm.PersistenceError, match=r"notes\.txt is not covered by SHA256SUMS"):
+        cm.load_detector(extra, PlantedSum())
+    for lines in ("", "not a checksum\n"):
+        bad = copy_folder(src, tmp_path / f"sums{len(lines)}")
+        (bad / "SHA256SUMS").write_text(lines)
+        with pytest.raises(cm.PersistenceError, match="SHA256SUMS"):
+            cm.load_detector(bad, PlantedSum())
+    gone = copy_folder(src, tmp_path / "nosums")
+    (gone / "SHA256SUMS").unlink()
+    with pytest.raises(cm.PersistenceError, match="has no SHA256SUMS"):
+        cm.load_detector(gone, PlantedSum())
+    with pytest.warns(CausalMADWarning, match="has no SHA256SUMS"):
+        cm.load_detector(gone, PlantedSum(), trust_modified=True)
+
+
+def test_a_format_1_folder_is_refused_unless_trusted(saved, data, tmp_path):
+    """Format 1 checksummed only the state: loading it by default would let anyone who
+    edits a folder skip the checksum by writing format_version 1."""
+    src, scores = saved["mahalanobis"]
+    old = copy_folder(src, tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    config.update(format_version=1, state_sha256=hashlib.sha256((old / "state.safetensors").read_bytes()).hexdigest())
+    (old / "config.json").write_text(json.dumps(config))
+    (old / "SHA256SUMS").unlink()
+    with pytest.raises(cm.PersistenceError, match=r"format version 1.*refit it"):
+        cm.load_detector(old, PlantedSum())
+    with pytest.warns(CausalMADWarning, match="format version 1"):
+        det = cm.load_detector(old, PlantedSum(), trust_modified=True)
+    np.testing.assert_array_equal(det.score(data[1]), scores)
+
+
+# ---------------------------------------------------------------- overwrite=True and leftovers
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_a_detector_folder(data, tmp_path):
+    trusted, _ = data
+    det = make("mahalanobis").fit(trusted)
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"format_version": 1, "detector": "mine"}')
+    (project / "src" / "main.py").write_text("print('my work')\n")
+    (project / "data.csv").write_text("a,b\n1,2\n")
+    lookalike = copy_folder(det.save(tmp_path / "det"), tmp_path / "lookalike")
+    (lookalike / "results.csv").write_text("mine\n")
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "config.json").write_text('{"colour": "blue"}')
+    (tmp_path / "file.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "det")
+    before = tree(tmp_path)
+    for path, message in ((project, r"holds data\.csv, src, which causalmad does not write"),
+                          (lookalike, "holds results.csv"), (settings, "config.json is not a detector's"), (tmp_path / "file.json", "is a file"),
+                          (tmp_path / "link", "symbolic link")):
+        with pytest.raises(cm.PersistenceError, match=message):
+            det.save(path, overwrite=True)
+    assert tree(tmp_path) == before  # nothing touched
+    det.save(tmp_path / "det", overwrite=True)  # a detector folder is replaced
+    cm.load_detector(tmp_path / "det", PlantedSum())
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_a_killed_save_are_removed_by_the_next(data, tmp_path, caplog):
+    trusted, _ = data
+    det = make("mahalanobis").fit(trusted)
+    pid = dead_pid()
+    target = det.save(tmp_path / "det")
+    saved_config = (target / "config.json").read_bytes()
+    target.rename(tmp_path / f".det.causalmad-old-{pid}")  # killed after moving the old folder aside
+    (tmp_path / f".det.causalmad-tmp-{pid}").mkdir()  # ... with its new folder half written
+    (tmp_path / f".det.causalmad-tmp-{pid}" / "state.safetensors").write_bytes(b"half")
+    (tmp_path / ".det.causalmad-tmp-notapid").mkdir()  # not a name causalmad writes: left alone
+    (tmp_path / f".det.causalmad-tmp-{os.getppid()}").mkdir()  # a live writer's: left alone
+    with caplog.at_level("WARNING", logger="causalmad.persistence"):
+        done = persistence.remove_stale(target)
+    assert sorted(p.name for p in done) == [f".det.causalmad-old-{pid}", f".det.causalmad-tmp-{pid}"]
+    assert (target / "config.json").read_bytes() == saved_config  # the old folder is back
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".det.causalmad-tmp-notapid",
+                                                                 f".det.causalmad-tmp-{os.getppid()}", "det"])
+    assert f"put back {target}" in caplog.text and f"removed {tmp_path}/.det.causalmad-tmp-{pid}" in caplog.text
+
+
+def test_a_save_killed_in_another_process_leaves_nothing_after_the_next_save(data, tmp_path, caplog):
+    trusted, _ = data
+    torch.save(trusted, tmp_path / "trusted.pt")
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import safetensors.torch
+        from conftest import PlantedSum
+        import causalmad as cm
+        def killed(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        safetensors.torch.save_file = killed
+        cm.MahalanobisDetector(PlantedSum()).fit(torch.load({str(tmp_path / "trusted.pt")!r})).save(
+            {str(tmp_path / "det")!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    assert [p.name for p in tmp_path.glob(".det.*")] == [f".det.causalmad-tmp-{proc.pid}"]  # what the kill left
+    with caplog.at_level("WARNING", logger="causalmad.persistence"):
+        make("mahalanobis").fit(trusted).save(tmp_path / "det")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det", "trusted.pt"]
+    assert "killed before it finished" in caplog.text

@@ -142,20 +142,31 @@ class Detector(ABC):
 
     # persistence --------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Save the fitted detector to the folder ``path`` (``config.json`` +
-        ``state.safetensors``, no pickle; atomic). Reload with :meth:`load`."""
+        """Save the fitted detector to the folder ``path`` (``config.json``,
+        ``state.safetensors`` and their ``SHA256SUMS``; no pickle). Reload with :meth:`load`.
+
+        The save is atomic: written beside ``path``, then renamed into place.
+        ``overwrite=True`` replaces only a causalmad detector folder,
+        which stays in place until the new folder is complete; any other folder or file
+        raises :class:`~causalmad.errors.PersistenceError` and is left untouched."""
         from causalmad.persistence import save_detector
 
         return save_detector(self, path, overwrite)
 
     @classmethod
-    def load(cls, path: str | Path, model: Any, hypothesis: Any = None) -> Detector:
+    def load(cls, path: str | Path, model: Any, hypothesis: Any = None, trust_modified: bool = False) -> Detector:
         """Load a detector saved with :meth:`save`. ``model`` (and ``hypothesis``, if it
         was fitted with one) must be the ones it was fitted with: their fingerprints are
-        checked, and a mismatch raises :class:`~causalmad.errors.PersistenceError`."""
+        checked, and a mismatch raises :class:`~causalmad.errors.PersistenceError`.
+
+        Loading runs no code named in the folder. Every file must match the folder's
+        ``SHA256SUMS``; a folder changed since it was saved (or saved by a causalmad
+        whose checksum did not cover ``config.json``) raises, unless
+        ``trust_modified=True``, which loads it with a
+        :class:`~causalmad.errors.CausalMADWarning`."""
         from causalmad.persistence import load_detector
 
-        det = load_detector(path, model, hypothesis)
+        det = load_detector(path, model, hypothesis, trust_modified=trust_modified)
         if cls is not Detector and not isinstance(det, cls):
             raise PersistenceError(f"{path} holds a {det.name!r} detector, not a {cls.__name__}.")
         return det
