@@ -16,16 +16,18 @@ import argparse
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from causalmad.errors import CausalMADError, InputError
+from causalmad.errors import CausalMADError, CausalMADWarning, InputError, PersistenceError
 from causalmad.models import move_model
 
 
@@ -160,7 +162,8 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | None,
+                          folder: str | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(model, hypothesis, task or None, source record)`` from the command line, or
     from the source a detector folder records when it is a registered task."""
     device = _device(args.device)  # checked before any expensive work
@@ -169,7 +172,7 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
 
     task_name = getattr(args, "task", None)
     if args.model is None and task_name is None and source and "task" in source:
-        task_name, args.size, args.seed = source["task"], source["size"], source["seed"]
+        task_name, args.size, args.seed = _folder_task(source, str(folder))
     if task_name is not None:
         if args.model is not None:
             raise InputError("give either --task or --model, not both.")
@@ -194,6 +197,89 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
     return model, hypothesis, None, {"model": args.model, "hypothesis": args.hypothesis}
 
 
+def _folder_task(source: dict[str, Any], folder: str) -> tuple[str, str, int]:
+    """``(name, size, seed)`` of the task a detector folder was fitted on. A folder is
+    data, never code: its task must be a registered name (found through the
+    ``causalmad.tasks`` entry points); a ``module:function`` there is refused."""
+    from causalmad.task import available_tasks
+
+    name, size, seed = source.get("task"), source.get("size"), source.get("seed")
+    where = Path(folder) / "config.json"
+    known = available_tasks()
+    if not isinstance(name, str) or name not in known:
+        raise PersistenceError(f"{where} names the task {name!r}, which is not a registered task here (known: "
+                               f"{sorted(known)}); causalmad runs no code named in a detector folder: pass the "
+                               "model with --model module:function (and --hypothesis) on the command line.")
+    if size not in ("full", "tiny") or not isinstance(seed, int) or isinstance(seed, bool):
+        raise PersistenceError(f"{where}: the task's size {size!r} and seed {seed!r} should be 'full' or 'tiny' "
+                               "and an integer; the folder is corrupted.")
+    return name, size, seed
+
+
+def _source(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a detector folder's model came from, as its config records it (or None)."""
+    extra = config.get("extra")
+    source = extra.get("source") if isinstance(extra, dict) else None
+    return source if isinstance(source, dict) else None
+
+
+def _code_files(args: argparse.Namespace) -> dict[str, str | None]:
+    """The Python files named by ``--model`` / ``--hypothesis`` (inputs a write must spare)."""
+    found: dict[str, str | None] = {}
+    for flag in ("model", "hypothesis"):
+        spec = getattr(args, flag, None)
+        where = spec.rsplit(":", 1)[0] if spec and ":" in spec else None
+        found[f"the --{flag} file"] = where if where and where.endswith(".py") else None
+    return found
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links too
+    except OSError:
+        return False
+
+
+def _check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
+    """Refuse, before any work, an output that is, holds or lies inside an input (or the
+    detector folder, or another output): paths resolved, symbolic links followed."""
+    taken = [(what, Path(p).resolve()) for what, p in inputs.items() if p]
+    for flag, p in outputs.items():
+        if not p:
+            continue
+        mine = Path(p).resolve()
+        for what, other in taken:
+            if mine == other or _same_file(mine, other):
+                clash = "is"
+            elif other in mine.parents:
+                clash = "lies inside"
+            elif mine in other.parents:
+                clash = "holds"
+            else:
+                continue
+            raise InputError(f"{flag} {p} {clash} {what} ({other}); causalmad does not write over its inputs: "
+                             "give another path.")
+        taken.append((f"the {flag} output", mine))
+
+
+def _check_ids(data: Any, path: str) -> None:
+    """Ids go into JSON: NaN and infinities have no JSON form, so they are refused."""
+    for row, ident in enumerate(data.ids):
+        if isinstance(ident, float) and not math.isfinite(ident):
+            raise InputError(f"{data.where(row, path)}: 'id' is {ident}; an id must be a string or a finite number.")
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float written as None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message, file=sys.stderr, flush=True)
@@ -215,13 +301,18 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 def _fit(args: argparse.Namespace) -> int:
     from causalmad.detectors import DETECTORS
     from causalmad.models import TransformerLensAdapter, adapt
-    from causalmad.persistence import save_detector
+    from causalmad.persistence import check_replaceable, remove_stale, save_detector
 
     if args.detector not in DETECTORS:
         raise InputError(f"unknown detector {args.detector!r}; known: {sorted(DETECTORS)}.")
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise InputError(f"{out} already exists; pass --force to replace it.")
+    _check_outputs({"--out": out}, {"the --trusted file": args.trusted, "the --untrusted file": args.untrusted,
+                                    **_code_files(args)})
+    remove_stale(out)
+    if os.path.lexists(out):
+        if not args.force:
+            raise InputError(f"{out} already exists; pass --force to replace it.")
+        check_replaceable(out)  # --force replaces a detector folder, nothing else
     if args.task is not None and args.trusted is not None:
         raise InputError("--trusted is for --model; a task brings its own trusted inputs.")
     if args.task is None and args.trusted is None:
@@ -280,32 +371,42 @@ def _read_any_shape(path: str, dtype: str) -> torch.Tensor:
     return read_inputs(path, shape, dtype).inputs
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    from causalmad.persistence import load_detector, read_config
+def _load(args: argparse.Namespace, config: dict[str, Any]) -> Any:
+    """The detector in ``args.detector_dir``, whose ``config`` was read already."""
+    from causalmad.persistence import load_detector
 
-    config = read_config(args.detector_dir)
-    model, hypothesis, _, _ = _model_and_hypothesis(args, config.get("extra", {}).get("source"))
-    return load_detector(args.detector_dir, model, hypothesis), config
+    model, hypothesis, task, _ = _model_and_hypothesis(args, _source(config), args.detector_dir)
+    if task is not None and config.get("hypothesis") is None:
+        hypothesis = None  # a baseline fitted on a task: the task's hypothesis was never used
+    return load_detector(args.detector_dir, model, hypothesis, trust_modified=args.trust_modified)
 
 
 def _score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from causalmad.inputs import ScoresWriter, atomic_write, read_inputs, scores_format
-    from causalmad.persistence import read_config
+    from causalmad.persistence import read_config, remove_stale
 
-    config = read_config(args.detector_dir)  # a bad folder fails here, before anything runs
-    out = Path(args.out) if args.out else Path(args.inputs).with_suffix(".scores.jsonl")
-    fmt = scores_format(out)
+    if args.chunk < 1:
+        raise InputError(f"--chunk {args.chunk}: give the number of inputs scored per step, at least 1.")
     if not 0 < args.fpr < 1:
         raise InputError(f"--fpr must be in (0, 1), got {args.fpr}.")
+    out = Path(args.out) if args.out else Path(args.inputs).with_suffix(".scores.jsonl")
+    _check_outputs({"--out": out, "--report": args.report},
+                   {"the inputs file": args.inputs, "the detector folder": args.detector_dir, **_code_files(args)})
+    fmt = scores_format(out)
+    config = read_config(args.detector_dir, args.trust_modified)  # a bad folder fails here, before anything runs
     data = read_inputs(args.inputs, config["input_shape"], config["input_dtype"])
-    det, _ = _load(args)
+    _check_ids(data, args.inputs)
+    det = _load(args, config)
     _check_rows(det, data, args.inputs)
+    for target in (out, args.report):
+        if target:
+            remove_stale(target)
     threshold = det.threshold(args.fpr)
     if hasattr(det, "progress"):
         det.progress = False
-    scores = np.empty(len(data.inputs))
+    scores = np.full(len(data.inputs), np.nan)
     with atomic_write(out) as f:
         writer = ScoresWriter(f, fmt)
         bar = tqdm(total=len(data.inputs), desc="scoring", unit="input", disable=args.quiet)
@@ -343,11 +444,13 @@ def _check_rows(det: Any, data: Any, path: str) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     from causalmad.inputs import atomic_write, parse_input, read_inputs
-    from causalmad.persistence import read_config
+    from causalmad.persistence import read_config, remove_stale, write_atomic
 
-    config = read_config(args.detector_dir)
     if (args.input is None) == (args.inputs is None):
         raise InputError("give the input to explain: --input '[...]' or --inputs FILE --index N.")
+    _check_outputs({"--out": args.out, "--plot": args.plot},
+                   {"the --inputs file": args.inputs, "the detector folder": args.detector_dir, **_code_files(args)})
+    config = read_config(args.detector_dir, args.trust_modified)
     if args.input is not None:
         data = parse_input(args.input, config["input_shape"], config["input_dtype"])
         row = 0
@@ -356,21 +459,25 @@ def _explain(args: argparse.Namespace) -> int:
         row = args.index
         if not 0 <= row < len(data.inputs):
             raise InputError(f"--index {row}: {args.inputs} has {len(data.inputs)} inputs (0-based).")
-    det, _ = _load(args)
+    _check_ids(data, args.inputs or "--input")
+    det = _load(args, config)
     if hasattr(det, "progress"):
         det.progress = False
     _check_rows(det, data, args.inputs or "--input")
     if not hasattr(det, "explain"):
         raise InputError(f"a {det.name!r} detector does not explain inputs.")
-    why = {"id": data.ids[row], **det.explain(data.inputs[row], top=args.top, fpr=args.fpr)}
-    text = json.dumps(why, indent=2)
+    why = _json_safe({"id": data.ids[row], **det.explain(data.inputs[row], top=args.top, fpr=args.fpr)})
+    text = json.dumps(why, indent=2, allow_nan=False)
+    for target in (args.out, args.plot):
+        if target:
+            remove_stale(target)
     if args.out:
         with atomic_write(args.out) as f:
             f.write(text + "\n")
     if args.plot:
         from causalmad.report import explanation_chart
 
-        explanation_chart(why, args.plot)
+        write_atomic(args.plot, explanation_chart(why))
     if not args.out or not args.quiet:
         print(text)
     return 0
@@ -385,6 +492,10 @@ def _add_model_args(p: argparse.ArgumentParser, fitting: bool) -> None:
     g.add_argument("--model", help="module:function or file.py:function returning the torch model")
     g.add_argument("--hypothesis", help="module:function or file.py:function returning the causalmad.Hypothesis")
     g.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
+
+
+TRUST_HELP = ("load the detector folder even if its files do not match its SHA256SUMS (changed since it was "
+              "saved, or saved by an older causalmad); prints a warning")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -430,6 +541,7 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--top", type=int, default=10, help="flagged inputs explained in the report")
     score.add_argument("--chunk", type=int, default=4096, help="inputs scored per step")
     score.add_argument("--fail-on-flag", action="store_true", help="exit with code 3 if any input is flagged")
+    score.add_argument("--trust-modified", action="store_true", help=TRUST_HELP)
     _add_model_args(score, fitting=False)
     score.set_defaults(func=_score)
 
@@ -442,6 +554,7 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=int, default=5, help="explanations listed")
     explain.add_argument("--out", help="write the JSON here as well")
     explain.add_argument("--plot", help="write a bar chart (PNG) here")
+    explain.add_argument("--trust-modified", action="store_true", help=TRUST_HELP)
     _add_model_args(explain, fitting=False)
     explain.set_defaults(func=_explain)
 
@@ -462,18 +575,32 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """causalmad's own warnings as one line, like its errors; others as Python prints them."""
+    if issubclass(category, CausalMADWarning):
+        print(f"causalmad: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return int(exc.code or 0)
     for name, default in (("task", None), ("size", "full"), ("seed", None), ("model", None), ("hypothesis", None),
-                          ("device", "cpu")):
+                          ("device", "cpu"), ("trust_modified", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
     except CausalMADError as exc:
         print(f"causalmad: error: {exc}", file=sys.stderr)
         return 2
