@@ -20,7 +20,7 @@ with the same rotated-subspace interchange as pyvene's ``LowRankRotatedSpaceInte
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +70,7 @@ class Candidate:
 
 @dataclass
 class Alignment:
-    """Variable -> candidates, best first (by alignment-split IIA)."""
+    """Variable -> candidates, the chosen one first (see :func:`search`'s ``prefer_earliest``)."""
 
     candidates: dict[str, list[Candidate]] = field(default_factory=dict)
 
@@ -208,6 +208,20 @@ def candidate_sites(adapter: ModelAdapter, hypothesis: Hypothesis, variable: str
     return sites
 
 
+def hook_depths(adapter: ModelAdapter) -> Callable[[str], float]:
+    """A hook's depth in the model: its index among :meth:`ModelAdapter.candidate_hooks`
+    (model order); any other hook sits just after the last candidate hook registered
+    before it (:meth:`ModelAdapter.hook_names` order)."""
+    order = {h.name: float(i) for i, h in enumerate(adapter.candidate_hooks())}
+    last = -1.0
+    for name in adapter.hook_names():
+        if name in order:
+            last = order[name]
+        else:
+            order[name] = last + 0.5
+    return lambda hook: order.get(hook, float("inf"))
+
+
 def search(
     adapter: ModelAdapter,
     hypothesis: Hypothesis,
@@ -224,6 +238,7 @@ def search(
     sites: dict[str, list[Site]] | None = None,
     max_group: int = 3,
     group_from: int = 24,
+    prefer_earliest: float | None = None,
 ) -> Alignment:
     """Rank candidate sites of each variable by IIA; report held-out IIA of each.
 
@@ -281,6 +296,10 @@ def search(
             best_iia, group = iia, (*group, s)
             others.remove(s)
             scored.insert(0, (iia, group))
+        if prefer_earliest is not None:
+            depth = hook_depths(adapter)
+            bar = prefer_earliest
+            scored.sort(key=lambda t: (t[0] < bar, max(depth(s.hook) for s in t[1]) if t[0] >= bar else 0, -t[0]))
         alignment.candidates[var] = [Candidate(var, g, iia, score(g, pairs_h, heldout)) for iia, g in scored]
         logger.info("aligned %s", alignment.candidates[var][0].as_dict())
     return alignment

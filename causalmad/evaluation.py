@@ -91,29 +91,31 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def subset_auroc(z: np.ndarray, labels: np.ndarray, columns: np.ndarray) -> float | None:
-    """AUROC of the max standardised divergence over a subset of explanations."""
-    from sklearn.metrics import roc_auc_score
-
-    if not columns.any():
-        return None
-    best = np.where(np.isnan(z[:, columns]), -np.inf, z[:, columns]).max(1)
-    finite = best[np.isfinite(best)]
-    best = np.where(np.isfinite(best), best, (finite.min() - 1) if len(finite) else 0.0)
-    return float(roc_auc_score(labels, best))
-
-
 def scrubbing_ablation(detector: Any, split: Split) -> dict[str, Any]:
     """Extra record fields for a scrubbing detector, right after it scored ``split``:
-    explanation counts, held-out IIA, and the AUROC of each explanation family alone."""
-    z, summary = detector.last_explanation_z_, detector.summary()
-    fam = np.array([e.family for e in detector.valid_])
+    explanation counts, held-out IIA, and the AUROC of the detector's score combined over
+    each family of explanations alone (``None`` where the family has no valid column)."""
+    from sklearn.metrics import roc_auc_score
+
+    div, summary = detector.last_divergences_, detector.summary()
+    fam = np.asarray(detector.families_, dtype=object)
+    cut = np.array([str(f).startswith("input-cut") for f in fam], dtype=bool)
+
+    def alone(columns: np.ndarray) -> float | None:
+        if not columns.any():
+            return None
+        s = detector.combine(div, columns)
+        finite = s[np.isfinite(s)]
+        s = np.where(np.isfinite(s), s, (finite.min() - 1) if len(finite) else 0.0)
+        return float(roc_auc_score(split.labels, s))
+
     return {
         "heldout_iia": summary["heldout_iia"],
         "explanations_searched": summary["searched"],
         "explanations_valid": summary["valid"],
         "explanations_by_family": summary["by_family"],
-        "auroc_declared_hypothesis": subset_auroc(z, split.labels, fam == "hypothesis"),
-        "auroc_hypothesis_and_subsets": subset_auroc(z, split.labels, fam != "hypothesis-free"),
-        "auroc_hypothesis_free_only": subset_auroc(z, split.labels, fam == "hypothesis-free"),
+        "auroc_declared_hypothesis": alone(fam == "hypothesis"),
+        "auroc_hypothesis_and_subsets": alone((fam != "hypothesis-free") & ~cut),
+        "auroc_hypothesis_free_only": alone(fam == "hypothesis-free"),
+        "auroc_input_cut_only": alone(cut),
     }

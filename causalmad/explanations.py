@@ -9,7 +9,8 @@ anomalous if *some* explanation that holds on all trusted data fails on it). The
   the hypothesis' output mechanisms: the last residual stream at each output's readout
   position resampled from a source agreeing on that output's parents.
 * **hypothesis-subset** — each variable's claim alone, each output mechanism alone.
-* **hypothesis-interchange** — each aligned variable's site taken from a trusted source
+* **hypothesis-interchange** — each aligned variable's site (up to
+  :data:`INTERCHANGE_SITES` of those reaching the IIA bar, earliest first) taken from a trusted source
   that *differs* on the variable, scored against the output the hypothesis predicts for
   that counterfactual (per-input interchange accuracy). Resampling from agreeing sources
   cannot see an input on which the model ignores a variable whose value happens to give
@@ -35,6 +36,10 @@ from causalmad.hypothesis import Hypothesis
 from causalmad.models import ModelAdapter
 from causalmad.scrubbing import Explanation, Resample, SourcePool
 from causalmad.sites import Site
+
+#: an aligned variable is interchanged at this many of its sites that reach the IIA bar
+#: (in alignment's order: earliest first): the same claim tested at several depths
+INTERCHANGE_SITES = 3
 
 
 def hypothesis_explanations(
@@ -63,8 +68,9 @@ def hypothesis_explanations(
                 family.append(Explanation(f"variable {var} at {cands[0].key}", "hypothesis-subset",
                                           [Resample(s, (var,)) for s in cands[0].sites], (var,)))
             for var, cands in usable.items():  # ... and interchanged with a differing source
-                family.append(Explanation(f"interchange {var} at {cands[0].key}", "hypothesis-interchange",
-                                          [Resample(s, (var,)) for s in cands[0].sites], (var,), target=var))
+                for c in cands[:INTERCHANGE_SITES]:
+                    family.append(Explanation(f"interchange {var} at {c.key}", "hypothesis-interchange",
+                                              [Resample(s, (var,)) for s in c.sites], (var,), target=var))
     # output mechanisms: each output computed from its parents only
     if adapter.has_positions:
         final = adapter.final_hook()

@@ -231,6 +231,25 @@ class Hypothesis:
     def variables(self) -> list[str]:
         return list(self._graph.nodes)
 
+    def set_input_parts(self, parts: dict[str, Any]) -> None:
+        """Declare the parts the input cut (:mod:`causalmad.input_cut`) builds hybrids
+        from: part name -> where it lives in an example, as an index of it (see
+        :meth:`add_input`'s ``at``). For inputs whose variables each read the whole
+        example (an image's digit), so that no ``at`` can say where they live; parts
+        need not cover the example (the rest is never exchanged).
+
+        Raises:
+            HypothesisError: ``parts`` is not a non-empty dict of named indices.
+        """
+        if not isinstance(parts, dict) or not parts or not all(isinstance(k, str) and v is not None
+                                                                for k, v in parts.items()):
+            raise HypothesisError(f"parts must be a non-empty dict of part name -> index, got {parts!r}.")
+        self._graph.graph["input_parts"] = dict(parts)
+
+    def input_parts(self) -> dict[str, Any]:
+        """The parts :meth:`set_input_parts` declared (empty if none)."""
+        return dict(self._graph.graph.get("input_parts", {}))
+
     def locations(self) -> dict[str, Any]:
         """Input variable -> where it lives in an example (``at``), for those that say."""
         return {n: self._graph.nodes[n]["at"] for n in self.inputs if self._graph.nodes[n].get("at") is not None}

@@ -3,13 +3,15 @@ the hypothesis itself before any forward pass.
 
 The earliest place to test a hypothesis is the input. Its input variables say where they
 live in the input (``Hypothesis.add_input(..., at=...)``: token positions, or an index
-into a tensor example); for token inputs whose variables say nothing, every position is a
-part. A *subset* of parts is tested in two directions (Chan et al., "Causal Scrubbing",
+into a tensor example), or the hypothesis declares the input's parts
+(``Hypothesis.set_input_parts``); for token inputs that say nothing, every position is a
+part, and an image is cut into a grid of blocks (:func:`part_masks`). A *subset* of parts is tested in two directions (Chan et al., "Causal Scrubbing",
 2022: resampling part of the input with every downstream hypothesis value fixed is the
 sharpest test of a hypothesis):
 
 * **base** (``x`` as the base): the parts in the subset are taken from a trusted source
-  such that the hybrid's hypothesis values are all ``x``'s. The hypothesis says the
+  such that the hybrid's hypothesis values are all ``x``'s (a hybrid on which the
+  hypothesis' mechanisms raise is no hybrid). The hypothesis says the
   model's output cannot change; the divergence is ``KL(f(x) || f(hybrid))`` on the
   readouts, averaged over the sources found (NaN if none of the candidates keeps every
   value; a source that shares ``x``'s parts there makes no hybrid). A model that, on ``x``, uses something in those parts that the hypothesis
@@ -45,30 +47,46 @@ Values = list[dict[str, Hashable]]
 DIRECTIONS = ("base", "dual")
 
 
-def part_masks(hypothesis: Hypothesis | None, example: torch.Tensor) -> tuple[list[str], np.ndarray]:
-    """The input's parts: names and ``[P, *example.shape]`` boolean masks.
+#: a float example of two or more axes (an image) is cut into a ``GRID x GRID`` grid of
+#: blocks over its last two axes when nothing says where its parts are
+GRID = 4
 
-    From the hypothesis' input variables when every one says where it lives (``at``),
-    plus a part ``"rest"`` for what none of them reads; else, for token ids (a 1-D
-    integer example), one part per position; else none.
+
+def _mask(shape: tuple[int, ...], name: str, at: Any, what: str) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    try:
+        mask[at] = True
+    except (IndexError, TypeError, ValueError) as exc:
+        raise HypothesisError(f"{what} {name!r}: at={at!r} is not an index of an example of shape {shape} ({exc})."
+                              ) from None
+    return mask
+
+
+def part_masks(hypothesis: Hypothesis | None, example: torch.Tensor) -> tuple[list[str], np.ndarray]:
+    """The input's parts: names and ``[P, *example.shape]`` boolean masks, from the first
+    of these that applies:
+
+    1. the parts the hypothesis declares (:meth:`Hypothesis.set_input_parts`);
+    2. its input variables, when every one says where it lives (``at``), plus a part
+       ``"rest"`` for what none of them reads;
+    3. token ids (a 1-D integer example): one part per position;
+    4. a float example of two or more axes (an image): a :data:`GRID` x :data:`GRID`
+       grid of blocks over its last two axes (all leading axes, such as channels, in
+       every block);
+
+    else none.
 
     Raises:
-        HypothesisError: an input variable's ``at`` is not an index of the example.
+        HypothesisError: a part's or an input variable's ``at`` is not an index of the example.
     """
     shape = tuple(example.shape)
+    declared = hypothesis.input_parts() if hypothesis is not None else {}
+    if declared:
+        return list(declared), np.stack([_mask(shape, n, at, "Input part") for n, at in declared.items()])
     located = hypothesis.locations() if hypothesis is not None else {}
     if hypothesis is not None and located and len(located) == len(hypothesis.inputs):
-        names, masks = [], []
-        for name, at in located.items():
-            mask = np.zeros(shape, dtype=bool)
-            try:
-                mask[at] = True
-            except (IndexError, TypeError, ValueError) as exc:
-                raise HypothesisError(
-                    f"Input variable {name!r}: at={at!r} is not an index of an example of shape {shape} ({exc})."
-                ) from None
-            names.append(name)
-            masks.append(mask)
+        names = list(located)
+        masks = [_mask(shape, n, at, "Input variable") for n, at in located.items()]
         rest = ~np.any(masks, 0)
         if rest.any():  # what no input variable reads: the hypothesis claims it does not matter
             names.append("rest")
@@ -76,6 +94,16 @@ def part_masks(hypothesis: Hypothesis | None, example: torch.Tensor) -> tuple[li
         return names, np.stack(masks)
     if len(shape) == 1 and not torch.is_floating_point(example):
         return [f"pos {p}" for p in range(shape[0])], np.eye(shape[0], dtype=bool)
+    if len(shape) >= 2 and torch.is_floating_point(example):
+        rows, cols = (np.array_split(np.arange(n), min(GRID, n)) for n in shape[-2:])
+        names, masks = [], []
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                mask = np.zeros(shape, dtype=bool)
+                mask[..., r[0] : r[-1] + 1, c[0] : c[-1] + 1] = True
+                names.append(f"block {i},{j}")
+                masks.append(mask)
+        return names, np.stack(masks)
     return [], np.zeros((0, *shape), dtype=bool)
 
 
@@ -107,6 +135,16 @@ def subsets(n_parts: int, budget: int, seed: int) -> list[tuple[int, ...]]:
     return out
 
 
+def _values_or_none(hypothesis: Hypothesis, hybrid: torch.Tensor) -> dict[str, Hashable] | None:
+    """The hypothesis' values on a hybrid, or ``None`` where its mechanisms reject it (a
+    hybrid need not be an input the hypothesis is defined on: a sentence with no
+    sentiment word, two operators): no hybrid is made of it."""
+    try:
+        return hypothesis.values(hybrid)
+    except HypothesisError:
+        return None
+
+
 def _classes(hypothesis: Hypothesis, values: dict[str, Hashable]) -> list[int]:
     return [int(values[o]) for o in hypothesis.outputs]  # type: ignore[call-overload]
 
@@ -131,6 +169,7 @@ def scrub_input_cut(
     seed: int = 0,
     batch_size: int = 1024,
     candidates: int = 4,
+    dual_resamples: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergences of every input under every input-cut scrub.
 
@@ -142,13 +181,14 @@ def scrub_input_cut(
         resamples: ``K``, sources (base) or bases (dual) per input and scrub.
         candidates: a base scrub tries ``candidates * K`` sources for ``K`` that keep
             every hypothesis value of the input.
+        dual_resamples: bases per input and dual scrub (default ``resamples``).
 
     Returns:
         ``[n, S]`` divergences (NaN where a base scrub found no source keeping the values)
         and ``[n, S]`` the share of the hybrids on which the model's answer is the one the
         hypothesis predicts (dual; NaN for base scrubs).
     """
-    n, n_scrubs, k = len(inputs), len(masks), resamples
+    n, n_scrubs = len(inputs), len(masks)
     div = np.full((n, n_scrubs), np.nan)
     agree = np.full((n, n_scrubs), np.nan)
     if n == 0 or n_scrubs == 0:
@@ -159,24 +199,27 @@ def scrub_input_cut(
     clean = _forward(adapter, inputs, readouts, batch_size) if "base" in directions else []
     for s, direction in enumerate(directions):
         m = mask_t[s]
+        k = resamples if direction == "base" or dual_resamples is None else dual_resamples
         want = k if direction == "dual" else candidates * k
         picks = draws(keys, f"{seed}|input-cut|{s}", want + 1) % np.uint64(len(pool_inputs))
         rows, owner, classes = [], [], []
         for i in range(n):
             others = [int(j) for j in picks[i] if pool_keys[j] != keys[i]][:want]
             if direction == "dual":
-                hybrids = torch.where(m, inputs[i], pool_inputs[others])
-                rows.append(hybrids)
-                owner += [i] * len(others)
-                classes += [_classes(hypothesis, hypothesis.values(h)) for h in hybrids]
+                for h in torch.where(m, inputs[i], pool_inputs[others]):
+                    hv = _values_or_none(hypothesis, h)
+                    if hv is not None:
+                        rows.append(h[None])
+                        owner.append(i)
+                        classes.append(_classes(hypothesis, hv))
                 continue
             kept = 0
             for j in others:
                 hybrid = torch.where(m, pool_inputs[j], inputs[i])
                 if torch.equal(hybrid, inputs[i]):  # the source shares these parts: no intervention
                     continue
-                hv = hypothesis.values(hybrid)
-                if all(hv[v] == values[i][v] for v in inner):
+                hv = _values_or_none(hypothesis, hybrid)
+                if hv is not None and all(hv[v] == values[i][v] for v in inner):
                     rows.append(hybrid[None])
                     owner.append(i)
                     kept += 1

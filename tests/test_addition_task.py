@@ -62,7 +62,7 @@ def test_demo_command_writes_results(task, tmp_path, capsys):
     out = tmp_path / "demo.json"
     assert main(["demo", "--size", "tiny", "--resamples", "2", "--out", str(out)]) == 0
     records = json.loads(out.read_text())
-    assert {r["detector"] for r in records} == {"scrubbing", "mahalanobis"}
+    assert {r["detector"] for r in records} == {"scrubbing", "mahalanobis", "que"}
     for r in records:
         assert set(RECORD_KEYS) <= set(r)
         assert 0 <= r["auroc"] <= 1

@@ -132,13 +132,14 @@ def test_table_bolds_the_best_non_skyline_detector_and_reports_mean_and_std():
 
 
 def test_family_table_reports_each_explanation_family_of_the_scrubbing_records():
-    fam = {"auroc_declared_hypothesis": 0.5, "auroc_hypothesis_and_subsets": 0.95, "auroc_hypothesis_free_only": None}
+    fam = {"auroc_declared_hypothesis": 0.5, "auroc_hypothesis_and_subsets": 0.95, "auroc_input_cut_only": 0.7,
+           "auroc_hypothesis_free_only": None}
     records = [_record("scrubbing", s, a) | fam for s, a in [(0, 0.9), (1, 0.8)]]
     records += [_record("mahalanobis", s, 0.6) for s in (0, 1)]
     md = results_markdown(records)
     assert "### Scrubbing AUROC by explanation family" in md
     row = next(line for line in md.splitlines() if line.startswith("| t | hard | 0.850"))
-    assert row.split(" | ")[2:] == ["0.850 ± 0.050", "0.500 ± 0.000", "0.950 ± 0.000", "– |"]
+    assert row.split(" | ")[2:] == ["0.850 ± 0.050", "0.500 ± 0.000", "0.950 ± 0.000", "0.700 ± 0.000", "– |"]
 
 
 def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tmp_path, monkeypatch, capsys):

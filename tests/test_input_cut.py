@@ -54,6 +54,14 @@ def test_parts_come_from_where_input_variables_live_plus_the_rest():
     tokens, masks = input_cut.part_masks(None, torch.zeros(5, dtype=torch.long))  # token ids: one part a position
     assert tokens == [f"pos {p}" for p in range(5)] and masks.sum(1).tolist() == [1] * 5
     assert input_cut.part_masks(None, torch.zeros(5))[0] == []  # floats with nothing located: no parts
+    blocks, masks = input_cut.part_masks(None, torch.zeros(1, 8, 6))  # an image: a 4 x 4 grid of blocks
+    assert len(blocks) == 16 and blocks[0] == "block 0,0" and masks.sum((1, 2, 3)).tolist() == [4, 4, 2, 2] * 4
+    assert masks.sum(0).tolist() == np.ones((1, 8, 6), dtype=int).tolist()  # the blocks tile the image
+    declared = located_sum()
+    declared.set_input_parts({"front": slice(0, 2)})  # declared parts come first, and need not cover the example
+    assert input_cut.part_masks(declared, torch.zeros(3))[1].tolist() == [[True, True, False]]
+    with pytest.raises(cm.HypothesisError, match="non-empty dict"):
+        declared.set_input_parts({})
     bad = cm.Hypothesis("bad")
     bad.add_input("a", lambda ex: 0, at=7)
     bad.add_output("y", lambda a: a, parents=["a"], readout=cm.Readout())

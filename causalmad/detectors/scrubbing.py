@@ -5,10 +5,11 @@ to patch in), an alignment split, a calibration split and a threshold split — 
 hypothesis' inner variables (:mod:`causalmad.alignment`), builds the explanation family
 (:mod:`causalmad.explanations`), keeps the explanations whose mean divergence on the
 calibration split stays within ``tolerance`` and stores each valid one's trusted
-divergence distribution. ``score`` scrubs each input under every valid explanation (and,
-with ``input_cut``, every valid hybrid of it and trusted inputs, :mod:`causalmad.input_cut`)
-and returns the largest standardised divergence, or with ``aggregation="calibrated"`` the
-combined two-sided tail probability (:mod:`causalmad.calibration`): an input is anomalous
+divergence distribution. ``score`` scrubs each input under every valid explanation and
+every valid input-cut scrub (:mod:`causalmad.input_cut`: hybrids of the input and trusted
+inputs, in both directions) and combines their two-sided tail probabilities under the
+trusted divergences (:mod:`causalmad.calibration`; ``aggregation="max-z"``: the largest
+standardised divergence instead): an input is anomalous
 if *some* explanation that holds on trusted data breaks on it (Christiano et al.,
 "Formalizing the presumption of independence" / ARC's MAD agenda; causal scrubbing, Chan
 et al. 2022).
@@ -38,12 +39,14 @@ from causalmad.scrubbing import (
     scrub_many,
     seen_values,
 )
+from causalmad.sites import Site
 
 logger = logging.getLogger(__name__)
 
 #: rank of the DAS subspace ``das_rank="auto"`` learns for a variable no whole site carries
 AUTO_DAS_RANK = 4
 AGGREGATIONS = ("calibrated", "max-z")
+SITE_CHOICES = ("earliest", "highest-iia")
 
 
 def _num(x: float) -> float | None:
@@ -74,6 +77,11 @@ class ScrubbingDetector(Detector):
         hypothesis: the declared causal hypothesis, or ``None`` to use hypothesis-free
             explanations only (then ``readouts`` says which outputs to compare).
         resamples: ``K``, trusted sources drawn per input and explanation.
+        counterfactual_resamples: sources per input for the scrubs scored against the
+            hypothesis' prediction for a changed input (interchange explanations, dual
+            input-cut scrubs): each is a per-input interchange accuracy, whose trusted
+            failures are rare and pair-specific, so it needs more pairs than ``K`` to tell
+            them from an input whose mechanism systematically does not follow.
         tolerance: an explanation is valid when its mean divergence (nats) on the
             calibration split is at most this ...
         min_recovered: ... or, for an explanation that matches sources on hypothesis
@@ -82,7 +90,15 @@ class ScrubbingDetector(Detector):
             recovered": ``1 - D(explanation) / D(same sites, unmatched sources)``); a
             confident classifier's divergences are heavy-tailed, so a correct claim can
             exceed a fixed ``tolerance``. ``None``: ``tolerance`` alone.
-        min_iia: alignment-split IIA a variable's site needs to enter explanations.
+        min_iia: alignment-split IIA a variable's site needs to enter explanations; among
+            the sites that reach it, alignment chooses the earliest in the model (the
+            last residual stream at an output's position reaches any bar trivially, and
+            an interchange there only copies the source's answer).
+        site_choice: ``"earliest"`` (default): each variable's chosen site is the
+            earliest reaching ``min_iia``; ``"highest-iia"``: the one of highest IIA.
+        sites: variable -> candidate sites alignment tries for it, in place of the
+            default grid (every candidate hook at the readout positions of the outputs
+            the variable affects); ``None`` (default): the grid for every variable.
         pca_variance: variance share of the principal subspace in hypothesis-free claims.
         das_rank: rank of the DAS subspaces alignment learns: an int learns them for every
             variable; ``"auto"`` (default) learns rank-4 ones only for variables that no
@@ -92,16 +108,16 @@ class ScrubbingDetector(Detector):
         split: fractions of trusted inputs for pool, alignment, calibration, threshold.
         min_scale: floor on each explanation's trusted divergence spread when standardising,
             and on the scale of the exponential tail its p-values extrapolate with.
-        aggregation: how the divergences become one score: ``"max-z"`` (default): the
-            largest standardised divergence; ``"calibrated"``: two-sided tail
-            probabilities under each explanation's trusted divergences, combined by Simes'
-            test within and across families (:mod:`causalmad.calibration`), score
-            ``-log p``. (The default stays until the full benchmark has measured the
-            calibrated one on every split.)
+        aggregation: how the divergences become one score: ``"calibrated"`` (default):
+            two-sided tail probabilities under each explanation's trusted divergences,
+            combined by Simes' test within and across families
+            (:mod:`causalmad.calibration`), score ``-log p``; ``"max-z"``: the largest
+            standardised divergence (many noisy columns bury the few that carry signal).
         input_cut: directions of the input-cut scrubs (:mod:`causalmad.input_cut`):
             ``"base"`` (trusted parts into ``x``, every hypothesis value kept) and
             ``"dual"`` (``x``'s parts into trusted inputs, scored against the hypothesis'
-            prediction for the hybrid); ``()`` (default) for none. Needs a hypothesis.
+            prediction for the hybrid); default both; ``()`` for none. Without a
+            hypothesis, or without parts (:func:`causalmad.input_cut.part_masks`), none.
         input_cut_budget: at most this many subsets of input parts, each tested in every
             direction of ``input_cut``.
         batch_size: most rows per scrubbed forward pass (fewer if ``memory_mb`` says so).
@@ -117,24 +133,27 @@ class ScrubbingDetector(Detector):
     """
 
     min_trusted = 40
-    _transient = ("last_explanation_z_", "last_unmatched_")
+    _transient = ("last_explanation_z_", "last_divergences_", "last_unmatched_")
 
     def __init__(
         self,
         model: Any,
         hypothesis: Hypothesis | None = None,
         resamples: int = 4,
+        counterfactual_resamples: int = 8,
         tolerance: float = 0.1,
         min_recovered: float | None = 0.9,
         min_iia: float = 0.8,
+        site_choice: str = "earliest",
+        sites: dict[str, list[Site]] | None = None,
         pca_variance: float = 0.99,
         das_rank: int | str | None = "auto",
         n_pairs: int = 256,
         readouts: list[Readout] | None = None,
         split: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2),
         min_scale: float = 1e-3,
-        aggregation: str = "max-z",
-        input_cut: tuple[str, ...] = (),
+        aggregation: str = "calibrated",
+        input_cut: tuple[str, ...] = ("base", "dual"),
         input_cut_budget: int = 32,
         batch_size: int = 1024,
         memory_mb: float = 2048.0,
@@ -144,9 +163,12 @@ class ScrubbingDetector(Detector):
         super().__init__(model, random_state)
         self.hypothesis = hypothesis
         self.resamples = resamples
+        self.counterfactual_resamples = counterfactual_resamples
         self.tolerance = tolerance
         self.min_recovered = min_recovered
         self.min_iia = min_iia
+        self.site_choice = site_choice
+        self.sites = sites
         self.pca_variance = pca_variance
         self.das_rank = das_rank
         self.n_pairs = n_pairs
@@ -167,8 +189,9 @@ class ScrubbingDetector(Detector):
             if not isinstance(self.hypothesis, Hypothesis):
                 raise HypothesisError(f"hypothesis must be a causalmad.Hypothesis, got {type(self.hypothesis).__name__}.")
             self.hypothesis.validate()
-        if self.resamples < 1:
-            raise InputError(f"resamples must be >= 1, got {self.resamples}.")
+        if self.resamples < 1 or self.counterfactual_resamples < 1:
+            raise InputError(f"resamples and counterfactual_resamples must be >= 1, got {self.resamples} and "
+                             f"{self.counterfactual_resamples}.")
         if not self.memory_mb > 0 or self.batch_size < 1:
             raise InputError(f"memory_mb must be > 0 and batch_size >= 1, got {self.memory_mb} and {self.batch_size}.")
         if not (self.das_rank is None or self.das_rank == "auto"
@@ -178,6 +201,15 @@ class ScrubbingDetector(Detector):
             raise InputError(f"input_cut must be a tuple of {input_cut.DIRECTIONS}, got {self.input_cut!r}.")
         if self.aggregation not in AGGREGATIONS:
             raise InputError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
+        if self.site_choice not in SITE_CHOICES:
+            raise InputError(f"site_choice must be one of {SITE_CHOICES}, got {self.site_choice!r}.")
+        if self.sites is not None:
+            inner = set(self.hypothesis.inner) if self.hypothesis is not None else set()
+            if not isinstance(self.sites, dict) or not all(
+                    k in inner and isinstance(v, (list, tuple)) and v and all(isinstance(t, Site) for t in v)
+                    for k, v in self.sites.items()):
+                raise InputError(f"sites must map inner variables of the hypothesis ({sorted(inner)}) to non-empty "
+                                 f"lists of causalmad.Site, got {self.sites!r}.")
         if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
         super().fit(trusted, untrusted)
@@ -198,10 +230,14 @@ class ScrubbingDetector(Detector):
         take = lambda idx: (trusted[torch.as_tensor(idx)], [values[i] for i in idx])  # noqa: E731
         pool, align, cal, thr = take(pool_i), take(align_i), take(cal_i), take(thr_i)
 
+        for site in (t for v in (self.sites or {}).values() for t in v):
+            adapter.module(site.hook)  # an unknown hook: one line naming it, before any forward pass
         self.alignment_: Alignment | None = None
         if h is not None and h.inner:
             self.alignment_ = search(adapter, h, h.inner, align, pool, cal, n_pairs=self.n_pairs,
-                                     random_state=self.random_state, **self._das_options())
+                                     random_state=self.random_state, sites=self.sites,
+                                     prefer_earliest=self.min_iia if self.site_choice == "earliest" else None,
+                                     **self._das_options())
         self.seen_values_ = seen_values(values)
         self.pool_ = SourcePool(adapter, *pool, seen=self.seen_values_)
         family: list[Explanation] = []
@@ -235,7 +271,9 @@ class ScrubbingDetector(Detector):
         # calibration split does: its divergence measures counterfactual errors
         for i, e in enumerate(family):
             if e.target is not None and self.alignment_ is not None:
-                valid[i] = self.alignment_.best(e.target).heldout_iia >= self.min_iia
+                key = " + ".join(s.key for s in e.sites)
+                cand = next(c for c in self.alignment_.candidates[e.target] if c.key == key)
+                valid[i] = cand.heldout_iia >= self.min_iia
         self.explanations_: list[dict[str, Any]] = [
             {"name": e.name, "family": e.family, "valid": bool(v), "trusted_mean_divergence": float(m),
              "trusted_std_divergence": float(s), "recovered": None if np.isnan(r) else float(r)}
@@ -297,7 +335,7 @@ class ScrubbingDetector(Detector):
         return input_cut.scrub_input_cut(self.adapter_, self.hypothesis, self.readouts_, cut["masks"],
                                          cut["directions"], x, values, row_keys(x), self.pool_.inputs,
                                          self.pool_.keys, self.resamples, seed=self.random_state,
-                                         batch_size=self.batch_size)
+                                         batch_size=self.batch_size, dual_resamples=self.counterfactual_resamples)
 
     def _das_options(self) -> dict[str, Any]:
         if self.das_rank == "auto":
@@ -323,9 +361,19 @@ class ScrubbingDetector(Detector):
         # each input's sources depend only on the input, the explanation and the seed, so
         # a score does not depend on the batch the input is scored in; the unscrubbed
         # readouts come from the engine's own clean pass (clean_logprobs=None)
-        return scrub_many(self.adapter_, family, x, values, None, self.pool_, self.readouts_, self.resamples,
-                          seed=self.random_state, batch_size=self.batch_size, keys=row_keys(x),
-                          memory_mb=self.memory_mb, progress=self.progress, counterfactual=self._counterfactual)
+        # interchange explanations (per-input IIA) draw counterfactual_resamples sources
+        div = np.full((len(x), len(family)), np.nan)
+        unmatched = np.zeros((len(x), len(family)), dtype=bool)
+        for k in sorted({self._resamples(e) for e in family}):
+            cols = [j for j, e in enumerate(family) if self._resamples(e) == k]
+            div[:, cols], unmatched[:, cols] = scrub_many(
+                self.adapter_, [family[j] for j in cols], x, values, None, self.pool_, self.readouts_, k,
+                seed=self.random_state, batch_size=self.batch_size, keys=row_keys(x), memory_mb=self.memory_mb,
+                progress=self.progress, counterfactual=self._counterfactual)
+        return div, unmatched
+
+    def _resamples(self, e: Explanation) -> int:
+        return self.counterfactual_resamples if e.target is not None else self.resamples
 
     def _counterfactual(self, values: dict[str, Hashable], variable: str, value: Hashable) -> list[int]:
         h = self.hypothesis
@@ -368,6 +416,7 @@ class ScrubbingDetector(Detector):
         values = self._values(inputs)
         div, z, unmatched = self._explanation_scores(inputs, values)
         self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
+        self.last_divergences_ = div
         self.last_unmatched_ = unmatched[:, : len(self.valid_)].any(1)  # the input cut's NaN: no hybrid kept the values
         novel = self._novel(values)
         if novel.any():
@@ -381,10 +430,18 @@ class ScrubbingDetector(Detector):
 
     def _aggregate(self, div: np.ndarray, z: np.ndarray) -> np.ndarray:
         """``[n]`` scores from ``[n, E]`` divergences and their z-scores (``aggregation``)."""
+        return self.combine(div)
+
+    def combine(self, divergences: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """``[n]`` scores from ``[n, C]`` divergences (:meth:`divergences`), combined as
+        ``score`` combines them, over the ``columns`` mask only (default: all): what the
+        detector would score with only those explanations and scrubs."""
+        keep = np.ones(len(self.column_names_), dtype=bool) if columns is None else np.asarray(columns, dtype=bool)
+        div = np.asarray(divergences)[:, keep]
         if self.aggregation == "max-z":
-            return nan_max(z)
-        return calibration.score(calibration.log_p_values(div, self.calibration_, self.min_scale),
-                                 self.families_)
+            return nan_max((div - self.loc_[keep]) / self.scale_[keep])
+        return calibration.score(calibration.log_p_values(div, self.calibration_[:, keep], self.min_scale),
+                                 [f for f, k in zip(self.families_, keep) if k])
 
     def _novel(self, values: list[dict[str, Hashable]]) -> np.ndarray:
         return np.array([any(v not in self.seen_values_.get(k, ()) for k, v in row.items()) for row in values],
