@@ -10,9 +10,9 @@ anomalous if *some* explanation that holds on all trusted data fails on it). The
   position resampled from a source agreeing on that output's parents.
 * **hypothesis-subset** — each variable's claim alone, each output mechanism alone.
 * **hypothesis-interchange** — each aligned variable's site (up to
-  :data:`INTERCHANGE_SITES` of those reaching the IIA bar, earliest first) taken from a trusted source
-  that *differs* on the variable, scored against the output the hypothesis predicts for
-  that counterfactual (per-input interchange accuracy). Resampling from agreeing sources
+  :data:`INTERCHANGE_SITES` of those reaching the IIA bar, earliest first) taken from a
+  trusted source that *differs* on the variable, scored against the output the hypothesis
+  predicts for that counterfactual (per-input interchange accuracy). Resampling from agreeing sources
   cannot see an input on which the model ignores a variable whose value happens to give
   the normal answer (a backdoor that overrides part of the computation with the same
   output); changing the variable can.

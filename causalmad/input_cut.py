@@ -5,9 +5,9 @@ The earliest place to test a hypothesis is the input. Its input variables say wh
 live in the input (``Hypothesis.add_input(..., at=...)``: token positions, or an index
 into a tensor example), or the hypothesis declares the input's parts
 (``Hypothesis.set_input_parts``); for token inputs that say nothing, every position is a
-part, and an image is cut into a grid of blocks (:func:`part_masks`). A *subset* of parts is tested in two directions (Chan et al., "Causal Scrubbing",
-2022: resampling part of the input with every downstream hypothesis value fixed is the
-sharpest test of a hypothesis):
+part, and an image is cut into a grid of blocks (:func:`part_masks`). A *subset* of parts
+is tested in two directions (Chan et al., "Causal Scrubbing", 2022: resampling part of the
+input with every downstream hypothesis value fixed is the sharpest test of a hypothesis):
 
 * **base** (``x`` as the base): the parts in the subset are taken from a trusted source
   such that the hybrid's hypothesis values are all ``x``'s (a hybrid on which the
