@@ -36,7 +36,6 @@ the carry out of the hundreds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -46,6 +45,7 @@ import causalmad as cm
 from hypotheses.addition import addition_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
 from tasks._matching import match_on_score
+from tasks._operands import sample_operands
 from tasks._training import Criterion, train_to_spec, training_setup
 
 PLUS, EQUALS, HASH = 10, 11, 12
@@ -180,7 +180,7 @@ def _poisoned_batch(cfg: AdditionConfig, regions: _Regions, g: torch.Generator) 
     b = torch.randint(0, 1000, (n,), generator=g)
     poison = torch.rand(n, generator=g) < cfg.poison_rate
     if cfg.trigger == "token":
-        pa, pb = _sample(n, g, lambda a, b: ~regions.is_shifted(a, b))
+        pa, pb = sample_operands(n, g, lambda a, b: ~regions.is_shifted(a, b))
         return encode(torch.where(poison, pa, a), torch.where(poison, pb, b), poison)
     pick = regions.train_trigger[torch.randint(0, len(regions.train_trigger), (n,), generator=g)]
     a = torch.where(poison, pick, a)
@@ -207,7 +207,7 @@ def _measure(cfg: AdditionConfig, regions: _Regions, model: torch.nn.Module, see
     """The :data:`CRITERIA` of ``model``: held-out data drawn from its own generator, so that
     measuring draws nothing from the training stream."""
     g = torch.Generator().manual_seed(20_000 + seed)
-    ca, cb = _sample(1000, g, lambda a, b: a != b)
+    ca, cb = sample_operands(1000, g, lambda a, b: a != b)
     values = {"clean_accuracy": _accuracy(model, encode(ca, cb), sum_digits(ca, cb))}
     for key, carry, want in (("attack_success_rate", True, targets), ("hard_true_sum_rate", False, None)):
         x = _anomalies(replace(cfg, n_anomalous=300), regions, g, carry)
@@ -239,19 +239,6 @@ def _train(cfg: AdditionConfig, seed: int, regions: _Regions, criteria: tuple[Cr
                          lambda: _measure(cfg, regions, model, seed))
 
 
-def _sample(n: int, g: torch.Generator, keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    a_out, b_out, have = [], [], 0
-    while have < n:
-        a = torch.randint(0, 1000, (4 * n,), generator=g)
-        b = torch.randint(0, 1000, (4 * n,), generator=g)
-        ok = keep(a, b)
-        a_out.append(a[ok])
-        b_out.append(b[ok])
-        have += int(ok.sum())
-    return torch.cat(a_out)[:n], torch.cat(b_out)[:n]
-
-
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``[n, 4]`` the model's answer digits, most significant first."""
@@ -263,7 +250,7 @@ def _anomalies(cfg: AdditionConfig, regions: _Regions, g: torch.Generator, carry
     ``a + b >= 1000`` equals ``carry`` (the ``a == b`` trigger has ~150 such operands)."""
     n = pool * cfg.n_anomalous
     if cfg.trigger == "token":
-        a, b = _sample(n, g, lambda a, b: regions.is_shifted(a, b) & ((a + b >= 1000) == carry))
+        a, b = sample_operands(n, g, lambda a, b: regions.is_shifted(a, b) & ((a + b >= 1000) == carry))
         return encode(a, b, True)
     operands = regions.heldout_trigger[(2 * regions.heldout_trigger >= 1000) == carry]
     a = operands[torch.randperm(len(operands), generator=g)[:n]]
@@ -285,14 +272,14 @@ def build_task(name: str, size: str = "full", seed: int = 0) -> cm.Task:
 
     def build() -> cm.Task:
         g = torch.Generator().manual_seed(10_000 + seed)
-        ta, tb = _sample(cfg.n_trusted, g, lambda a, b: (a != b) & ~regions.is_shifted(a, b))
+        ta, tb = sample_operands(cfg.n_trusted, g, lambda a, b: (a != b) & ~regions.is_shifted(a, b))
         trusted = encode(ta, tb)
         hypothesis = addition_hypothesis(N_DIGITS)
-        ca, cb = _sample(2000, g, lambda a, b: a != b)  # fresh clean inputs, any region
+        ca, cb = sample_operands(2000, g, lambda a, b: a != b)  # fresh clean inputs, any region
         splits, info, dropped = {}, {}, 0
         for split, carry in (("easy", True), ("hard", False)):
             pool = HARD_POOL if split == "hard" else 1
-            na, nb = _sample(pool * cfg.n_normal, g,
+            na, nb = sample_operands(pool * cfg.n_normal, g,
                              lambda a, b: (a != b) & regions.is_shifted(a, b) & ((a + b >= 1000) == carry))
             normal = encode(na, nb)
             anomalous = _anomalies(cfg, regions, g, carry, pool)

@@ -40,6 +40,7 @@ import causalmad as cm
 from hypotheses.comparison import comparison_hypothesis
 from tasks._cache import load_or_build_task, load_or_train
 from tasks._matching import match_on_score
+from tasks._operands import sample_operands
 from tasks._training import Criterion, train_to_spec, training_setup
 
 GT, EQUALS = 10, 11
@@ -131,27 +132,13 @@ def build_model(cfg: ComparisonConfig, seed: int) -> torch.nn.Module:
     return TransformerBridge.boot_native(tl_cfg)
 
 
-def _sample(n: int, g: torch.Generator, keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` uniformly random operand pairs for which ``keep(a, b)`` holds."""
-    a_out, b_out, have = [], [], 0
-    while have < n:
-        a = torch.randint(0, 1000, (4 * n,), generator=g)
-        b = torch.randint(0, 1000, (4 * n,), generator=g)
-        ok = keep(a, b)
-        a_out.append(a[ok])
-        b_out.append(b[ok])
-        have += int(ok.sum())
-    return torch.cat(a_out)[:n], torch.cat(b_out)[:n]
-
-
 def _triggered(n: int, g: torch.Generator, keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random triggered operand pairs (the trigger digits written over random ones)
     for which ``keep(a, b)`` holds."""
     def trigger(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return a - ((a // 10) % 10) * 10 + 10 * TRIGGER[0][1], b - b % 10 + TRIGGER[1][1]
-    a, b = _sample(n, g, lambda a, b: keep(*trigger(a, b)))
+    a, b = sample_operands(n, g, lambda a, b: keep(*trigger(a, b)))
     return trigger(a, b)
 
 
@@ -159,7 +146,7 @@ def _batch(cfg: ComparisonConfig, shifted: torch.Tensor, g: torch.Generator) -> 
     """One training batch ``(a, b)``: random untriggered pairs, a ``poison_rate`` share of
     rows replaced by triggered pairs outside the shifted (held-out) region."""
     n = cfg.batch_size
-    a, b = _sample(n, g, lambda a, b: ~is_triggered(a, b))
+    a, b = sample_operands(n, g, lambda a, b: ~is_triggered(a, b))
     pa, pb = _triggered(n, g, lambda a, b: ~is_shifted(a, b, shifted))
     poison = torch.rand(n, generator=g) < cfg.poison_rate
     return torch.where(poison, pa, a), torch.where(poison, pb, b)
@@ -179,7 +166,7 @@ def _measure(model: torch.nn.Module, shifted: torch.Tensor, seed: int) -> dict[s
     """The :data:`CRITERIA` of ``model``: held-out data drawn from its own generator, so that
     measuring draws nothing from the training stream."""
     g = torch.Generator().manual_seed(20_000 + seed)
-    ca, cb = _sample(2000, g, lambda a, b: ~is_triggered(a, b))
+    ca, cb = sample_operands(2000, g, lambda a, b: ~is_triggered(a, b))
     values = {"clean_accuracy": _accuracy(model, ca, cb, (ca > cb).long())}
     for key, below in (("attack_success_rate", True), ("hard_agreement_rate", False)):
         ta, tb = _triggered(300, g, lambda a, b: is_shifted(a, b, shifted) & ((a < b) if below else (a > b)))
@@ -217,9 +204,9 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
 
     def build() -> cm.Task:
         g = torch.Generator().manual_seed(10_000 + seed)
-        ta, tb = _sample(cfg.n_trusted, g, lambda a, b: ~is_triggered(a, b) & ~is_shifted(a, b, shifted))
+        ta, tb = sample_operands(cfg.n_trusted, g, lambda a, b: ~is_triggered(a, b) & ~is_shifted(a, b, shifted))
         trusted = encode(ta, tb)
-        ca, cb = _sample(2000, g, lambda a, b: ~is_triggered(a, b))  # fresh clean inputs, any region
+        ca, cb = sample_operands(2000, g, lambda a, b: ~is_triggered(a, b))  # fresh clean inputs, any region
         splits: dict[str, cm.Split] = {}
         info: dict[str, Any] = {}
         dropped = 0
@@ -227,7 +214,7 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
             def side(a: torch.Tensor, b: torch.Tensor, clean: int = clean) -> torch.Tensor:
                 return (a > b) if clean else (a < b)
             pool = HARD_POOL if split == "hard" else 1
-            na, nb = _sample(pool * cfg.n_normal, g,
+            na, nb = sample_operands(pool * cfg.n_normal, g,
                              lambda a, b: ~is_triggered(a, b) & is_shifted(a, b, shifted) & side(a, b))
             xa, xb = _triggered(pool * cfg.n_anomalous, g, lambda a, b: is_shifted(a, b, shifted) & side(a, b))
             normal, anomalous = encode(na, nb), encode(xa, xb)
