@@ -426,10 +426,6 @@ class ScrubbingDetector(Detector):
         if gaps:
             logger.info("%d input(s) have a combination of values missing from the source pool; the "
                         "explanations that match on it were skipped for them", gaps)
-        return self._aggregate(div, z)
-
-    def _aggregate(self, div: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """``[n]`` scores from ``[n, E]`` divergences and their z-scores (``aggregation``)."""
         return self.combine(div)
 
     def combine(self, divergences: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
@@ -486,7 +482,7 @@ class ScrubbingDetector(Detector):
         values = self._values(x)
         div, z, unmatched = self._explanation_scores(x, values)
         div, z, unmatched = div[0], z[0], unmatched[0]
-        score = float(self._aggregate(div[None], z[None])[0])
+        score = float(self.combine(div[None])[0])
         p = np.exp(calibration.log_p_values(div[None], self.calibration_, self.min_scale)[0])
         stats = {e["name"]: e for e in self.explanations_}
         # the explanations that broke most: the smallest tail probability (largest z under "max-z")
