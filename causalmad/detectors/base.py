@@ -1,14 +1,19 @@
 """The detector contract, shared by the scrubbing detector and every baseline.
 
-Modelled on scikit-learn estimators: ``__init__`` only stores arguments; ``fit(trusted)``
+Modelled on scikit-learn estimators (Pedregosa et al. 2011; Buitinck et al., "API design
+for machine learning software", 2013): ``__init__`` only stores arguments; ``fit(trusted)``
 learns, sets ``*_`` attributes and returns ``self``; later methods check the detector is
-fitted. One convention for every detector (as in PyOD): **higher score = more
-anomalous**. ``predict`` flags inputs above a threshold taken from trusted scores held out
-of fitting, at a false-positive rate the user picks.
+fitted; ``get_params`` / ``set_params`` / ``repr`` come from the ``__init__`` signature, so
+``sklearn.base.clone`` works. One convention for every detector (as in PyOD, Zhao et al.
+2019): **higher score = more anomalous**, and ``decision_function`` is the score.
+``predict`` flags inputs above a threshold taken from trusted scores held out of fitting,
+at a false-positive rate the user picks (``threshold_``: the one at
+:data:`DEFAULT_FPR`).
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -16,15 +21,35 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import clone
 
-from causalmad.errors import InputError, NotFittedError, PersistenceError
+try:  # scikit-learn >= 1.6 reads estimator tags (check_is_fitted among others)
+    from sklearn.utils import Tags, TargetTags
+except ImportError:  # pragma: no cover - older scikit-learn has no tag objects
+    Tags = TargetTags = None
+
+from causalmad.errors import InputError, NotFittedError, PersistenceError, close_matches
 from causalmad.models import ModelAdapter, adapt
 
 DETECTORS: dict[str, type[Detector]] = {}
 
+#: false-positive rate of :attr:`Detector.threshold_` and of ``predict``'s default
+DEFAULT_FPR = 0.01
+
 
 def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
-    """Class decorator adding a detector to :data:`DETECTORS` (duplicate names raise)."""
+    """Class decorator adding a detector to :data:`DETECTORS` under ``name``.
+
+    Args:
+        name: the registry key (also the detector's ``name`` and its name in the CLI and
+            in saved folders).
+
+    Returns:
+        The decorator, which registers the class and returns it unchanged.
+
+    Raises:
+        ValueError: if a detector of that name is already registered.
+    """
 
     def deco(cls: type[Detector]) -> type[Detector]:
         if name in DETECTORS:
@@ -37,28 +62,54 @@ def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
 
 
 def split_indices(n: int, fractions: tuple[float, ...], random_state: int) -> list[np.ndarray]:
-    """Disjoint random index splits of ``range(n)`` with the given fractions."""
+    """Disjoint random index splits of ``range(n)`` with the given fractions.
+
+    Args:
+        n: how many indices to split.
+        fractions: the share of each part; the last part takes what rounding leaves.
+        random_state: seed of the permutation.
+
+    Returns:
+        One index array per fraction; together they hold every index once.
+
+    Example:
+        >>> [len(p) for p in split_indices(10, (0.5, 0.3, 0.2), random_state=0)]
+        [5, 3, 2]
+    """
     perm = np.random.default_rng(random_state).permutation(n)
     bounds = np.cumsum([0, *[int(round(f * n)) for f in fractions[:-1]]])
     parts = [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    parts.append(perm[bounds[-1]:])
+    parts.append(perm[bounds[-1] :])
     return parts
 
 
 class Detector(ABC):
     """Base class: ``fit`` on trusted data, ``score`` untrusted data.
 
-    Conventions every detector follows (they make persistence generic, see
-    :mod:`causalmad.persistence`): ``__init__`` stores each argument under its own name;
-    everything ``fit`` learns lives in attributes ending in ``_`` and holds only numpy
-    arrays, tensors, plain Python values and causalmad's own records (sites, readouts,
-    explanations). Anything else (a scikit-learn estimator, say) is named in
-    ``_transient`` and rebuilt from the stored state by ``_restore``.
+    Conventions every detector follows (they make persistence and
+    ``sklearn.base.clone`` generic, see :mod:`causalmad.persistence`): ``__init__``
+    stores each argument under its own name and does nothing else; everything ``fit``
+    learns lives in attributes ending in ``_`` and holds only numpy arrays, tensors,
+    plain Python values and causalmad's own records (sites, readouts, explanations).
+    Anything else (a scikit-learn estimator, say) is named in ``_transient`` and rebuilt
+    from the stored state by ``_restore``.
 
-    Class attributes:
-        needs_untrusted: ``fit`` also takes an unlabeled batch of untrusted inputs
-            (``fit(trusted, untrusted=...)``), e.g. QUE's untrusted covariance.
-        skyline: the detector sees anomaly labels; tables mark it and never rank it.
+    Args:
+        model: the network (TransformerLens bridge, Hugging Face model, ``nn.Module``) or
+            a :class:`~causalmad.models.ModelAdapter`.
+        random_state: seed of every random choice.
+
+    Attributes:
+        heldout_scores_: scores of trusted inputs that ``fit`` held out of fitting; the
+            thresholds come from them.
+        threshold_: the score above which ``predict`` flags an input at
+            :data:`DEFAULT_FPR` (``threshold(DEFAULT_FPR)``), set by ``fit``.
+        input_shape_: the per-example shape of the trusted inputs.
+        needs_untrusted: class attribute: ``fit`` also takes an unlabeled batch of
+            untrusted inputs (``fit(trusted, untrusted=...)``), e.g. QUE's untrusted
+            covariance.
+        skyline: class attribute: the detector sees anomaly labels; tables mark it and
+            never rank it.
     """
 
     name = "detector"
@@ -74,19 +125,36 @@ class Detector(ABC):
 
     # the public API -------------------------------------------------------------
     def fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> Detector:
-        """Learn from trusted inputs (and, for detectors with ``needs_untrusted``, an
-        unlabeled untrusted batch). Returns ``self``."""
+        """Learn from trusted inputs only.
+
+        Args:
+            trusted: ``[n, ...]`` inputs on which the model behaves normally.
+            untrusted: an unlabeled ``[m, ...]`` batch, for detectors with
+                ``needs_untrusted`` only (QUE, the skyline).
+
+        Returns:
+            ``self``, fitted.
+
+        Raises:
+            InputError: if the inputs do not fit the model (shape, dtype, NaN), are fewer
+                than the detector needs, or ``untrusted`` is given where it is not used
+                (or missing where it is).
+        """
         adapter = adapt(self.model)
         x = adapter.check_inputs(trusted, "trusted inputs")
         if self.needs_untrusted and untrusted is None:
-            raise InputError(f"{type(self).__name__} needs an unlabeled untrusted batch at fit time: "
-                             "fit(trusted, untrusted=batch).")
+            raise InputError(
+                f"{type(self).__name__} needs an unlabeled untrusted batch at fit time: "
+                "fit(trusted, untrusted=batch)."
+            )
         if not self.needs_untrusted and untrusted is not None:
             raise InputError(f"{type(self).__name__} fits on trusted inputs only; do not pass untrusted=.")
         u = None if untrusted is None else adapter.check_inputs(untrusted, "untrusted inputs")
         if u is not None and tuple(u.shape[1:]) != tuple(x.shape[1:]):
-            raise InputError(f"untrusted inputs have per-example shape {tuple(u.shape[1:])}, trusted "
-                             f"inputs {tuple(x.shape[1:])}.")
+            raise InputError(
+                f"untrusted inputs have per-example shape {tuple(u.shape[1:])}, trusted "
+                f"inputs {tuple(x.shape[1:])}."
+            )
         if len(x) < self.min_trusted:
             raise InputError(
                 f"{type(self).__name__} needs at least {self.min_trusted} trusted inputs "
@@ -101,31 +169,96 @@ class Detector(ABC):
             self._fit(x)
         else:
             self._fit(x, u)  # type: ignore[call-arg]
+        self.threshold_ = self.threshold(DEFAULT_FPR)
         return self
 
     def score(self, inputs: torch.Tensor) -> np.ndarray:
-        """One float per input, higher = more anomalous."""
+        """Anomaly scores, higher = more anomalous.
+
+        Args:
+            inputs: ``[n, ...]`` inputs of the per-example shape the detector was fitted on.
+
+        Returns:
+            ``[n]`` float64 scores.
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if the inputs do not fit the model or the fitted shape.
+        """
         x = self._check(inputs)
         return np.asarray(self._score(x), dtype=np.float64)
 
+    def decision_function(self, inputs: torch.Tensor) -> np.ndarray:
+        """scikit-learn's and PyOD's name for :meth:`score` (the same numbers).
+
+        As in PyOD, and unlike scikit-learn's outlier detectors, **higher = more
+        anomalous**.
+
+        Args:
+            inputs: ``[n, ...]`` inputs of the per-example shape the detector was fitted on.
+
+        Returns:
+            ``[n]`` float64 scores.
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if the inputs do not fit the model or the fitted shape.
+        """
+        return self.score(inputs)
+
     def threshold(self, fpr: float) -> float:
-        """Score above which an input is flagged, for false-positive rate ``fpr`` on
-        held-out trusted inputs."""
+        """The score above which an input is flagged at false-positive rate ``fpr``.
+
+        Args:
+            fpr: the share of held-out trusted inputs allowed above the threshold, in (0, 1).
+
+        Returns:
+            The ``1 - fpr`` quantile of the held-out trusted scores (``heldout_scores_``).
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if ``fpr`` is not in (0, 1).
+        """
         self._require_fitted()
         if not 0 < fpr < 1:
             raise InputError(f"fpr must be in (0, 1), got {fpr}.")
         return float(np.quantile(np.asarray(self.heldout_scores_), 1 - fpr, method="higher"))
 
-    def predict(self, inputs: torch.Tensor, fpr: float = 0.01) -> np.ndarray:
-        """Boolean flags: score above :meth:`threshold` at ``fpr``."""
+    def predict(self, inputs: torch.Tensor, fpr: float = DEFAULT_FPR) -> np.ndarray:
+        """Flag the inputs that score above :meth:`threshold` at ``fpr``.
+
+        Args:
+            inputs: ``[n, ...]`` inputs of the per-example shape the detector was fitted on.
+            fpr: false-positive rate on held-out trusted inputs (default: ``threshold_``'s).
+
+        Returns:
+            ``[n]`` booleans, ``True`` = flagged as anomalous.
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if ``fpr`` is not in (0, 1) or the inputs do not fit.
+        """
         t = self.threshold(fpr)
         return self.score(inputs) > t
 
-    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = 0.01) -> dict[str, Any]:
-        """Why one input scored as it did, as JSON-ready data: ``score``, ``threshold``
-        (at ``fpr``) and ``flagged``, plus what the detector can say about its parts
-        (:meth:`_explain_parts`: the scrubbing detector's broken explanations and
-        variables, an activation detector's per-site scores)."""
+    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = DEFAULT_FPR) -> dict[str, Any]:
+        """Why one input scored as it did, as JSON-ready data.
+
+        Args:
+            example: one input, with or without a leading batch axis of 1.
+            top: how many parts (explanations, sites) to report, where the detector has any.
+            fpr: false-positive rate of the reported threshold.
+
+        Returns:
+            A dict with ``score``, ``threshold`` (at ``fpr``), ``fpr`` and ``flagged``, plus
+            what the detector can say about its parts (:meth:`_explain_parts`: the
+            scrubbing detector's broken explanations and variables, an activation
+            detector's per-site scores).
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if ``example`` is a batch of more than one input, or does not fit.
+        """
         x = torch.as_tensor(example)
         x = x.unsqueeze(0) if x.ndim == len(getattr(self, "input_shape_", ())) else x
         if len(x) != 1:
@@ -133,12 +266,136 @@ class Detector(ABC):
         x = self._check(x)
         threshold = self.threshold(fpr)
         score = float(self._score(x)[0])
-        return {"score": score, "threshold": threshold, "fpr": fpr, "flagged": bool(score > threshold),
-                **self._explain_parts(x, top)}
+        return {
+            "score": score,
+            "threshold": threshold,
+            "fpr": fpr,
+            "flagged": bool(score > threshold),
+            **self._explain_parts(x, top),
+        }
 
     def _explain_parts(self, x: torch.Tensor, top: int) -> dict[str, Any]:
         """Detector-specific parts of :meth:`explain` for one validated input."""
         return {}
+
+    # scikit-learn's estimator API ---------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The ``__init__`` arguments, in signature order (each stored under its name)."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            raise TypeError(
+                f"{cls.__name__}.__init__ takes *args or **kwargs; a detector names every argument "
+                "so that get_params, clone and persistence can find it."
+            )
+        return [p.name for p in params]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as scikit-learn's ``get_params``.
+
+        Args:
+            deep: also list the parameters of arguments that have ``get_params`` (an
+                estimator passed in), as ``name__param``.
+
+        Returns:
+            Argument name -> the value stored under that name.
+
+        Raises:
+            TypeError: if a subclass breaks the convention that ``__init__`` stores each
+                argument under its own name.
+
+        Example:
+            >>> import torch, causalmad as cm
+            >>> det = cm.MahalanobisDetector(torch.nn.Linear(3, 2), aggregate="mean")
+            >>> det.get_params()["aggregate"]
+            'mean'
+        """
+        params: dict[str, Any] = {}
+        for name in self._param_names():
+            if name not in self.__dict__:
+                raise TypeError(
+                    f"{type(self).__name__}.__init__ does not store its argument {name!r} as "
+                    f"self.{name}; scikit-learn's conventions (and persistence) need it."
+                )
+            value = self.__dict__[name]
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                params.update({f"{name}__{k}": v for k, v in value.get_params().items()})
+            params[name] = value
+        return params
+
+    def set_params(self, **params: Any) -> Detector:
+        """Set constructor arguments, as scikit-learn's ``set_params``.
+
+        A fitted detector keeps what it learned until it is fitted again.
+
+        Args:
+            **params: argument name -> new value; ``name__param`` sets a parameter of an
+                argument that has ``set_params``.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            InputError: if a name is not a constructor argument (close matches suggested).
+
+        Example:
+            >>> import torch, causalmad as cm
+            >>> det = cm.LOFDetector(torch.nn.Linear(3, 2)).set_params(n_neighbors=5)
+            >>> det
+            LOFDetector(model=Linear(...), n_neighbors=5)
+        """
+        names = self._param_names()
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, sub, rest = key.partition("__")
+            if name not in names:
+                raise InputError(
+                    f"{type(self).__name__} has no parameter {name!r}; its parameters are "
+                    f"{names}.{close_matches(name, names)}"
+                )
+            if sub:
+                nested.setdefault(name, {})[rest] = value
+            else:
+                setattr(self, name, value)
+        for name, sub_params in nested.items():
+            inner = getattr(self, name)
+            if not hasattr(inner, "set_params"):
+                raise InputError(
+                    f"{type(self).__name__}'s {name!r} is a {type(inner).__name__}, which has no "
+                    f"set_params; cannot set {sorted(sub_params)} on it."
+                )
+            inner.set_params(**sub_params)
+        return self
+
+    def __repr__(self) -> str:
+        """``Name(arg=value, ...)`` with the arguments that differ from their defaults;
+        a model shows only its class name."""
+        defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()}
+        shown = []
+        for name in self._param_names():
+            value = self.__dict__.get(name, defaults[name])
+            if defaults[name] is not inspect.Parameter.empty and _same(value, defaults[name]):
+                continue
+            shown.append(f"{name}={_short_repr(value)}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def __sklearn_clone__(self) -> Detector:
+        """An unfitted copy with the same arguments, for ``sklearn.base.clone``.
+
+        Every argument is deep-copied as scikit-learn's ``clone`` does, except ``model``:
+        the network under audit is shared, not copied, since no detector changes it.
+        """
+        params = self.get_params(deep=False)
+        return type(self)(**{k: v if k == "model" else clone(v, safe=False) for k, v in params.items()})
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether ``fit`` has run, for ``sklearn.utils.validation.check_is_fitted``."""
+        return "heldout_scores_" in self.__dict__
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags: no scikit-learn estimator type (a detector's
+        ``fit`` takes inputs to a model, not an ``X, y`` table), no target, needs ``fit``."""
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False))
 
     # persistence --------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -148,13 +405,28 @@ class Detector(ABC):
         The save is atomic: written beside ``path``, then renamed into place.
         ``overwrite=True`` replaces only a causalmad detector folder,
         which stays in place until the new folder is complete; any other folder or file
-        raises :class:`~causalmad.errors.PersistenceError` and is left untouched."""
+        raises :class:`~causalmad.errors.PersistenceError` and is left untouched.
+
+        Args:
+            path: the folder to write.
+            overwrite: replace an existing causalmad detector folder at ``path``.
+
+        Returns:
+            The folder written.
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            PersistenceError: if ``path`` exists (and ``overwrite`` is off or it is not a
+                detector folder) or a constructor argument cannot be saved.
+        """
         from causalmad.persistence import save_detector
 
         return save_detector(self, path, overwrite)
 
     @classmethod
-    def load(cls, path: str | Path, model: Any, hypothesis: Any = None, trust_modified: bool = False) -> Detector:
+    def load(
+        cls, path: str | Path, model: Any, hypothesis: Any = None, trust_modified: bool = False
+    ) -> Detector:
         """Load a detector saved with :meth:`save`. ``model`` (and ``hypothesis``, if it
         was fitted with one) must be the ones it was fitted with: their fingerprints are
         checked, and a mismatch raises :class:`~causalmad.errors.PersistenceError`.
@@ -163,7 +435,22 @@ class Detector(ABC):
         ``SHA256SUMS``; a folder changed since it was saved (or saved by a causalmad
         whose checksum did not cover ``config.json``) raises, unless
         ``trust_modified=True``, which loads it with a
-        :class:`~causalmad.errors.CausalMADWarning`."""
+        :class:`~causalmad.errors.CausalMADWarning`.
+
+        Args:
+            path: a folder written by :meth:`save`.
+            model: the model the detector was fitted on.
+            hypothesis: the hypothesis it was fitted with, if any.
+            trust_modified: load a folder whose files fail their checksums (with a warning).
+
+        Returns:
+            The fitted detector, scoring as it did when saved.
+
+        Raises:
+            PersistenceError: if the folder is missing, incomplete, changed since it was
+                saved, from another model or hypothesis, or holds another detector class
+                than the one ``load`` is called on.
+        """
         from causalmad.persistence import load_detector
 
         det = load_detector(path, model, hypothesis, trust_modified=trust_modified)
@@ -173,8 +460,10 @@ class Detector(ABC):
 
     def _get_state(self) -> dict[str, Any]:
         """What ``fit`` learned: every ``*_`` attribute except ``_transient`` ones."""
-        skip = {"adapter_", *self._transient}
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_") and k not in skip}
+        skip = {"adapter_", "threshold_", *self._transient}  # threshold_: recomputed on load
+        return {
+            k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_") and k not in skip
+        }
 
     def _set_state(self, state: dict[str, Any], adapter: ModelAdapter) -> None:
         self.adapter_ = adapter
@@ -182,6 +471,7 @@ class Detector(ABC):
         if hasattr(adapter, "input_shape"):
             adapter.input_shape = tuple(self.input_shape_)  # type: ignore[attr-defined]
         self.input_shape_ = tuple(self.input_shape_)
+        self.threshold_ = self.threshold(DEFAULT_FPR)
         self._restore()
 
     # helpers ----------------------------------------------------------------------
@@ -210,3 +500,24 @@ class Detector(ABC):
     @abstractmethod
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
         """Scores of validated inputs."""
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Whether an argument equals its default (arrays and tensors never do, unless the
+    very object)."""
+    if value is default:
+        return True
+    if type(value) is not type(default) or isinstance(value, (np.ndarray, torch.Tensor)):
+        return False
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    """A one-line repr: a module's class name only, anything else cut at ``limit``."""
+    if isinstance(value, (torch.nn.Module, ModelAdapter)):
+        return f"{type(value).__name__}(...)"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
