@@ -24,7 +24,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from causalmad import persistence
 from causalmad.detectors import DETECTORS, ActivationDetector, Detector, ScrubbingDetector
 from causalmad.errors import CausalMADError, InputError, TaskError, close_matches
 from causalmad.evaluation import evaluate_splits, scrubbing_ablation
@@ -124,11 +124,8 @@ def scores_path(out: Path, cell: Cell) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temporary file, flushed and renamed into place."""
+    persistence.write_atomic(path, text.encode())
 
 
 def read_records(out: Path) -> list[dict[str, Any]]:

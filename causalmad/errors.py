@@ -50,6 +50,11 @@ class PersistenceError(CausalMADError, ValueError):
     saved from another model or hypothesis."""
 
 
+class WriteError(CausalMADError, OSError):
+    """A file or folder could not be written (a full disk, no permission); what was at
+    the destination before is left as it was."""
+
+
 class CausalMADWarning(UserWarning):
     """Something causalmad was told to do anyway, or did on its own, that the user should
     know of (a detector folder loaded with ``trust_modified=True`` despite a checksum

@@ -18,9 +18,9 @@ place when complete, so a run that fails halfway leaves no file that looks finis
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from causalmad.errors import InputError
+from causalmad.persistence import open_atomic
 
 ALLOWED_FIELDS = ("input", "id")
 
@@ -156,20 +157,16 @@ def _dtype(dtype: str) -> torch.dtype:
 
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[IO[str]]:
-    """Open ``path`` for writing through a temporary sibling renamed into place on
-    success; on any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+    """Open ``path`` for writing text (UTF-8) through a temporary sibling renamed into
+    place on success (:func:`causalmad.persistence.open_atomic`); on any error the
+    temporary file is removed and ``path`` is untouched."""
+    with open_atomic(path) as raw:
+        f = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
             yield f
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        finally:
+            f.detach()  # the binary file stays open for open_atomic to flush and rename
 
 
 class ScoresWriter:

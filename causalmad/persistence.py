@@ -23,6 +23,13 @@ folder (its ``config.json`` says so and it holds no file causalmad does not writ
 moves it aside (``.NAME.causalmad-old-PID``) until the new one is in place. Leftovers of a
 writer that was killed carry its process id; :func:`remove_stale` removes those whose
 process is gone (and puts back an old folder whose replacement never arrived).
+
+One writer at a time: a save holds a file lock (``filelock``) on ``.NAME.causalmad-lock``
+beside the folder from its first check to its last rename, so a second save of the same
+folder waits for the first (up to :data:`LOCK_TIMEOUT` seconds, then a
+:class:`~causalmad.errors.PersistenceError`) and then sees its folder, instead of both
+writing and the last one winning unseen. A save that cannot write (a full disk, no
+permission) raises :class:`~causalmad.errors.WriteError` and leaves what was there.
 """
 
 from __future__ import annotations
@@ -36,15 +43,16 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from causalmad.errors import CausalMADWarning, PersistenceError
+from causalmad.errors import CausalMADError, CausalMADWarning, PersistenceError, WriteError
 
 if TYPE_CHECKING:
     from causalmad.detectors.base import Detector
@@ -58,6 +66,7 @@ STATE = "state.safetensors"
 CHECKSUMS = "SHA256SUMS"
 FILES = (CONFIG, STATE, CHECKSUMS)  # every file causalmad writes into a detector folder
 TEMP_KINDS = ("causalmad-tmp", "causalmad-old", "partial")  # .NAME.KIND-PID beside a destination
+LOCK_TIMEOUT = 60.0  # seconds a save waits while another process writes the same folder
 
 
 def _records() -> dict[str, type]:
@@ -251,17 +260,18 @@ def remove_stale(path: str | Path) -> list[Path]:
     and renames it into place when complete; a ``kill -9`` leaves that behind. This
     removes each one whose process is gone (this process's own count as gone: call this
     before writing). A folder moved aside by a save that replaced it
-    (``causalmad-old``) is put back if its replacement never arrived, else removed.
+    (``causalmad-old``) is put back if its replacement never arrived, else removed, and
+    a writers' lock file (``.NAME.causalmad-lock``) that no process holds is removed.
     Nothing else is touched. Returns the leftovers dealt with.
     """
     path = Path(path)
+    done = _remove_stale_lock(path)
     prefix = f".{path.name}."
     pattern = re.compile(rf"({'|'.join(TEMP_KINDS)})-(\d{{1,10}})")
     try:
         entries = sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix))
     except OSError:  # no such folder yet: nothing was left there
-        return []
-    done = []
+        return done
     for p in entries:
         m = pattern.fullmatch(p.name[len(prefix):])
         if m is None or (int(m[2]) != os.getpid() and _alive(int(m[2]))):
@@ -279,22 +289,98 @@ def remove_stale(path: str | Path) -> list[Path]:
     return done
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through ``.NAME.partial-PID`` beside it, flushed to the
-    disk and renamed into place: ``path`` holds the old bytes or all the new ones."""
+def _cannot_write(path: Path, exc: OSError, what: str) -> WriteError:
+    reason = exc.strerror or str(exc)
+    return WriteError(f"{path}: cannot write ({reason}); {what}.")
+
+
+@contextmanager
+def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
+    """Open ``path`` for writing (bytes) through ``.NAME.partial-PID`` beside it, flushed
+    to the disk and renamed into place on success: ``path`` holds the old bytes or all the
+    new ones. On any error the partial file is removed; an :class:`OSError` (a full
+    disk, no permission) becomes a :class:`~causalmad.errors.WriteError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path, "partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, CausalMADError):
+            raise _cannot_write(path, exc, "it was left as it was") from exc
         raise
-    return path
+
+
+def _remove_stale_lock(path: Path) -> list[Path]:
+    """Remove the lock file of ``path`` if no process holds it (a killed writer's); a
+    lock held by a live writer, this process included, is left alone."""
+    from filelock import FileLock, Timeout
+
+    file = lock_path(path)
+    if not file.is_file():
+        return []
+    lock = FileLock(str(file), timeout=0)
+    try:
+        lock.acquire()
+    except (Timeout, OSError):
+        return []
+    try:
+        file.unlink(missing_ok=True)  # while held, as writer_lock does
+    finally:
+        lock.release()
+    logger.warning("removed %s, left by a writer that was killed before it finished", file)
+    return [file]
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` with :func:`open_atomic`."""
+    with open_atomic(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def lock_path(path: str | Path) -> Path:
+    """``.NAME.causalmad-lock`` beside ``path``: the file lock of its writers."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.causalmad-lock")
+
+
+@contextmanager
+def writer_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the writers' lock of the detector folder ``path`` (see the module docstring).
+
+    Waits up to ``timeout`` seconds (default :data:`LOCK_TIMEOUT`) while another process
+    holds it. The lock file is removed on release, while still held: a writer that waited
+    on it then finds it gone and takes a new one (filelock checks for that), so no
+    ``.causalmad-lock`` file outlives its writers.
+
+    Raises:
+        PersistenceError: another process held the lock for the whole wait.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    file = lock_path(path)
+    wait = LOCK_TIMEOUT if timeout is None else timeout
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(file), timeout=wait)
+        lock.acquire()
+    except Timeout:
+        raise PersistenceError(f"{path} is being written by another process, which holds {file.name}; waited "
+                               f"{wait:g} s: run this again once that one has finished.") from None
+    except OSError as exc:
+        raise _cannot_write(path, exc, f"could not take the lock {file.name}") from exc
+    try:
+        yield
+    finally:
+        file.unlink(missing_ok=True)
+        lock.release()
 
 
 # ---------------------------------------------------------------- folders
@@ -329,19 +415,37 @@ def check_replaceable(path: str | Path) -> None:
 def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite: bool = False) -> Path:
     """Write ``config`` (+ the encoded ``state``) into the folder ``path`` atomically:
     beside it first, then renamed into place; an existing folder (``overwrite=True``, a
-    detector folder only) stays until the new one is complete."""
+    detector folder only) stays until the new one is complete. Holds :func:`writer_lock`
+    throughout.
+
+    Raises:
+        PersistenceError: ``path`` exists (and ``overwrite`` is off, or it is not a
+            detector folder), or another process kept the lock for the whole wait.
+        WriteError: a file could not be written (disk full, no permission); nothing was
+            replaced.
+    """
+    path = Path(path)
+    encoded, tensors = encode(state)  # unsaveable state fails before anything is touched
+    with writer_lock(path):
+        remove_stale(path)
+        if os.path.lexists(path):
+            if not overwrite:
+                raise PersistenceError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it.")
+            check_replaceable(path)
+        try:
+            _write_locked(path, config, encoded, tensors, overwrite)
+        except OSError as exc:
+            raise _cannot_write(path, exc, "nothing was replaced") from exc
+    return path
+
+
+def _write_locked(path: Path, config: dict[str, Any], encoded: Any, tensors: dict[str, torch.Tensor],
+                  overwrite: bool) -> None:
+    """The body of :func:`write_folder`, with the lock held."""
     from safetensors.torch import save_file
 
     import causalmad
 
-    path = Path(path)
-    remove_stale(path)
-    if os.path.lexists(path):
-        if not overwrite:
-            raise PersistenceError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it.")
-        check_replaceable(path)
-    encoded, tensors = encode(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = temp_path(path, "causalmad-tmp"), temp_path(path, "causalmad-old")
     tmp.mkdir()
     moved = False
@@ -375,7 +479,6 @@ def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite
         raise
     if moved:
         shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def _modified(message: str, trust_modified: bool) -> None:
