@@ -5,9 +5,10 @@ detector folder), ``score`` (detector folder + inputs file -> scores file, optio
 report), ``explain`` (one input -> why it scored as it did), ``bench`` (every detector on every
 task and split), ``tasks`` (list).
 
-Exit codes: 0 success; 2 bad usage or bad input (a message says what and where); 3
-``score --fail-on-flag`` flagged at least one input; 1 an unexpected internal error (a bug:
-please report it with the traceback); 130 interrupted.
+Exit codes: 0 success; 2 bad usage, bad input or a file that cannot be written (one line
+on stderr says what and where); 3 ``score --fail-on-flag`` flagged at least one input; 1
+an unexpected internal error (a bug: one line, and with ``--debug`` the traceback to
+report); 130 interrupted. ``--debug`` adds the traceback to any error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -263,13 +265,6 @@ def _check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str 
         taken.append((f"the {flag} output", mine))
 
 
-def _check_ids(data: Any, path: str) -> None:
-    """Ids go into JSON: NaN and infinities have no JSON form, so they are refused."""
-    for row, ident in enumerate(data.ids):
-        if isinstance(ident, float) and not math.isfinite(ident):
-            raise InputError(f"{data.where(row, path)}: 'id' is {ident}; an id must be a string or a finite number.")
-
-
 def _json_safe(value: Any) -> Any:
     """``value`` with every non-finite float written as None (JSON null)."""
     if isinstance(value, float):
@@ -358,18 +353,7 @@ def _read_any_shape(path: str, dtype: str) -> torch.Tensor:
     """Trusted inputs for --model: the shape comes from the file's first input."""
     from causalmad.inputs import read_inputs
 
-    p = Path(path)
-    if p.suffix == ".npy" and p.is_file():
-        shape = np.load(p, mmap_mode="r", allow_pickle=False).shape[1:]
-    else:
-        first = next((line for line in p.open(encoding="utf-8") if line.strip()), None) if p.is_file() else None
-        try:
-            obj = json.loads(first) if first else []
-        except json.JSONDecodeError:
-            obj = []  # read_inputs reports the line
-        value = obj.get("input", []) if isinstance(obj, dict) else obj
-        shape = np.asarray(value).shape if isinstance(value, list) else ()
-    return read_inputs(path, shape, dtype).inputs
+    return read_inputs(path, None, dtype).inputs
 
 
 def _load(args: argparse.Namespace, config: dict[str, Any]) -> Any:
@@ -398,7 +382,6 @@ def _score(args: argparse.Namespace) -> int:
     fmt = scores_format(out)
     config = read_config(args.detector_dir, args.trust_modified)  # a bad folder fails here, before anything runs
     data = read_inputs(args.inputs, config["input_shape"], config["input_dtype"])
-    _check_ids(data, args.inputs)
     det = _load(args, config)
     _check_rows(det, data, args.inputs)
     for target in (out, args.report):
@@ -410,14 +393,13 @@ def _score(args: argparse.Namespace) -> int:
     scores = np.full(len(data.inputs), np.nan)
     with atomic_write(out) as f:
         writer = ScoresWriter(f, fmt)
-        bar = tqdm(total=len(data.inputs), desc="scoring", unit="input", disable=args.quiet)
-        for start in range(0, len(data.inputs), args.chunk):
-            part = det.score(data.inputs[start : start + args.chunk])
-            for i, s in enumerate(part, start):
-                scores[i] = s
-                writer.write(i, data.ids[i], s, bool(s > threshold))
-            bar.update(len(part))
-        bar.close()
+        with tqdm(total=len(data.inputs), desc="scoring", unit="input", disable=args.quiet) as bar:
+            for start in range(0, len(data.inputs), args.chunk):
+                part = det.score(data.inputs[start : start + args.chunk])
+                for i, s in enumerate(part, start):
+                    scores[i] = s
+                    writer.write(i, data.ids[i], s, bool(s > threshold))
+                bar.update(len(part))
     flagged = int((scores > threshold).sum())
     _say(args, f"wrote {out}: {len(scores)} inputs, {flagged} flagged at FPR {args.fpr} (threshold {threshold:.4g})")
     if args.report:
@@ -460,7 +442,6 @@ def _explain(args: argparse.Namespace) -> int:
         row = args.index
         if not 0 <= row < len(data.inputs):
             raise InputError(f"--index {row}: {args.inputs} has {len(data.inputs)} inputs (0-based).")
-    _check_ids(data, args.inputs or "--input")
     det = _load(args, config)
     if hasattr(det, "progress"):
         det.progress = False
@@ -507,6 +488,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("-v", "--verbose", action="store_true", help="log progress of each step")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
+    common.add_argument("--debug", action="store_true", help="on an error, print its traceback as well")
     sub = top.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", parents=[common],
@@ -594,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return int(exc.code or 0)
     for name, default in (("task", None), ("size", "full"), ("seed", None), ("model", None), ("hypothesis", None),
-                          ("device", "cpu"), ("trust_modified", False)):
+                          ("device", "cpu"), ("trust_modified", False), ("debug", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -603,14 +585,28 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return int(args.func(args))
     except CausalMADError as exc:
-        print(f"causalmad: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args, str(exc), 2)
     except KeyboardInterrupt:
         print("causalmad: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `causalmad explain ... | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # the machine (no permission, a full disk), not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(args, f"{where}{exc.strerror or exc}.", 2)
+    except Exception as exc:
+        return _error(args, f"{type(exc).__name__}: {exc}", 1, "internal error",
+                      " (a bug in causalmad: run the command again with --debug and report the traceback)")
+
+
+def _error(args: argparse.Namespace, message: str, code: int, kind: str = "error", hint: str = "") -> int:
+    """One line on stderr (the traceback too with --debug); returns the exit code."""
+    if args.debug:
+        traceback.print_exc()
+    line = " ".join(message.split()) or "(no message)"  # one line whatever the message holds
+    print(f"causalmad: {kind}: {line}{hint}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ Inputs files:
   the scores file. No other fields are allowed (a misspelt field is an error, not
   silently ignored). Blank lines are skipped; errors name the line.
 * **NumPy** (``.npy``, loaded with ``allow_pickle=False``): an array ``[n, ...]``.
+* **PyTorch** (``.pt``, loaded with ``weights_only=True``, which rebuilds tensors and
+  plain containers only): one tensor ``[n, ...]``.
+
+Integers must fit the model's integer type and numbers its float type (a float32 model
+refuses 1e39 rather than reading infinity); NaN and infinities are refused. Errors name
+the file and the line (JSON lines) or row (arrays).
 
 Scores files (``.jsonl`` or ``.csv``): one row per input, in input order, with ``index``
 (0-based input number), ``id``, ``score`` and ``flagged`` (score above the threshold at
@@ -21,6 +27,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,28 +41,61 @@ from causalmad.errors import InputError
 from causalmad.persistence import open_atomic
 
 ALLOWED_FIELDS = ("input", "id")
+FORMATS = (".jsonl", ".json", ".npy", ".pt")
+MAX_DEPTH = 32  # JSON nesting deeper than any input causalmad takes is refused, not recursed into
 
 
-def _shape(value: Any) -> tuple[int, ...]:
+def _short(value: Any, limit: int = 40) -> str:
+    """``value`` as JSON, cut to ``limit`` characters for a one-line message."""
+    try:
+        text = json.dumps(value)
+    except ValueError:  # an integer too long to print
+        text = "an integer of more than 4300 digits"
+    return _cut(text, limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
+def _shape(value: Any, depth: int = 0) -> tuple[int, ...]:
     if isinstance(value, list):
-        inner = {_shape(v) for v in value}
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"it is nested more than {MAX_DEPTH} lists deep")
+        inner = {_shape(v, depth + 1) for v in value}
         if len(inner) > 1:
             raise ValueError("its rows have different lengths")
         return (len(value), *(inner.pop() if inner else ()))
     return ()
 
 
-def _check_numbers(value: Any, integer: bool) -> None:
+def _range_error(value: float, dtype: torch.dtype) -> str | None:
+    """Why ``value`` cannot be held by ``dtype`` (out of range, not finite), or None."""
+    name = str(dtype).removeprefix("torch.")
+    if not dtype.is_floating_point:
+        info = torch.iinfo(dtype)
+        if not info.min <= value <= info.max:
+            return f"it holds {_short(value)}, beyond {name}'s range [{info.min}, {info.max}]"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"it holds {value}"
+    if abs(value) > torch.finfo(dtype).max:
+        return f"it holds {_short(value)}, beyond {name}'s range (±{torch.finfo(dtype).max:.4g})"
+    return None
+
+
+def _check_numbers(value: Any, dtype: torch.dtype) -> None:
     if isinstance(value, list):
         for v in value:
-            _check_numbers(v, integer)
+            _check_numbers(v, dtype)
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"it holds {json.dumps(value)}, not a number")
-    if integer and not isinstance(value, int):
+        raise ValueError(f"it holds {_short(value)}, not a number")
+    if not dtype.is_floating_point and not isinstance(value, int):
         raise ValueError(f"it holds {value}, but this model takes integers (token ids)")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"it holds {value}")
+    problem = _range_error(value, dtype)
+    if problem:
+        raise ValueError(problem)
 
 
 @dataclass
@@ -70,62 +110,151 @@ class InputsFile:
         return f"{path} line {self.lines[row]}" if self.lines[row] else f"{path} row {row}"
 
 
-def read_inputs(path: str | Path, shape: Sequence[int], dtype: str) -> InputsFile:
+def read_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str) -> InputsFile:
     """Read an inputs file: ``inputs [n, *shape]``, ids and line numbers.
 
-    Every line is checked (JSON, fields, shape, number type) before anything is returned,
-    and errors say which line and what is wrong.
+    Every input is checked (encoding, JSON, fields, shape, number type and range) before
+    anything is returned, and an error names the file, the line (JSON lines) or row
+    (arrays) and what was expected.
+
+    Args:
+        path: a ``.jsonl``/``.json``, ``.npy`` or ``.pt`` file (see the module docstring).
+        shape: each input's shape; ``None`` takes the first input's.
+        dtype: the model's input dtype (``"int64"`` token ids, ``"float32"``, ...).
+
+    Raises:
+        InputError: the file is missing, unreadable or damaged, or an input is bad.
     """
     path = Path(path)
     torch_dtype = _dtype(dtype)
-    integer = not torch_dtype.is_floating_point
-    shape = tuple(shape)
-    if not path.is_file():
+    want = None if shape is None else tuple(shape)
+    if not path.exists():
         raise InputError(f"{path}: no such file.")
-    if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise InputError(f"{path}: not a plain NumPy array file ({exc}).") from exc
-        if tuple(arr.shape[1:]) != shape:
-            raise InputError(f"{path}: inputs have shape {tuple(arr.shape[1:])} each; the detector takes {shape}.")
-        if integer and not np.issubdtype(arr.dtype, np.integer):
-            raise InputError(f"{path}: holds {arr.dtype} values; this model takes integers (token ids).")
-        return InputsFile(torch.as_tensor(arr).to(torch_dtype), list(range(len(arr))), [0] * len(arr))
-    if path.suffix not in (".jsonl", ".json"):
-        raise InputError(f"{path}: unknown inputs format {path.suffix!r}; use .jsonl (JSON lines) or .npy.")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not an inputs file.")
+    if path.suffix not in FORMATS:
+        raise InputError(f"{path}: unknown inputs format {path.suffix!r}; use .jsonl (JSON lines), .npy or .pt.")
+    try:
+        if path.suffix == ".npy":
+            return _read_npy(path, want, torch_dtype)
+        if path.suffix == ".pt":
+            return _read_pt(path, want, torch_dtype)
+        return _read_jsonl(path, want, torch_dtype)
+    except OSError as exc:  # no permission, a device error, ...
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+
+
+def _read_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> InputsFile:
     rows: list[Any] = []
     ids: list[Any] = []
     lines: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path} line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                 "an inputs file is JSON lines in UTF-8, .npy or .pt.") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # the byte-order mark some editors write
             if not line.strip():
                 continue
-            value, ident = parse_line(line, f"{path} line {lineno}", shape, integer, len(rows))
+            value, ident = parse_line(line, where, shape, dtype, len(rows))
+            if shape is None:
+                shape = _shape(value)
             rows.append(value)
             ids.append(ident)
             lines.append(lineno)
     if not rows:
         raise InputError(f"{path}: no inputs in the file.")
-    return InputsFile(torch.tensor(rows, dtype=torch_dtype), ids, lines)
+    return InputsFile(torch.tensor(rows, dtype=dtype), ids, lines)
 
 
-def parse_line(line: str, where: str, shape: tuple[int, ...], integer: bool, default_id: Any) -> tuple[Any, Any]:
-    """One JSON-lines input: ``(value as nested lists, id)``; errors start with ``where``."""
+def _read_npy(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> InputsFile:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises many types for a damaged file (ValueError, EOFError, TokenError, ...)
+        raise InputError(f"{path}: not a NumPy array file, or a damaged one ({_first_line(exc)}).") from None
+    if not isinstance(arr, np.ndarray):  # np.load opens a .npz archive however the file is named
+        arr.close()
+        raise InputError(f"{path}: a NumPy archive of arrays (.npz); save one array [n, ...] with np.save.")
+    return _from_array(path, arr, str(arr.dtype), shape, dtype)
+
+
+def _read_pt(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> InputsFile:
+    try:
+        # weights_only: tensors and plain containers only; a file cannot run code when loaded
+        with warnings.catch_warnings():  # torch warns of a pickle protocol before failing on a damaged file
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file (UnpicklingError, RuntimeError, ...)
+        raise InputError(f"{path}: not a PyTorch tensor file, or a damaged one ({_first_line(exc)}).") from None
+    if not isinstance(obj, torch.Tensor):
+        raise InputError(f"{path}: holds a {type(obj).__name__}, not one tensor [n, ...]; save one with "
+                         "torch.save(tensor, path).")
+    name = str(obj.dtype).removeprefix("torch.")
+    if obj.is_complex() or obj.dtype == torch.bool or obj.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        arr = np.empty(obj.shape, dtype=bool if obj.dtype == torch.bool else np.complex64)  # refused for its kind
+    else:
+        arr = obj.detach().to(torch.float64 if obj.is_floating_point() else torch.int64).numpy()
+    return _from_array(path, arr, name, shape, dtype)
+
+
+def _from_array(path: Path, arr: np.ndarray, stored: str, shape: tuple[int, ...] | None,
+                dtype: torch.dtype) -> InputsFile:
+    """Inputs from an array file, checked like a JSON lines file (rows named by number)."""
+    integer = not dtype.is_floating_point
+    if arr.ndim == 0:
+        raise InputError(f"{path}: holds a single value, not an array [n, ...] of inputs.")
+    if arr.dtype.kind not in ("iu" if integer else "iuf"):
+        expected = "integers (token ids)" if integer else "real numbers"
+        raise InputError(f"{path}: holds {stored} values; this model takes {expected}.")
+    if shape is not None and tuple(arr.shape[1:]) != shape:
+        raise InputError(f"{path}: inputs have shape {tuple(arr.shape[1:])} each; the detector takes {shape}.")
+    if len(arr) == 0:
+        raise InputError(f"{path}: no inputs in the file.")
+    flat = arr.reshape(len(arr), -1)
+    if integer:
+        info = torch.iinfo(dtype)
+        bad = ((flat < info.min) | (flat > info.max)).any(1)
+    else:
+        big = np.abs(flat.astype(np.float64))
+        bad = (~np.isfinite(big) | (big > torch.finfo(dtype).max)).any(1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = next(v for v in flat[row].tolist() if _range_error(v, dtype))
+        raise InputError(f"{path} row {row}: {_range_error(value, dtype)}.")
+    host = np.ascontiguousarray(arr, dtype=np.int64 if integer else np.float64)
+    return InputsFile(torch.from_numpy(host).to(dtype), list(range(len(arr))), [0] * len(arr))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
+def parse_line(line: str, where: str, shape: tuple[int, ...] | None, dtype: torch.dtype,
+               default_id: Any) -> tuple[Any, Any]:
+    """One JSON-lines input: ``(value as nested lists, id)``; errors start with ``where``.
+    ``shape`` ``None`` accepts any shape with rows of equal lengths."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply to read (an input is at most {MAX_DEPTH} lists deep).") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise InputError(f"{where}: not valid JSON ({_first_line(exc)}).") from None
     if isinstance(obj, dict):
         unknown = sorted(set(obj) - set(ALLOWED_FIELDS))
         if unknown:
-            raise InputError(f"{where}: unknown field(s) {unknown}; an object line has the fields "
+            raise InputError(f"{where}: unknown field(s) {_cut(repr(unknown), 60)}; an object line has the fields "
                              f"{list(ALLOWED_FIELDS)} ('input' required).")
         if "input" not in obj:
             raise InputError(f"{where}: the object has no 'input' field.")
         value, ident = obj["input"], obj.get("id", default_id)
-        if not isinstance(ident, (str, int, float)) or isinstance(ident, bool):
-            raise InputError(f"{where}: 'id' must be a string or a number, got {json.dumps(ident)}.")
+        _check_id(ident, where)
     elif isinstance(obj, list):
         value, ident = obj, default_id
     else:
@@ -133,23 +262,37 @@ def parse_line(line: str, where: str, shape: tuple[int, ...], integer: bool, def
                          f"{type(obj).__name__}.")
     try:
         got = _shape(value)
-        if got != shape:
+        if shape is not None and got != shape:
             raise ValueError(f"it has shape {got}; the detector takes inputs of shape {shape}")
-        _check_numbers(value, integer)
+        _check_numbers(value, dtype)
     except ValueError as exc:
         raise InputError(f"{where}: bad input: {exc}.") from None
     return value, ident
 
 
+def _check_id(ident: Any, where: str) -> None:
+    """An id goes into a JSON or CSV scores file: a string of text or a finite number."""
+    if not isinstance(ident, (str, int, float)) or isinstance(ident, bool):
+        raise InputError(f"{where}: 'id' must be a string or a number, got {_short(ident)}.")
+    if isinstance(ident, float) and not math.isfinite(ident):
+        raise InputError(f"{where}: 'id' is {ident}; an id must be a string or a finite number.")
+    if isinstance(ident, str):
+        try:
+            ident.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{where}: 'id' holds a lone surrogate escape ({_short(ident)}), which is not "
+                             "text; give ids as plain strings.") from None
+
+
 def parse_input(text: str, shape: Sequence[int], dtype: str) -> InputsFile:
     """One input given as JSON text (``--input`` on the command line)."""
     torch_dtype = _dtype(dtype)
-    value, ident = parse_line(text, "--input", tuple(shape), not torch_dtype.is_floating_point, 0)
+    value, ident = parse_line(text, "--input", tuple(shape), torch_dtype, 0)
     return InputsFile(torch.tensor([value], dtype=torch_dtype), [ident], [0])
 
 
 def _dtype(dtype: str) -> torch.dtype:
-    found = getattr(torch, dtype.removeprefix("torch."), None)
+    found = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(found, torch.dtype):
         raise InputError(f"unknown input dtype {dtype!r}")
     return found

@@ -560,11 +560,34 @@ def _read_config(path: Path, trust_modified: bool) -> tuple[dict[str, Any], str 
     missing = [k for k in required if k not in config]
     if missing:
         raise PersistenceError(f"{path / CONFIG} lacks {missing}; the folder is corrupted.")
+    wrong = _mistyped(config)
+    if wrong:
+        raise PersistenceError(f"{path / CONFIG}: {wrong}; the folder is corrupted.")
     if not (path / STATE).is_file():
         raise PersistenceError(f"{path} has no {STATE}; the folder is incomplete.")
     if version == 1:
         return config, config["state_sha256"], CONFIG
     return config, None if sums is None else sums[STATE], CHECKSUMS
+
+
+def _mistyped(config: dict[str, Any]) -> str | None:
+    """What in ``config`` has the wrong type for a detector's config (None if nothing):
+    checked here so that a damaged file loaded with trust_modified fails in one line."""
+    shape = config["input_shape"]
+    if not isinstance(config["detector"], str):
+        return f"'detector' is {json.dumps(config['detector'])[:40]}, not a name"
+    if not isinstance(config["params"], dict):
+        return "'params' is not an object"
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31
+                                              for n in shape):
+        return f"'input_shape' is {json.dumps(shape)[:40]}, not a list of sizes"
+    dtype = config["input_dtype"]
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
+        return f"'input_dtype' is {json.dumps(dtype)[:40]}, not a torch dtype"
+    for key, kind in (("extra", dict), ("hypothesis", dict), ("model_fingerprint", str)):
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            return f"{key!r} has the wrong type"
+    return None
 
 
 def read_config(path: str | Path, trust_modified: bool = False) -> dict[str, Any]:

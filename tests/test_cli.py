@@ -156,9 +156,8 @@ def test_scoring_that_fails_halfway_leaves_no_output(work, tmp_path, monkeypatch
         return original(self, x)
 
     monkeypatch.setattr(cm.ScrubbingDetector, "score", flaky)
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--chunk", "20",
-              "--quiet"])
+    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--chunk",
+                 "20", "--quiet"]) == 1  # an internal error: one line, the traceback with --debug
     assert out.read_text() == "previous results\n"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.jsonl"]  # no partial file left
 

@@ -17,7 +17,8 @@ from conftest import planted_data
 import causalmad as cm
 from causalmad import persistence
 from causalmad.cli import main
-from causalmad.errors import PersistenceError
+from causalmad.errors import InputError, PersistenceError
+from causalmad.inputs import read_inputs
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 MODEL = ["--model", f"{CONFTEST}:PlantedSum"]
@@ -126,3 +127,59 @@ def _planted():
     from conftest import PlantedSum
 
     return PlantedSum()
+
+
+# ---------------------------------------------------------------- the fixed corpus of malformed inputs files
+BAD = Path(__file__).with_name("data") / "bad"
+CORPUS = json.loads((BAD / "expected.json").read_text())
+
+
+def corpus_marks(entry: dict) -> list:
+    expect = f"correct result ({entry['rows']} inputs read)" if "rows" in entry else ERROR
+    return [pytest.mark.hostile(f"inputs file: {entry['class']}", expect)]
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=e["file"], marks=corpus_marks(e)) for e in CORPUS])
+def test_every_file_of_the_bad_corpus_gets_one_clear_line_or_a_correct_result(entry, work, tmp_path, capsys,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a pickle that would run code makes a folder here
+    path = BAD / entry["file"]
+    if "rows" in entry:
+        assert len(read_inputs(path, entry["shape"], entry["dtype"]).inputs) == entry["rows"]
+    else:
+        with pytest.raises(InputError) as info:
+            read_inputs(path, entry["shape"], entry["dtype"])
+        assert str(path) in str(info.value) and entry["message"] in str(info.value), str(info.value)
+    if entry["dtype"] == "float32":  # the planted detector takes float32 [3]; through the command line too
+        out = tmp_path / "out" / "scores.jsonl"
+        code = main(["score", str(work / "det"), str(path), *MODEL, "--out", str(out), "--quiet"])
+        if "rows" in entry:
+            assert code == 0 and len(out.read_text().splitlines()) == entry["rows"]
+        else:
+            assert code == 2
+            one_line_error(capsys, str(path), entry["message"])
+            assert not (tmp_path / "out").exists()
+    assert listing(tmp_path) == ([] if "rows" not in entry or entry["dtype"] != "float32" else ["out"])
+
+
+@pytest.mark.hostile("command line: --debug", "exit 2, one line, then the traceback")
+def test_debug_adds_the_traceback_to_the_one_line(work, tmp_path, capsys):
+    bad = BAD / "float_beyond_float32.jsonl"
+    argv = ["score", str(work / "det"), str(bad), *MODEL, "--out", str(tmp_path / "s.jsonl")]
+    assert main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "raise InputError" in err
+    assert err.endswith(f"causalmad: error: {bad} line 1: bad input: it holds 1e+39, beyond float32's range "
+                        "(±3.403e+38).\n"), err
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+@pytest.mark.hostile("command line: an internal error", "exit 1, one line naming it a bug")
+def test_an_unexpected_error_is_one_line_asking_for_a_report(work, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cm.MahalanobisDetector, "score", lambda self, x: 1 / 0)
+    out = tmp_path / "s.jsonl"
+    assert main(["score", str(work / "det"), str(work / "good.jsonl"), *MODEL, "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("causalmad: internal error: ZeroDivisionError: division by zero (a bug in causalmad: run the "
+                   "command again with --debug and report the traceback)\n")
+    assert listing(tmp_path) == []
