@@ -16,6 +16,11 @@ in cupbearer). Higher = more anomalous for every one of them.
 * :class:`SpectralSignatureDetector` — squared projection on the top singular direction
   of the centred untrusted activations (Tran, Li & Madry, NeurIPS 2018).
 
+Every decomposition (the eigendecompositions behind whitening and the precision matrix,
+the SVDs of QUE's wide path and of the spectral signature) falls back to a more stable
+LAPACK driver where the default one fails to converge, and then to a shrunk matrix,
+with a :class:`~causalmad.errors.CausalMADWarning` saying which fallback was taken.
+
 Fitting a site yields a *state*: a dict of numpy arrays (the trusted fit features for LOF
 and the isolation forest). The scikit-learn estimators are rebuilt from that state by
 :meth:`ActivationDetector._restore`, deterministically, so persistence stores arrays only.
@@ -23,17 +28,19 @@ and the isolation forest). The scikit-learn estimators are rebuilt from that sta
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
 from causalmad.detectors.base import Detector, register, split_indices
-from causalmad.errors import InputError
+from causalmad.errors import CausalMADWarning, InputError
 from causalmad.interventions import capture
 from causalmad.sites import Site
 
@@ -86,8 +93,11 @@ class ActivationDetector(Detector):
 
     # the detector ----------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> list[np.ndarray]:
-        acts = capture(self.adapter_, x, self.sites_)
-        return [a.reshape(len(a), -1).double().numpy() for a in acts]
+        """``[n, d]`` activations per site, captured in blocks of :data:`BLOCK` rows."""
+        parts = [capture(self.adapter_, _padded(x[a : a + BLOCK]), self.sites_) for a in range(0, len(x), BLOCK)]
+        sizes = [min(BLOCK, len(x) - a) for a in range(0, len(x), BLOCK)]
+        return [torch.cat([p[i][:n] for p, n in zip(parts, sizes)]).reshape(len(x), -1).double().numpy()
+                for i in range(len(self.sites_))]
 
     def _fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> None:
         if self.aggregate not in ("max", "mean"):
@@ -134,11 +144,99 @@ class ActivationDetector(Detector):
         return {"aggregate": self.aggregate, "sites": [{"site": self.sites_[i].key, "z": float(z[i])} for i in order]}
 
 
+# ---------------------------------------------------------------- scores that do not depend on the batch
+BLOCK = 64
+"""Rows per forward pass. A matrix product's rounding can depend on how many rows it has
+(a one-row product takes another kernel), so activations are captured in blocks of
+exactly this many rows, the last one padded by repeating its last row, and the scoring
+products run one row at a time (:func:`_mm`): an input's score then does not depend on
+which inputs, or how many, were scored with it, nor on their order (bitwise, on one
+machine with the same thread count)."""
+
+
+def _padded(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` (at most BLOCK of them) padded to BLOCK rows by repeating the last."""
+    missing = BLOCK - len(rows)
+    return rows if missing <= 0 else torch.cat([rows, rows[-1:].expand(missing, *rows.shape[1:])])
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b``, one row of ``a`` at a time: a BLAS product of many rows may round a row
+    differently by where it sits among them, a one-row product always the same way."""
+    a = np.asarray(a, dtype=np.float64)
+    if len(a) == 0:
+        return a @ b
+    return np.stack([row @ b for row in a])
+
+
+# ---------------------------------------------------------------- decompositions that do not give up
+def _fell_back(what: str, exc: Exception, instead: str) -> None:
+    warnings.warn(f"{what} did not converge ({exc}); used {instead} instead.", CausalMADWarning, stacklevel=3)
+
+
+def eigh(m: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(eigenvalues ascending, eigenvectors)`` of the symmetric ``m``: LAPACK's
+    divide-and-conquer driver (NumPy's), else its QR-iteration driver (``syev``), else
+    the same for ``m`` shrunk towards a multiple of the identity. A fallback warns,
+    naming ``what`` was decomposed.
+
+    Raises:
+        InputError: no fallback converged either (non-finite activations, say).
+    """
+    try:
+        return np.linalg.eigh(m)
+    except np.linalg.LinAlgError as exc:
+        _fell_back(f"The eigendecomposition of {what}", exc, "LAPACK's QR-iteration driver (syev)")
+    try:
+        return scipy.linalg.eigh(m, driver="ev", check_finite=False)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        jitter = 1e-6 * max(float(np.abs(np.diag(m)).mean()), np.finfo(np.float64).tiny)
+        _fell_back(f"The QR-iteration eigendecomposition of {what}", exc,
+                   f"shrinkage (the matrix plus {jitter:.3g} times the identity)")
+    try:
+        return scipy.linalg.eigh(m + jitter * np.eye(len(m)), driver="ev", check_finite=False)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        raise InputError(f"{what}: no eigendecomposition converged ({exc}); are the activations finite?") from exc
+
+
+def svd(x: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD ``(u, s, vt)`` of ``x``: NumPy's (LAPACK ``gesdd``), else LAPACK's slower
+    but sturdier ``gesvd``, else from :func:`eigh` of the Gram matrix ``x x^T``
+    (directions with a singular value below 1e-12 of the largest are dropped). A fallback
+    warns, naming ``what`` was decomposed."""
+    try:
+        return np.linalg.svd(x, full_matrices=False)
+    except np.linalg.LinAlgError as exc:
+        _fell_back(f"The SVD of {what}", exc, "LAPACK's gesvd driver")
+    try:
+        return scipy.linalg.svd(x, full_matrices=False, lapack_driver="gesvd", check_finite=False)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        _fell_back(f"The gesvd SVD of {what}", exc, "the eigendecomposition of its Gram matrix")
+    lam, u = eigh(x @ x.T, f"the Gram matrix of {what}")
+    lam, u = lam[::-1], u[:, ::-1]  # descending, as an SVD's
+    sig = np.sqrt(np.maximum(lam, 0.0))
+    keep = sig > sig.max() * 1e-12 if sig.max() > 0 else sig > 0
+    return u[:, keep], sig[keep], (x.T @ u[:, keep] / sig[keep]).T
+
+
+def pinvh(m: np.ndarray, what: str) -> np.ndarray:
+    """The pseudo-inverse of the symmetric ``m``: SciPy's (what scikit-learn's
+    ``LedoitWolf().precision_`` is), else from :func:`eigh` with the same cutoff."""
+    try:
+        return scipy.linalg.pinvh(m, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        _fell_back(f"The pseudo-inverse of {what}", exc, "a pseudo-inverse from a sturdier eigendecomposition")
+    lam, v = eigh(m, what)
+    cutoff = np.abs(lam).max() * max(m.shape) * np.finfo(m.dtype).eps
+    inv = np.where(np.abs(lam) > cutoff, 1 / np.where(lam == 0, 1, lam), 0.0)
+    return (v * inv) @ v.T
+
+
 def _whitening(features: np.ndarray, rcond: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
     """Mean and PCA whitening matrix ``W`` (``(x - mean) @ W`` has identity covariance)
     of a Ledoit-Wolf shrunk covariance; eigenvalues floored at ``rcond`` times the largest."""
-    lw = LedoitWolf().fit(features)
-    evals, evecs = np.linalg.eigh(lw.covariance_)
+    lw = LedoitWolf(store_precision=False).fit(features)
+    evals, evecs = eigh(lw.covariance_, "QUE: the shrunk covariance of the trusted activations")
     evals = np.maximum(evals, rcond * evals.max())
     return lw.location_, evecs / np.sqrt(evals)
 
@@ -151,17 +249,18 @@ class MahalanobisDetector(ActivationDetector):
     def _fit_site(self, trusted: np.ndarray, untrusted: np.ndarray | None) -> SiteState:
         if trusted.shape[1] > len(trusted):  # wide activations: never form the d x d matrices
             return _ledoit_wolf_in_span(trusted)
-        lw = LedoitWolf().fit(trusted)
-        return {"location": lw.location_, "precision": lw.precision_}
+        lw = LedoitWolf(store_precision=False).fit(trusted)
+        precision = pinvh(lw.covariance_, "Mahalanobis: the shrunk covariance of the trusted activations")
+        return {"location": lw.location_, "precision": precision}
 
     def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
         c = features - fitted["location"]
         if "precision" not in fitted:
-            proj = c @ fitted["basis"]
+            proj = _mm(c, fitted["basis"])
             inside = (proj**2 / fitted["eigenvalues"]).sum(1)
             outside = np.maximum((c**2).sum(1) - (proj**2).sum(1), 0.0)
             return inside + outside / fitted["floor"]
-        return ((c @ fitted["precision"]) * c).sum(1)  # one BLAS product, not an unoptimised einsum
+        return (_mm(c, fitted["precision"]) * c).sum(1)  # one BLAS product, not an unoptimised einsum
 
 
 def _ledoit_wolf_in_span(x: np.ndarray) -> SiteState:
@@ -182,7 +281,7 @@ def _ledoit_wolf_in_span(x: np.ndarray) -> SiteState:
     beta = (beta_ / n - delta_) / (d * n)
     delta = (delta_ - 2 * mu * sq.sum() / n + d * mu**2) / d
     shrinkage = 0.0 if beta == 0 else min(beta, delta) / delta
-    lam, u = np.linalg.eigh(gram / n)
+    lam, u = eigh(gram / n, "the Gram matrix of the trusted activations")
     keep = lam > lam.max() * 1e-12
     lam, u = lam[keep], u[:, keep]
     basis = xc.T @ u / np.sqrt(n * lam)  # orthonormal eigenvectors of S in R^d
@@ -283,7 +382,8 @@ class QUEDetector(ActivationDetector):
             return self._fit_site_in_span(trusted, untrusted)
         mean, w = _whitening(trusted)
         z = (untrusted - mean) @ w
-        s, u = np.linalg.eigh(np.cov(z, rowvar=False, bias=True).reshape(z.shape[1], z.shape[1]))
+        s, u = eigh(np.cov(z, rowvar=False, bias=True).reshape(z.shape[1], z.shape[1]),
+                    "QUE: the covariance of the whitened untrusted activations")
         excess = s.max() - 1
         exponent = self.alpha * (s - 1) / (excess if excess > 1e-6 else 1.0)
         weights = np.exp(exponent - exponent.max())  # exp(A) = U exp(s) U^T; normalised by its trace
@@ -303,7 +403,7 @@ class QUEDetector(ActivationDetector):
                  "floor": st["floor"]}
         z = _whiten_in_span(state, untrusted.astype(np.float64) - state["mean"])
         zc = z - z.mean(0)
-        _, sig, bt = np.linalg.svd(zc, full_matrices=False)
+        _, sig, bt = svd(zc, "QUE: the whitened untrusted activations")
         keep = sig > sig.max() * 1e-9
         s_in, b = sig[keep] ** 2 / len(z), bt[keep].T
         d = z.shape[1]
@@ -318,17 +418,18 @@ class QUEDetector(ActivationDetector):
     def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
         if "directions" in fitted:
             p = _whiten_in_span(fitted, features.astype(np.float64) - fitted["center"])
-            proj = p @ fitted["directions"]
+            proj = _mm(p, fitted["directions"])
             rest = np.maximum((p**2).sum(1) - (proj**2).sum(1), 0.0)
-            return (proj**2) @ fitted["weights"] + fitted["rest_weight"] * rest
-        p = (features - fitted["center"]) @ fitted["projection"]
-        return (p**2) @ fitted["weights"]
+            return _mm(proj**2, fitted["weights"]) + fitted["rest_weight"] * rest
+        p = _mm(features - fitted["center"], fitted["projection"])
+        return _mm(p**2, fitted["weights"])
 
 
 def _whiten_in_span(state: SiteState, c: np.ndarray) -> np.ndarray:
     """Centred rows ``c`` whitened by the shrunk trusted covariance given as factors."""
     inv_floor = 0.0 if not np.isfinite(state["floor"]) else 1 / np.sqrt(state["floor"])
-    return ((c @ state["basis"]) * (1 / np.sqrt(state["eigenvalues"]) - inv_floor)) @ state["basis"].T + inv_floor * c
+    scaled = _mm(c, state["basis"]) * (1 / np.sqrt(state["eigenvalues"]) - inv_floor)
+    return _mm(scaled, state["basis"].T) + inv_floor * c
 
 
 @register("spectral-signature")
@@ -346,8 +447,8 @@ class SpectralSignatureDetector(ActivationDetector):
         if untrusted is None:
             raise InputError("The spectral signature needs the untrusted batch.")
         center = untrusted.mean(0)
-        _, _, vt = np.linalg.svd(untrusted - center, full_matrices=False)
+        _, _, vt = svd(untrusted - center, "the spectral signature: the centred untrusted activations")
         return {"center": center, "direction": vt[0]}
 
     def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
-        return ((features - fitted["center"]) @ fitted["direction"]) ** 2
+        return _mm(features - fitted["center"], fitted["direction"]) ** 2
