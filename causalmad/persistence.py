@@ -587,6 +587,9 @@ def _mistyped(config: dict[str, Any]) -> str | None:
     for key, kind in (("extra", dict), ("hypothesis", dict), ("model_fingerprint", str)):
         if config.get(key) is not None and not isinstance(config[key], kind):
             return f"{key!r} has the wrong type"
+    hyp = config.get("hypothesis")
+    if hyp is not None and not (isinstance(hyp.get("name"), str) and isinstance(hyp.get("variables"), dict)):
+        return "'hypothesis' is not a hypothesis' fingerprint (a name and its variables)"
     return None
 
 
@@ -691,7 +694,14 @@ def load_detector(path: str | Path, model: nn.Module | Any, hypothesis: Hypothes
         det = cls(model, **kwargs, **params)
     except TypeError as exc:
         raise PersistenceError(f"{path}: the stored arguments do not fit {cls.__name__} ({exc}).") from exc
-    det._set_state(state, adapter)
+    try:
+        det._set_state(state, adapter)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, CausalMADError):
+            raise
+        raise PersistenceError(f"{Path(path) / CONFIG}: the stored state does not "
+                               f"fit a {name!r} detector ({type(exc).__name__}: {exc}); the folder is "
+                               "corrupted.") from exc
     return det
 
 
