@@ -95,6 +95,50 @@ def test_a_model_without_a_pad_id_or_bert_layers_is_refused():
         cm.adapt(gpt)
 
 
+class Classifier(torch.nn.Module):
+    """A BERT-style classifier of one's own: the encoder under ``encoder``, not ``bert``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        cfg = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=32, max_position_embeddings=16, pad_token_id=PAD,
+                                      initializer_range=0.3)
+        self.encoder = transformers.BertModel(cfg, add_pooling_layer=False)
+        self.head = torch.nn.Linear(16, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
+
+
+def test_a_bert_encoder_under_another_name_is_found_by_its_structure():
+    model = Classifier().eval()
+    adapter = cm.adapt(model)
+    assert isinstance(adapter, cm.HuggingFaceAdapter) and adapter.base == "encoder"
+    assert adapter.pad_token_id == PAD and adapter.n_layers == 2 and adapter.d_head == 8  # the encoder's config
+    hooks = [h.name for h in adapter.candidate_hooks()]
+    assert hooks[0] == "encoder.embeddings" and adapter.final_hook() == "encoder.encoder.layer.1.output" == hooks[-1]
+    x = tokens(8, 9, pad_from=6)
+    torch.testing.assert_close(adapter.forward(x), model(x, (x != PAD).long()))
+    det = cm.MahalanobisDetector(model, random_state=0).fit(tokens(40, 10, pad_from=7))
+    assert np.isfinite(det.score(x)).all()
+
+
+def test_a_model_without_a_bert_encoder_is_refused_naming_what_was_looked_for():
+    class Almost(torch.nn.Module):  # embeddings, and a module list, but not where an encoder keeps them
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings = torch.nn.Embedding(10, 4)
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+
+    with pytest.raises(cm.InputError, match=r"'embeddings' submodule and a module list 'encoder.layer'.*Almost has "
+                       r"none in any of its modules \(modules named 'embeddings': 'embeddings'; module lists: "
+                       r"'blocks'\)"):
+        cm.HuggingFaceAdapter(Almost())
+    with pytest.raises(cm.InputError, match="encoder='head'"):
+        cm.HuggingFaceAdapter(Classifier(), encoder="head")
+
+
 def test_patching_a_layer_output_with_the_source_run_gives_the_source_logits(bert):
     adapter = cm.adapt(bert)
     base, source = tokens(6, 1), tokens(6, 2)

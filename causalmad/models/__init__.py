@@ -12,7 +12,8 @@ Three adapters ship:
   (including the offline ``TransformerBridge.boot_native`` ones); inputs are token ids
   ``[batch, pos]``, hooks use TransformerLens names (``blocks.0.hook_resid_post``).
 * :class:`HuggingFaceAdapter` for Hugging Face ``transformers`` encoder classifiers of the
-  BERT family (``BertForSequenceClassification`` and kin); inputs are padded token ids
+  BERT family (``BertForSequenceClassification`` and kin, or a module of one's own around
+  a ``BertModel``: the encoder is found by its structure); inputs are padded token ids
   ``[batch, pos]``, hooks are module paths (``bert.encoder.layer.3.output``).
 * :class:`ModuleAdapter` for any ``nn.Module`` taking one float tensor; hooks are module
   paths (``net.1``).
@@ -27,7 +28,7 @@ from torch import nn
 
 from causalmad.errors import InputError
 from causalmad.models.base import CleanWindow, HookInfo, ModelAdapter
-from causalmad.models.huggingface import HuggingFaceAdapter
+from causalmad.models.huggingface import HuggingFaceAdapter, find_encoder
 from causalmad.models.module import ModuleAdapter
 from causalmad.models.transformer_lens import TransformerLensAdapter
 
@@ -60,4 +61,22 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     transformers = sys.modules.get("transformers")
     if transformers is not None and isinstance(model, transformers.PreTrainedModel):
         return HuggingFaceAdapter(model)
+    if transformers is not None and _wraps_encoder(model, transformers.PreTrainedModel):
+        return HuggingFaceAdapter(model)
     return ModuleAdapter(model)
+
+
+def _wraps_encoder(model: nn.Module, pretrained: type) -> bool:
+    """Whether ``model`` is a module of one's own around a Hugging Face BERT-style encoder
+    whose ``forward`` takes ``input_ids`` and ``attention_mask`` (what the adapter passes)."""
+    import inspect
+
+    if not any(isinstance(m, pretrained) for m in model.modules()):
+        return False
+    try:
+        params = inspect.signature(model.forward).parameters
+        find_encoder(model)
+    except (InputError, TypeError, ValueError):
+        return False
+    keywords = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return keywords or {"input_ids", "attention_mask"} <= set(params)

@@ -1,4 +1,5 @@
-"""The adapter for Hugging Face encoder classifiers of the BERT family."""
+"""The adapter for Hugging Face encoder classifiers of the BERT family, found by the
+encoder's structure (embeddings, then a module list of layers), not by its name."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ class HuggingFaceAdapter(ModelAdapter):
     positions are never attended to. The output is the model's ``.logits``
     (``[batch, classes]`` for a sequence classifier). Hooks are module paths; the
     candidate hooks alignment searches, per layer ``i`` of ``{base}.encoder.layer``
-    (``base`` = the model's ``base_model_prefix``, ``bert`` for BERT):
+    (``base`` = the encoder's module path, found by structure (:func:`find_encoder`):
+    ``bert`` for BERT, ``""`` for a bare ``BertModel``, ``encoder`` in a classifier of
+    one's own that keeps its ``BertModel`` there):
 
     * ``{base}.embeddings`` — the residual stream entering layer 0 (``resid_pre``);
     * ``{base}.encoder.layer.{i}.attention.output.dense`` — attention output before the
@@ -41,12 +44,17 @@ class HuggingFaceAdapter(ModelAdapter):
     linear classifier); for other heads it reruns the whole model.
 
     Args:
-        model: a ``transformers.PreTrainedModel`` with ``{base}.embeddings`` and an
-            ``{base}.encoder.layer`` module list.
-        pad_token_id: the pad id of the inputs (default: ``model.config.pad_token_id``).
+        model: a ``transformers.PreTrainedModel``, or any ``nn.Module`` whose ``forward``
+            takes ``input_ids`` and ``attention_mask`` and returns logits, holding a
+            BERT-style encoder: a module ``base`` with ``{base}.embeddings`` and an
+            ``{base}.encoder.layer`` module list, found by that structure whatever
+            ``base`` is called (:func:`find_encoder`).
+        pad_token_id: the pad id of the inputs (default: the ``config.pad_token_id`` of
+            the model, else of its encoder).
+        encoder: the encoder's module path, where the model holds more than one.
 
     Raises:
-        InputError: the model has no BERT-style layer stack or no pad id.
+        InputError: the model has no BERT-style layer stack, or several, or no pad id.
 
     Example:
         >>> from transformers import BertConfig, BertForSequenceClassification
@@ -61,26 +69,20 @@ class HuggingFaceAdapter(ModelAdapter):
 
     has_positions = True
 
-    def __init__(self, model: nn.Module, pad_token_id: int | None = None) -> None:
+    def __init__(self, model: nn.Module, pad_token_id: int | None = None, encoder: str | None = None) -> None:
         self.model = model
-        self.config: Any = getattr(model, "config", None)
-        prefix = str(getattr(model, "base_model_prefix", ""))
-        self.base = prefix if prefix and hasattr(model, prefix) else ""
         modules = dict(model.named_modules())
         self._names = [n for n in modules if n]
+        self.base = find_encoder(model) if encoder is None else _check_encoder(model, modules, encoder)
+        base_module = modules[self.base]
+        self.config: Any = getattr(model, "config", None) or getattr(base_module, "config", None)
         self._layers_path = self._path("encoder.layer")
-        layers = modules.get(self._layers_path)
-        if not isinstance(layers, nn.ModuleList) or self._path("embeddings") not in modules:
-            raise InputError(
-                f"HuggingFaceAdapter needs a BERT-family encoder ({self._path('embeddings')!r} and a module "
-                f"list {self._layers_path!r}); {type(model).__name__} has neither. Wrap the model in your own "
-                "ModelAdapter subclass instead."
-            )
+        layers = modules[self._layers_path]
         self.n_layers = len(layers)
         pad = pad_token_id if pad_token_id is not None else getattr(self.config, "pad_token_id", None)
         if pad is None:
             raise InputError(
-                f"{type(model).__name__}.config has no pad_token_id; pass HuggingFaceAdapter(model, "
+                f"{type(model).__name__}'s config has no pad_token_id; pass HuggingFaceAdapter(model, "
                 "pad_token_id=tokenizer.pad_token_id)."
             )
         self.pad_token_id = int(pad)
@@ -183,6 +185,74 @@ class HuggingFaceAdapter(ModelAdapter):
         watched = any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
         absolute = getattr(self.config, "position_embedding_type", "absolute") in (None, "absolute")
         return not watched and not self.model.training and absolute
+
+
+def _is_encoder(modules: dict[str, nn.Module], base: str) -> bool:
+    join = (lambda rest: f"{base}.{rest}") if base else (lambda rest: rest)
+    return join("embeddings") in modules and isinstance(modules.get(join("encoder.layer")), nn.ModuleList)
+
+
+def find_encoder(model: nn.Module) -> str:
+    """The module path of the BERT-style encoder inside ``model``: the module ``base``
+    with an ``embeddings`` submodule and an ``encoder.layer`` module list, found by that
+    structure whatever it is called (``bert`` in ``BertForSequenceClassification``,
+    ``roberta``, ``encoder`` in a user's own classifier, ``""`` for a bare ``BertModel``).
+    The model's ``base_model_prefix`` is tried first, then every module, shallowest first.
+
+    Raises:
+        InputError: no module has that structure (the message lists what was found), or
+            several at the same depth do (pass ``HuggingFaceAdapter(..., encoder=...)``).
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> class Classifier(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.encoder = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+        ...                                             num_attention_heads=2, intermediate_size=16))
+        >>> find_encoder(Classifier())
+        'encoder'
+    """
+    modules = dict(model.named_modules())
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    if prefix in modules and _is_encoder(modules, prefix):
+        return prefix
+    found = [n for n in modules if _is_encoder(modules, n)]
+    if not found:
+        raise InputError(_no_encoder(model, modules))
+    depth = min(_depth(n) for n in found)
+    shallowest = [n for n in found if _depth(n) == depth]
+    if len(shallowest) > 1:
+        raise InputError(f"{type(model).__name__} holds {len(shallowest)} BERT-style encoders at the same depth "
+                         f"({', '.join(map(repr, shallowest[:4]))}); name the one to use: "
+                         f"HuggingFaceAdapter(model, encoder={shallowest[0]!r}).")
+    return shallowest[0]
+
+
+def _depth(name: str) -> int:
+    return name.count(".") + 1 if name else 0
+
+
+def _check_encoder(model: nn.Module, modules: dict[str, nn.Module], encoder: str) -> str:
+    if not _is_encoder(modules, encoder):
+        raise InputError(f"encoder={encoder!r}: {_no_encoder(model, modules, encoder)}")
+    return encoder
+
+
+def _no_encoder(model: nn.Module, modules: dict[str, nn.Module], under: str | None = None) -> str:
+    """What was looked for and what was found instead, for the error of a model that has
+    no BERT-style encoder (under ``under``, or anywhere)."""
+    embeddings = [n for n in modules if n.rsplit(".", 1)[-1] == "embeddings"]
+    lists = [n for n, m in modules.items() if isinstance(m, nn.ModuleList)]
+
+    def some(names: list[str]) -> str:
+        return ", ".join(map(repr, names[:4])) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    where = f"under {under!r}" if under is not None else "in any of its modules"
+    return (f"HuggingFaceAdapter needs a BERT-family encoder: a module with an 'embeddings' submodule and a "
+            f"module list 'encoder.layer' ('BASE.embeddings' and 'BASE.encoder.layer'); {type(model).__name__} has "
+            f"none {where} (modules named 'embeddings': {some(embeddings) or 'none'}; module lists: "
+            f"{some(lists) or 'none'}). Wrap the model in your own ModelAdapter subclass instead.")
 
 
 def _bert_layer_first_token(block: Any, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
