@@ -26,6 +26,7 @@ from causalmad.errors import (
 )
 from causalmad.hypothesis import Hypothesis, Readout
 from causalmad.models import HuggingFaceAdapter, ModelAdapter, ModuleAdapter, TransformerLensAdapter, adapt
+from causalmad.progress import progress_bar, show_progress
 from causalmad.provenance import environment
 from causalmad.sites import Site
 from causalmad.task import Split, Task, available_tasks, load_task
@@ -68,4 +69,6 @@ __all__ = [
     "environment",
     "load_detector",
     "load_task",
+    "progress_bar",
+    "show_progress",
 ]

@@ -39,6 +39,7 @@ from causalmad.detectors import DETECTORS, ActivationDetector, Detector, Scrubbi
 from causalmad.errors import CausalMADError, InputError, TaskError, close_matches
 from causalmad.evaluation import evaluate_splits, scrubbing_ablation
 from causalmad.models import move_model
+from causalmad.progress import progress_bar, show_progress
 from causalmad.task import Split, Task, available_tasks, load_task
 
 logger = logging.getLogger(__name__)
@@ -201,10 +202,8 @@ def run_bench(
     records = read_records(out)
     done = {cell_of(r) for r in records if "size" in r and r.get("params", {}) == params.get(r["detector"], {})}
     summary = BenchSummary(out=out, records=records)
-    from tqdm.auto import tqdm
-
     recorded = set(task_names)
-    bar = tqdm(total=len(seeds) * len(task_names) * len(det_names), desc="bench", unit="cell", disable=not progress)
+    bar = progress_bar(len(seeds) * len(task_names) * len(det_names), "bench", unit="cell", enabled=progress)
     for seed in seeds:
         for task_name in task_names:
             # the splits a task has, as far as earlier runs wrote them: all finished => no load
@@ -217,7 +216,8 @@ def run_bench(
             bar.set_postfix_str(f"{task_name} seed {seed}: loading task")
             torch.manual_seed(seed)
             try:
-                task = load_task(task_name, size=size, seed=seed)
+                with show_progress(progress):  # the task's training, if it is not cached
+                    task = load_task(task_name, size=size, seed=seed)
             except TaskError as exc:  # a task that cannot be built here (an optional extra missing, say)
                 logger.error("task %s (seed %d) could not be loaded, its cells are skipped: %s", task_name, seed, exc)
                 summary.failed.append((task_name, "(loading the task)", seed, str(exc)))

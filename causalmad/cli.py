@@ -31,6 +31,7 @@ import torch
 
 from causalmad.errors import CausalMADError, CausalMADWarning, InputError, PersistenceError
 from causalmad.models import move_model
+from causalmad.progress import progress_bar, show_progress
 
 
 def _print_info(info: dict) -> None:
@@ -57,7 +58,8 @@ def _demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     print(f"[1/4] task {args.task!r} ({args.size}, seed {args.seed}): training or loading the model ...", flush=True)
-    task = load_task(args.task, size=args.size, seed=args.seed)
+    with show_progress(not args.quiet):
+        task = load_task(args.task, size=args.size, seed=args.seed)
     move_model(task.model, device)
     _print_info(task.info)
     print("[2/4] scrubbing detector: align, build and validate explanations, score ...", flush=True)
@@ -180,7 +182,8 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
         if args.model is not None:
             raise InputError("give either --task or --model, not both.")
         _say(args, f"task {task_name!r} ({args.size}, seed {args.seed}): training or loading the model ...")
-        task = load_task(task_name, size=args.size, seed=args.seed)
+        with show_progress(not args.quiet):
+            task = load_task(task_name, size=args.size, seed=args.seed)
         move_model(task.model, device)
         return task.model, task.hypothesis, task, {"task": task_name, "size": args.size, "seed": args.seed}
     if args.model is None:
@@ -367,8 +370,6 @@ def _load(args: argparse.Namespace, config: dict[str, Any]) -> Any:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from causalmad.inputs import ScoresWriter, atomic_write, read_inputs, scores_format
     from causalmad.persistence import read_config, remove_stale
 
@@ -393,7 +394,7 @@ def _score(args: argparse.Namespace) -> int:
     scores = np.full(len(data.inputs), np.nan)
     with atomic_write(out) as f:
         writer = ScoresWriter(f, fmt)
-        with tqdm(total=len(data.inputs), desc="scoring", unit="input", disable=args.quiet) as bar:
+        with progress_bar(len(data.inputs), "scoring", unit="input", enabled=not args.quiet) as bar:
             for start in range(0, len(data.inputs), args.chunk):
                 part = det.score(data.inputs[start : start + args.chunk])
                 for i, s in enumerate(part, start):

@@ -31,6 +31,7 @@ import torch
 from causalmad.hypothesis import Readout
 from causalmad.interventions import Patch, capture, run_patched, to_device
 from causalmad.models import CleanWindow, ModelAdapter
+from causalmad.progress import progress_bar
 from causalmad.sites import Site
 
 Values = list[dict[str, Hashable]]
@@ -437,8 +438,6 @@ def scrub_many(
         source although every value occurs in trusted data) and the ``[n, E]`` mask of
         inputs on which some rule found no agreeing trusted source.
     """
-    from tqdm.auto import tqdm
-
     n, k, n_expl = len(inputs), resamples, len(explanations)
     keys = row_keys(inputs) if keys is None else keys
     unmatched = np.zeros((n, n_expl), dtype=bool)
@@ -471,8 +470,8 @@ def scrub_many(
         per_input += row_bytes * 2 * (hook in kv_points)  # clean keys and values
     chunk, rows_per_pass = _budget(adapter, example, explanations, pool, memory_mb, per_input, n, batch_size)
     groups = _merge_small_windows(groups, min(n, chunk) * k, rows_per_pass)
-    bar = tqdm(total=n * k * n_expl, desc=f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
-               disable=not progress, leave=False)
+    bar = progress_bar(n * k * n_expl, f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
+                       enabled=progress, leave=False)
     device = adapter.device
     # the divergences add up where the model runs: no copy to the host (a synchronisation
     # on a GPU) per pass, one at the end

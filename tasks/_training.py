@@ -149,12 +149,15 @@ def train_to_spec(
     # a round is a one-cycle schedule of its own: at least 20 steps, so that its warm-up has a step
     rounds = [(steps, lr)] + [(max(20, round(ROUND_FRACTION * steps)), ROUND_LR * lr)] * EXTRA_ROUNDS
     taken, values, unmet, history = 0, {}, list(criteria), []
-    for n, peak in rounds:
+    for r, (n, peak) in enumerate(rounds):
         model.train()
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=n, pct_start=pct_start)
-        for _ in range(n):
-            step()
-            sched.step()
+        what = f"training {task}" + (f" (extra round {r} of at most {EXTRA_ROUNDS})" if r else "")
+        with cm.progress_bar(n, what, unit="step") as bar:  # shown inside cm.show_progress(), as the CLI does
+            for _ in range(n):
+                step()
+                sched.step()
+                bar.update(1)
         taken += n
         model.eval()
         with torch.no_grad():
