@@ -370,7 +370,11 @@ def _load(args: argparse.Namespace, config: dict[str, Any]) -> Any:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from causalmad.inputs import ScoresWriter, atomic_write, read_inputs, scores_format
+    """Score an inputs file chunk by chunk (``--chunk`` inputs at a time), writing each
+    chunk's scores as it goes: memory holds one chunk, whatever the file's length (all of
+    the file with ``--report``, which shows the top inputs). The file is read through once
+    first, so a bad input stops the run before the model loads."""
+    from causalmad.inputs import ScoresWriter, atomic_write, count_inputs, iter_inputs, scores_format
     from causalmad.persistence import read_config, remove_stale
 
     if args.chunk < 1:
@@ -382,35 +386,55 @@ def _score(args: argparse.Namespace) -> int:
                    {"the inputs file": args.inputs, "the detector folder": args.detector_dir, **_code_files(args)})
     fmt = scores_format(out)
     config = read_config(args.detector_dir, args.trust_modified)  # a bad folder fails here, before anything runs
-    data = read_inputs(args.inputs, config["input_shape"], config["input_dtype"])
+    shape, dtype = config["input_shape"], config["input_dtype"]
+    n = count_inputs(args.inputs, shape, dtype, args.chunk)  # every input checked before the model loads
     det = _load(args, config)
-    _check_rows(det, data, args.inputs)
     for target in (out, args.report):
         if target:
             remove_stale(target)
     threshold = det.threshold(args.fpr)
     if hasattr(det, "progress"):
         det.progress = False
-    scores = np.full(len(data.inputs), np.nan)
+    _say(args, f"scoring {n} inputs in chunks of {min(args.chunk, n)}")
+    kept: list[Any] = []  # the chunks, for --report only
+    flagged, t0 = 0, time.perf_counter()
     with atomic_write(out) as f:
         writer = ScoresWriter(f, fmt)
-        with progress_bar(len(data.inputs), "scoring", unit="input", enabled=not args.quiet) as bar:
-            for start in range(0, len(data.inputs), args.chunk):
-                part = det.score(data.inputs[start : start + args.chunk])
-                for i, s in enumerate(part, start):
-                    scores[i] = s
-                    writer.write(i, data.ids[i], s, bool(s > threshold))
-                bar.update(len(part))
-    flagged = int((scores > threshold).sum())
-    _say(args, f"wrote {out}: {len(scores)} inputs, {flagged} flagged at FPR {args.fpr} (threshold {threshold:.4g})")
+        with progress_bar(n, "scoring", unit="input", enabled=not args.quiet) as bar:
+            for part in iter_inputs(args.inputs, shape, dtype, args.chunk):
+                _check_rows(det, part, args.inputs)
+                scores = det.score(part.inputs)
+                for i, s in enumerate(scores):
+                    writer.write(part.offset + i, part.ids[i], s, bool(s > threshold))
+                flagged += int((scores > threshold).sum())
+                if args.report:
+                    kept.append((part.inputs, part.ids, scores))
+                if part.offset == 0 and len(part.inputs) < n:
+                    bar.note(_eta(len(part.inputs), n, time.perf_counter() - t0))
+                bar.update(len(part.inputs))
+    _say(args, f"wrote {out}: {n} inputs, {flagged} flagged at FPR {args.fpr} (threshold {threshold:.4g})")
     if args.report:
         from causalmad.report import html_report
 
+        inputs, ids = torch.cat([k[0] for k in kept]), [i for k in kept for i in k[1]]
         with atomic_write(args.report) as f:
-            f.write(html_report(det, data.inputs, scores, data.ids, fpr=args.fpr, top=args.top,
+            f.write(html_report(det, inputs, np.concatenate([k[2] for k in kept]), ids, fpr=args.fpr, top=args.top,
                                 title=f"causalmad report: {Path(args.inputs).name}"))
         _say(args, f"wrote {args.report}")
     return 3 if args.fail_on_flag and flagged else 0
+
+
+def _eta(done: int, total: int, seconds: float) -> str:
+    """What the first chunk says of the whole run's time."""
+    rate = done / seconds if seconds > 0 else math.inf
+    left = (total - done) / rate
+    return (f"first {done} inputs in {seconds:.1f} s ({rate:.3g} inputs/s): about "
+            f"{_duration(left)} more for the other {total - done}")
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def _check_rows(det: Any, data: Any, path: str) -> None:

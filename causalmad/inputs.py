@@ -11,6 +11,11 @@ Inputs files:
 * **PyTorch** (``.pt``, loaded with ``weights_only=True``, which rebuilds tensors and
   plain containers only): one tensor ``[n, ...]``.
 
+:func:`read_inputs` reads a file whole; :func:`iter_inputs` reads it in chunks of a
+given number of inputs, in memory that does not grow with the file (JSON lines are read
+line by line, ``.npy`` files memory-mapped; a ``.pt`` file is loaded whole), checking
+every input as :func:`read_inputs` does.
+
 Integers must fit the model's integer type and numbers its float type (a float32 model
 refuses 1e39 rather than reading infinity); NaN and infinities are refused. Errors name
 the file and the line (JSON lines) or row (arrays).
@@ -100,14 +105,17 @@ def _check_numbers(value: Any, dtype: torch.dtype) -> None:
 
 @dataclass
 class InputsFile:
-    """What :func:`read_inputs` read: the inputs, their ids, and each one's line."""
+    """What :func:`read_inputs` read (or one chunk of :func:`iter_inputs`): the inputs,
+    their ids, each one's line (0 for array files), and the file's row number of the
+    first (``offset``)."""
 
     inputs: torch.Tensor
     ids: list[Any]
     lines: list[int]
+    offset: int = 0
 
     def where(self, row: int, path: str | Path) -> str:
-        return f"{path} line {self.lines[row]}" if self.lines[row] else f"{path} row {row}"
+        return f"{path} line {self.lines[row]}" if self.lines[row] else f"{path} row {self.offset + row}"
 
 
 def read_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str) -> InputsFile:
@@ -125,15 +133,7 @@ def read_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str) -> In
     Raises:
         InputError: the file is missing, unreadable or damaged, or an input is bad.
     """
-    path = Path(path)
-    torch_dtype = _dtype(dtype)
-    want = None if shape is None else tuple(shape)
-    if not path.exists():
-        raise InputError(f"{path}: no such file.")
-    if path.is_dir():
-        raise InputError(f"{path}: a folder, not an inputs file.")
-    if path.suffix not in FORMATS:
-        raise InputError(f"{path}: unknown inputs format {path.suffix!r}; use .jsonl (JSON lines), .npy or .pt.")
+    path, torch_dtype, want = _check_path(path, shape, dtype)
     try:
         if path.suffix == ".npy":
             return _read_npy(path, want, torch_dtype)
@@ -144,10 +144,76 @@ def read_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str) -> In
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
 
 
-def _read_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> InputsFile:
-    rows: list[Any] = []
-    ids: list[Any] = []
-    lines: list[int] = []
+def _check_path(path: str | Path, shape: Sequence[int] | None,
+                dtype: str) -> tuple[Path, torch.dtype, tuple[int, ...] | None]:
+    path = Path(path)
+    torch_dtype = _dtype(dtype)
+    if not path.exists():
+        raise InputError(f"{path}: no such file.")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not an inputs file.")
+    if path.suffix not in FORMATS:
+        raise InputError(f"{path}: unknown inputs format {path.suffix!r}; use .jsonl (JSON lines), .npy or .pt.")
+    return path, torch_dtype, None if shape is None else tuple(shape)
+
+
+def iter_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str, chunk: int) -> Iterator[InputsFile]:
+    """Read an inputs file in chunks of ``chunk`` inputs (the last may be shorter), each
+    an :class:`InputsFile` whose ``offset`` is its first input's row in the file.
+
+    Memory holds one chunk, whatever the file's length: JSON lines are read line by line,
+    ``.npy`` files memory-mapped (a ``.pt`` file is loaded whole). Each input is checked
+    as :func:`read_inputs` checks it, as its chunk is read: a bad input raises when its
+    chunk comes, after the chunks before it were yielded. Reading the file once through
+    (as ``causalmad score`` does before loading the model) finds every bad input first.
+    The inputs are equal, bit for bit, to :func:`read_inputs`'s rows.
+
+    Args:
+        path: a ``.jsonl``/``.json``, ``.npy`` or ``.pt`` file.
+        shape: each input's shape; ``None`` takes the first input's.
+        dtype: the model's input dtype.
+        chunk: inputs per chunk, at least 1.
+
+    Raises:
+        InputError: as :func:`read_inputs`.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        ...     for row in ([1, 2], [3, 4], [5, 6]):
+        ...         print(row, file=f)
+        >>> [(part.offset, part.inputs.tolist()) for part in iter_inputs(f.name, [2], "int64", chunk=2)]
+        [(0, [[1, 2], [3, 4]]), (2, [[5, 6]])]
+    """
+    if chunk < 1:
+        raise InputError(f"chunk {chunk}: read at least 1 input per chunk.")
+    path, torch_dtype, want = _check_path(path, shape, dtype)
+    try:
+        if path.suffix == ".npy":
+            yield from _iter_npy(path, want, torch_dtype, chunk)
+        elif path.suffix == ".pt":
+            whole = _read_pt(path, want, torch_dtype)
+            for a in range(0, len(whole.inputs), chunk):
+                yield InputsFile(whole.inputs[a : a + chunk], whole.ids[a : a + chunk], whole.lines[a : a + chunk], a)
+        else:
+            yield from _iter_jsonl(path, want, torch_dtype, chunk)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+
+
+def count_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str, chunk: int = 4096) -> int:
+    """The number of inputs in an inputs file, every one checked as :func:`read_inputs`
+    checks it, in the memory of one chunk.
+
+    Raises:
+        InputError: as :func:`read_inputs`, for the first bad input.
+    """
+    return sum(len(part.inputs) for part in iter_inputs(path, shape, dtype, chunk))
+
+
+def _jsonl_rows(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> Iterator[tuple[Any, Any, int]]:
+    """``(value, id, line)`` of each input of a JSON-lines file, checked, in order."""
+    count = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path} line {lineno}"
@@ -160,15 +226,62 @@ def _read_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -
                 line = line.removeprefix("\ufeff")  # the byte-order mark some editors write
             if not line.strip():
                 continue
-            value, ident = parse_line(line, where, shape, dtype, len(rows))
+            value, ident = parse_line(line, where, shape, dtype, count)
             if shape is None:
                 shape = _shape(value)
-            rows.append(value)
-            ids.append(ident)
-            lines.append(lineno)
-    if not rows:
+            count += 1
+            yield value, ident, lineno
+    if not count:
         raise InputError(f"{path}: no inputs in the file.")
+
+
+def _read_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> InputsFile:
+    rows: list[Any] = []
+    ids: list[Any] = []
+    lines: list[int] = []
+    for value, ident, lineno in _jsonl_rows(path, shape, dtype):
+        rows.append(value)
+        ids.append(ident)
+        lines.append(lineno)
     return InputsFile(torch.tensor(rows, dtype=dtype), ids, lines)
+
+
+def _iter_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chunk: int) -> Iterator[InputsFile]:
+    rows: list[Any] = []
+    ids: list[Any] = []
+    lines: list[int] = []
+    offset = 0
+    for value, ident, lineno in _jsonl_rows(path, shape, dtype):
+        rows.append(value)
+        ids.append(ident)
+        lines.append(lineno)
+        if len(rows) == chunk:
+            yield InputsFile(torch.tensor(rows, dtype=dtype), ids, lines, offset)
+            offset += len(rows)
+            rows, ids, lines = [], [], []
+    if rows:
+        yield InputsFile(torch.tensor(rows, dtype=dtype), ids, lines, offset)
+
+
+def _iter_npy(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chunk: int) -> Iterator[InputsFile]:
+    """Chunks of a ``.npy`` file, memory-mapped; a file that cannot be mapped (damaged,
+    an archive, a kind of array that cannot be mapped) is read whole, which gives the
+    same inputs or the same error as :func:`read_inputs`."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        mapped = isinstance(arr, np.ndarray)
+    except Exception:  # damaged, or unmappable: the whole read says which
+        mapped = False
+    if not mapped:
+        whole = _read_npy(path, shape, dtype)
+        for a in range(0, len(whole.inputs), chunk):
+            yield InputsFile(whole.inputs[a : a + chunk], whole.ids[a : a + chunk], whole.lines[a : a + chunk], a)
+        return
+    if arr.ndim == 0 or len(arr) == 0:
+        yield _from_array(path, arr, str(arr.dtype), shape, dtype)  # refused, as read whole
+        return
+    for a in range(0, len(arr), chunk):
+        yield _from_array(path, arr[a : a + chunk], str(arr.dtype), shape, dtype, a)
 
 
 def _read_npy(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> InputsFile:
@@ -202,8 +315,9 @@ def _read_pt(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> I
 
 
 def _from_array(path: Path, arr: np.ndarray, stored: str, shape: tuple[int, ...] | None,
-                dtype: torch.dtype) -> InputsFile:
-    """Inputs from an array file, checked like a JSON lines file (rows named by number)."""
+                dtype: torch.dtype, offset: int = 0) -> InputsFile:
+    """Inputs from an array file (or rows ``offset`` on of one), checked like a JSON
+    lines file (rows named by number)."""
     integer = not dtype.is_floating_point
     if arr.ndim == 0:
         raise InputError(f"{path}: holds a single value, not an array [n, ...] of inputs.")
@@ -224,9 +338,12 @@ def _from_array(path: Path, arr: np.ndarray, stored: str, shape: tuple[int, ...]
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = next(v for v in flat[row].tolist() if _range_error(v, dtype))
-        raise InputError(f"{path} row {row}: {_range_error(value, dtype)}.")
+        raise InputError(f"{path} row {offset + row}: {_range_error(value, dtype)}.")
     host = np.ascontiguousarray(arr, dtype=np.int64 if integer else np.float64)
-    return InputsFile(torch.from_numpy(host).to(dtype), list(range(len(arr))), [0] * len(arr))
+    if not host.flags.writeable:  # a view of a memory-mapped file: the chunk gets memory of its own
+        host = host.copy()
+    return InputsFile(torch.from_numpy(host).to(dtype), list(range(offset, offset + len(arr))), [0] * len(arr),
+                      offset)
 
 
 def _first_line(exc: BaseException) -> str:

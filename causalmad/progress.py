@@ -143,6 +143,14 @@ class Progress:
             text += f", ETA {_duration((self.total - self.n) / rate if rate else math.inf)}"
         return text
 
+    def note(self, text: str) -> None:
+        """One line of its own (an estimate, say), written above the bar on a terminal."""
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        elif self.mode == "lines":
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
     def set_postfix_str(self, text: str) -> None:
         """A short note shown after the count (what is being worked on)."""
         self.postfix = text
