@@ -25,7 +25,14 @@ from causalmad.errors import (
     TaskError,
 )
 from causalmad.hypothesis import Hypothesis, Readout
-from causalmad.models import HuggingFaceAdapter, ModelAdapter, ModuleAdapter, TransformerLensAdapter, adapt
+from causalmad.models import (
+    HuggingFaceAdapter,
+    HuggingFaceCausalLMAdapter,
+    ModelAdapter,
+    ModuleAdapter,
+    TransformerLensAdapter,
+    adapt,
+)
 from causalmad.progress import progress_bar, show_progress
 from causalmad.provenance import environment
 from causalmad.sites import Site
@@ -41,6 +48,7 @@ __all__ = [
     "CausalMADError",
     "Detector",
     "HuggingFaceAdapter",
+    "HuggingFaceCausalLMAdapter",
     "Hypothesis",
     "HypothesisError",
     "InputError",

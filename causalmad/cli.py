@@ -299,7 +299,7 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 def _fit(args: argparse.Namespace) -> int:
     from causalmad.detectors import DETECTORS
-    from causalmad.models import TransformerLensAdapter, adapt
+    from causalmad.models import HuggingFaceAdapter, HuggingFaceCausalLMAdapter, TransformerLensAdapter, adapt
     from causalmad.persistence import check_replaceable, remove_stale, save_detector
 
     if args.detector not in DETECTORS:
@@ -320,7 +320,8 @@ def _fit(args: argparse.Namespace) -> int:
     if task is not None:
         trusted = task.trusted
     # token ids for transformers, numbers for other modules
-    dtype = "int64" if isinstance(adapt(model), TransformerLensAdapter) else "float32"
+    token_ids = (TransformerLensAdapter, HuggingFaceAdapter, HuggingFaceCausalLMAdapter)
+    dtype = "int64" if isinstance(adapt(model), token_ids) else "float32"
     if task is None:
         trusted = _read_any_shape(args.trusted, dtype)
     cls = DETECTORS[args.detector]

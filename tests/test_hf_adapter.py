@@ -92,7 +92,8 @@ def test_a_model_without_a_pad_id_or_bert_layers_is_refused():
     assert cm.HuggingFaceAdapter(transformers.BertForSequenceClassification(cfg), pad_token_id=0).pad_token_id == 0
     gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
     with pytest.raises(cm.InputError, match="BERT-family"):
-        cm.adapt(gpt)
+        cm.HuggingFaceAdapter(gpt)
+    assert isinstance(cm.adapt(gpt), cm.HuggingFaceCausalLMAdapter)  # a decoder: tests/test_hf_causal_lm.py
 
 
 class Classifier(torch.nn.Module):

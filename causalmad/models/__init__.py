@@ -6,7 +6,7 @@ to), and lists the candidate hooks that alignment searches. Everything above thi
 (interventions, alignment, scrubbing, detectors) talks to an adapter only, so supporting a
 new kind of model means adding one adapter module here.
 
-Three adapters ship:
+Four adapters ship:
 
 * :class:`TransformerLensAdapter` for TransformerLens ``TransformerBridge`` models
   (including the offline ``TransformerBridge.boot_native`` ones); inputs are token ids
@@ -15,6 +15,9 @@ Three adapters ship:
   BERT family (``BertForSequenceClassification`` and kin, or a module of one's own around
   a ``BertModel``: the encoder is found by its structure); inputs are padded token ids
   ``[batch, pos]``, hooks are module paths (``bert.encoder.layer.3.output``).
+* :class:`HuggingFaceCausalLMAdapter` for Hugging Face decoder-only causal language
+  models (GPT-2, Llama, GPT-NeoX and kin); inputs are left-padded token ids ``[batch,
+  pos]``, hooks are module paths (``model.layers.1``).
 * :class:`ModuleAdapter` for any ``nn.Module`` taking one float tensor; hooks are module
   paths (``net.1``).
 """
@@ -28,11 +31,16 @@ from torch import nn
 
 from causalmad.errors import InputError
 from causalmad.models.base import CleanWindow, HookInfo, ModelAdapter
-from causalmad.models.huggingface import HuggingFaceAdapter, find_encoder
+from causalmad.models.huggingface import (
+    HuggingFaceAdapter,
+    HuggingFaceCausalLMAdapter,
+    find_decoder,
+    find_encoder,
+)
 from causalmad.models.module import ModuleAdapter
 from causalmad.models.transformer_lens import TransformerLensAdapter
 
-__all__ = ["CleanWindow", "HookInfo", "HuggingFaceAdapter", "ModelAdapter", "ModuleAdapter", "TransformerLensAdapter",
+__all__ = ["CleanWindow", "HookInfo", "HuggingFaceAdapter", "HuggingFaceCausalLMAdapter", "ModelAdapter", "ModuleAdapter", "TransformerLensAdapter",
            "adapt", "move_model"]
 
 
@@ -60,10 +68,23 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     # a transformers model can only exist once transformers is imported: never import it here
     transformers = sys.modules.get("transformers")
     if transformers is not None and isinstance(model, transformers.PreTrainedModel):
-        return HuggingFaceAdapter(model)
+        return _hugging_face(model)
     if transformers is not None and _wraps_encoder(model, transformers.PreTrainedModel):
         return HuggingFaceAdapter(model)
     return ModuleAdapter(model)
+
+
+def _hugging_face(model: nn.Module) -> ModelAdapter:
+    """A BERT-style encoder's adapter, else a decoder-only causal LM's, by structure."""
+    try:
+        find_encoder(model)
+    except InputError as not_encoder:
+        try:
+            find_decoder(model)
+        except InputError as not_decoder:
+            raise InputError(f"{not_encoder} Nor is it a decoder-only language model: {not_decoder}") from None
+        return HuggingFaceCausalLMAdapter(model)
+    return HuggingFaceAdapter(model)
 
 
 def _wraps_encoder(model: nn.Module, pretrained: type) -> bool:

@@ -286,3 +286,133 @@ def _logits_of(out: object) -> torch.Tensor:
         f"The model returned a {type(out).__name__} without .logits; causalmad needs a classification "
         "model (e.g. BertForSequenceClassification) whose output carries logits."
     )
+
+
+class HuggingFaceCausalLMAdapter(ModelAdapter):
+    """Adapter for a Hugging Face decoder-only causal language model (GPT-2, Llama,
+    GPT-NeoX / Pythia, Mistral and kin: ``*ForCausalLM``).
+
+    The decoder is found by structure, not by name: the input embeddings
+    (``get_input_embeddings()``) and the module list of ``config.num_hidden_layers``
+    blocks (``transformer.h`` in GPT-2, ``model.layers`` in Llama, ``gpt_neox.layers`` in
+    GPT-NeoX). Inputs are token ids ``[batch, pos]``; with a pad id, padded positions are
+    masked out of attention and position ids count real tokens only, so **left** padding
+    keeps every row's last token at position ``-1`` (the readout ``Readout(position=-1)``
+    reads it). The output is the logits ``[batch, pos, vocab]``. Hooks are module paths;
+    the candidate hooks alignment searches, per block ``i`` of the layer list ``L``:
+
+    * the input embeddings (``resid_pre`` of block 0; the token embeddings alone in GPT-2,
+      which adds its position embeddings after them);
+    * ``L.{i}.{attention}`` — the attention output before the residual sum (``attn_out``);
+    * ``L.{i}.mlp`` — the MLP output before the residual sum (``mlp_out``);
+    * ``L.{i}`` — the block's output, the residual stream after block ``i`` (``resid_post``).
+
+    Args:
+        model: a ``transformers`` causal language model.
+        pad_token_id: the pad id of padded inputs (default: ``config.pad_token_id``;
+            ``None``: inputs are not padded).
+
+    Raises:
+        InputError: the model has no input embeddings or no list of decoder blocks.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> cfg = GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2, n_positions=16)
+        >>> adapter = HuggingFaceCausalLMAdapter(GPT2LMHeadModel(cfg).eval())
+        >>> adapter.final_hook()
+        'transformer.h.1'
+        >>> adapter.forward(torch.tensor([[2, 7, 9, 3]])).shape
+        torch.Size([1, 4, 20])
+    """
+
+    has_positions = True
+
+    def __init__(self, model: nn.Module, pad_token_id: int | None = None) -> None:
+        self.model = model
+        self.config: Any = getattr(model, "config", None)
+        modules = dict(model.named_modules())
+        self._names = [n for n in modules if n]
+        self._layers_path, self._embed_path = find_decoder(model)
+        layers = modules[self._layers_path]
+        self.n_layers = len(layers)  # type: ignore[arg-type]
+        self._attn = {i: _attention_child(block) for i, block in enumerate(layers.children())}
+        pad = pad_token_id if pad_token_id is not None else getattr(self.config, "pad_token_id", None)
+        self.pad_token_id = None if pad is None else int(pad)
+        self.vocab_size = int(getattr(self.config, "vocab_size", 0) or 0)
+        self.max_positions = int(getattr(self.config, "max_position_embeddings", 0) or 0)
+
+    def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``[batch, pos]`` 1 where a token is not padding (all 1 without a pad id)."""
+        if self.pad_token_id is None:
+            return torch.ones_like(inputs)
+        return (inputs != self.pad_token_id).long()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        mask = self.attention_mask(inputs)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+        out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions, use_cache=False)
+        return _logits_of(out)
+
+    def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        padding = "" if self.pad_token_id is None else f" (left-padded with pad id {self.pad_token_id})"
+        x = _check_token_ids(inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size, padding)
+        if self.pad_token_id is not None:
+            empty = (x == self.pad_token_id).all(1)
+            if empty.any():
+                raise InputError(
+                    f"{what} contain {int(empty.sum())} row(s) made only of the pad id {self.pad_token_id} "
+                    f"(first at index {int(empty.nonzero()[0])}); every row needs at least one real token."
+                )
+        return x
+
+    def hook_names(self) -> list[str]:
+        return self._names
+
+    def candidate_hooks(self) -> list[HookInfo]:
+        names = set(self._names)
+        hooks = [HookInfo(self._embed_path, 0, "resid_pre")]
+        for i in range(self.n_layers):
+            block = f"{self._layers_path}.{i}"
+            for suffix, component in ((self._attn[i], "attn_out"), ("mlp", "mlp_out")):
+                if suffix and f"{block}.{suffix}" in names:
+                    hooks.append(HookInfo(f"{block}.{suffix}", i, component))
+            hooks.append(HookInfo(block, i, "resid_post"))
+        return hooks
+
+    def final_hook(self) -> str:
+        return f"{self._layers_path}.{self.n_layers - 1}"
+
+
+def find_decoder(model: nn.Module) -> tuple[str, str]:
+    """``(layers, embeddings)``: the module paths of a causal LM's list of decoder blocks
+    (the module list of ``config.num_hidden_layers`` blocks, the shallowest if several)
+    and of its input embeddings.
+
+    Raises:
+        InputError: no input embeddings, or no such module list; the message says what
+            was looked for and what was found.
+    """
+    modules = dict(model.named_modules())
+    where = {id(m): n for n, m in modules.items()}
+    getter = getattr(model, "get_input_embeddings", None)
+    embed = getter() if callable(getter) else None
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [name for name, m in modules.items() if isinstance(m, nn.ModuleList) and len(m) and (n is None or len(m) == n)]
+    if embed is None or id(embed) not in where or not lists:
+        found = [name for name, m in modules.items() if isinstance(m, nn.ModuleList)]
+        raise InputError(
+            f"HuggingFaceCausalLMAdapter needs a decoder-only language model: input embeddings "
+            f"(get_input_embeddings()) and a module list of config.num_hidden_layers={n} blocks; "
+            f"{type(model).__name__} has {'input embeddings' if embed is not None else 'no input embeddings'} and "
+            f"module lists {found[:4] or 'none'}. Wrap the model in your own ModelAdapter subclass instead."
+        )
+    return min(lists, key=_depth), where[id(embed)]
+
+
+def _attention_child(block: nn.Module) -> str | None:
+    """The name of a decoder block's attention module (``attn``, ``self_attn``,
+    ``attention``), whose first output is the attention output; ``None`` if none."""
+    for name, _ in block.named_children():
+        if name in ("attn", "self_attn", "attention"):
+            return name
+    return None
