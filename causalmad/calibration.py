@@ -52,8 +52,8 @@ def _log_upper(column: np.ndarray, d: np.ndarray, floor: float) -> np.ndarray:
     return np.where(d > u, log_tail, log_p)
 
 
-def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: float, two_sided: bool = True
-                 ) -> np.ndarray:
+def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: float,
+                 two_sided: bool | Sequence[bool] | np.ndarray = True) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
     under each column's trusted distribution (``trusted_sorted`` from
     :func:`sorted_columns`); logs, because past every trusted value the tail probability
@@ -65,11 +65,13 @@ def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: flo
     that noise would rank inputs as finely as a real signal (uniform p-values, on every
     input alike, which a combination must then pay for), at the resolution it is a tie
     and every p-value is 1. NaN divergences (untestable cells) and columns without trusted
-    values give NaN. ``two_sided=False``: the upper tail alone.
+    values give NaN. ``two_sided``: one flag for every column, or one per column; ``False``:
+    the upper tail alone.
     """
     d = np.floor(np.asarray(divergences, dtype=np.float64) / floor) * floor
     trusted_sorted = np.floor(trusted_sorted / floor) * floor
     out = np.full(d.shape, np.nan)
+    sides = np.broadcast_to(np.asarray(two_sided, dtype=bool), (d.shape[1],))
     for j in range(d.shape[1]):
         col = trusted_sorted[:, j]
         col = col[np.isfinite(col)]
@@ -77,7 +79,7 @@ def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: flo
         if len(col) == 0 or not ok.any():
             continue
         x = d[ok, j]
-        if not two_sided:
+        if not sides[j]:
             out[ok, j] = _log_upper(col, x, floor)
             continue
         lowest = np.minimum(_log_upper(col, x, floor), _log_upper(-col[::-1], -x, floor))

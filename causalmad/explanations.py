@@ -67,8 +67,13 @@ def hypothesis_explanations(
             for var, cands in usable.items():
                 family.append(Explanation(f"variable {var} at {cands[0].key}", "hypothesis-subset",
                                           [Resample(s, (var,)) for s in cands[0].sites], (var,)))
-            for var, cands in usable.items():  # ... and interchanged with a differing source
-                for c in cands[:INTERCHANGE_SITES]:
+            # ... and interchanged with a differing source, except where the readout reads:
+            # the whole stream at ``final_hook`` copies the source's answer, which any
+            # mechanism does, so an interchange there tests nothing
+            final = adapter.final_hook()
+            for var, cands in usable.items():
+                inner = [c for c in cands if any(s.hook != final or s.basis is not None for s in c.sites)]
+                for c in inner[:INTERCHANGE_SITES]:
                     family.append(Explanation(f"interchange {var} at {c.key}", "hypothesis-interchange",
                                               [Resample(s, (var,)) for s in c.sites], (var,), target=var))
     # output mechanisms: each output computed from its parents only

@@ -31,6 +31,7 @@ batch it is computed in.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -193,38 +194,12 @@ def scrub_input_cut(
     agree = np.full((n, n_scrubs), np.nan)
     if n == 0 or n_scrubs == 0:
         return div, agree
-    mask_t = torch.as_tensor(masks)
-    inner = [v for v in hypothesis.variables if v not in set(hypothesis.inputs)]
     # f(x) at the readouts, which base scrubs compare with (dual scrubs compare with the hypothesis)
     clean = _forward(adapter, inputs, readouts, batch_size) if "base" in directions else []
     for s, direction in enumerate(directions):
-        m = mask_t[s]
         k = resamples if direction == "base" or dual_resamples is None else dual_resamples
-        want = k if direction == "dual" else candidates * k
-        picks = draws(keys, f"{seed}|input-cut|{s}", want + 1) % np.uint64(len(pool_inputs))
-        rows, owner, classes = [], [], []
-        for i in range(n):
-            others = [int(j) for j in picks[i] if pool_keys[j] != keys[i]][:want]
-            if direction == "dual":
-                for h in torch.where(m, inputs[i], pool_inputs[others]):
-                    hv = _values_or_none(hypothesis, h)
-                    if hv is not None:
-                        rows.append(h[None])
-                        owner.append(i)
-                        classes.append(_classes(hypothesis, hv))
-                continue
-            kept = 0
-            for j in others:
-                hybrid = torch.where(m, pool_inputs[j], inputs[i])
-                if torch.equal(hybrid, inputs[i]):  # the source shares these parts: no intervention
-                    continue
-                hv = _values_or_none(hypothesis, hybrid)
-                if hv is not None and all(hv[v] == values[i][v] for v in inner):
-                    rows.append(hybrid[None])
-                    owner.append(i)
-                    kept += 1
-                    if kept == k:
-                        break
+        rows, owner, classes = hybrids(hypothesis, masks[s], direction, inputs, values, keys, pool_inputs,
+                                       pool_keys, k, seed, candidates)
         if not owner:
             continue
         scrubbed = _forward(adapter, torch.cat(rows), readouts, batch_size)
@@ -238,6 +213,76 @@ def scrub_input_cut(
             cell = kl_divergence([c[who] for c in clean], scrubbed)
         div[:, s] = _mean_by(cell.double(), who, n)
     return div, agree
+
+
+def hybrids(
+    hypothesis: Hypothesis,
+    mask: np.ndarray,
+    direction: str,
+    inputs: torch.Tensor,
+    values: Values,
+    keys: np.ndarray,
+    pool_inputs: torch.Tensor,
+    pool_keys: np.ndarray,
+    k: int,
+    seed: int = 0,
+    candidates: int = 4,
+    stop_after: int | None = None,
+) -> tuple[list[torch.Tensor], list[int], list[list[int]]]:
+    """The hybrids of one input-cut scrub (parts ``mask``, in ``direction``): up to ``k`` per input, as ``rows`` (``[1, ...]`` each), the input each belongs to,
+    and (dual) the output classes the hypothesis predicts for each. A base hybrid takes
+    ``mask``'s parts from one of ``candidates * k`` drawn trusted sources and is kept
+    where every inner hypothesis value stays the input's; a dual hybrid puts the input's
+    parts into a drawn trusted base and is kept where the hypothesis is defined on it.
+    ``stop_after``: return once that many inputs have a hybrid."""
+    m = torch.as_tensor(mask)
+    inner = [v for v in hypothesis.variables if v not in set(hypothesis.inputs)]
+    want = k if direction == "dual" else candidates * k
+    # seeded by what the scrub is, not by its place in a list (which screening changes)
+    tag = hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest()[:16]
+    picks = draws(keys, f"{seed}|input-cut|{direction}|{tag}", want + 1) % np.uint64(len(pool_inputs))
+    rows: list[torch.Tensor] = []
+    owner: list[int] = []
+    classes: list[list[int]] = []
+    for i in range(len(inputs)):
+        if stop_after is not None and len(set(owner)) >= stop_after:
+            break
+        others = [int(j) for j in picks[i] if pool_keys[j] != keys[i]][:want]
+        if direction == "dual":
+            for h in torch.where(m, inputs[i], pool_inputs[others]):
+                hv = _values_or_none(hypothesis, h)
+                if hv is not None:
+                    rows.append(h[None])
+                    owner.append(i)
+                    classes.append(_classes(hypothesis, hv))
+            continue
+        kept = 0
+        for j in others:
+            hybrid = torch.where(m, pool_inputs[j], inputs[i])
+            if torch.equal(hybrid, inputs[i]):  # the source shares these parts: no intervention
+                continue
+            hv = _values_or_none(hypothesis, hybrid)
+            if hv is not None and all(hv[v] == values[i][v] for v in inner):
+                rows.append(hybrid[None])
+                owner.append(i)
+                kept += 1
+                if kept == k:
+                    break
+    return rows, owner, classes
+
+
+def testable(hypothesis: Hypothesis, masks: np.ndarray, directions: Sequence[str], inputs: torch.Tensor,
+             values: Values, keys: np.ndarray, pool_inputs: torch.Tensor, pool_keys: np.ndarray, k: int,
+             seed: int = 0, candidates: int = 4, share: float = 0.1) -> np.ndarray:
+    """``[S]`` whether each scrub makes a hybrid for at least ``share`` of ``inputs``,
+    found without a forward pass: a base scrub of parts that every inner value depends on
+    (one operand digit, when the hypothesis computes the digit sums) keeps no hybrid on
+    any input, and searching its sources for every calibration input would be most of the
+    input cut's cost."""
+    need = max(1, int(np.ceil(share * len(inputs))))
+    return np.array([len(set(hybrids(hypothesis, masks[s], d, inputs, values, keys, pool_inputs, pool_keys, k,
+                                     seed, candidates, stop_after=need)[1])) >= need
+                     for s, d in enumerate(directions)], dtype=bool)
 
 
 def _mean_by(cells: torch.Tensor, owner: torch.Tensor, n: int) -> np.ndarray:

@@ -9,7 +9,7 @@ and dual scrub instead of 8), scored on ``--refit-splits``.
 
 Columns: ``all`` (calibrated, with the input cut); ``max-z`` (no calibration: the largest standardised
 divergence); ``one-sided`` (upper tails only: no credit for moving the output less than
-trusted inputs do); ``no input cut``, ``no dual``, ``no base input cut`` (those columns
+trusted inputs do); ``two-sided`` (both tails for every column, the counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those columns
 dropped); ``only input cut``; ``previous`` (all three off: the largest standardised
 divergence over the explanations alone); then the refitted variants. Prints a markdown
 table of AUROCs, one column per variant.
@@ -29,10 +29,10 @@ from sklearn.metrics import roc_auc_score
 import causalmad as cm
 from causalmad import calibration
 
-VARIANTS = ("all", "max-z", "one-sided", "no input cut", "no dual", "no base input cut", "only input cut",
+VARIANTS = ("all", "max-z", "one-sided", "two-sided", "no input cut", "no dual", "no base input cut", "only input cut",
             "previous")
 #: mechanisms that change what is fitted: the detector refitted with each switched off
-REFITS = {"highest-IIA sites": {"site_choice": "highest-iia"}, "4 counterfactual sources": {"counterfactual_resamples": 4}}
+REFITS = {"highest-IIA sites": {"site_choice": "highest-iia"}, "8 interchange sources": {"counterfactual_resamples": 8}}
 
 
 def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
@@ -40,14 +40,15 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
     cut = np.char.startswith(fam.astype(str), "input-cut")
     dual, base = fam == "input-cut (dual)", fam == "input-cut (base)"
 
-    def calibrated(keep: np.ndarray, two_sided: bool = True) -> np.ndarray:
-        lp = calibration.log_p_values(div[:, keep], det.calibration_[:, keep], det.min_scale, two_sided)
+    def calibrated(keep: np.ndarray, two_sided: bool | np.ndarray = det.two_sided_) -> np.ndarray:
+        sides = np.broadcast_to(two_sided, keep.shape)[keep]
+        lp = calibration.log_p_values(div[:, keep], det.calibration_[:, keep], det.min_scale, sides)
         return calibration.score(lp, list(fam[keep]))
 
     everything = np.ones(len(fam), dtype=bool)
     z = np.where(np.isnan(div), -np.inf, (div - det.loc_) / det.scale_)
     return {"all": calibrated(everything), "max-z": z.max(1), "previous": z[:, ~cut].max(1),
-            "one-sided": calibrated(everything, two_sided=False), "no input cut": calibrated(~cut),
+            "one-sided": calibrated(everything, two_sided=False), "two-sided": calibrated(everything, True), "no input cut": calibrated(~cut),
             "no dual": calibrated(~dual), "no base input cut": calibrated(~base), "only input cut": calibrated(cut)}
 
 

@@ -51,7 +51,11 @@ def test_labels_never_reach_fit(task, monkeypatch):
     # what fit hands to the learning step (_fit) is the trusted inputs and nothing else; the
     # learning itself is not run here (the demo test below runs it)
     seen = []
-    monkeypatch.setattr(cm.ScrubbingDetector, "_fit", lambda self, *args: seen.append(args))
+    def record(self, *args):  # and the held-out scores fit's threshold_ is read from
+        seen.append(args)
+        self.heldout_scores_ = np.zeros(10)
+
+    monkeypatch.setattr(cm.ScrubbingDetector, "_fit", record)
     cm.ScrubbingDetector(task.model, task.hypothesis, resamples=1).fit(task.trusted)
     assert len(seen) == 1 and len(seen[0]) == 1 and torch.equal(seen[0][0], task.trusted)
     with pytest.raises(cm.InputError, match="trusted inputs only"):  # an untrusted batch is refused

@@ -28,10 +28,11 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     # DAS (tests/test_addition_task.py, test_hierarchical_equality.py and test_tracr.py test
     # it; here it only cost quirky arithmetic's fit 43 s and left the scores as they were),
     # isolation forests of 50 trees a site instead of 200 (about 37 s of cells otherwise),
-    # and 8 input-cut subsets with 2 counterfactual sources (the input cut's hybrids are
+    # and 8 input-cut subsets with 2 interchange sources and 2 dual bases (the input cut's hybrids are
     # checked with the hypothesis one at a time). The tiny models themselves are trained in full.
     quick = ["--max-inputs", "20", "--param", "scrubbing.resamples=1", "--param", "scrubbing.das_rank=null",
              "--param", "scrubbing.input_cut_budget=8", "--param", "scrubbing.counterfactual_resamples=2",
+             "--param", "scrubbing.dual_resamples=2",
              "--param", "isolation-forest.n_estimators=50"]
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
     assert "0 failed" in capsys.readouterr().out
@@ -53,7 +54,7 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
         assert {(r["split"], r["detector"]) for r in records if r["task"] == task} == {
             (s, d) for s in splits for d in cm.DETECTORS}
     assert {r["detector"] for r in records if r["skyline"]} == {"supervised-probe"}
-    params = {"scrubbing": {"resamples": 1, "das_rank": None, "input_cut_budget": 8, "counterfactual_resamples": 2},
+    params = {"scrubbing": {"resamples": 1, "das_rank": None, "input_cut_budget": 8, "counterfactual_resamples": 2, "dual_resamples": 2},
               "isolation-forest": {"n_estimators": 50}}
     assert all(r.get("params") == params.get(r["detector"]) for r in records)
 

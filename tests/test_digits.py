@@ -28,7 +28,7 @@ def scored(request):
     for name in ("output-disagreement", "mahalanobis", "scrubbing"):
         kwargs = {} if name == "mahalanobis" else {"hypothesis": task.hypothesis}
         if name == "scrubbing":  # the grid's 16 singletons in each direction (each hybrid meets the classifier)
-            kwargs |= {"input_cut_budget": 16, "counterfactual_resamples": 4}
+            kwargs |= {"input_cut_budget": 16, "counterfactual_resamples": 4, "dual_resamples": 4}
         det = cm.DETECTORS[name](task.model, random_state=0, **kwargs).fit(task.trusted)
         scores[name] = {s: (det.score(sp.inputs), det.heldout_scores_) for s, sp in task.splits.items()}
     return request.param, task, scores

@@ -124,3 +124,19 @@ def test_an_input_s_input_cut_divergences_do_not_depend_on_its_batch():
     for i in (0, 7, 25):
         _, alone, _ = _scrubs(model, h, x[i : i + 1], pool)
         np.testing.assert_array_equal(alone[0], together[i])
+
+
+def test_screening_drops_exactly_the_scrubs_that_make_no_hybrid():
+    model, h = SameOutputBackdoor(), located_sum()
+    pool, x = planted_data(200, 0, seed=1), planted_data(40, 0, seed=2)
+    cut, div, _ = _scrubs(model, h, x, pool)
+    values = [h.values(r) for r in x]
+    keep = input_cut.testable(h, cut["masks"], cut["directions"], x, values, row_keys(x), pool, row_keys(pool), k=4)
+    # a base scrub of a alone (or b alone) cannot keep the sum: no hybrid, dropped; dual ones all stay
+    made = np.isfinite(div).mean(0) >= 0.1
+    assert keep.tolist() == made.tolist()
+    names = [n for n, k in zip(cut["names"], keep) if not k]
+    assert "input cut (base): trusted at a" in names and not any("dual" in n for n in names)
+    det = cm.ScrubbingDetector(model, hypothesis=h, resamples=4, random_state=0).fit(planted_data(400, 0, seed=5))
+    untestable = {e["name"] for e in det.explanations_ if e.get("untestable")}
+    assert "input cut (base): trusted at a" in untestable and not untestable & set(det.column_names_)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Hashable
 from typing import Any
 
@@ -46,6 +47,11 @@ logger = logging.getLogger(__name__)
 #: rank of the DAS subspace ``das_rank="auto"`` learns for a variable no whole site carries
 AUTO_DAS_RANK = 4
 AGGREGATIONS = ("calibrated", "max-z")
+#: an interchange explanation is calibrated separately for each value of its variable that
+#: at least this many calibration inputs take (see ``_conditions``)
+MIN_GROUP = 30
+#: input-cut scrubs are screened on this many calibration inputs (``input_cut.testable``)
+SCREEN = 40
 SITE_CHOICES = ("earliest", "highest-iia")
 
 
@@ -77,11 +83,14 @@ class ScrubbingDetector(Detector):
         hypothesis: the declared causal hypothesis, or ``None`` to use hypothesis-free
             explanations only (then ``readouts`` says which outputs to compare).
         resamples: ``K``, trusted sources drawn per input and explanation.
-        counterfactual_resamples: sources per input for the scrubs scored against the
-            hypothesis' prediction for a changed input (interchange explanations, dual
-            input-cut scrubs): each is a per-input interchange accuracy, whose trusted
-            failures are rare and pair-specific, so it needs more pairs than ``K`` to tell
-            them from an input whose mechanism systematically does not follow.
+        counterfactual_resamples: sources per input for interchange explanations, scored
+            against the hypothesis' prediction for the changed variable: each is a
+            per-input interchange accuracy, whose trusted failures are rare and
+            pair-specific, so it needs many more pairs than ``K`` to tell them from an
+            input whose mechanism systematically does not follow (only the model's part
+            after the site runs for each).
+        dual_resamples: trusted bases per input for dual input-cut scrubs (each a whole
+            forward pass of a hybrid), scored likewise against the hypothesis' prediction.
         tolerance: an explanation is valid when its mean divergence (nats) on the
             calibration split is at most this ...
         min_recovered: ... or, for an explanation that matches sources on hypothesis
@@ -140,7 +149,8 @@ class ScrubbingDetector(Detector):
         model: Any,
         hypothesis: Hypothesis | None = None,
         resamples: int = 4,
-        counterfactual_resamples: int = 8,
+        counterfactual_resamples: int = 32,
+        dual_resamples: int = 8,
         tolerance: float = 0.1,
         min_recovered: float | None = 0.9,
         min_iia: float = 0.8,
@@ -164,6 +174,7 @@ class ScrubbingDetector(Detector):
         self.hypothesis = hypothesis
         self.resamples = resamples
         self.counterfactual_resamples = counterfactual_resamples
+        self.dual_resamples = dual_resamples
         self.tolerance = tolerance
         self.min_recovered = min_recovered
         self.min_iia = min_iia
@@ -189,9 +200,9 @@ class ScrubbingDetector(Detector):
             if not isinstance(self.hypothesis, Hypothesis):
                 raise HypothesisError(f"hypothesis must be a causalmad.Hypothesis, got {type(self.hypothesis).__name__}.")
             self.hypothesis.validate()
-        if self.resamples < 1 or self.counterfactual_resamples < 1:
-            raise InputError(f"resamples and counterfactual_resamples must be >= 1, got {self.resamples} and "
-                             f"{self.counterfactual_resamples}.")
+        if min(self.resamples, self.counterfactual_resamples, self.dual_resamples) < 1:
+            raise InputError(f"resamples, counterfactual_resamples and dual_resamples must be >= 1, got "
+                             f"{self.resamples}, {self.counterfactual_resamples} and {self.dual_resamples}.")
         if not self.memory_mb > 0 or self.batch_size < 1:
             raise InputError(f"memory_mb must be > 0 and batch_size >= 1, got {self.memory_mb} and {self.batch_size}.")
         if not (self.das_rank is None or self.das_rank == "auto"
@@ -282,14 +293,24 @@ class ScrubbingDetector(Detector):
         self.valid_ = [e for e, v in zip(family, valid) if v]
         self.variable_explanations_ = [e for e in family if e.family == "hypothesis-subset"]
         cut_div = self._fit_input_cut(trusted[0], cal)
-        columns = np.concatenate([matched[:, valid], cut_div], 1)
+        raw = np.concatenate([matched[:, valid], cut_div], 1)
+        targets = [e.target for e in self.valid_] + [None] * cut_div.shape[1]
+        self.columns_ = _conditions(raw, targets, cal[1])
+        names = [e.name for e in self.valid_] + list(self.input_cut_["names"])
+        families = [e.family for e in self.valid_] + [f"input-cut ({d})" for d in self.input_cut_["directions"]]
+        self.column_names_ = [names[j] + _describe(cond) for j, cond in self.columns_]
+        self.families_ = [families[j] for j, _ in self.columns_]
+        # an interchange is perfect at 0 (the model follows the hypothesis' counterfactual)
+        # and its trusted failures are the alignment's imperfections: an input that follows
+        # the counterfactual better than trusted inputs do shows a lucky site, not another
+        # mechanism, so only its upper tail counts. Every other column is two-sided.
+        self.two_sided_ = np.array([targets[j] is None for j, _ in self.columns_], dtype=bool)
+        columns = _calibration_columns(raw, cal[1], self.columns_)
         self.loc_ = np.nanmean(columns, 0) if len(columns) else np.zeros(columns.shape[1])
         self.scale_ = np.nan_to_num(np.nanstd(columns, 0)) + self.min_scale
-        # each valid explanation's trusted divergences (held out of alignment), the
-        # distribution its divergence on an input is a tail probability under
+        # each column's trusted divergences (held out of alignment), the distribution
+        # its divergence on an input is a tail probability under
         self.calibration_ = calibration.sorted_columns(columns)
-        self.column_names_ = [e.name for e in self.valid_] + list(self.input_cut_["names"])
-        self.families_ = [e.family for e in self.valid_] + [f"input-cut ({d})" for d in self.input_cut_["directions"]]
         dropped = len(family) - len(self.valid_)
         logger.info("explanations: %d searched, %d valid, %d dropped as invalid", len(family), len(self.valid_), dropped)
         if not self.valid_:
@@ -310,6 +331,18 @@ class ScrubbingDetector(Detector):
         if self.hypothesis is None or not self.input_cut:
             return np.zeros((len(cal[0]), 0))
         cut = input_cut.build(self.hypothesis, example, self.input_cut_budget, self.random_state, self.input_cut)
+        # a scrub that makes no hybrid on the first calibration inputs tests (almost) none:
+        # dropped before its sources are searched for every calibration input
+        few = cal[0][:SCREEN]
+        testable = input_cut.testable(self.hypothesis, cut["masks"], cut["directions"], few, cal[1][:SCREEN],
+                                      row_keys(few), self.pool_.inputs, self.pool_.keys, self.resamples,
+                                      seed=self.random_state)
+        self.explanations_ += [{"name": name, "family": f"input-cut ({d})", "valid": False,
+                                "trusted_mean_divergence": float("nan"), "trusted_std_divergence": float("nan"),
+                                "recovered": None, "untestable": True}
+                               for name, d, t in zip(cut["names"], cut["directions"], testable) if not t]
+        cut = {"names": [n for n, t in zip(cut["names"], testable) if t], "masks": cut["masks"][testable],
+               "directions": [d for d, t in zip(cut["directions"], testable) if t]}
         if not cut["names"]:
             return np.zeros((len(cal[0]), 0))
         div, agree = self._input_cut_divergences(cut, cal[0], cal[1])
@@ -335,7 +368,7 @@ class ScrubbingDetector(Detector):
         return input_cut.scrub_input_cut(self.adapter_, self.hypothesis, self.readouts_, cut["masks"],
                                          cut["directions"], x, values, row_keys(x), self.pool_.inputs,
                                          self.pool_.keys, self.resamples, seed=self.random_state,
-                                         batch_size=self.batch_size, dual_resamples=self.counterfactual_resamples)
+                                         batch_size=self.batch_size, dual_resamples=self.dual_resamples)
 
     def _das_options(self) -> dict[str, Any]:
         if self.das_rank == "auto":
@@ -408,16 +441,20 @@ class ScrubbingDetector(Detector):
         """``[n, E]`` divergences, z-scores and unmatched mask under the valid explanations."""
         div, unmatched = self._divergences(self.valid_, x, values)
         cut, _ = self._input_cut_divergences(self.input_cut_, x, values)
-        div = np.concatenate([div, cut], 1)
+        raw = np.concatenate([div, cut], 1)
         unmatched = np.concatenate([unmatched, np.isnan(cut)], 1)
-        return div, (div - self.loc_) / self.scale_, unmatched
+        columns = getattr(self, "columns_", [(j, None) for j in range(raw.shape[1])])  # folders saved before columns_
+        div = _expand(raw, values, columns)
+        return div, (div - self.loc_) / self.scale_, unmatched[:, [j for j, _ in columns]]
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
         values = self._values(inputs)
         div, z, unmatched = self._explanation_scores(inputs, values)
         self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
         self.last_divergences_ = div
-        self.last_unmatched_ = unmatched[:, : len(self.valid_)].any(1)  # the input cut's NaN: no hybrid kept the values
+        # the input cut's NaN: no hybrid kept the values
+        explanations = [not f.startswith("input-cut") for f in self.families_]
+        self.last_unmatched_ = unmatched[:, explanations].any(1)
         novel = self._novel(values)
         if novel.any():
             logger.warning("%d input(s) have hypothesis values no trusted input shares; explanations matching "
@@ -436,8 +473,13 @@ class ScrubbingDetector(Detector):
         div = np.asarray(divergences)[:, keep]
         if self.aggregation == "max-z":
             return nan_max((div - self.loc_[keep]) / self.scale_[keep])
-        return calibration.score(calibration.log_p_values(div, self.calibration_[:, keep], self.min_scale),
+        return calibration.score(calibration.log_p_values(div, self.calibration_[:, keep], self.min_scale,
+                                                          self._two_sided()[keep]),
                                  [f for f, k in zip(self.families_, keep) if k])
+
+    def _two_sided(self) -> np.ndarray:
+        """Per column: whether both tails count (folders saved before ``two_sided_``: all)."""
+        return getattr(self, "two_sided_", np.ones(len(self.column_names_), dtype=bool))
 
     def _novel(self, values: list[dict[str, Hashable]]) -> np.ndarray:
         return np.array([any(v not in self.seen_values_.get(k, ()) for k, v in row.items()) for row in values],
@@ -483,14 +525,14 @@ class ScrubbingDetector(Detector):
         div, z, unmatched = self._explanation_scores(x, values)
         div, z, unmatched = div[0], z[0], unmatched[0]
         score = float(self.combine(div[None])[0])
-        p = np.exp(calibration.log_p_values(div[None], self.calibration_, self.min_scale)[0])
+        p = np.exp(calibration.log_p_values(div[None], self.calibration_, self.min_scale, self._two_sided())[0])
         stats = {e["name"]: e for e in self.explanations_}
         # the explanations that broke most: the smallest tail probability (largest z under "max-z")
         order = (np.argsort(np.nan_to_num(p, nan=np.inf)) if self.aggregation == "calibrated"
                  else np.argsort(-np.nan_to_num(z, nan=-np.inf)))
         broken = [{"explanation": self.column_names_[j], "family": self.families_[j],
                    "divergence": _num(div[j]), "trusted_mean": float(self.loc_[j]),
-                   "trusted_std": float(stats[self.column_names_[j]]["trusted_std_divergence"]),
+                   "trusted_std": float(self.scale_[j] - self.min_scale),
                    "z": _num(z[j]), "p": _num(p[j]), "unmatched": bool(unmatched[j])} for j in order[:top]]
         singles = self.variable_explanations_
         vdiv, vunmatched = self._divergences(singles, x, values) if singles else (np.zeros((1, 0)),) * 2
@@ -519,3 +561,66 @@ class ScrubbingDetector(Detector):
             f["valid"] += int(e["valid"])
         return {"searched": len(self.explanations_), "valid": len(self.valid_), "by_family": fams,
                 "heldout_iia": self.alignment_.heldout_iia() if self.alignment_ else {}}
+
+
+Condition = tuple[str, tuple[Hashable, ...], bool] | None
+
+
+def _conditions(raw: np.ndarray, targets: list[str | None], values: list[dict[str, Hashable]]
+                ) -> list[tuple[int, Condition]]:
+    """The scored columns: ``(raw column, condition)`` pairs.
+
+    An interchange explanation for variable ``v`` tests a different claim on inputs with
+    different values of ``v`` (on a carry of 0 it claims that setting it to 1 changes the
+    answer, and the other way round), and the two can fail on trusted inputs at very
+    different rates. So its column splits into one per value of ``v`` that at least
+    :data:`MIN_GROUP` calibration inputs take (condition ``(v, (value,), True)``), each
+    calibrated on those inputs alone, plus one for the other values (``(v, values,
+    False)``). An input is tested in exactly one of them. Other columns: ``(j, None)``."""
+    out: list[tuple[int, Condition]] = []
+    for j, var in enumerate(targets):
+        if var is None:
+            out.append((j, None))
+            continue
+        seen = Counter(row[var] for row, d in zip(values, raw[:, j]) if np.isfinite(d))
+        groups = tuple(sorted((v for v, count in seen.items() if count >= MIN_GROUP), key=repr))
+        if len(seen) < 2 or not groups:  # one value, or none common enough to calibrate alone
+            out.append((j, None))
+            continue
+        out += [(j, (var, (v,), True)) for v in groups] + [(j, (var, groups, False))]
+    return out
+
+
+def _describe(condition: Condition) -> str:
+    if condition is None:
+        return ""
+    var, vals, include = condition
+    return f" | {var}={vals[0]!r}" if include else f" | {var} otherwise"
+
+
+def _holds(condition: Condition, values: list[dict[str, Hashable]]) -> np.ndarray:
+    if condition is None:
+        return np.ones(len(values), dtype=bool)
+    var, vals, include = condition
+    return np.array([(row[var] in vals) == include for row in values], dtype=bool)
+
+
+def _expand(raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tuple[int, Condition]]) -> np.ndarray:
+    """``[n, C]`` scored columns from ``[n, R]`` raw ones: NaN where an input is not
+    tested in a column (its value belongs to another)."""
+    out = np.full((len(raw), len(columns)), np.nan)
+    for c, (j, cond) in enumerate(columns):
+        out[:, c] = np.where(_holds(cond, values), raw[:, j], np.nan)
+    return out
+
+
+def _calibration_columns(raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tuple[int, Condition]]
+                         ) -> np.ndarray:
+    """``[m, C]`` each column's trusted divergences: those of the calibration inputs it
+    tests (all of them for a column of other values that fewer than :data:`MIN_GROUP`
+    calibration inputs fall in)."""
+    out = _expand(raw, values, columns)
+    for c, (j, _) in enumerate(columns):
+        if np.isfinite(out[:, c]).sum() < MIN_GROUP:
+            out[:, c] = raw[:, j]
+    return out
