@@ -36,6 +36,7 @@ import torch
 
 from causalmad import persistence
 from causalmad.detectors import DETECTORS, ActivationDetector, Detector, ScrubbingDetector
+from causalmad.detectors.base import ScoreDetails
 from causalmad.errors import CausalMADError, InputError, TaskError, close_matches
 from causalmad.evaluation import evaluate_splits, scrubbing_ablation
 from causalmad.models import move_model
@@ -98,7 +99,7 @@ def check_params(params: dict[str, dict[str, Any]], detectors: Sequence[str]) ->
             raise InputError(f"detector {det!r} takes no parameter(s) {unknown}; it takes {accepted}.")
 
 
-def extras(detector: Detector, split: Split) -> dict[str, Any]:
+def extras(detector: Detector, split: Split, details: ScoreDetails) -> dict[str, Any]:
     """Per-detector extra fields: AUROC of each site and of max / mean aggregation for
     activation detectors; explanation counts and per-family AUROC for scrubbing."""
     from sklearn.metrics import roc_auc_score
@@ -111,7 +112,7 @@ def extras(detector: Detector, split: Split) -> dict[str, Any]:
             "auroc_by_site": {s.key: float(roc_auc_score(split.labels, z[:, j])) for j, s in enumerate(detector.sites_)},
         }
     if isinstance(detector, ScrubbingDetector):
-        return scrubbing_ablation(detector, split)
+        return scrubbing_ablation(detector, split, details)
     return {}
 
 

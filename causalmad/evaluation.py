@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from causalmad.detectors.base import Detector
+from causalmad.detectors.base import Detector, ScoreDetails
 from causalmad.errors import InputError
 from causalmad.metrics import evaluate
 from causalmad.provenance import environment
@@ -20,7 +20,7 @@ RECORD_KEYS = ("task", "split", "detector", "auroc", "ap", "tpr_at_1pct_fpr", "t
 
 def evaluate_splits(
     name: str, detector: Detector, task: Task, splits: list[str] | None = None,
-    extras: Callable[[Detector, Split], dict[str, Any]] | None = None,
+    extras: Callable[[Detector, Split, ScoreDetails], dict[str, Any]] | None = None,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
     """Fit ``detector`` and score the task's splits, yielding ``(record, scores)`` per split
     as soon as that split is scored.
@@ -31,8 +31,10 @@ def evaluate_splits(
     split's labels, and its reported scores are its out-of-fold ``cross_val_scores_`` (its
     final probe saw those labels). Each record carries the fit time of the fit its scores
     came from. TPR thresholds come from ``detector.heldout_scores_``: trusted inputs held
-    out of that fit, never the test split. ``extras(detector, split)``, called right after
-    each split is scored, adds fields to that split's record.
+    out of that fit, never the test split. ``extras(detector, split, details)``, called
+    right after each split is scored with what scoring computed
+    (:meth:`~causalmad.detectors.base.Detector.score_details`), adds fields to that
+    split's record.
 
     Args:
         splits: names of the splits to evaluate (default: all, in the task's order).
@@ -53,7 +55,8 @@ def evaluate_splits(
             detector.fit(task.trusted, **kwargs)
             fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores = detector.score(split.inputs)
+        details = detector.score_details(split.inputs)
+        scores = details.scores
         score_seconds = time.perf_counter() - t0
         if detector.skyline:
             scores = np.asarray(detector.cross_val_scores_, dtype=np.float64)  # type: ignore[attr-defined]
@@ -64,14 +67,14 @@ def evaluate_splits(
             "n_trusted": len(task.trusted), "n_normal": split.n_normal, "n_anomalous": split.n_anomalous,
             "seed": task.seed, "skyline": bool(detector.skyline),
             "environment": environment(),  # the CPU, thread count and package versions it ran with
-            **(extras(detector, split) if extras else {}),
+            **(extras(detector, split, details) if extras else {}),
         }
         yield record, scores
 
 
 def evaluate_detector(
     name: str, detector: Detector, task: Task,
-    extras: Callable[[Detector, Split], dict[str, Any]] | None = None,
+    extras: Callable[[Detector, Split, ScoreDetails], dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], Detector]:
     """Fit ``detector`` and score every split of ``task``; return the records.
 
@@ -91,13 +94,14 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def scrubbing_ablation(detector: Any, split: Split) -> dict[str, Any]:
-    """Extra record fields for a scrubbing detector, right after it scored ``split``:
+def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> dict[str, Any]:
+    """Extra record fields for a scrubbing detector, right after it scored ``split``
+    (``details``: what that scoring computed):
     explanation counts, held-out IIA, and the AUROC of the detector's score combined over
     each family of explanations alone (``None`` where the family has no valid column)."""
     from sklearn.metrics import roc_auc_score
 
-    div, summary = detector.last_divergences_, detector.summary()
+    div, summary = details.parts["divergences"], detector.summary()
     fam = np.asarray(detector.families_, dtype=object)
     cut = np.array([str(f).startswith("input-cut") for f in fam], dtype=bool)
 

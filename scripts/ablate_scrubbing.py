@@ -82,7 +82,7 @@ def main() -> int:
                     else float("nan")
             rows.append({"task": name, "size": a.size, "seed": a.seed, "split": split, "auroc": auroc,
                          "fit_seconds": round(fit, 1), "environment": cm.environment()})
-            print(f"| {name} | {split} | " + " | ".join(f"{auroc[v]:.3f}" for v in (*VARIANTS, *REFITS))
+            print(f"| {name} | {split} | " + " | ".join(f"{auroc.get(v, float('nan')):.3f}" for v in (*VARIANTS, *REFITS))
                   + f" | {fit:.0f} |", flush=True)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -60,9 +60,11 @@ def test_values_no_trusted_input_shares_are_reported_not_dropped(planted, caplog
     model, h = planted
     det = cm.ScrubbingDetector(model, hypothesis=h, resamples=2, random_state=0).fit(planted_data(1000, 0, 0))
     unseen = torch.tensor([[9.0, 9.0, 0.0]])  # a + b = 18: no trusted input has it
-    scores = det.score(torch.cat([planted_data(5, 0, 7), unseen]))
+    details = det.score_details(torch.cat([planted_data(5, 0, 7), unseen]))
+    scores = details.scores
     assert len(scores) == 6 and np.isfinite(scores).all()
-    assert det.last_unmatched_.tolist() == [False] * 5 + [True]
+    assert details.parts["unmatched_any"].tolist() == [False] * 5 + [True]
+    assert not any(k.startswith("last_") for k in vars(det))  # scoring stores nothing on the detector
     assert "no trusted input shares" in caplog.text
     assert det.explain(unseen[0])["values_unseen_in_trusted"] == ["a", "b", "s", "y"]  # 9 never in trusted
 

@@ -112,7 +112,8 @@ def test_scrubbing_interchanges_catch_the_hard_split_and_mahalanobis_runs(task):
     maha = cm.MahalanobisDetector(task.model).fit(task.trusted)
     for name, floor in (("easy", 0.95), ("hard", 0.95)):  # measured 1.0, 1.0
         x, y = _subset(task.splits[name], 30)
-        scores = scrub.score(x)
+        details = scrub.score_details(x)
+        scores = details.scores
         assert scores.shape == (len(y),) and np.isfinite(scores).all()
         assert roc_auc_score(y, scores) >= floor
         m = maha.score(x)
@@ -123,7 +124,7 @@ def test_scrubbing_interchanges_catch_the_hard_split_and_mahalanobis_runs(task):
     # input tested in one of them)
     first = next(e.name for e in scrub.valid_ if e.name.startswith(f"interchange is_c@{P}"))
     cols = [j for j, n in enumerate(scrub.column_names_) if n == first or n.startswith(first + " | ")]
-    z = scrub.last_explanation_z_[:, cols]
+    z = details.parts["z"][:, cols]
     assert (np.isfinite(z).sum(1) == 1).all()
     assert roc_auc_score(y, np.nanmax(z, 1)) == 1.0
 

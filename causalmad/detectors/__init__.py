@@ -10,7 +10,7 @@ from causalmad.detectors.activations import (
     QUEDetector,
     SpectralSignatureDetector,
 )
-from causalmad.detectors.base import DETECTORS, Detector, register
+from causalmad.detectors.base import DETECTORS, Detector, ScoreDetails, register
 from causalmad.detectors.output import OutputDisagreementDetector
 from causalmad.detectors.probe import SupervisedProbeDetector
 from causalmad.detectors.scrubbing import ScrubbingDetector
@@ -24,6 +24,7 @@ __all__ = [
     "MahalanobisDetector",
     "OutputDisagreementDetector",
     "QUEDetector",
+    "ScoreDetails",
     "ScrubbingDetector",
     "SpectralSignatureDetector",
     "SupervisedProbeDetector",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,18 @@ DETECTORS: dict[str, type[Detector]] = {}
 
 #: false-positive rate of :attr:`Detector.threshold_` and of ``predict``'s default
 DEFAULT_FPR = 0.01
+
+
+@dataclass
+class ScoreDetails:
+    """What one call of :meth:`Detector.score_details` computed: the scores and, for
+    detectors that have them, the per-input parts they were combined from (the scrubbing
+    detector: ``divergences``, ``z`` and ``unmatched``, ``[n, C]`` over its
+    ``column_names_``). Returned, never stored on the detector: scoring changes nothing.
+    """
+
+    scores: np.ndarray
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
@@ -187,6 +200,21 @@ class Detector(ABC):
         """
         x = self._check(inputs)
         return np.asarray(self._score(x), dtype=np.float64)
+
+    def score_details(self, inputs: torch.Tensor) -> ScoreDetails:
+        """The scores of :meth:`score` with the parts they were combined from.
+
+        Args:
+            inputs: ``[n, ...]`` inputs of the per-example shape the detector was fitted on.
+
+        Returns:
+            A :class:`ScoreDetails`; ``parts`` is empty for a detector without parts.
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if the inputs do not fit the model or the fitted shape.
+        """
+        return ScoreDetails(self.score(inputs))
 
     def decision_function(self, inputs: torch.Tensor) -> np.ndarray:
         """scikit-learn's and PyOD's name for :meth:`score` (the same numbers).

@@ -28,7 +28,7 @@ import torch
 
 from causalmad import calibration, input_cut
 from causalmad.alignment import Alignment, search
-from causalmad.detectors.base import Detector, register, split_indices
+from causalmad.detectors.base import Detector, ScoreDetails, register, split_indices
 from causalmad.errors import HypothesisError, InputError, PersistenceError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
 from causalmad.hypothesis import Hypothesis, Readout
@@ -142,7 +142,6 @@ class ScrubbingDetector(Detector):
     """
 
     min_trusted = 40
-    _transient = ("last_explanation_z_", "last_divergences_", "last_unmatched_")
 
     def __init__(
         self,
@@ -448,22 +447,31 @@ class ScrubbingDetector(Detector):
         return div, (div - self.loc_) / self.scale_, unmatched[:, [j for j, _ in columns]]
 
     def _score(self, inputs: torch.Tensor) -> np.ndarray:
+        return self._details(inputs).scores
+
+    def score_details(self, inputs: torch.Tensor) -> ScoreDetails:
+        """Scores with the columns they combine: ``parts`` holds ``divergences``, ``z``
+        (standardised against trusted) and ``unmatched`` (no trusted source shared the
+        input's values), each ``[n, C]`` over ``column_names_``, and ``unmatched_any``
+        (``[n]``: some explanation, not counting the input cut, had no agreeing source)."""
+        return self._details(self._check(inputs))
+
+    def _details(self, inputs: torch.Tensor) -> ScoreDetails:
         values = self._values(inputs)
         div, z, unmatched = self._explanation_scores(inputs, values)
-        self.last_explanation_z_ = z  # kept so reports can compare explanation subsets without rescoring
-        self.last_divergences_ = div
         # the input cut's NaN: no hybrid kept the values
         explanations = [not f.startswith("input-cut") for f in self.families_]
-        self.last_unmatched_ = unmatched[:, explanations].any(1)
+        unmatched_any = np.asarray(unmatched[:, explanations].any(1), dtype=bool)
         novel = self._novel(values)
         if novel.any():
             logger.warning("%d input(s) have hypothesis values no trusted input shares; explanations matching "
                            "on them scrubbed from random trusted sources (see explain())", int(novel.sum()))
-        gaps = int((self.last_unmatched_ & ~novel).sum())
+        gaps = int((unmatched_any & ~novel).sum())
         if gaps:
             logger.info("%d input(s) have a combination of values missing from the source pool; the "
                         "explanations that match on it were skipped for them", gaps)
-        return self.combine(div)
+        return ScoreDetails(np.asarray(self.combine(div), dtype=np.float64),
+                            {"divergences": div, "z": z, "unmatched": unmatched, "unmatched_any": unmatched_any})
 
     def combine(self, divergences: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         """``[n]`` scores from ``[n, C]`` divergences (:meth:`divergences`), combined as
