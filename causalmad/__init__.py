@@ -5,6 +5,7 @@ from __future__ import annotations
 from causalmad.detectors import (
     DETECTORS,
     Detector,
+    ExplainResult,
     IsolationForestDetector,
     LOFDetector,
     MahalanobisDetector,
@@ -12,6 +13,7 @@ from causalmad.detectors import (
     QUEDetector,
     ScoreDetails,
     ScrubbingDetector,
+    ScrubbingExplainResult,
     SpectralSignatureDetector,
     SupervisedProbeDetector,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "AlignmentError",
     "CausalMADError",
     "Detector",
+    "ExplainResult",
     "HuggingFaceAdapter",
     "HuggingFaceCausalLMAdapter",
     "Hypothesis",
@@ -65,6 +68,7 @@ __all__ = [
     "Readout",
     "ScoreDetails",
     "ScrubbingDetector",
+    "ScrubbingExplainResult",
     "Site",
     "SiteError",
     "SpectralSignatureDetector",

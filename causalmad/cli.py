@@ -474,7 +474,8 @@ def _explain(args: argparse.Namespace) -> int:
     _check_rows(det, data, args.inputs or "--input")
     if not hasattr(det, "explain"):
         raise InputError(f"a {det.name!r} detector does not explain inputs.")
-    why = _json_safe({"id": data.ids[row], **det.explain(data.inputs[row], top=args.top, fpr=args.fpr)})
+    result = det.explain(data.inputs[row], top=args.top, fpr=args.fpr)
+    why = _json_safe({"id": data.ids[row], **result.to_dict()})
     text = json.dumps(why, indent=2, allow_nan=False)
     for target in (args.out, args.plot):
         if target:

@@ -155,7 +155,7 @@ def html_report(
         row = inputs[i].tolist()
         parts.append(f"<h3>#{rank}: input {i} (id {html.escape(str(ids[i]))}) — score {scores[i]:.4g}</h3>"
                      f"<p><code>{html.escape(str(row))}</code></p>")
-        why = detector.explain(inputs[i], top=5, fpr=fpr)
+        why = detector.explain(inputs[i], top=5, fpr=fpr).to_dict()
         if why.get("sites"):
             parts.append(_table(["site", "z"], [[html.escape(str(s_["site"])), _fmt(s_["z"])] for s_ in why["sites"]],
                                 "sites"))

@@ -293,8 +293,8 @@ def test_non_finite_ids_are_refused_and_non_finite_scores_written_as_null(work, 
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
 
     monkeypatch.setattr(cm.ScrubbingDetector, "score", lambda self, x: np.full(len(x), np.nan))
-    monkeypatch.setattr(cm.ScrubbingDetector, "explain", lambda self, x, top=5, fpr=0.01: {
-        "score": float("nan"), "threshold": float("inf"), "flagged": False, "broken": [{"z": float("-inf")}]})
+    monkeypatch.setattr(cm.ScrubbingDetector, "explain", lambda self, x, top=5, fpr=0.01: (
+        cm.ScrubbingExplainResult(float("nan"), float("inf"), fpr, False, broken=[{"z": float("-inf")}])))
     assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--quiet"]) == 0
     assert all(strict(line)["score"] is None for line in out.read_text().splitlines())
     capsys.readouterr()

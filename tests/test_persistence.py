@@ -219,7 +219,8 @@ def test_every_detector_explains_an_input_as_json(saved, data):
     for name, (folder, scores) in saved.items():
         det = cm.load_detector(folder, PlantedSum(), sum_hypothesis() if takes_hypothesis(name) else None)
         why = det.explain(untrusted[-1])
-        json.dumps(why)
+        assert isinstance(why, cm.ExplainResult), name
+        assert json.loads(json.dumps(why.to_dict())) == why.to_dict(), name
         assert why["score"] == pytest.approx(scores[-1], rel=1e-6, abs=1e-9), name
         assert why["flagged"] == (scores[-1] > det.threshold(0.01))
         if "sites" in why:

@@ -51,7 +51,8 @@ def test_planted_backdoor_is_caught(planted):
     assert why["variables"][0]["share"] == 1.0 and why["variables"][0]["z"] > 10
     assert why["values"] == {"a": int(anomalous[0, 0]), "b": int(anomalous[0, 1]),
                              "s": int(anomalous[0, 0] + anomalous[0, 1]), "y": int(anomalous[0, 0] + anomalous[0, 1])}
-    json.dumps(why)  # plain data
+    assert isinstance(why, cm.ScrubbingExplainResult) and why.broken == why["broken"]
+    json.dumps(why.to_dict())  # plain data
     normal_why = det.explain(normal[0])
     assert not normal_why["flagged"] and max(v["z"] for v in normal_why["variables"]) < 10
 

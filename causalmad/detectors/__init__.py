@@ -10,15 +10,16 @@ from causalmad.detectors.activations import (
     QUEDetector,
     SpectralSignatureDetector,
 )
-from causalmad.detectors.base import DETECTORS, Detector, ScoreDetails, register
+from causalmad.detectors.base import DETECTORS, Detector, ExplainResult, ScoreDetails, register
 from causalmad.detectors.output import OutputDisagreementDetector
 from causalmad.detectors.probe import SupervisedProbeDetector
-from causalmad.detectors.scrubbing import ScrubbingDetector
+from causalmad.detectors.scrubbing import ScrubbingDetector, ScrubbingExplainResult
 
 __all__ = [
     "DETECTORS",
     "ActivationDetector",
     "Detector",
+    "ExplainResult",
     "IsolationForestDetector",
     "LOFDetector",
     "MahalanobisDetector",
@@ -26,6 +27,7 @@ __all__ = [
     "QUEDetector",
     "ScoreDetails",
     "ScrubbingDetector",
+    "ScrubbingExplainResult",
     "SpectralSignatureDetector",
     "SupervisedProbeDetector",
     "register",

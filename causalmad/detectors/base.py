@@ -50,6 +50,72 @@ class ScoreDetails:
     parts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class ExplainResult:
+    """Why one input scored as it did: what :meth:`Detector.explain` returns.
+
+    :meth:`to_dict` gives the same data as a JSON-ready dict (what ``causalmad explain``
+    prints); indexing reads that dict, so ``result["score"]`` works as it did when
+    ``explain`` returned a dict. Detectors with parts to report put them in ``details``
+    (an activation detector: ``aggregate`` and per-site ``sites``) or return a subclass
+    with typed fields (the scrubbing detector:
+    :class:`~causalmad.detectors.scrubbing.ScrubbingExplainResult`).
+
+    Attributes:
+        score: the input's anomaly score (higher = more anomalous).
+        threshold: the score threshold at false-positive rate ``fpr``, from trusted
+            inputs held out of fitting.
+        fpr: the false-positive rate the threshold was taken at.
+        flagged: whether ``score`` is above ``threshold``.
+        details: detector-specific parts, JSON-ready, in the order :meth:`to_dict`
+            lists them after the four fields above.
+
+    Example:
+        >>> why = ExplainResult(score=3.2, threshold=2.5, fpr=0.01, flagged=True)
+        >>> why["flagged"], why.to_dict()
+        (True, {'score': 3.2, 'threshold': 2.5, 'fpr': 0.01, 'flagged': True})
+    """
+
+    score: float
+    threshold: float
+    fpr: float
+    flagged: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict.
+
+        Returns:
+            ``score``, ``threshold``, ``fpr`` and ``flagged``, then the detector's
+            parts (``details``, or a subclass's own fields).
+        """
+        return {"score": self.score, "threshold": self.threshold, "fpr": self.fpr, "flagged": self.flagged,
+                **self.details}
+
+    def __getitem__(self, key: str) -> Any:
+        """``result[key]`` is ``result.to_dict()[key]`` (``explain`` once returned a dict).
+
+        Raises:
+            KeyError: if ``to_dict()`` has no such key.
+        """
+        return self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``to_dict().get(key, default)``, as on the dict ``explain`` once returned.
+
+        Args:
+            key: a key of :meth:`to_dict`.
+            default: what to return if there is no such key.
+
+        Returns:
+            The value under ``key``, or ``default``.
+        """
+        return self.to_dict().get(key, default)
+
+
 def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
     """Class decorator adding a detector to :data:`DETECTORS` under ``name``.
 
@@ -269,8 +335,8 @@ class Detector(ABC):
         t = self.threshold(fpr)
         return self.score(inputs) > t
 
-    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = DEFAULT_FPR) -> dict[str, Any]:
-        """Why one input scored as it did, as JSON-ready data.
+    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = DEFAULT_FPR) -> ExplainResult:
+        """Why one input scored as it did.
 
         Args:
             example: one input, with or without a leading batch axis of 1.
@@ -278,10 +344,10 @@ class Detector(ABC):
             fpr: false-positive rate of the reported threshold.
 
         Returns:
-            A dict with ``score``, ``threshold`` (at ``fpr``), ``fpr`` and ``flagged``, plus
-            what the detector can say about its parts (:meth:`_explain_parts`: the
+            An :class:`ExplainResult` with ``score``, ``threshold`` (at ``fpr``), ``fpr``
+            and ``flagged``, plus what the detector can say about its parts (the
             scrubbing detector's broken explanations and variables, an activation
-            detector's per-site scores).
+            detector's per-site scores); ``to_dict()`` makes it JSON-ready.
 
         Raises:
             NotFittedError: if the detector is not fitted.
@@ -294,13 +360,7 @@ class Detector(ABC):
         x = self._check(x)
         threshold = self.threshold(fpr)
         score = float(self._score(x)[0])
-        return {
-            "score": score,
-            "threshold": threshold,
-            "fpr": fpr,
-            "flagged": bool(score > threshold),
-            **self._explain_parts(x, top),
-        }
+        return ExplainResult(score, threshold, fpr, bool(score > threshold), self._explain_parts(x, top))
 
     def _explain_parts(self, x: torch.Tensor, top: int) -> dict[str, Any]:
         """Detector-specific parts of :meth:`explain` for one validated input."""

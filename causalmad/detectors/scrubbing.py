@@ -21,6 +21,7 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 
 from causalmad import calibration, input_cut
 from causalmad.alignment import Alignment, search
-from causalmad.detectors.base import Detector, ScoreDetails, register, split_indices
+from causalmad.detectors.base import Detector, ExplainResult, ScoreDetails, register, split_indices
 from causalmad.errors import HypothesisError, InputError, PersistenceError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
 from causalmad.hypothesis import Hypothesis, Readout
@@ -72,6 +73,44 @@ def _plain(v: Hashable) -> Any:
 def nan_max(z: np.ndarray) -> np.ndarray:
     """Row-wise max ignoring NaN cells (a row of only NaN scores ``-inf``)."""
     return np.where(np.isnan(z), -np.inf, z).max(1)
+
+
+@dataclass
+class ScrubbingExplainResult(ExplainResult):
+    """What :meth:`ScrubbingDetector.explain` returns: the common fields of
+    :class:`~causalmad.detectors.base.ExplainResult` (``details`` stays empty) and which
+    explanations broke on the input.
+
+    Attributes:
+        broken: the ``top`` valid explanations whose scrub moved the output most, each a
+            dict with ``explanation``, ``family``, ``divergence`` (nats), ``trusted_mean``,
+            ``trusted_std``, ``z`` (standardised against trusted), ``p`` (its tail
+            probability under trusted divergences, what the score combines) and
+            ``unmatched`` (no trusted source matched the input's value).
+        variables: for each hypothesis variable with an aligned site (and each output
+            mechanism), a dict with ``variable``, ``explanation``, ``divergence`` of
+            scrubbing it alone, ``trusted_mean``, ``z``, ``valid``, ``unmatched`` and
+            ``share`` (its part of the excess divergence over trusted, summed over
+            variables).
+        values: the input's hypothesis values, variable -> value.
+        values_unseen_in_trusted: the variables whose value no trusted input has (scrubbed
+            from random trusted sources), sorted.
+    """
+
+    broken: list[dict[str, Any]] = field(default_factory=list)
+    variables: list[dict[str, Any]] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+    values_unseen_in_trusted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict.
+
+        Returns:
+            ``score``, ``threshold``, ``fpr``, ``flagged``, ``broken``, ``variables``,
+            ``values`` and ``values_unseen_in_trusted``, in that order.
+        """
+        return {**super().to_dict(), "broken": self.broken, "variables": self.variables,
+                "values": self.values, "values_unseen_in_trusted": self.values_unseen_in_trusted}
 
 
 @register("scrubbing")
@@ -510,21 +549,28 @@ class ScrubbingDetector(Detector):
             )
 
     # ------------------------------------------------------------------ explain
-    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = 0.01) -> dict[str, Any]:
-        """Why one input scored as it did, as plain JSON-ready data.
+    def explain(self, example: torch.Tensor, top: int = 5, fpr: float = 0.01) -> ScrubbingExplainResult:
+        """Why one input scored as it did: which explanations and variables broke on it.
 
-        Returns a dict with ``score``, ``threshold`` (at ``fpr`` on held-out trusted
-        inputs) and ``flagged``; ``broken``: the ``top`` valid explanations whose scrub
-        moved the output most, each with its divergence (nats), its trusted mean and
-        spread, ``z`` (standardised against trusted) and ``p`` (its two-sided tail
-        probability under trusted divergences, what the score combines); ``variables``: for each hypothesis variable with an aligned site (and
-        each output mechanism), the divergence of scrubbing it alone, its trusted mean,
-        ``z``, and ``share`` — its part of the excess divergence over trusted summed over
-        variables; ``values``: the input's hypothesis values; ``values_unseen_in_trusted``:
-        variables whose value no trusted input has (scrubbed from random sources).
+        Args:
+            example: one input, with or without a leading batch axis of 1.
+            top: how many of the explanations that broke most to report (``broken``).
+            fpr: false-positive rate of the reported threshold (on held-out trusted
+                inputs).
+
+        Returns:
+            A :class:`ScrubbingExplainResult`: ``score``, ``threshold``, ``fpr`` and
+            ``flagged``; ``broken``, the ``top`` valid explanations whose scrub moved the
+            output most; ``variables``, each hypothesis variable scrubbed alone and its
+            share of the excess divergence; ``values``, the input's hypothesis values;
+            ``values_unseen_in_trusted``. ``to_dict()`` makes it JSON-ready.
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if ``example`` is a batch of more than one input, or does not fit.
         """
         x = torch.as_tensor(example)
-        x = x.unsqueeze(0) if x.ndim == len(self.input_shape_) else x
+        x = x.unsqueeze(0) if x.ndim == len(getattr(self, "input_shape_", ())) else x
         if len(x) != 1:
             raise InputError(f"explain takes one input, got a batch of {len(x)}.")
         x = self._check(x)
@@ -555,9 +601,10 @@ class ScrubbingDetector(Detector):
         for v, e in zip(variables, excess):
             v["share"] = float(e / excess.sum()) if excess.sum() > 0 else 0.0
         unseen = sorted(k for k, v in values[0].items() if v not in self.seen_values_.get(k, ()))
-        return {"score": score, "threshold": threshold, "fpr": fpr, "flagged": bool(score > threshold),
-                "broken": broken, "variables": variables,
-                "values": {k: _plain(v) for k, v in values[0].items()}, "values_unseen_in_trusted": unseen}
+        return ScrubbingExplainResult(score, threshold, fpr, bool(score > threshold), broken=broken,
+                                      variables=variables,
+                                      values={k: _plain(v) for k, v in values[0].items()},
+                                      values_unseen_in_trusted=unseen)
 
     def summary(self) -> dict[str, Any]:
         """Counts of searched / valid explanations per family, and the alignment."""
