@@ -374,8 +374,11 @@ def _score(args: argparse.Namespace) -> int:
     """Score an inputs file chunk by chunk (``--chunk`` inputs at a time), writing each
     chunk's scores as it goes: memory holds one chunk, whatever the file's length (all of
     the file with ``--report``, which shows the top inputs). The file is read through once
-    first, so a bad input stops the run before the model loads."""
-    from causalmad.inputs import ScoresWriter, atomic_write, count_inputs, iter_inputs, scores_format
+    first, so a bad input stops the run before the model loads. Each chunk's scores are
+    also kept on the disk (:mod:`causalmad.partial_scores`) until the scores file is in
+    place, so that ``--resume`` continues a run that was killed."""
+    from causalmad.inputs import atomic_write, count_inputs, scores_format
+    from causalmad.partial_scores import PartialScores, run_header
     from causalmad.persistence import read_config, remove_stale
 
     if args.chunk < 1:
@@ -389,6 +392,14 @@ def _score(args: argparse.Namespace) -> int:
     config = read_config(args.detector_dir, args.trust_modified)  # a bad folder fails here, before anything runs
     shape, dtype = config["input_shape"], config["input_dtype"]
     n = count_inputs(args.inputs, shape, dtype, args.chunk)  # every input checked before the model loads
+    partial = PartialScores(out, run_header(args.detector_dir, args.inputs, args.chunk, n, args.trust_modified))
+    done = partial.resume() if args.resume else 0  # another run's partial scores are refused before the model loads
+    if args.resume:
+        _say(args, f"resuming: {done} of {n} inputs were scored before ({partial.path})" if partial.exists()
+             else f"nothing to resume ({partial.path} does not exist): scoring from the start")
+    elif partial.exists():
+        warnings.warn(f"replacing {partial.path}, the partial scores of an earlier run (pass --resume to continue "
+                      "that run instead)", CausalMADWarning, stacklevel=1)
     det = _load(args, config)
     for target in (out, args.report):
         if target:
@@ -397,22 +408,13 @@ def _score(args: argparse.Namespace) -> int:
     if hasattr(det, "progress"):
         det.progress = False
     _say(args, f"scoring {n} inputs in chunks of {min(args.chunk, n)}")
-    kept: list[Any] = []  # the chunks, for --report only
-    flagged, t0 = 0, time.perf_counter()
-    with atomic_write(out) as f:
-        writer = ScoresWriter(f, fmt)
-        with progress_bar(n, "scoring", unit="input", enabled=not args.quiet) as bar:
-            for part in iter_inputs(args.inputs, shape, dtype, args.chunk):
-                _check_rows(det, part, args.inputs)
-                scores = det.score(part.inputs)
-                for i, s in enumerate(scores):
-                    writer.write(part.offset + i, part.ids[i], s, bool(s > threshold))
-                flagged += int((scores > threshold).sum())
-                if args.report:
-                    kept.append((part.inputs, part.ids, scores))
-                if part.offset == 0 and len(part.inputs) < n:
-                    bar.note(_eta(len(part.inputs), n, time.perf_counter() - t0))
-                bar.update(len(part.inputs))
+    try:
+        with atomic_write(out) as f:
+            flagged, kept = _score_chunks(args, det, partial, f, fmt, shape, dtype, n, threshold)
+    except BaseException as exc:
+        partial.abandon(exc)
+        raise
+    partial.remove()
     _say(args, f"wrote {out}: {n} inputs, {flagged} flagged at FPR {args.fpr} (threshold {threshold:.4g})")
     if args.report:
         from causalmad.report import html_report
@@ -423,6 +425,36 @@ def _score(args: argparse.Namespace) -> int:
                                 title=f"causalmad report: {Path(args.inputs).name}"))
         _say(args, f"wrote {args.report}")
     return 3 if args.fail_on_flag and flagged else 0
+
+
+def _score_chunks(args: argparse.Namespace, det: Any, partial: Any, f: Any, fmt: str, shape: Any, dtype: str,
+                  n: int, threshold: float) -> tuple[int, list[Any]]:
+    """Write the scores of every chunk to ``f``: those ``partial`` kept from an earlier
+    run as they were, the others scored now and kept too. Returns the number flagged and,
+    for ``--report``, the chunks (inputs, ids, scores)."""
+    from causalmad.inputs import ScoresWriter, iter_inputs
+
+    writer = ScoresWriter(f, fmt)
+    stored = partial.stored()
+    kept: list[Any] = []
+    flagged, t0, timed = 0, time.perf_counter(), False
+    with progress_bar(n, "scoring", unit="input", enabled=not args.quiet) as bar:
+        for part in iter_inputs(args.inputs, shape, dtype, args.chunk):
+            scores = next(stored, None)
+            if scores is None:
+                _check_rows(det, part, args.inputs)
+                scores = det.score(part.inputs)
+                partial.append(part.offset, scores)
+                if not timed and part.offset + len(part.inputs) < n:
+                    bar.note(_eta(len(part.inputs), n - part.offset, time.perf_counter() - t0))
+                timed = True
+            for i, s in enumerate(scores):
+                writer.write(part.offset + i, part.ids[i], s, bool(s > threshold))
+            flagged += int((scores > threshold).sum())
+            if args.report:
+                kept.append((part.inputs, part.ids, scores))
+            bar.update(len(part.inputs))
+    return flagged, kept
 
 
 def _eta(done: int, total: int, seconds: float) -> str:
@@ -552,6 +584,8 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--chunk", type=int, default=4096, help="inputs scored per step")
     score.add_argument("--fail-on-flag", action="store_true", help="exit with code 3 if any input is flagged")
     score.add_argument("--trust-modified", action="store_true", help=TRUST_HELP)
+    score.add_argument("--resume", action="store_true",
+                       help="continue a run that was killed, from the chunks it kept in .OUT.causalmad-partial")
     _add_model_args(score, fitting=False)
     score.set_defaults(func=_score)
 

@@ -159,7 +159,8 @@ def test_scoring_that_fails_halfway_leaves_no_output(work, tmp_path, monkeypatch
     assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--chunk",
                  "20", "--quiet"]) == 1  # an internal error: one line, the traceback with --debug
     assert out.read_text() == "previous results\n"  # untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.jsonl"]  # no partial file left
+    # no half-written scores file; the first chunk's scores are kept for --resume (tests/test_partial_scores.py)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.jsonl.causalmad-partial", "scores.jsonl"]
 
 
 def chromium() -> str | None:
@@ -434,7 +435,8 @@ def test_a_run_killed_during_fit_or_score_leaves_no_debris_after_the_next(work, 
     for argv, debris in ((fit, ".det.causalmad-tmp-"), (score, ".scores.jsonl.partial-")):
         proc = subprocess.Popen([sys.executable, "-c", script, *argv])
         assert proc.wait(timeout=300) == -signal.SIGKILL
-        left = [".det.causalmad-lock"] if argv is fit else []  # a killed save also leaves its (released) lock file
+        # a killed save also leaves its (released) lock file; a killed score, its finished chunks for --resume
+        left = [".det.causalmad-lock"] if argv is fit else [".scores.jsonl.causalmad-partial"]
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [*left, f"{debris}{proc.pid}"]
         caplog.clear()
         assert main(argv) == 0  # the same command again
