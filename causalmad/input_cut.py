@@ -229,8 +229,9 @@ def hybrids(
     candidates: int = 4,
     stop_after: int | None = None,
 ) -> tuple[list[torch.Tensor], list[int], list[list[int]]]:
-    """The hybrids of one input-cut scrub (parts ``mask``, in ``direction``): up to ``k`` per input, as ``rows`` (``[1, ...]`` each), the input each belongs to,
-    and (dual) the output classes the hypothesis predicts for each. A base hybrid takes
+    """The hybrids of one input-cut scrub (parts ``mask``, in ``direction``): up to ``k``
+    per input, as ``rows`` (``[1, ...]`` each), the input each belongs to, and (dual) the
+    output classes the hypothesis predicts for each. A base hybrid takes
     ``mask``'s parts from one of ``candidates * k`` drawn trusted sources and is kept
     where every inner hypothesis value stays the input's; a dual hybrid puts the input's
     parts into a drawn trusted base and is kept where the hypothesis is defined on it.
