@@ -17,7 +17,6 @@ place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -28,7 +27,7 @@ from typing import IO, Any
 import numpy as np
 
 from causalmad.errors import CausalMADWarning, InputError, WriteError
-from causalmad.persistence import CHECKSUMS, CONFIG, STATE
+from causalmad.persistence import CHECKSUMS, CONFIG, STATE, sha256_file
 
 KIND = "causalmad partial scores"
 VERSION = 1
@@ -40,14 +39,6 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.causalmad-partial")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_header(detector_dir: str | Path, inputs: str | Path, chunk: int, rows: int,
                trust_modified: bool = False) -> dict[str, Any]:
     """What a score run scores, as the partial file's header records it: the detector
@@ -56,9 +47,9 @@ def run_header(detector_dir: str | Path, inputs: str | Path, chunk: int, rows: i
     and the number of inputs."""
     folder, path = Path(detector_dir), Path(inputs)
     names = [CHECKSUMS] + ([CONFIG, STATE] if trust_modified or not (folder / CHECKSUMS).is_file() else [])
-    detector = {n: _sha256_file(folder / n) if (folder / n).is_file() else None for n in names}
+    detector = {n: sha256_file(folder / n) if (folder / n).is_file() else None for n in names}
     return {"kind": KIND, "version": VERSION, "detector": detector,
-            "inputs": {"size": path.stat().st_size, "sha256": _sha256_file(path)}, "chunk": chunk, "rows": rows}
+            "inputs": {"size": path.stat().st_size, "sha256": sha256_file(path)}, "chunk": chunk, "rows": rows}
 
 
 _WHAT = {"detector": "the detector folder", "inputs": "the inputs file", "chunk": "--chunk", "rows": "the inputs file"}

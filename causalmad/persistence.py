@@ -216,7 +216,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -457,7 +458,7 @@ def _write_locked(path: Path, config: dict[str, Any], encoded: Any, tensors: dic
         full = {"format_version": FORMAT_VERSION, "causalmad_version": causalmad.__version__, **config,
                 "state": encoded}
         (tmp / CONFIG).write_text(json.dumps(full, indent=1, allow_nan=False))
-        sums = "".join(f"{_sha256_file(tmp / name)}  {name}\n" for name in (CONFIG, STATE))
+        sums = "".join(f"{sha256_file(tmp / name)}  {name}\n" for name in (CONFIG, STATE))
         (tmp / CHECKSUMS).write_text(sums)  # written last: marks the folder complete
         for name in (STATE, CONFIG, CHECKSUMS, ""):  # "": the folder's own entries
             _fsync(tmp / name)

@@ -114,12 +114,7 @@ class HuggingFaceAdapter(ModelAdapter):
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
         x = _check_token_ids(inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size,
                              f" padded with pad id {self.pad_token_id}")
-        empty = (x == self.pad_token_id).all(1)
-        if empty.any():
-            raise InputError(
-                f"{what} contain {int(empty.sum())} row(s) made only of the pad id {self.pad_token_id} "
-                f"(first at index {int(empty.nonzero()[0])}); every row needs at least one real token."
-            )
+        _refuse_pad_only_rows(x, self.pad_token_id, what)
         return x
 
     def hook_names(self) -> list[str]:
@@ -357,12 +352,7 @@ class HuggingFaceCausalLMAdapter(ModelAdapter):
         padding = "" if self.pad_token_id is None else f" (left-padded with pad id {self.pad_token_id})"
         x = _check_token_ids(inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size, padding)
         if self.pad_token_id is not None:
-            empty = (x == self.pad_token_id).all(1)
-            if empty.any():
-                raise InputError(
-                    f"{what} contain {int(empty.sum())} row(s) made only of the pad id {self.pad_token_id} "
-                    f"(first at index {int(empty.nonzero()[0])}); every row needs at least one real token."
-                )
+            _refuse_pad_only_rows(x, self.pad_token_id, what)
         return x
 
     def hook_names(self) -> list[str]:
@@ -416,3 +406,13 @@ def _attention_child(block: nn.Module) -> str | None:
         if name in ("attn", "self_attn", "attention"):
             return name
     return None
+
+
+def _refuse_pad_only_rows(x: torch.Tensor, pad_token_id: int, what: str) -> None:
+    """One line for rows made only of the pad id: such a row has no token to read."""
+    empty = (x == pad_token_id).all(1)
+    if empty.any():
+        raise InputError(
+            f"{what} contain {int(empty.sum())} row(s) made only of the pad id {pad_token_id} "
+            f"(first at index {int(empty.nonzero()[0])}); every row needs at least one real token."
+        )
