@@ -320,7 +320,9 @@ class Hypothesis:
         input, its mechanism and parents) and each variable's descendants, computed once
         per graph shape (variables are only ever added, never changed), not once per evaluation: a hybrid
         input of the input cut meets the hypothesis hundreds of thousands of times."""
-        key = (self._graph.number_of_nodes(), self._graph.number_of_edges())
+        # edges are only ever added with the node they lead to, so the node count is the
+        # graph's shape (counting edges would walk them all, on every evaluation)
+        key = self._graph.number_of_nodes()
         cached = self.__dict__.get("_structure_cache")
         if cached is None or cached[0] != key:
             nodes = self._graph.nodes

@@ -42,7 +42,7 @@ import torch
 from causalmad.errors import HypothesisError
 from causalmad.hypothesis import Hypothesis, Readout
 from causalmad.models import ModelAdapter
-from causalmad.scrubbing import counterfactual_nll, draws, kl_divergence, readout_log_probs
+from causalmad.scrubbing import counterfactual_nll, draws, kl_divergence
 
 Values = list[dict[str, Hashable]]
 DIRECTIONS = ("base", "dual")
@@ -152,7 +152,7 @@ def _classes(hypothesis: Hypothesis, values: dict[str, Hashable]) -> list[int]:
 
 def _forward(adapter: ModelAdapter, rows: torch.Tensor, readouts: Sequence[Readout], batch_size: int
              ) -> list[torch.Tensor]:
-    return readout_log_probs(readouts, adapter.run(rows, batch_size))
+    return adapter.run_readouts(rows, readouts, batch_size)
 
 
 def scrub_input_cut(

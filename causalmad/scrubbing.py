@@ -362,7 +362,7 @@ def scrub(
 def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Sequence[Readout],
                     batch_size: int = 1024) -> list[torch.Tensor]:
     """Readout log-probabilities of the unscrubbed model."""
-    return readout_log_probs(readouts, adapter.run(inputs, batch_size))
+    return adapter.run_readouts(inputs, readouts, batch_size)
 
 
 # ---------------------------------------------------------------------- the batched engine

@@ -217,6 +217,30 @@ def test_plain_logits_equal_the_bridge_forward_and_train_the_same_parameters(tin
     handle.remove()
 
 
+def test_run_readouts_computes_only_the_positions_read_and_equals_the_bridge(tiny_bridge):
+    """The input cut's forward of hybrids (``run_readouts``): the hook-free run from the
+    first position read gives the bridge's readout log-probabilities, in any batch size,
+    and falls back to the bridge's forward when a hook is installed."""
+    adapter = cm.adapt(tiny_bridge)
+    x = torch.randint(0, 12, (9, 11), generator=torch.Generator().manual_seed(4))
+    readouts = [cm.Readout(position=8, logits=tuple(range(10))), cm.Readout(position=-1), cm.Readout(position=10)]
+    with torch.no_grad():
+        full = tiny_bridge(x)
+    want = [torch.log_softmax(r.select(full).float(), -1) for r in readouts]
+    for batch in (1, 4, 1024):
+        got = adapter.run_readouts(x, readouts, batch)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    calls = []
+    handle = adapter.module("blocks.0.hook_resid_post").register_forward_hook(lambda m, i, o: calls.append(1))
+    got = adapter.run_readouts(x, readouts)
+    handle.remove()
+    assert calls, "a hook someone installed must run: the bridge's forward then"
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, monkeypatch):
     adapter = cm.adapt(tiny_bridge)
     starts = []

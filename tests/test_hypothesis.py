@@ -20,6 +20,18 @@ def test_values_and_counterfactual_follow_the_graph():
     assert cf["s1"] == 9 and cf["s0"] == 5 and cf["c0"] == 0
 
 
+def test_a_variable_declared_after_an_evaluation_is_evaluated():
+    """The evaluation plan is cached per graph shape; declaring more must renew it."""
+    h = cm.Hypothesis("grow")
+    h.add_input("x", lambda ex: ex[0])
+    h.add_output("y", lambda x: x + 1, parents=["x"], readout=cm.Readout())
+    assert h.values([2]) == {"x": 2, "y": 3}
+    h.add_variable("z", lambda x: 2 * x, parents=["x"])
+    h.add_output("w", lambda x, z: x + z, parents=["x", "z"], readout=cm.Readout())
+    assert h.values([2]) == {"x": 2, "y": 3, "z": 4, "w": 6}
+    assert h.counterfactual(h.values([2]), {"z": 0})["w"] == 2
+
+
 @given(st.lists(st.integers(0, 9), min_size=6, max_size=6))
 def test_counterfactual_without_intervention_is_identity(d):
     h = addition_hypothesis(3)

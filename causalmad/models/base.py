@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from causalmad.errors import InputError, SiteError, close_matches
+from causalmad.hypothesis import Readout
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,15 @@ class ModelAdapter(ABC):
             for i in range(0, len(inputs), batch_size):
                 outs.append(self.forward(inputs[i : i + batch_size].to(self.device)).float().cpu())
         return torch.cat(outs) if outs else torch.empty(0)
+
+    def run_readouts(self, inputs: torch.Tensor, readouts: Sequence[Readout], batch_size: int = 1024
+                     ) -> list[torch.Tensor]:
+        """Log-probabilities ``[n, classes]`` over each readout's classes under a plain
+        forward (no interventions), on the CPU. Adapters with a cheaper forward that
+        computes only the positions read override this (the same function up to float
+        rounding)."""
+        logits = self.run(inputs, batch_size)
+        return [torch.log_softmax(r.select(logits).float(), dim=-1) for r in readouts]
 
 
 def _check_finite_tensor(inputs: object, what: str) -> torch.Tensor:
