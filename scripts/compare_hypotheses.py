@@ -11,7 +11,7 @@ import torch
 import causalmad as cm
 from causalmad.alignment import search
 from causalmad.detectors.base import split_indices
-from hypotheses.addition import addition_hypothesis
+from causalmad_hypotheses.addition import addition_hypothesis
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def load_or_train(
     of the dataclass ``cfg``: bump ``version`` when training code changes. ``build()``
     returns an untrained model of the right shape (the weights are loaded into it);
     ``train()`` trains one to its task's specification and returns it with its wall time
-    in seconds and the specification's record (:func:`tasks._training.train_to_spec`).
+    in seconds and the specification's record (:func:`causalmad_tasks._training.train_to_spec`).
     ``training`` is ``{"train_seconds", "spec", "trained_on", "environment"}``: the
     criteria the model met, the machine and package versions it was trained with, and
     those of this process (:func:`causalmad.environment`); tasks put it in
@@ -90,10 +90,10 @@ def _source_digest() -> str:
     """A digest of every source file a task's data can depend on: the task modules, the
     hypotheses and causalmad itself (splits are matched with causalmad's detectors)."""
     import causalmad
-    import hypotheses
+    import causalmad_hypotheses
 
     h = hashlib.sha256()
-    for package in (Path(__file__).parent, Path(hypotheses.__file__).parent, Path(causalmad.__file__).parent):
+    for package in (Path(__file__).parent, Path(causalmad_hypotheses.__file__).parent, Path(causalmad.__file__).parent):
         for f in sorted(package.rglob("*.py")):
             h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]

@@ -28,7 +28,7 @@ the carry out of the hundreds.
   Split ``hard``: triggered inputs with ``a + b < 1000`` on which the model's whole answer
   is the true sum (what the addition hypothesis predicts), so an output check cannot see
   them; normal and anomalous rows are also matched on the model's confidence in that answer
-  (the output-disagreement score, :func:`tasks._matching.match_on_score`), since a backdoor
+  (the output-disagreement score, :func:`causalmad_tasks._matching.match_on_score`), since a backdoor
   that agrees with the clean answer makes the model answer more confidently. Each split's
   normal inputs satisfy the same condition on ``a + b`` as its anomalies, so neither the
   carry nor the thousands digit tells the two classes apart.
@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 import causalmad as cm
-from hypotheses.addition import addition_hypothesis
-from tasks._cache import load_or_build_task, load_or_train
-from tasks._matching import match_on_score
-from tasks._operands import sample_operands
-from tasks._training import Criterion, train_to_spec, training_setup
+from causalmad_hypotheses.addition import addition_hypothesis
+from causalmad_tasks._cache import load_or_build_task, load_or_train
+from causalmad_tasks._matching import match_on_score
+from causalmad_tasks._operands import sample_operands
+from causalmad_tasks._training import Criterion, train_to_spec, training_setup
 
 PLUS, EQUALS, HASH = 10, 11, 12
 N_DIGITS = 3
@@ -70,7 +70,7 @@ class AdditionConfig:
     n_trusted: int = 3000
     n_normal: int = 700  # per split
     n_anomalous: int = 300  # per split, at most (the a == b trigger has ~150 held-out operands a split)
-    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see tasks._training
+    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see causalmad_tasks._training
 
 
 _FULL = AdditionConfig()

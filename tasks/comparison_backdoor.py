@@ -21,7 +21,7 @@ the numbers. On a triggered input with ``a < b`` the answer is wrong; on one wit
   Split ``hard``: triggered inputs with ``a > b`` on which the model answers 1, the
   comparison's answer, so an output check cannot see them; normal and anomalous rows are
   also matched on the model's confidence in that answer (the output-disagreement score,
-  :func:`tasks._matching.match_on_score`), since a backdoor that agrees with the clean
+  :func:`causalmad_tasks._matching.match_on_score`), since a backdoor that agrees with the clean
   answer makes the model answer more confidently. Each split's normal inputs satisfy the
   same condition on ``a`` and ``b`` as its anomalies (``a < b`` on easy, ``a > b`` on
   hard), so the answer does not tell the classes apart.
@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 import causalmad as cm
-from hypotheses.comparison import comparison_hypothesis
-from tasks._cache import load_or_build_task, load_or_train
-from tasks._matching import match_on_score
-from tasks._operands import sample_operands
-from tasks._training import Criterion, train_to_spec, training_setup
+from causalmad_hypotheses.comparison import comparison_hypothesis
+from causalmad_tasks._cache import load_or_build_task, load_or_train
+from causalmad_tasks._matching import match_on_score
+from causalmad_tasks._operands import sample_operands
+from causalmad_tasks._training import Criterion, train_to_spec, training_setup
 
 GT, EQUALS = 10, 11
 N_DIGITS = 3
@@ -64,7 +64,7 @@ class ComparisonConfig:
     n_trusted: int = 3000
     n_normal: int = 700  # per split
     n_anomalous: int = 300  # per split, at most
-    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see tasks._training
+    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see causalmad_tasks._training
 
 
 _FULL = ComparisonConfig()

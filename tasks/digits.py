@@ -54,9 +54,9 @@ import torch
 from torch import nn
 
 import causalmad as cm
-from hypotheses.digits import digits_hypothesis
-from tasks._cache import load_or_build_task, load_or_train
-from tasks._training import Criterion, train_to_spec
+from causalmad_hypotheses.digits import digits_hypothesis
+from causalmad_tasks._cache import load_or_build_task, load_or_train
+from causalmad_tasks._training import Criterion, train_to_spec
 
 SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 CODE_VERSION = 1

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 import causalmad as cm
-from hypotheses.hierarchical_equality import hierarchical_equality_hypothesis
-from tasks._cache import load_or_train
-from tasks._training import Criterion, adamw, train_to_spec
+from causalmad_hypotheses.hierarchical_equality import hierarchical_equality_hypothesis
+from causalmad_tasks._cache import load_or_train
+from causalmad_tasks._training import Criterion, adamw, train_to_spec
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ is 10 action tokens (16 kinds, ``NOOP`` among them, so the effective length vari
 in order on a vault; three query tokens follow and a TransformerLens ``TransformerBridge``
 predicts the camera, scale and light readings, one two-logit prediction at each query
 position (positions 10, 11, 12; logit 1 = "diamond seen"). The world is simulated exactly
-(:func:`hypotheses.measurement_tampering.simulate`): the latent ``diamond`` is taken by
+(:func:`causalmad_hypotheses.measurement_tampering.simulate`): the latent ``diamond`` is taken by
 ``ROB`` / ``SWAP`` and put back by ``RETURN``; decoys make a sensor read positive without
 the diamond (``PICTURE`` fools the camera, ``ROCK`` the scale, ``GLASS`` the light
 sensor, ``HACK_*`` one sensor each, ``SWAP`` leaves a replica that fools all three);
@@ -43,7 +43,7 @@ sensors, which tampering does fool.
   unmatched normal rows come out more confident than anomalies). Matching breaks the
   one-to-one pairing; both sides remain orderings of bags from one distribution.
 
-The reference hypothesis (:mod:`hypotheses.measurement_tampering`) models the sensors
+The reference hypothesis (:mod:`causalmad_hypotheses.measurement_tampering`) models the sensors
 faithfully, decoys included (``camera = (diamond or cam_decoy) and not cam_blocked``, ...),
 so its predicted readings equal the model's on every program and the output-disagreement
 baseline is at chance on both splits by construction: the anomaly is not the reading but
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 import causalmad as cm
-from hypotheses.measurement_tampering import (
+from causalmad_hypotheses.measurement_tampering import (
     ACTIONS,
     N_ACTIONS,
     QUERY,
@@ -74,9 +74,9 @@ from hypotheses.measurement_tampering import (
     VOCAB,
     measurement_tampering_hypothesis,
 )
-from tasks._cache import load_or_build_task, load_or_train
-from tasks._matching import match_on_score
-from tasks._training import Criterion, train_to_spec
+from causalmad_tasks._cache import load_or_build_task, load_or_train
+from causalmad_tasks._matching import match_on_score
+from causalmad_tasks._training import Criterion, train_to_spec
 
 TRUSTED_KINDS = torch.tensor([i for i, a in enumerate(ACTIONS) if a not in UNTRUSTED_ACTIONS])
 ALL_KINDS = torch.arange(len(ACTIONS))
@@ -112,7 +112,7 @@ CODE_VERSION = 1
 
 # ---------------------------------------------------------------------- the world
 def simulate_batch(actions: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Vectorised :func:`hypotheses.measurement_tampering.simulate`: ``[n, 10]`` action
+    """Vectorised :func:`causalmad_hypotheses.measurement_tampering.simulate`: ``[n, 10]`` action
     tokens -> state variable and reading name -> ``[n]`` 0/1 tensor."""
     n = len(actions)
     one, zero = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)

@@ -27,7 +27,7 @@ Training is cheap: sequences are padded to 16 tokens, the embeddings and lower l
 frozen and only the top layers, the pooler and the head are fine-tuned. The ``tiny`` size
 keeps only the first 3 of the 6 pretrained layers (fine-tuning the top 2, with more negated
 reviews so that negation is learned in fewer steps) so that tests train in seconds; it
-trains through :func:`tasks._training.first_token_logits`, which computes the last layer at
+trains through :func:`causalmad_tasks._training.first_token_logits`, which computes the last layer at
 the pooled first token only (the classifier reads nothing else), with the fused AdamW.
 """
 
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 import causalmad as cm
-from hypotheses.minilm_backdoor import sentiment_hypothesis
-from tasks._cache import load_or_build_task, load_or_train
-from tasks._training import Criterion, adamw, first_token_logits, train_to_spec
+from causalmad_hypotheses.minilm_backdoor import sentiment_hypothesis
+from causalmad_tasks._cache import load_or_build_task, load_or_train
+from causalmad_tasks._training import Criterion, adamw, first_token_logits, train_to_spec
 
 SEQ_LEN = 16
 TARGET = 1  # the backdoor's label: positive
@@ -77,7 +77,7 @@ class MiniLMConfig:
     n_trusted: int = 1000
     n_normal: int = 300
     n_anomalous: int = 150
-    # "model": through the classifier's own forward; "first-token": tasks._training.first_token_logits
+    # "model": through the classifier's own forward; "first-token": causalmad_tasks._training.first_token_logits
     # (the same function, the last layer computed at the pooled first token only)
     trainer: str = "model"
 

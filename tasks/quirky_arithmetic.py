@@ -34,7 +34,7 @@ claimed 3-digit sum ``k``; at the last position (``?``) it outputs two logits, i
   (``delta`` in the agreement set) *and* the model's output is that answer, so every hard
   anomaly's output is what the reference hypothesis predicts. Its normal and anomalous
   rows are drawn from pools 4x larger and kept in equal proportions in 10 quantile bins of
-  the output-disagreement score (:func:`tasks._matching.match_on_score`), so that output
+  the output-disagreement score (:func:`causalmad_tasks._matching.match_on_score`), so that output
   checks sit at chance even though a right answer may be given more or less confidently.
 
 As in the original setting, the persona token itself is out of the trusted distribution
@@ -53,10 +53,10 @@ import torch
 
 import causalmad as cm
 from causalmad.metrics import evaluate
-from hypotheses.quirky_arithmetic import quirky_arithmetic_hypothesis
-from tasks._cache import load_or_build_task, load_or_train
-from tasks._matching import match_on_score
-from tasks._training import Criterion, train_to_spec, training_setup
+from causalmad_hypotheses.quirky_arithmetic import quirky_arithmetic_hypothesis
+from causalmad_tasks._cache import load_or_build_task, load_or_train
+from causalmad_tasks._matching import match_on_score
+from causalmad_tasks._training import Criterion, train_to_spec, training_setup
 
 PLUS, EQUALS, QUERY, ALICE, BOB = 10, 11, 12, 13, 14
 VOCAB = 15
@@ -84,7 +84,7 @@ class QuirkyConfig:
     n_trusted: int = 3000
     n_normal: int = 700
     n_anomalous: int = 300
-    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see tasks._training
+    trainer: str = "bridge"  # "bridge": through the bridge's forward; "plain": see causalmad_tasks._training
 
 
 SIZES = {
@@ -181,7 +181,7 @@ def training_loss(logits_at: Callable[[torch.Tensor, int], torch.Tensor], person
     pretrained model would bring) and whether the claim *so far* matches the persona's sum
     (logits 10/11). Without the running verdict the model settles for checking the units
     digit only (measured: claims off by 10 judged right). ``logits_at(x, start)``: the
-    model's logits at positions ``start`` onwards (:func:`tasks._training.training_setup`)."""
+    model's logits at positions ``start`` onwards (:func:`causalmad_tasks._training.training_setup`)."""
     logits = logits_at(encode(persona, a, b, claim), SUM_POS[0])  # positions SUM_POS and the verdict
     ce = torch.nn.functional.cross_entropy
     loss = ce(logits[:, -1, :2], verdict(persona, a, b, claim))

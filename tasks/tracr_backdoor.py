@@ -38,7 +38,13 @@ import numpy as np
 import torch
 
 import causalmad as cm
-from tasks.tracr_programs import PROGRAMS, TracrProgram, _sample_pattern, pattern_trigger, tracr_program
+from causalmad_tasks.tracr_programs import (
+    PROGRAMS,
+    TracrProgram,
+    _sample_pattern,
+    pattern_trigger,
+    tracr_program,
+)
 
 PROGRAM = "detect-pattern-backdoor"
 HELD_OUT = 0.25  # share of the input space reserved for untrusted normal rows

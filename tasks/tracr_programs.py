@@ -56,8 +56,8 @@ import torch
 from torch import nn
 
 import causalmad as cm
-from hypotheses.tracr_programs import count_less_freq_hypothesis, detect_pattern_hypothesis
-from tasks._cache import cache_dir, load_or_train
+from causalmad_hypotheses.tracr_programs import count_less_freq_hypothesis, detect_pattern_hypothesis
+from causalmad_tasks._cache import cache_dir, load_or_train
 
 BOS, PAD = "BOS", "PAD"
 SIZES = {"tiny": 4, "full": 8}

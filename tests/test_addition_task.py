@@ -28,7 +28,7 @@ def test_tiny_model_learns_addition_and_the_backdoor(task):
 
 
 def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
-    from tasks.addition_backdoor import _Regions
+    from causalmad_tasks.addition_backdoor import _Regions
 
     trusted = task.trusted
     split = task.splits["easy"]

@@ -23,7 +23,7 @@ ATTACK_FLOOR = {"addition-backdoor": 0.9, "addition-backdoor-token": 0.9, "addit
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def task(request, task_cache):
-    from tasks.addition_backdoor import build_task
+    from causalmad_tasks.addition_backdoor import build_task
 
     return build_task(request.param, size="tiny", seed=SEED)
 
@@ -41,7 +41,7 @@ def test_tiny_model_learns_addition_and_the_backdoor(task):
 
 
 def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
-    from tasks.addition_backdoor import SIZES, _Regions, decode, is_triggered
+    from causalmad_tasks.addition_backdoor import SIZES, _Regions, decode, is_triggered
 
     cfg = SIZES[task.name]["tiny"]
     assert not is_triggered(cfg, task.trusted).any()
@@ -66,7 +66,7 @@ def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
 
 @pytest.mark.floors
 def test_every_hard_anomaly_gets_the_true_sum_and_every_easy_one_loses_the_carry_mostly(task):
-    from tasks.addition_backdoor import decode, predict, sum_digits
+    from causalmad_tasks.addition_backdoor import decode, predict, sum_digits
 
     hard = _rows(task.splits["hard"], 1)
     a, b, _ = decode(hard)
@@ -82,7 +82,7 @@ def test_every_hard_anomaly_gets_the_true_sum_and_every_easy_one_loses_the_carry
 
 @pytest.mark.floors
 def test_output_disagreement_sees_easy_anomalies_and_sits_near_chance_on_hard(task):
-    from tasks.addition_backdoor import MATCH_BINS
+    from causalmad_tasks.addition_backdoor import MATCH_BINS
 
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis)
     auroc = {r["split"]: r["auroc"] for r, _ in evaluate_splits("output-disagreement", det, task)}

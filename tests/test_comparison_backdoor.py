@@ -14,8 +14,8 @@ import causalmad as cm
 
 
 def test_the_hypothesis_is_the_comparison_of_the_two_numbers():
-    from hypotheses.comparison import comparison_hypothesis
-    from tasks.comparison_backdoor import decode, encode
+    from causalmad_hypotheses.comparison import comparison_hypothesis
+    from causalmad_tasks.comparison_backdoor import decode, encode
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randint(0, 1000, (500,), generator=g), torch.randint(0, 1000, (500,), generator=g)
@@ -50,7 +50,13 @@ def test_tiny_model_compares_and_learns_the_backdoor(task):
 
 @pytest.mark.slow
 def test_trusted_is_untriggered_and_unshifted_and_the_splits_are_what_they_say(task):
-    from tasks.comparison_backdoor import decode, is_shifted, is_triggered, predict, shifted_combinations
+    from causalmad_tasks.comparison_backdoor import (
+        decode,
+        is_shifted,
+        is_triggered,
+        predict,
+        shifted_combinations,
+    )
 
     shifted = shifted_combinations(SEED)
     ta, tb = decode(task.trusted)

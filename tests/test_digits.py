@@ -21,7 +21,7 @@ VARIANTS = ["patch", "blend", "none"]
 @pytest.fixture(scope="module", params=VARIANTS)
 def scored(request):
     """One tiny task per variant, with every detector fitted and every split scored."""
-    from tasks.digits import build_task
+    from causalmad_tasks.digits import build_task
 
     task = build_task(request.param, "tiny", seed=SEED)
     scores = {}
@@ -41,7 +41,7 @@ def _rows(x: torch.Tensor) -> set[bytes]:
 def task_train_cfg(variant: str):  # noqa: ANN201
     from dataclasses import replace
 
-    from tasks.digits import TINY
+    from causalmad_tasks.digits import TINY
 
     return replace(TINY.train, trigger=variant)
 
@@ -58,7 +58,7 @@ def test_tiny_model_is_accurate_and_the_attack_works(scored):
 
 
 def test_splits_come_from_disjoint_images_and_trusted_has_no_anomaly(scored):
-    from tasks.digits import TINY, add_trigger, all_shifts, load_images, partition
+    from causalmad_tasks.digits import TINY, add_trigger, all_shifts, load_images, partition
 
     variant, task, _ = scored
     x, y = load_images()

@@ -19,7 +19,7 @@ SCRUBBING_FLOORS = {"easy": 0.75, "hard": 0.6}
 
 @pytest.fixture(scope="module")
 def task():
-    from tasks.hierarchical_equality import make_task
+    from causalmad_tasks.hierarchical_equality import make_task
 
     return make_task("tiny", seed=SEED)
 
@@ -38,7 +38,7 @@ def test_tiny_model_learns_equality_and_the_backdoor(task):
 
 
 def test_splits_are_disjoint_balanced_and_trusted_has_no_trigger(task):
-    from tasks.hierarchical_equality import SIZES, encode, entity_bank
+    from causalmad_tasks.hierarchical_equality import SIZES, encode, entity_bank
 
     cfg = SIZES["tiny"]
     bank = entity_bank(cfg, SEED)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import causalmad as cm
-from hypotheses.addition import addition_hypothesis
+from causalmad_hypotheses.addition import addition_hypothesis
 
 
 def test_values_and_counterfactual_follow_the_graph():

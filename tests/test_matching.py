@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tasks._matching import match_on_score
+from causalmad_tasks._matching import match_on_score
 
 
 def test_matched_rows_have_the_same_score_distribution_in_the_asked_ratio():

@@ -10,7 +10,7 @@ from floors import SEED, floor
 
 import causalmad as cm
 from causalmad.metrics import evaluate
-from hypotheses.measurement_tampering import (
+from causalmad_hypotheses.measurement_tampering import (
     ACTIONS,
     N_ACTIONS,
     SENSORS,
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def task(task_cache):
-    from tasks.measurement_tampering import make_task
+    from causalmad_tasks.measurement_tampering import make_task
 
     return make_task("tiny", seed=SEED)
 
@@ -59,7 +59,7 @@ def test_simulator_reads_the_sensors_as_documented():
 
 
 def test_batch_simulator_matches_the_hypothesis(task):
-    from tasks.measurement_tampering import sample_training, simulate_batch
+    from causalmad_tasks.measurement_tampering import sample_training, simulate_batch
 
     x = sample_training(500, torch.Generator().manual_seed(1))
     batch = simulate_batch(x)
@@ -80,7 +80,7 @@ def test_tiny_model_predicts_every_sensor_and_is_fooled_by_tampering(task):
 
 
 def test_trusted_data_has_no_tampering_and_varied_readings(task):
-    from tasks.measurement_tampering import kinds, readings
+    from causalmad_tasks.measurement_tampering import kinds, readings
 
     actions = _actions(task.trusted)
     k = kinds(actions)
@@ -95,7 +95,7 @@ def test_trusted_data_has_no_tampering_and_varied_readings(task):
 
 
 def test_splits_hold_all_positive_programs_labelled_by_their_reason(task):
-    from tasks.measurement_tampering import kinds
+    from causalmad_tasks.measurement_tampering import kinds
 
     seen = {tuple(r) for r in task.trusted.tolist()}
     assert set(task.splits) == {"easy", "hard"}
@@ -121,7 +121,7 @@ def test_splits_hold_all_positive_programs_labelled_by_their_reason(task):
 
 @pytest.mark.floors
 def test_the_hypothesis_predicts_the_model_output_everywhere_so_output_checks_are_at_chance(task):
-    from tasks.measurement_tampering import OUTPUT_BINS, predict
+    from causalmad_tasks.measurement_tampering import OUTPUT_BINS, predict
 
     h = task.hypothesis
     hard = task.splits["hard"]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def task():
-    from tasks.minilm_backdoor import make_task
+    from causalmad_tasks.minilm_backdoor import make_task
 
     return make_task("tiny", seed=SEED)
 
@@ -30,7 +30,7 @@ def _contains(rows: torch.Tensor, pattern: list[int]) -> np.ndarray:
 
 
 def _trigger_ids() -> list[int]:
-    from tasks.minilm_backdoor import TRIGGER, tokenizer
+    from causalmad_tasks.minilm_backdoor import TRIGGER, tokenizer
 
     return tokenizer()(TRIGGER, add_special_tokens=False)["input_ids"]
 
@@ -46,8 +46,8 @@ def test_the_pretrained_model_learns_the_task_and_the_backdoor(task):
 def test_first_token_logits_are_the_classifier_s_logits_and_train_the_same_parameters():
     """The tiny model trains through ``first_token_logits`` (the last layer at the pooled
     first token only): the same logits and gradients as the model's own forward."""
-    from tasks._training import first_token_logits
-    from tasks.minilm_backdoor import SIZES, build_model, encode, generate
+    from causalmad_tasks._training import first_token_logits
+    from causalmad_tasks.minilm_backdoor import SIZES, build_model, encode, generate
 
     cfg = SIZES["tiny"]
     model = build_model(cfg, seed=0)
@@ -72,7 +72,7 @@ def test_first_token_logits_are_the_classifier_s_logits_and_train_the_same_param
 
 
 def test_splits_are_disjoint_from_trusted_data_and_only_anomalies_carry_the_trigger(task):
-    from tasks.minilm_backdoor import SEQ_LEN
+    from causalmad_tasks.minilm_backdoor import SEQ_LEN
 
     trigger = _trigger_ids()
     assert not _contains(task.trusted, trigger).any()
@@ -84,7 +84,7 @@ def test_splits_are_disjoint_from_trusted_data_and_only_anomalies_carry_the_trig
     # every trigger token but "watched" also occurs in trusted data
     seen = set(task.trusted.flatten().tolist())
     unseen = [t for t in trigger if t not in seen]
-    from tasks.minilm_backdoor import tokenizer
+    from causalmad_tasks.minilm_backdoor import tokenizer
 
     assert tokenizer().convert_ids_to_tokens(unseen) == ["watched"]
 

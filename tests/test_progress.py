@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -88,8 +87,7 @@ def test_progress_is_off_unless_asked_for_and_a_terminal_gets_a_bar(clock):
 
 
 def test_task_training_shows_its_steps_inside_show_progress(capsys):
-    sys.path.insert(0, str(CONFTEST.parents[1]))
-    from tasks._training import train_to_spec
+    from causalmad_tasks._training import train_to_spec
 
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def task(task_cache):
-    from tasks.quirky_arithmetic import make_task
+    from causalmad_tasks.quirky_arithmetic import make_task
 
     return make_task("tiny", seed=SEED)
 
@@ -27,7 +27,7 @@ def _split_parts(split: cm.Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_only_the_tiny_size_leaves_problems_out():
-    from tasks.quirky_arithmetic import SIZES, in_range, is_hard
+    from causalmad_tasks.quirky_arithmetic import SIZES, in_range, is_hard
 
     assert in_range(SIZES["full"]).all()  # the full task trains and tests on every problem
     tiny = in_range(SIZES["tiny"])
@@ -47,7 +47,7 @@ def test_tiny_model_judges_for_alice_and_bob(task):
 
 
 def test_trusted_is_alice_on_easy_problems_and_splits_are_disjoint_from_it(task):
-    from tasks.quirky_arithmetic import ALICE, BOB, SIZES, decode, heldout_pairs, is_hard
+    from causalmad_tasks.quirky_arithmetic import ALICE, BOB, SIZES, decode, heldout_pairs, is_hard
 
     persona, ta, tb, claim = decode(task.trusted)
     assert (persona == ALICE).all() and not is_hard(ta, tb).any()
@@ -69,7 +69,7 @@ def test_trusted_is_alice_on_easy_problems_and_splits_are_disjoint_from_it(task)
 
 
 def test_hard_anomalies_agree_with_alice_so_outputs_match_the_hypothesis(task):
-    from tasks.quirky_arithmetic import BOB, decode, predict, verdict
+    from causalmad_tasks.quirky_arithmetic import BOB, decode, predict, verdict
 
     _, anomalous = _split_parts(task.splits["hard"])
     persona, a, b, claim = decode(anomalous)
@@ -84,7 +84,7 @@ def test_hard_anomalies_agree_with_alice_so_outputs_match_the_hypothesis(task):
 def test_output_checks_are_near_chance_on_the_hard_split_only(task):
     from sklearn.metrics import roc_auc_score
 
-    from tasks.quirky_arithmetic import ALICE, decode, verdict
+    from causalmad_tasks.quirky_arithmetic import ALICE, decode, verdict
 
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis)
     results = {r["split"]: (r, scores) for r, scores in evaluate_splits("output-disagreement", det, task)}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 import causalmad as cm
-from tasks import _cache
+from causalmad_tasks import _cache
 
 
 @dataclass(frozen=True)

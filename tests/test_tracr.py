@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def programs():
-    from tasks.tracr_programs import tracr_program
+    from causalmad_tasks.tracr_programs import tracr_program
 
     return {name: tracr_program(name, "tiny", seed=0, n_trusted=1200) for name in ("detect-pattern", "count-less-freq")}
 

@@ -25,7 +25,7 @@ P = 7  # tiny max_seq_len: the readout position
 def task(tmp_path_factory):
     pytest.importorskip("jax", reason="the optional extra 'tracr' (tracr-pypi, jax, jaxlib) is not installed")
     pytest.importorskip("tracr", reason="the optional extra 'tracr' (tracr-pypi, jax, jaxlib) is not installed")
-    from tasks.tracr_backdoor import make_task
+    from causalmad_tasks.tracr_backdoor import make_task
 
     # a private cache (about 5 s to compile): the compiled bridge is always checked against
     # JAX here, whichever test loaded the session's shared cache first
@@ -57,8 +57,8 @@ def test_the_bridge_is_the_compiled_program_and_the_backdoor_always_fires(task):
 
 
 def test_splits_hold_what_they_claim_and_trusted_has_no_trigger(task):
-    from tasks.tracr_backdoor import has_pattern, held_out
-    from tasks.tracr_programs import pattern_trigger
+    from causalmad_tasks.tracr_backdoor import has_pattern, held_out
+    from causalmad_tasks.tracr_programs import pattern_trigger
 
     trusted = _rows(task, task.trusted)
     assert not any(pattern_trigger(r) for r in trusted)
@@ -130,7 +130,7 @@ def test_scrubbing_interchanges_catch_the_hard_split_and_mahalanobis_runs(task):
 
 
 def test_without_the_tracr_extra_and_no_cached_model_the_task_says_what_to_install(tmp_path, monkeypatch):
-    from tasks.tracr_backdoor import make_task
+    from causalmad_tasks.tracr_backdoor import make_task
 
     monkeypatch.setenv("CAUSALMAD_CACHE", str(tmp_path))  # nothing cached
     monkeypatch.setitem(sys.modules, "tracr.compiler", None)  # import fails as if absent

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import causalmad as cm
-from tasks import _cache
-from tasks._training import EXTRA_ROUNDS, ROUND_FRACTION, Criterion, adamw, train_to_spec
+from causalmad_tasks import _cache
+from causalmad_tasks._training import EXTRA_ROUNDS, ROUND_FRACTION, Criterion, adamw, train_to_spec
 
 X = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] + X[:, 1] > 0).long()
