@@ -67,8 +67,9 @@ class BenchSummary:
     seconds: float = 0.0
 
 
-def build_detector(name: str, task: Task, seed: int, progress: bool = False,
-                   params: dict[str, Any] | None = None) -> Detector:
+def build_detector(
+    name: str, task: Task, seed: int, progress: bool = False, params: dict[str, Any] | None = None
+) -> Detector:
     """The registered detector ``name`` for ``task``: seeded with ``seed``, given the task's
     hypothesis if it takes one, with a progress bar if it has one, and ``params`` (its
     other constructor arguments, checked by :func:`check_params`)."""
@@ -91,8 +92,10 @@ def check_params(params: dict[str, dict[str, Any]], detectors: Sequence[str]) ->
     names only selected detectors and arguments their constructors take."""
     for det, kwargs in params.items():
         if det not in detectors:
-            raise InputError(f"parameters given for detector {det!r}, which this run does not include "
-                             f"(detectors: {list(detectors)}).")
+            raise InputError(
+                f"parameters given for detector {det!r}, which this run does not include "
+                f"(detectors: {list(detectors)})."
+            )
         accepted = [a for a in inspect.signature(DETECTORS[det]).parameters if a not in _OWN_ARGS]
         unknown = [k for k in kwargs if k not in accepted]
         if unknown:
@@ -109,7 +112,9 @@ def extras(detector: Detector, split: Split, details: ScoreDetails) -> dict[str,
         return {
             "auroc_max_over_sites": float(roc_auc_score(split.labels, z.max(1))),
             "auroc_mean_over_sites": float(roc_auc_score(split.labels, z.mean(1))),
-            "auroc_by_site": {s.key: float(roc_auc_score(split.labels, z[:, j])) for j, s in enumerate(detector.sites_)},
+            "auroc_by_site": {
+                s.key: float(roc_auc_score(split.labels, z[:, j])) for j, s in enumerate(detector.sites_)
+            },
         }
     if isinstance(detector, ScrubbingDetector):
         return scrubbing_ablation(detector, split, details)
@@ -138,7 +143,9 @@ def read_records(out: Path) -> list[dict[str, Any]]:
     try:
         records = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); move it away to start the benchmark afresh.") from None
+        raise InputError(
+            f"{path} is not valid JSON ({exc}); move it away to start the benchmark afresh."
+        ) from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and "detector" in r for r in records):
         raise InputError(f"{path} is not a list of benchmark records; move it away to start afresh.")
     return records
@@ -201,16 +208,25 @@ def run_bench(
     params = {d: dict(kw) for d, kw in (params or {}).items() if kw}
     check_params(params, det_names)
     records = read_records(out)
-    done = {cell_of(r) for r in records if "size" in r and r.get("params", {}) == params.get(r["detector"], {})}
+    done = {
+        cell_of(r) for r in records if "size" in r and r.get("params", {}) == params.get(r["detector"], {})
+    }
     summary = BenchSummary(out=out, records=records)
     recorded = set(task_names)
     bar = progress_bar(len(seeds) * len(task_names) * len(det_names), "bench", unit="cell", enabled=progress)
     for seed in seeds:
         for task_name in task_names:
             # the splits a task has, as far as earlier runs wrote them: all finished => no load
-            known_splits = sorted({r["split"] for r in records if r["task"] == task_name and r.get("size") == size
-                                   and int(r["seed"]) == seed})
-            if known_splits and all((task_name, size, s, d, seed) in done for s in known_splits for d in det_names):
+            known_splits = sorted(
+                {
+                    r["split"]
+                    for r in records
+                    if r["task"] == task_name and r.get("size") == size and int(r["seed"]) == seed
+                }
+            )
+            if known_splits and all(
+                (task_name, size, s, d, seed) in done for s in known_splits for d in det_names
+            ):
                 summary.skipped += [(task_name, size, s, d, seed) for s in known_splits for d in det_names]
                 bar.update(len(det_names))
                 continue
@@ -220,7 +236,9 @@ def run_bench(
                 with show_progress(progress):  # the task's training, if it is not cached
                     task = load_task(task_name, size=size, seed=seed)
             except TaskError as exc:  # a task that cannot be built here (an optional extra missing, say)
-                logger.error("task %s (seed %d) could not be loaded, its cells are skipped: %s", task_name, seed, exc)
+                logger.error(
+                    "task %s (seed %d) could not be loaded, its cells are skipped: %s", task_name, seed, exc
+                )
                 summary.failed.append((task_name, "(loading the task)", seed, str(exc)))
                 bar.update(len(det_names))
                 continue
@@ -235,8 +253,20 @@ def run_bench(
                 summary.skipped += [c for c in cells if c in done]
                 if todo:
                     bar.set_postfix_str(f"{task_name} seed {seed}: {det_name}")
-                    _run_cells(out, task, det_name, todo, size, seed, progress, records, done, summary,
-                               str(torch.device(device)), params.get(det_name, {}))
+                    _run_cells(
+                        out,
+                        task,
+                        det_name,
+                        todo,
+                        size,
+                        seed,
+                        progress,
+                        records,
+                        done,
+                        summary,
+                        str(torch.device(device)),
+                        params.get(det_name, {}),
+                    )
                 bar.update(1)
     bar.close()
     write_atomic(out / "results.md", results_markdown(records))
@@ -255,7 +285,9 @@ def limit_task(task: Task, max_inputs: int) -> Task:
         raise InputError(f"max_inputs must be >= 1, got {max_inputs}.")
     splits = {}
     for name, split in task.splits.items():
-        keep = np.r_[np.flatnonzero(split.labels == 0)[:max_inputs], np.flatnonzero(split.labels == 1)[:max_inputs]]
+        keep = np.r_[
+            np.flatnonzero(split.labels == 0)[:max_inputs], np.flatnonzero(split.labels == 1)[:max_inputs]
+        ]
         keep.sort()
         splits[name] = Split(name, split.inputs[torch.as_tensor(keep)], split.labels[keep])
     return dataclasses.replace(task, trusted=task.trusted[: 8 * max_inputs], splits=splits)
@@ -269,9 +301,20 @@ def _record_task_info(out: Path, task: Task, size: str) -> None:
     write_atomic(path, json.dumps(infos, indent=1, default=str))
 
 
-def _run_cells(out: Path, task: Task, det_name: str, splits: list[str], size: str, seed: int, progress: bool,
-               records: list[dict[str, Any]], done: set[Cell], summary: BenchSummary, device: str,
-               params: dict[str, Any]) -> None:
+def _run_cells(
+    out: Path,
+    task: Task,
+    det_name: str,
+    splits: list[str],
+    size: str,
+    seed: int,
+    progress: bool,
+    records: list[dict[str, Any]],
+    done: set[Cell],
+    summary: BenchSummary,
+    device: str,
+    params: dict[str, Any],
+) -> None:
     # seeded per cell, so a resumed run computes what an uninterrupted one would have
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -292,8 +335,14 @@ def _run_cells(out: Path, task: Task, det_name: str, splits: list[str], size: st
             write_atomic(out / "results.md", results_markdown(records))
             done.add(cell)
             summary.computed.append(cell)
-            logger.info("%s / %s / %s / seed %d: AUROC %.3f", task.name, record["split"], det_name, seed,
-                        record["auroc"])
+            logger.info(
+                "%s / %s / %s / seed %d: AUROC %.3f",
+                task.name,
+                record["split"],
+                det_name,
+                seed,
+                record["auroc"],
+            )
     except CausalMADError as exc:
         logger.error("%s on %s (seed %d) failed: %s", det_name, task.name, seed, exc)
         summary.failed.append((task.name, det_name, seed, str(exc)))
@@ -310,7 +359,12 @@ def _fmt(values: list[float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
-METRICS = [("auroc", "AUROC"), ("ap", "AP"), ("tpr_at_1pct_fpr", "TPR @ 1 % FPR"), ("tpr_at_5pct_fpr", "TPR @ 5 % FPR")]
+METRICS = [
+    ("auroc", "AUROC"),
+    ("ap", "AP"),
+    ("tpr_at_1pct_fpr", "TPR @ 1 % FPR"),
+    ("tpr_at_5pct_fpr", "TPR @ 5 % FPR"),
+]
 
 
 def _label(name: str, skyline: bool) -> str:
@@ -320,9 +374,13 @@ def _label(name: str, skyline: bool) -> str:
 def results_markdown(records: list[dict[str, Any]]) -> str:
     """The results tables: a summary of AUROC per (task, split) × detector, then each
     split's full table; mean ± std over seeds; best non-skyline in bold."""
-    lines = ["# Benchmark results", "",
-             "Mean ± std over seeds. **Bold**: the best detector of the row (skylines excluded; they see",
-             "anomaly labels). TPR thresholds are quantiles of held-out *trusted* scores.", ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Mean ± std over seeds. **Bold**: the best detector of the row (skylines excluded; they see",
+        "anomaly labels). TPR thresholds are quantiles of held-out *trusted* scores.",
+        "",
+    ]
     sizes = sorted({str(r.get("size", "?")) for r in records})
     for size in sizes:
         rs = [r for r in records if str(r.get("size", "?")) == size]
@@ -331,7 +389,10 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
         lines += [*_summary_table(rs), ""]
         lines += _family_table(rs)
         for task, split in sorted({(r["task"], r["split"]) for r in rs}):
-            lines += [*_split_table([r for r in rs if r["task"] == task and r["split"] == split], task, split), ""]
+            lines += [
+                *_split_table([r for r in rs if r["task"] == task and r["split"] == split], task, split),
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -342,35 +403,75 @@ def tasks_markdown(records: list[dict[str, Any]], infos: dict[str, dict[str, Any
     """One row per task and split: the task's own figures (``Task.info``: clean accuracy,
     attack success rate, training time; mean over seeds), split sizes, and the AUROC of
     the scrubbing detector, Mahalanobis and output disagreement."""
-    head = ["task", "size", "split", "clean acc.", "attack success", "train s", "trusted", "normal", "anomalous",
-            *(f"AUROC {d}" for d in TASK_DETECTORS)]
+    head = [
+        "task",
+        "size",
+        "split",
+        "clean acc.",
+        "attack success",
+        "train s",
+        "trusted",
+        "normal",
+        "anomalous",
+        *(f"AUROC {d}" for d in TASK_DETECTORS),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def info_mean(task: str, size: str, key: str, digits: int) -> str:
-        vals = [float(v[key]) for k, v in infos.items() if k.startswith(f"{task}/{size}/") and v.get(key) is not None]
+        vals = [
+            float(v[key])
+            for k, v in infos.items()
+            if k.startswith(f"{task}/{size}/") and v.get(key) is not None
+        ]
         return f"{np.mean(vals):.{digits}f}" if vals else "–"
 
     for task, size, split in sorted({(r["task"], str(r.get("size", "?")), r["split"]) for r in records}):
-        rs = [r for r in records if r["task"] == task and str(r.get("size", "?")) == size and r["split"] == split]
+        rs = [
+            r
+            for r in records
+            if r["task"] == task and str(r.get("size", "?")) == size and r["split"] == split
+        ]
         sizes = [str(rs[0][k]) for k in ("n_trusted", "n_normal", "n_anomalous")]
-        aurocs = [_fmt([r["auroc"] for r in rs if r["detector"] == d]) if any(r["detector"] == d for r in rs) else "–"
-                  for d in TASK_DETECTORS]
-        lines.append("| " + " | ".join([task, size, split, info_mean(task, size, "clean_accuracy", 3),
-                                        info_mean(task, size, "attack_success_rate", 3),
-                                        info_mean(task, size, "train_seconds", 0), *sizes, *aurocs]) + " |")
+        aurocs = [
+            _fmt([r["auroc"] for r in rs if r["detector"] == d])
+            if any(r["detector"] == d for r in rs)
+            else "–"
+            for d in TASK_DETECTORS
+        ]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    task,
+                    size,
+                    split,
+                    info_mean(task, size, "clean_accuracy", 3),
+                    info_mean(task, size, "attack_success_rate", 3),
+                    info_mean(task, size, "train_seconds", 0),
+                    *sizes,
+                    *aurocs,
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def _by_detector(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for r in sorted(records, key=lambda r: (bool(r.get("skyline")), r["detector"] != "scrubbing", r["detector"])):
+    for r in sorted(
+        records, key=lambda r: (bool(r.get("skyline")), r["detector"] != "scrubbing", r["detector"])
+    ):
         out.setdefault(r["detector"], []).append(r)
     return out
 
 
 def _best(groups: dict[str, list[dict[str, Any]]], key: str, higher: bool = True) -> set[str]:
-    means = {d: round(_mean_std([r[key] for r in rs])[0], 3) for d, rs in groups.items()
-             if not rs[0].get("skyline") and all(r.get(key) is not None for r in rs)}
+    means = {
+        d: round(_mean_std([r[key] for r in rs])[0], 3)
+        for d, rs in groups.items()
+        if not rs[0].get("skyline") and all(r.get(key) is not None for r in rs)
+    }
     if not means:
         return set()
     target = max(means.values()) if higher else min(means.values())
@@ -393,8 +494,11 @@ def _summary_table(records: list[dict[str, Any]]) -> list[str]:
             cell = _fmt([r["auroc"] for r in groups[d]]) if d in groups else "–"
             row.append(f"**{cell}**" if d in best else cell)
         if has_scrub:
-            baselines = {d: _mean_std([r["auroc"] for r in rs])[0] for d, rs in groups.items()
-                         if d != "scrubbing" and not rs[0].get("skyline")}
+            baselines = {
+                d: _mean_std([r["auroc"] for r in rs])[0]
+                for d, rs in groups.items()
+                if d != "scrubbing" and not rs[0].get("skyline")
+            }
             if "scrubbing" in groups and baselines:
                 top = max(baselines, key=lambda d: baselines[d])
                 gap = _mean_std([r["auroc"] for r in groups["scrubbing"]])[0] - baselines[top]
@@ -406,10 +510,13 @@ def _summary_table(records: list[dict[str, Any]]) -> list[str]:
 
 
 #: the scrubbing detector's AUROC with all valid explanations and with each family alone
-FAMILY_KEYS = [("auroc", "all valid (the score)"), ("auroc_declared_hypothesis", "declared hypothesis"),
-               ("auroc_hypothesis_and_subsets", "hypothesis, subsets and interchanges"),
-               ("auroc_input_cut_only", "input cut only"),
-               ("auroc_hypothesis_free_only", "hypothesis-free only")]
+FAMILY_KEYS = [
+    ("auroc", "all valid (the score)"),
+    ("auroc_declared_hypothesis", "declared hypothesis"),
+    ("auroc_hypothesis_and_subsets", "hypothesis, subsets and interchanges"),
+    ("auroc_input_cut_only", "input cut only"),
+    ("auroc_hypothesis_free_only", "hypothesis-free only"),
+]
 
 
 def _family_table(records: list[dict[str, Any]]) -> list[str]:
@@ -419,11 +526,15 @@ def _family_table(records: list[dict[str, Any]]) -> list[str]:
     scrub = [r for r in records if r["detector"] == "scrubbing" and "auroc_declared_hypothesis" in r]
     if not scrub:
         return []
-    lines = ["### Scrubbing AUROC by explanation family", "",
-             "The detector's score over every valid explanation and input-cut scrub beside the same",
-             "combination over one family alone; `–`: the family has no valid column there.", "",
-             "| task | split | " + " | ".join(label for _, label in FAMILY_KEYS) + " |",
-             "|---|---|" + "---|" * len(FAMILY_KEYS)]
+    lines = [
+        "### Scrubbing AUROC by explanation family",
+        "",
+        "The detector's score over every valid explanation and input-cut scrub beside the same",
+        "combination over one family alone; `–`: the family has no valid column there.",
+        "",
+        "| task | split | " + " | ".join(label for _, label in FAMILY_KEYS) + " |",
+        "|---|---|" + "---|" * len(FAMILY_KEYS),
+    ]
     for task, split in sorted({(r["task"], r["split"]) for r in scrub}):
         rs = [r for r in scrub if r["task"] == task and r["split"] == split]
         cells = []
@@ -438,9 +549,14 @@ def _split_table(records: list[dict[str, Any]], task: str, split: str) -> list[s
     groups = _by_detector(records)
     r0 = records[0]
     seeds = sorted({int(r["seed"]) for r in records})
-    lines = [f"### {task} / {split}", "",
-             f"{r0['n_trusted']} trusted, {r0['n_normal']} normal and {r0['n_anomalous']} anomalous untrusted inputs; "
-             f"seeds {', '.join(map(str, seeds))}.", ""]
+    lines = [
+        f"### {task} / {split}",
+        "",
+        f"{r0['n_trusted']} trusted, {r0['n_normal']} normal and {r0['n_anomalous']} anomalous "
+        "untrusted inputs; "
+        f"seeds {', '.join(map(str, seeds))}.",
+        "",
+    ]
     head = ["detector", *(m[1] for m in METRICS), "fit s", "score s", "seeds"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = {key: _best(groups, key) for key, _ in METRICS}
@@ -449,20 +565,34 @@ def _split_table(records: list[dict[str, Any]], task: str, split: str) -> list[s
         for key, _ in METRICS:
             cell = _fmt([r[key] for r in rs])
             row.append(f"**{cell}**" if d in best[key] else cell)
-        row += [_fmt([r["fit_seconds"] for r in rs], 1), _fmt([r["score_seconds"] for r in rs], 1), str(len(rs))]
+        row += [
+            _fmt([r["fit_seconds"] for r in rs], 1),
+            _fmt([r["score_seconds"] for r in rs], 1),
+            str(len(rs)),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     agg = {d: rs for d, rs in groups.items() if all("auroc_mean_over_sites" in r for r in rs)}
     if agg:
-        lines += ["", "Activation detectors, AUROC by aggregation over sites (standardised per-site scores):", "",
-                  "| detector | max over sites | mean over sites |", "|---|---|---|"]
+        lines += [
+            "",
+            "Activation detectors, AUROC by aggregation over sites (standardised per-site scores):",
+            "",
+            "| detector | max over sites | mean over sites |",
+            "|---|---|---|",
+        ]
         for d, rs in agg.items():
-            lines.append(f"| {_label(d, bool(rs[0].get('skyline')))} | {_fmt([r['auroc_max_over_sites'] for r in rs])} "
-                         f"| {_fmt([r['auroc_mean_over_sites'] for r in rs])} |")
+            lines.append(
+                f"| {_label(d, bool(rs[0].get('skyline')))} "
+                f"| {_fmt([r['auroc_max_over_sites'] for r in rs])} "
+                f"| {_fmt([r['auroc_mean_over_sites'] for r in rs])} |"
+            )
     return lines
 
 
 # ----------------------------------------------------------------------------- plots
-def plot_all(out: Path, records: list[dict[str, Any]], only: set[tuple[str, str]] | None = None) -> list[Path]:
+def plot_all(
+    out: Path, records: list[dict[str, Any]], only: set[tuple[str, str]] | None = None
+) -> list[Path]:
     """ROC curves and score histograms for every (task, split) in ``records`` (each
     detector's first seed whose scores file exists). With ``only``, just those rows and
     rows whose pictures are missing (a resumed run redraws what it changed). Returns the
@@ -483,7 +613,10 @@ def plot_all(out: Path, records: list[dict[str, Any]], only: set[tuple[str, str]
             else:
                 logger.warning("no scores file for %s / %s / %s; left out of the plots", task, split, d)
         if cells:
-            written += [plot_roc(pictures[0], cells, task, split), plot_histograms(pictures[1], cells, task, split)]
+            written += [
+                plot_roc(pictures[0], cells, task, split),
+                plot_histograms(pictures[1], cells, task, split),
+            ]
     return written
 
 
@@ -504,12 +637,22 @@ def plot_roc(path: Path, cells: PlotCells, task: str, split: str) -> Path:
     for d, (f, rs, _) in cells.items():
         fpr, tpr, _ = roc_curve(f["labels"], f["scores"])
         sky = bool(rs[0].get("skyline"))
-        ax.plot(fpr, tpr, ls="--" if sky else "-", lw=2.2 if d == "scrubbing" else 1.3,
-                label=f"{_label(d, sky)}  AUROC {_fmt([r['auroc'] for r in rs])}")
+        ax.plot(
+            fpr,
+            tpr,
+            ls="--" if sky else "-",
+            lw=2.2 if d == "scrubbing" else 1.3,
+            label=f"{_label(d, sky)}  AUROC {_fmt([r['auroc'] for r in rs])}",
+        )
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     seed = min(int(r["seed"]) for _, _, r in cells.values())
-    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"{task} / {split} (curves: seed {seed}; AUROC: mean ± std over seeds)")
+    ax.set(
+        xlabel="false-positive rate",
+        ylabel="true-positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"{task} / {split} (curves: seed {seed}; AUROC: mean ± std over seeds)",
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -532,16 +675,24 @@ def plot_histograms(path: Path, cells: PlotCells, task: str, split: str) -> Path
         clip = lambda v: np.clip(v, lo, hi)  # noqa: E731
         ax.hist(clip(s[y == 0]), bins, alpha=0.55, density=True, label="normal")
         ax.hist(clip(s[y == 1]), bins, alpha=0.55, density=True, label="anomalous")
-        ax.axvline(np.quantile(f["heldout"], 0.99, method="higher"), color="k", ls="--", lw=0.8,
-                   label="1 % FPR threshold")
-        ax.set_title(f"{_label(d, bool(first.get('skyline')))}: seed {first['seed']}, AUROC {first['auroc']:.3f}",
-                     fontsize=8)
+        ax.axvline(
+            np.quantile(f["heldout"], 0.99, method="higher"),
+            color="k",
+            ls="--",
+            lw=0.8,
+            label="1 % FPR threshold",
+        )
+        ax.set_title(
+            f"{_label(d, bool(first.get('skyline')))}: seed {first['seed']}, AUROC {first['auroc']:.3f}",
+            fontsize=8,
+        )
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
-    fig.suptitle(f"{task} / {split}: scores, normal vs anomalous (first seed; tails clipped to 0.5–99.5 %)",
-                 fontsize=9)
+    fig.suptitle(
+        f"{task} / {split}: scores, normal vs anomalous (first seed; tails clipped to 0.5–99.5 %)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -42,11 +42,17 @@ def _print_info(info: dict) -> None:
     spec = info.get("spec") or {}
     if spec.get("criteria"):
         met = ", ".join(f"{k} {c['value']:.3f} >= {c['floor']}" for k, c in spec["criteria"].items())
-        print(f"      criteria met after {spec['steps']} steps ({spec['extra_rounds']} extra rounds): {met}", flush=True)
+        print(
+            f"      criteria met after {spec['steps']} steps ({spec['extra_rounds']} extra rounds): {met}",
+            flush=True,
+        )
     where = info.get("trained_on")
     if where:
-        print(f"      trained on {where.get('cpu')}, {where.get('threads')} threads, torch {where.get('torch')}",
-              flush=True)
+        print(
+            f"      trained on {where.get('cpu')}, {where.get('threads')} threads, "
+            f"torch {where.get('torch')}",
+            flush=True,
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -57,14 +63,22 @@ def _demo(args: argparse.Namespace) -> int:
     device = _device(args.device)  # checked before the model is trained
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    print(f"[1/4] task {args.task!r} ({args.size}, seed {args.seed}): training or loading the model ...", flush=True)
+    print(
+        f"[1/4] task {args.task!r} ({args.size}, seed {args.seed}): training or loading the model ...",
+        flush=True,
+    )
     with show_progress(not args.quiet):
         task = load_task(args.task, size=args.size, seed=args.seed)
     move_model(task.model, device)
     _print_info(task.info)
     print("[2/4] scrubbing detector: align, build and validate explanations, score ...", flush=True)
-    scrub = ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=args.resamples,
-                              random_state=args.seed, progress=not args.quiet)
+    scrub = ScrubbingDetector(
+        task.model,
+        hypothesis=task.hypothesis,
+        resamples=args.resamples,
+        random_state=args.seed,
+        progress=not args.quiet,
+    )
 
     records, _ = evaluate_detector("scrubbing", scrub, task, scrubbing_ablation)
     summary = scrub.summary()
@@ -78,14 +92,19 @@ def _demo(args: argparse.Namespace) -> int:
         for v in scrub.alignment_.variables:
             c = scrub.alignment_.best(v)
             print(f"  {v}: {c.key}  held-out IIA {c.heldout_iia:.3f}")
-    print(f"\nexplanations: {summary['searched']} searched, {summary['valid']} valid "
-          "(" + ", ".join(f"{k}: {v['valid']}/{v['searched']}" for k, v in summary["by_family"].items()) + ")")
+    print(
+        f"\nexplanations: {summary['searched']} searched, {summary['valid']} valid "
+        "(" + ", ".join(f"{k}: {v['valid']}/{v['searched']}" for k, v in summary["by_family"].items()) + ")"
+    )
     r0 = records[0]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"AUROC ({r0['split']} split): all valid explanations and scrubs {r0['auroc']:.3f} | declared hypothesis "
-          f"alone {fmt(r0['auroc_declared_hypothesis'])} | hypothesis, subsets and interchanges "
-          f"{fmt(r0['auroc_hypothesis_and_subsets'])} | input cut alone {fmt(r0.get('auroc_input_cut_only'))} | "
-          f"hypothesis-free alone {fmt(r0['auroc_hypothesis_free_only'])}")
+    print(
+        f"AUROC ({r0['split']} split): all valid explanations and scrubs {r0['auroc']:.3f} | "
+        f"declared hypothesis alone {fmt(r0['auroc_declared_hypothesis'])} | hypothesis, subsets and "
+        f"interchanges {fmt(r0['auroc_hypothesis_and_subsets'])} | "
+        f"input cut alone {fmt(r0.get('auroc_input_cut_only'))} | "
+        f"hypothesis-free alone {fmt(r0['auroc_hypothesis_free_only'])}"
+    )
     valid_declared = [e["name"] for e in scrub.explanations_ if e["family"] == "hypothesis" and e["valid"]]
     print(f"valid declared-hypothesis explanations: {valid_declared or 'none'}")
     out = Path(args.out)
@@ -105,10 +124,21 @@ def _bench(args: argparse.Namespace) -> int:
         if not dot or not det or not name:
             raise InputError(f"--param {key}=...: name the detector too, e.g. --param scrubbing.resamples=8.")
         params.setdefault(det, {})[name] = value
-    s = run_bench(args.out, tasks=args.tasks, detectors=args.detectors, size=args.size, seeds=args.seeds,
-                  progress=not args.quiet, max_inputs=args.max_inputs, device=device, params=params)
-    print(f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
-          f"{len(s.failed)} failed ({s.seconds:.0f} s)")
+    s = run_bench(
+        args.out,
+        tasks=args.tasks,
+        detectors=args.detectors,
+        size=args.size,
+        seeds=args.seeds,
+        progress=not args.quiet,
+        max_inputs=args.max_inputs,
+        device=device,
+        params=params,
+    )
+    print(
+        f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
+        f"{len(s.failed)} failed ({s.seconds:.0f} s)"
+    )
     for task, det, seed, err in s.failed:
         print(f"  failed: {det} on {task} (seed {seed}): {err}")
     print(f"wrote {s.out / 'results.json'}, {s.out / 'results.md'} and the ROC / histogram pictures")
@@ -167,8 +197,9 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | None,
-                          folder: str | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+def _model_and_hypothesis(
+    args: argparse.Namespace, source: dict[str, Any] | None, folder: str | None = None
+) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(model, hypothesis, task or None, source record)`` from the command line, or
     from the source a detector folder records when it is a registered task."""
     device = _device(args.device)  # checked before any expensive work
@@ -188,17 +219,21 @@ def _model_and_hypothesis(args: argparse.Namespace, source: dict[str, Any] | Non
         return task.model, task.hypothesis, task, {"task": task_name, "size": args.size, "seed": args.seed}
     if args.model is None:
         if source and "model" in source:
-            raise InputError(f"this detector was fitted on --model {source['model']}"
-                             + (f" --hypothesis {source['hypothesis']}" if source.get("hypothesis") else "")
-                             + "; pass them again (causalmad runs no code named in a detector folder).")
+            raise InputError(
+                f"this detector was fitted on --model {source['model']}"
+                + (f" --hypothesis {source['hypothesis']}" if source.get("hypothesis") else "")
+                + "; pass them again (causalmad runs no code named in a detector folder)."
+            )
         raise InputError("say which model: --task NAME, or --model module:function (with --hypothesis).")
     model = _import(args.model, "model")
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"--model {args.model}: expected a torch.nn.Module, got {type(model).__name__}.")
     hypothesis = _import(args.hypothesis, "hypothesis") if args.hypothesis else None
     if hypothesis is not None and not isinstance(hypothesis, Hypothesis):
-        raise InputError(f"--hypothesis {args.hypothesis}: expected a causalmad.Hypothesis, got "
-                         f"{type(hypothesis).__name__}.")
+        raise InputError(
+            f"--hypothesis {args.hypothesis}: expected a causalmad.Hypothesis, got "
+            f"{type(hypothesis).__name__}."
+        )
     move_model(model, device)
     return model, hypothesis, None, {"model": args.model, "hypothesis": args.hypothesis}
 
@@ -213,12 +248,16 @@ def _folder_task(source: dict[str, Any], folder: str) -> tuple[str, str, int]:
     where = Path(folder) / "config.json"
     known = available_tasks()
     if not isinstance(name, str) or name not in known:
-        raise PersistenceError(f"{where} names the task {name!r}, which is not a registered task here (known: "
-                               f"{sorted(known)}); causalmad runs no code named in a detector folder: pass the "
-                               "model with --model module:function (and --hypothesis) on the command line.")
+        raise PersistenceError(
+            f"{where} names the task {name!r}, which is not a registered task here (known: "
+            f"{sorted(known)}); causalmad runs no code named in a detector folder: pass the "
+            "model with --model module:function (and --hypothesis) on the command line."
+        )
     if size not in ("full", "tiny") or not isinstance(seed, int) or isinstance(seed, bool):
-        raise PersistenceError(f"{where}: the task's size {size!r} and seed {seed!r} should be 'full' or 'tiny' "
-                               "and an integer; the folder is corrupted.")
+        raise PersistenceError(
+            f"{where}: the task's size {size!r} and seed {seed!r} should be 'full' or 'tiny' "
+            "and an integer; the folder is corrupted."
+        )
     return name, size, seed
 
 
@@ -263,8 +302,10 @@ def _check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str 
                 clash = "holds"
             else:
                 continue
-            raise InputError(f"{flag} {p} {clash} {what} ({other}); causalmad does not write over its inputs: "
-                             "give another path.")
+            raise InputError(
+                f"{flag} {p} {clash} {what} ({other}); causalmad does not write over its inputs: "
+                "give another path."
+            )
         taken.append((f"the {flag} output", mine))
 
 
@@ -305,8 +346,10 @@ def _fit(args: argparse.Namespace) -> int:
     if args.detector not in DETECTORS:
         raise InputError(f"unknown detector {args.detector!r}; known: {sorted(DETECTORS)}.")
     out = Path(args.out)
-    _check_outputs({"--out": out}, {"the --trusted file": args.trusted, "the --untrusted file": args.untrusted,
-                                    **_code_files(args)})
+    _check_outputs(
+        {"--out": out},
+        {"the --trusted file": args.trusted, "the --untrusted file": args.untrusted, **_code_files(args)},
+    )
     remove_stale(out)
     if os.path.lexists(out):
         if not args.force:
@@ -326,10 +369,14 @@ def _fit(args: argparse.Namespace) -> int:
         trusted = _read_any_shape(args.trusted, dtype)
     cls = DETECTORS[args.detector]
     if cls.skyline:
-        raise InputError(f"{args.detector!r} is a skyline that needs anomaly labels; fit it in Python "
-                         "(see docs/concepts.md) or with `causalmad bench`.")
+        raise InputError(
+            f"{args.detector!r} is a skyline that needs anomaly labels; fit it in Python "
+            "(see docs/concepts.md) or with `causalmad bench`."
+        )
     if cls.needs_untrusted and args.untrusted is None:
-        raise InputError(f"{args.detector!r} also fits on an unlabeled untrusted batch: pass --untrusted FILE.")
+        raise InputError(
+            f"{args.detector!r} also fits on an unlabeled untrusted batch: pass --untrusted FILE."
+        )
     if args.untrusted is not None and not cls.needs_untrusted:
         raise InputError(f"{args.detector!r} fits on trusted inputs only; drop --untrusted.")
     untrusted = _read_any_shape(args.untrusted, dtype) if args.untrusted else None
@@ -386,20 +433,36 @@ def _score(args: argparse.Namespace) -> int:
     if not 0 < args.fpr < 1:
         raise InputError(f"--fpr must be in (0, 1), got {args.fpr}.")
     out = Path(args.out) if args.out else Path(args.inputs).with_suffix(".scores.jsonl")
-    _check_outputs({"--out": out, "--report": args.report},
-                   {"the inputs file": args.inputs, "the detector folder": args.detector_dir, **_code_files(args)})
+    _check_outputs(
+        {"--out": out, "--report": args.report},
+        {"the inputs file": args.inputs, "the detector folder": args.detector_dir, **_code_files(args)},
+    )
     fmt = scores_format(out)
-    config = read_config(args.detector_dir, args.trust_modified)  # a bad folder fails here, before anything runs
+    config = read_config(
+        args.detector_dir, args.trust_modified
+    )  # a bad folder fails here, before anything runs
     shape, dtype = config["input_shape"], config["input_dtype"]
     n = count_inputs(args.inputs, shape, dtype, args.chunk)  # every input checked before the model loads
-    partial = PartialScores(out, run_header(args.detector_dir, args.inputs, args.chunk, n, args.trust_modified))
-    done = partial.resume() if args.resume else 0  # another run's partial scores are refused before the model loads
+    partial = PartialScores(
+        out, run_header(args.detector_dir, args.inputs, args.chunk, n, args.trust_modified)
+    )
+    done = (
+        partial.resume() if args.resume else 0
+    )  # another run's partial scores are refused before the model loads
     if args.resume:
-        _say(args, f"resuming: {done} of {n} inputs were scored before ({partial.path})" if partial.exists()
-             else f"nothing to resume ({partial.path} does not exist): scoring from the start")
+        _say(
+            args,
+            f"resuming: {done} of {n} inputs were scored before ({partial.path})"
+            if partial.exists()
+            else f"nothing to resume ({partial.path} does not exist): scoring from the start",
+        )
     elif partial.exists():
-        warnings.warn(f"replacing {partial.path}, the partial scores of an earlier run (pass --resume to continue "
-                      "that run instead)", CausalMADWarning, stacklevel=1)
+        warnings.warn(
+            f"replacing {partial.path}, the partial scores of an earlier run (pass --resume to continue "
+            "that run instead)",
+            CausalMADWarning,
+            stacklevel=1,
+        )
     det = _load(args, config)
     for target in (out, args.report):
         if target:
@@ -421,14 +484,32 @@ def _score(args: argparse.Namespace) -> int:
 
         inputs, ids = torch.cat([k[0] for k in kept]), [i for k in kept for i in k[1]]
         with atomic_write(args.report) as f:
-            f.write(html_report(det, inputs, np.concatenate([k[2] for k in kept]), ids, fpr=args.fpr, top=args.top,
-                                title=f"causalmad report: {Path(args.inputs).name}"))
+            f.write(
+                html_report(
+                    det,
+                    inputs,
+                    np.concatenate([k[2] for k in kept]),
+                    ids,
+                    fpr=args.fpr,
+                    top=args.top,
+                    title=f"causalmad report: {Path(args.inputs).name}",
+                )
+            )
         _say(args, f"wrote {args.report}")
     return 3 if args.fail_on_flag and flagged else 0
 
 
-def _score_chunks(args: argparse.Namespace, det: Any, partial: Any, f: Any, fmt: str, shape: Any, dtype: str,
-                  n: int, threshold: float) -> tuple[int, list[Any]]:
+def _score_chunks(
+    args: argparse.Namespace,
+    det: Any,
+    partial: Any,
+    f: Any,
+    fmt: str,
+    shape: Any,
+    dtype: str,
+    n: int,
+    threshold: float,
+) -> tuple[int, list[Any]]:
     """Write the scores of every chunk to ``f``: those ``partial`` kept from an earlier
     run as they were, the others scored now and kept too. Returns the number flagged and,
     for ``--report``, the chunks (inputs, ids, scores)."""
@@ -461,8 +542,10 @@ def _eta(done: int, total: int, seconds: float) -> str:
     """What the first chunk says of the whole run's time."""
     rate = done / seconds if seconds > 0 else math.inf
     left = (total - done) / rate
-    return (f"first {done} inputs in {seconds:.1f} s ({rate:.3g} inputs/s): about "
-            f"{_duration(left)} more for the other {total - done}")
+    return (
+        f"first {done} inputs in {seconds:.1f} s ({rate:.3g} inputs/s): about "
+        f"{_duration(left)} more for the other {total - done}"
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -489,8 +572,10 @@ def _explain(args: argparse.Namespace) -> int:
 
     if (args.input is None) == (args.inputs is None):
         raise InputError("give the input to explain: --input '[...]' or --inputs FILE --index N.")
-    _check_outputs({"--out": args.out, "--plot": args.plot},
-                   {"the --inputs file": args.inputs, "the detector folder": args.detector_dir, **_code_files(args)})
+    _check_outputs(
+        {"--out": args.out, "--plot": args.plot},
+        {"the --inputs file": args.inputs, "the detector folder": args.detector_dir, **_code_files(args)},
+    )
     config = read_config(args.detector_dir, args.trust_modified)
     if args.input is not None:
         data = parse_input(args.input, config["input_shape"], config["input_dtype"])
@@ -527,22 +612,30 @@ def _explain(args: argparse.Namespace) -> int:
 def _add_model_args(p: argparse.ArgumentParser, fitting: bool) -> None:
     g = p.add_argument_group("model" + ("" if fitting else " (only for detectors fitted with --model)"))
     if fitting:
-        g.add_argument("--task", help="a registered task (see `causalmad tasks`): its model, hypothesis and "
-                       "trusted inputs")
+        g.add_argument(
+            "--task",
+            help="a registered task (see `causalmad tasks`): its model, hypothesis and trusted inputs",
+        )
         g.add_argument("--size", default="full", choices=["full", "tiny"], help="task size (default full)")
     g.add_argument("--model", help="module:function or file.py:function returning the torch model")
-    g.add_argument("--hypothesis", help="module:function or file.py:function returning the causalmad.Hypothesis")
+    g.add_argument(
+        "--hypothesis", help="module:function or file.py:function returning the causalmad.Hypothesis"
+    )
     g.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
 
 
-TRUST_HELP = ("load the detector folder even if its files do not match its SHA256SUMS (changed since it was "
-              "saved, or saved by an older causalmad); prints a warning")
+TRUST_HELP = (
+    "load the detector folder even if its files do not match its SHA256SUMS (changed since it was "
+    "saved, or saved by an older causalmad); prints a warning"
+)
 
 
 def parser() -> argparse.ArgumentParser:
     import causalmad
 
-    top = argparse.ArgumentParser(prog="causalmad", description="Mechanistic anomaly detection by causal scrubbing.")
+    top = argparse.ArgumentParser(
+        prog="causalmad", description="Mechanistic anomaly detection by causal scrubbing."
+    )
     top.add_argument("--version", action="version", version=f"causalmad {causalmad.__version__}")
     top.add_argument("-v", "--verbose", action="store_true", help="log progress of each step")
     common = argparse.ArgumentParser(add_help=False)
@@ -550,46 +643,66 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="on an error, print its traceback as well")
     sub = top.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", parents=[common],
-                          help="train (or load) the default task, fit, score, print the results table")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="train (or load) the default task, fit, score, print the results table"
+    )
     demo.add_argument("--task", default="addition-backdoor")
     demo.add_argument("--size", default="full", choices=["full", "tiny"])
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--resamples", type=int, default=4)
     demo.add_argument("--out", default="results/demo.json")
-    demo.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
+    demo.add_argument(
+        "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ..."
+    )
     demo.set_defaults(func=_demo)
 
-    fit = sub.add_parser("fit", parents=[common], help="fit a detector on trusted inputs and save it to a folder")
+    fit = sub.add_parser(
+        "fit", parents=[common], help="fit a detector on trusted inputs and save it to a folder"
+    )
     _add_model_args(fit, fitting=True)
     fit.add_argument("--trusted", help="with --model: trusted inputs file (JSON lines or .npy)")
-    fit.add_argument("--untrusted", help="unlabeled untrusted batch, for detectors that fit on one (que, "
-                     "spectral-signature)")
+    fit.add_argument(
+        "--untrusted",
+        help="unlabeled untrusted batch, for detectors that fit on one (que, spectral-signature)",
+    )
     fit.add_argument("--detector", default="scrubbing", help="detector name (default scrubbing)")
     fit.add_argument("--seed", type=int, default=0, help="task seed and detector random_state")
-    fit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="detector argument, value as JSON (repeatable), e.g. --param resamples=8")
+    fit.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="detector argument, value as JSON (repeatable), e.g. --param resamples=8",
+    )
     fit.add_argument("--out", required=True, help="detector folder to write")
     fit.add_argument("--force", action="store_true", help="replace an existing detector folder")
     fit.set_defaults(func=_fit)
 
     score = sub.add_parser("score", parents=[common], help="score an inputs file with a saved detector")
     score.add_argument("detector_dir", help="folder written by `causalmad fit`")
-    score.add_argument("inputs", help="inputs file: JSON lines (one array, or {\"input\": [...], \"id\": ...} "
-                       "per line) or .npy")
+    score.add_argument(
+        "inputs", help='inputs file: JSON lines (one array, or {"input": [...], "id": ...} per line) or .npy'
+    )
     score.add_argument("--out", help="scores file, .jsonl or .csv (default: INPUTS with .scores.jsonl)")
-    score.add_argument("--fpr", type=float, default=0.01, help="false-positive rate of the flag (default 0.01)")
+    score.add_argument(
+        "--fpr", type=float, default=0.01, help="false-positive rate of the flag (default 0.01)"
+    )
     score.add_argument("--report", help="also write a self-contained HTML report here")
     score.add_argument("--top", type=int, default=10, help="flagged inputs explained in the report")
     score.add_argument("--chunk", type=int, default=4096, help="inputs scored per step")
     score.add_argument("--fail-on-flag", action="store_true", help="exit with code 3 if any input is flagged")
     score.add_argument("--trust-modified", action="store_true", help=TRUST_HELP)
-    score.add_argument("--resume", action="store_true",
-                       help="continue a run that was killed, from the chunks it kept in .OUT.causalmad-partial")
+    score.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run that was killed, from the chunks it kept in .OUT.causalmad-partial",
+    )
     _add_model_args(score, fitting=False)
     score.set_defaults(func=_score)
 
-    explain = sub.add_parser("explain", parents=[common], help="why one input scored as it did (JSON, bar chart)")
+    explain = sub.add_parser(
+        "explain", parents=[common], help="why one input scored as it did (JSON, bar chart)"
+    )
     explain.add_argument("detector_dir")
     explain.add_argument("--input", help="the input as a JSON array (or an object with an 'input' field)")
     explain.add_argument("--inputs", help="inputs file to take the input from (with --index)")
@@ -602,17 +715,34 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(explain, fitting=False)
     explain.set_defaults(func=_explain)
 
-    bench = sub.add_parser("bench", parents=[common], help="every detector on every task and split, side by side (resumable)")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="every detector on every task and split, side by side (resumable)"
+    )
     bench.add_argument("--tasks", nargs="+", default=None, help="task names (default: all registered)")
-    bench.add_argument("--detectors", nargs="+", default=None, help="detector names (default: all registered)")
+    bench.add_argument(
+        "--detectors", nargs="+", default=None, help="detector names (default: all registered)"
+    )
     bench.add_argument("--size", default="full", choices=["full", "tiny"])
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
-    bench.add_argument("--max-inputs", type=int, default=None,
-                       help="quick run: first N normal and N anomalous inputs per split, 8N trusted")
-    bench.add_argument("--out", default="results/bench", help="output folder; finished cells there are skipped")
-    bench.add_argument("--device", default="cpu", help="where each task's model runs: cpu (default), cuda, ...")
-    bench.add_argument("--param", action="append", default=[], metavar="DETECTOR.NAME=VALUE",
-                       help="a detector argument, value as JSON (repeatable), e.g. --param scrubbing.resamples=8")
+    bench.add_argument(
+        "--max-inputs",
+        type=int,
+        default=None,
+        help="quick run: first N normal and N anomalous inputs per split, 8N trusted",
+    )
+    bench.add_argument(
+        "--out", default="results/bench", help="output folder; finished cells there are skipped"
+    )
+    bench.add_argument(
+        "--device", default="cpu", help="where each task's model runs: cpu (default), cuda, ..."
+    )
+    bench.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="DETECTOR.NAME=VALUE",
+        help="a detector argument, value as JSON (repeatable), e.g. --param scrubbing.resamples=8",
+    )
     bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults(func=_tasks, quiet=False)
@@ -622,8 +752,14 @@ def parser() -> argparse.ArgumentParser:
 _default_showwarning = warnings.showwarning
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """causalmad's own warnings as one line, like its errors; others as Python prints them."""
     if issubclass(category, CausalMADWarning):
         print(f"causalmad: warning: {message}", file=sys.stderr, flush=True)
@@ -636,11 +772,21 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return int(exc.code or 0)
-    for name, default in (("task", None), ("size", "full"), ("seed", None), ("model", None), ("hypothesis", None),
-                          ("device", "cpu"), ("trust_modified", False), ("debug", False)):
+    for name, default in (
+        ("task", None),
+        ("size", "full"),
+        ("seed", None),
+        ("model", None),
+        ("hypothesis", None),
+        ("device", "cpu"),
+        ("trust_modified", False),
+        ("debug", False),
+    ):
         if not hasattr(args, name):
             setattr(args, name, default)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -657,8 +803,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         return _error(args, f"{where}{exc.strerror or exc}.", 2)
     except Exception as exc:
-        return _error(args, f"{type(exc).__name__}: {exc}", 1, "internal error",
-                      " (a bug in causalmad: run the command again with --debug and report the traceback)")
+        return _error(
+            args,
+            f"{type(exc).__name__}: {exc}",
+            1,
+            "internal error",
+            " (a bug in causalmad: run the command again with --debug and report the traceback)",
+        )
 
 
 def _error(args: argparse.Namespace, message: str, code: int, kind: str = "error", hint: str = "") -> int:

@@ -14,12 +14,30 @@ from causalmad.metrics import evaluate
 from causalmad.provenance import environment
 from causalmad.task import Split, Task
 
-RECORD_KEYS = ("task", "split", "detector", "auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
-               "fit_seconds", "score_seconds", "n_trusted", "n_normal", "n_anomalous", "seed", "skyline", "environment")
+RECORD_KEYS = (
+    "task",
+    "split",
+    "detector",
+    "auroc",
+    "ap",
+    "tpr_at_1pct_fpr",
+    "tpr_at_5pct_fpr",
+    "fit_seconds",
+    "score_seconds",
+    "n_trusted",
+    "n_normal",
+    "n_anomalous",
+    "seed",
+    "skyline",
+    "environment",
+)
 
 
 def evaluate_splits(
-    name: str, detector: Detector, task: Task, splits: list[str] | None = None,
+    name: str,
+    detector: Detector,
+    task: Task,
+    splits: list[str] | None = None,
     extras: Callable[[Detector, Split, ScoreDetails], dict[str, Any]] | None = None,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
     """Fit ``detector`` and score the task's splits, yielding ``(record, scores)`` per split
@@ -62,10 +80,17 @@ def evaluate_splits(
             scores = np.asarray(detector.cross_val_scores_, dtype=np.float64)  # type: ignore[attr-defined]
         metrics = evaluate(scores, split.labels, detector.heldout_scores_)
         record = {
-            "task": task.name, "split": split.name, "detector": name, **metrics,
-            "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2),
-            "n_trusted": len(task.trusted), "n_normal": split.n_normal, "n_anomalous": split.n_anomalous,
-            "seed": task.seed, "skyline": bool(detector.skyline),
+            "task": task.name,
+            "split": split.name,
+            "detector": name,
+            **metrics,
+            "fit_seconds": round(fit_seconds, 2),
+            "score_seconds": round(score_seconds, 2),
+            "n_trusted": len(task.trusted),
+            "n_normal": split.n_normal,
+            "n_anomalous": split.n_anomalous,
+            "seed": task.seed,
+            "skyline": bool(detector.skyline),
             "environment": environment(),  # the CPU, thread count and package versions it ran with
             **(extras(detector, split, details) if extras else {}),
         }
@@ -73,7 +98,9 @@ def evaluate_splits(
 
 
 def evaluate_detector(
-    name: str, detector: Detector, task: Task,
+    name: str,
+    detector: Detector,
+    task: Task,
     extras: Callable[[Detector, Split, ScoreDetails], dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], Detector]:
     """Fit ``detector`` and score every split of ``task``; return the records.
@@ -87,8 +114,21 @@ def evaluate_detector(
 
 def format_table(records: list[dict[str, Any]]) -> str:
     """A plain-text table of result records."""
-    cols = ["task", "split", "detector", "auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "fit_seconds", "score_seconds"]
-    rows = [[f"{r[c]:.3f}" if isinstance(r[c], float) and "seconds" not in c else str(r[c]) for c in cols] for r in records]
+    cols = [
+        "task",
+        "split",
+        "detector",
+        "auroc",
+        "ap",
+        "tpr_at_1pct_fpr",
+        "tpr_at_5pct_fpr",
+        "fit_seconds",
+        "score_seconds",
+    ]
+    rows = [
+        [f"{r[c]:.3f}" if isinstance(r[c], float) and "seconds" not in c else str(r[c]) for c in cols]
+        for r in records
+    ]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])

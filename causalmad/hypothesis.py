@@ -54,9 +54,7 @@ class Readout:
 
     def __post_init__(self) -> None:
         if self.position is not None and not isinstance(self.position, int):
-            raise HypothesisError(
-                f"Readout.position must be an int or None, got {self.position!r}."
-            )
+            raise HypothesisError(f"Readout.position must be an int or None, got {self.position!r}.")
         if self.logits is not None:
             logits = tuple(int(i) for i in self.logits)
             if len(logits) < 2 or len(set(logits)) != len(logits):
@@ -102,9 +100,7 @@ class Hypothesis:
         _check_arity(name, mechanism, 1, "one example")
         self._graph.add_node(name, kind=INPUT, mechanism=mechanism, readout=None, at=at)
 
-    def add_variable(
-        self, name: str, mechanism: Callable[..., Hashable], parents: Sequence[str]
-    ) -> None:
+    def add_variable(self, name: str, mechanism: Callable[..., Hashable], parents: Sequence[str]) -> None:
         """Declare an inner variable: ``mechanism(*parent_values) -> value``."""
         self._add_computed(name, mechanism, parents, INNER, None)
 
@@ -241,8 +237,11 @@ class Hypothesis:
         Raises:
             HypothesisError: ``parts`` is not a non-empty dict of named indices.
         """
-        if not isinstance(parts, dict) or not parts or not all(isinstance(k, str) and v is not None
-                                                                for k, v in parts.items()):
+        if (
+            not isinstance(parts, dict)
+            or not parts
+            or not all(isinstance(k, str) and v is not None for k, v in parts.items())
+        ):
             raise HypothesisError(f"parts must be a non-empty dict of part name -> index, got {parts!r}.")
         self._graph.graph["input_parts"] = dict(parts)
 
@@ -252,7 +251,9 @@ class Hypothesis:
 
     def locations(self) -> dict[str, Any]:
         """Input variable -> where it lives in an example (``at``), for those that say."""
-        return {n: self._graph.nodes[n]["at"] for n in self.inputs if self._graph.nodes[n].get("at") is not None}
+        return {
+            n: self._graph.nodes[n]["at"] for n in self.inputs if self._graph.nodes[n].get("at") is not None
+        }
 
     def kind(self, name: str) -> str:
         self._require(name)
@@ -286,9 +287,7 @@ class Hypothesis:
         """Evaluate every variable on one raw example."""
         return self.counterfactual({"__example__": example}, {})
 
-    def counterfactual(
-        self, values: Mapping[str, Any], do: Mapping[str, Hashable]
-    ) -> dict[str, Hashable]:
+    def counterfactual(self, values: Mapping[str, Any], do: Mapping[str, Hashable]) -> dict[str, Hashable]:
         """Re-evaluate the graph with the variables in ``do`` fixed.
 
         Args:
@@ -315,7 +314,9 @@ class Hypothesis:
                 out[node] = values[node]
         return out
 
-    def _structure(self) -> tuple[list[tuple[str, bool, Callable[..., Any], tuple[str, ...]]], dict[str, set[str]]]:
+    def _structure(
+        self,
+    ) -> tuple[list[tuple[str, bool, Callable[..., Any], tuple[str, ...]]], dict[str, set[str]]]:
         """The evaluation plan (each variable in topological order, whether it is an
         input, its mechanism and parents) and each variable's descendants, computed once
         per graph shape (variables are only ever added, never changed), not once per evaluation: a hybrid
@@ -326,8 +327,10 @@ class Hypothesis:
         cached = self.__dict__.get("_structure_cache")
         if cached is None or cached[0] != key:
             nodes = self._graph.nodes
-            plan = [(n, nodes[n]["kind"] == INPUT, nodes[n]["mechanism"], tuple(nodes[n].get("parents") or ()))
-                    for n in nx.topological_sort(self._graph)]
+            plan = [
+                (n, nodes[n]["kind"] == INPUT, nodes[n]["mechanism"], tuple(nodes[n].get("parents") or ()))
+                for n in nx.topological_sort(self._graph)
+            ]
             cached = (key, plan, {n: nx.descendants(self._graph, n) for n in nodes})
             self.__dict__["_structure_cache"] = cached
         return cached[1], cached[2]
@@ -338,10 +341,7 @@ class Hypothesis:
         return {v: [r[v] for r in rows] for v in self._graph.nodes}
 
     def __repr__(self) -> str:
-        return (
-            f"Hypothesis({self.name!r}, inputs={self.inputs}, inner={self.inner}, "
-            f"outputs={self.outputs})"
-        )
+        return f"Hypothesis({self.name!r}, inputs={self.inputs}, inner={self.inner}, outputs={self.outputs})"
 
 
 def _call(name: str, fn: Callable[..., Any], *args: Any) -> Hashable:

@@ -144,8 +144,9 @@ def read_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str) -> In
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
 
 
-def _check_path(path: str | Path, shape: Sequence[int] | None,
-                dtype: str) -> tuple[Path, torch.dtype, tuple[int, ...] | None]:
+def _check_path(
+    path: str | Path, shape: Sequence[int] | None, dtype: str
+) -> tuple[Path, torch.dtype, tuple[int, ...] | None]:
     path = Path(path)
     torch_dtype = _dtype(dtype)
     if not path.exists():
@@ -153,11 +154,15 @@ def _check_path(path: str | Path, shape: Sequence[int] | None,
     if path.is_dir():
         raise InputError(f"{path}: a folder, not an inputs file.")
     if path.suffix not in FORMATS:
-        raise InputError(f"{path}: unknown inputs format {path.suffix!r}; use .jsonl (JSON lines), .npy or .pt.")
+        raise InputError(
+            f"{path}: unknown inputs format {path.suffix!r}; use .jsonl (JSON lines), .npy or .pt."
+        )
     return path, torch_dtype, None if shape is None else tuple(shape)
 
 
-def iter_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str, chunk: int) -> Iterator[InputsFile]:
+def iter_inputs(
+    path: str | Path, shape: Sequence[int] | None, dtype: str, chunk: int
+) -> Iterator[InputsFile]:
     """Read an inputs file in chunks of ``chunk`` inputs (the last may be shorter), each
     an :class:`InputsFile` whose ``offset`` is its first input's row in the file.
 
@@ -194,7 +199,9 @@ def iter_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str, chunk
         elif path.suffix == ".pt":
             whole = _read_pt(path, want, torch_dtype)
             for a in range(0, len(whole.inputs), chunk):
-                yield InputsFile(whole.inputs[a : a + chunk], whole.ids[a : a + chunk], whole.lines[a : a + chunk], a)
+                yield InputsFile(
+                    whole.inputs[a : a + chunk], whole.ids[a : a + chunk], whole.lines[a : a + chunk], a
+                )
         else:
             yield from _iter_jsonl(path, want, torch_dtype, chunk)
     except OSError as exc:
@@ -211,7 +218,9 @@ def count_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str, chun
     return sum(len(part.inputs) for part in iter_inputs(path, shape, dtype, chunk))
 
 
-def _jsonl_rows(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> Iterator[tuple[Any, Any, int]]:
+def _jsonl_rows(
+    path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype
+) -> Iterator[tuple[Any, Any, int]]:
     """``(value, id, line)`` of each input of a JSON-lines file, checked, in order."""
     count = 0
     with open(path, "rb") as f:
@@ -220,8 +229,10 @@ def _jsonl_rows(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                                 "an inputs file is JSON lines in UTF-8, .npy or .pt.") from None
+                raise InputError(
+                    f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "an inputs file is JSON lines in UTF-8, .npy or .pt."
+                ) from None
             if lineno == 1:
                 line = line.removeprefix("\ufeff")  # the byte-order mark some editors write
             if not line.strip():
@@ -246,7 +257,9 @@ def _read_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -
     return InputsFile(torch.tensor(rows, dtype=dtype), ids, lines)
 
 
-def _iter_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chunk: int) -> Iterator[InputsFile]:
+def _iter_jsonl(
+    path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chunk: int
+) -> Iterator[InputsFile]:
     rows: list[Any] = []
     ids: list[Any] = []
     lines: list[int] = []
@@ -263,7 +276,9 @@ def _iter_jsonl(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, c
         yield InputsFile(torch.tensor(rows, dtype=dtype), ids, lines, offset)
 
 
-def _iter_npy(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chunk: int) -> Iterator[InputsFile]:
+def _iter_npy(
+    path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chunk: int
+) -> Iterator[InputsFile]:
     """Chunks of a ``.npy`` file, memory-mapped; a file that cannot be mapped (damaged,
     an archive, a kind of array that cannot be mapped) is read whole, which gives the
     same inputs or the same error as :func:`read_inputs`."""
@@ -275,7 +290,9 @@ def _iter_npy(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chu
     if not mapped:
         whole = _read_npy(path, shape, dtype)
         for a in range(0, len(whole.inputs), chunk):
-            yield InputsFile(whole.inputs[a : a + chunk], whole.ids[a : a + chunk], whole.lines[a : a + chunk], a)
+            yield InputsFile(
+                whole.inputs[a : a + chunk], whole.ids[a : a + chunk], whole.lines[a : a + chunk], a
+            )
         return
     if arr.ndim == 0 or len(arr) == 0:
         yield _from_array(path, arr, str(arr.dtype), shape, dtype)  # refused, as read whole
@@ -287,7 +304,9 @@ def _iter_npy(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype, chu
 def _read_npy(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> InputsFile:
     try:
         arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises many types for a damaged file (ValueError, EOFError, TokenError, ...)
+    except (
+        Exception
+    ) as exc:  # numpy raises many types for a damaged file (ValueError, EOFError, TokenError, ...)
         raise InputError(f"{path}: not a NumPy array file, or a damaged one ({_first_line(exc)}).") from None
     if not isinstance(arr, np.ndarray):  # np.load opens a .npz archive however the file is named
         arr.close()
@@ -301,21 +320,35 @@ def _read_pt(path: Path, shape: tuple[int, ...] | None, dtype: torch.dtype) -> I
         with warnings.catch_warnings():  # torch warns of a pickle protocol before failing on a damaged file
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file (UnpicklingError, RuntimeError, ...)
-        raise InputError(f"{path}: not a PyTorch tensor file, or a damaged one ({_first_line(exc)}).") from None
+    except (
+        Exception
+    ) as exc:  # torch raises many types for a damaged file (UnpicklingError, RuntimeError, ...)
+        raise InputError(
+            f"{path}: not a PyTorch tensor file, or a damaged one ({_first_line(exc)})."
+        ) from None
     if not isinstance(obj, torch.Tensor):
-        raise InputError(f"{path}: holds a {type(obj).__name__}, not one tensor [n, ...]; save one with "
-                         "torch.save(tensor, path).")
+        raise InputError(
+            f"{path}: holds a {type(obj).__name__}, not one tensor [n, ...]; save one with "
+            "torch.save(tensor, path)."
+        )
     name = str(obj.dtype).removeprefix("torch.")
     if obj.is_complex() or obj.dtype == torch.bool or obj.dtype in (torch.uint16, torch.uint32, torch.uint64):
-        arr = np.empty(obj.shape, dtype=bool if obj.dtype == torch.bool else np.complex64)  # refused for its kind
+        arr = np.empty(
+            obj.shape, dtype=bool if obj.dtype == torch.bool else np.complex64
+        )  # refused for its kind
     else:
         arr = obj.detach().to(torch.float64 if obj.is_floating_point() else torch.int64).numpy()
     return _from_array(path, arr, name, shape, dtype)
 
 
-def _from_array(path: Path, arr: np.ndarray, stored: str, shape: tuple[int, ...] | None,
-                dtype: torch.dtype, offset: int = 0) -> InputsFile:
+def _from_array(
+    path: Path,
+    arr: np.ndarray,
+    stored: str,
+    shape: tuple[int, ...] | None,
+    dtype: torch.dtype,
+    offset: int = 0,
+) -> InputsFile:
     """Inputs from an array file (or rows ``offset`` on of one), checked like a JSON
     lines file (rows named by number)."""
     integer = not dtype.is_floating_point
@@ -325,7 +358,9 @@ def _from_array(path: Path, arr: np.ndarray, stored: str, shape: tuple[int, ...]
         expected = "integers (token ids)" if integer else "real numbers"
         raise InputError(f"{path}: holds {stored} values; this model takes {expected}.")
     if shape is not None and tuple(arr.shape[1:]) != shape:
-        raise InputError(f"{path}: inputs have shape {tuple(arr.shape[1:])} each; the detector takes {shape}.")
+        raise InputError(
+            f"{path}: inputs have shape {tuple(arr.shape[1:])} each; the detector takes {shape}."
+        )
     if len(arr) == 0:
         raise InputError(f"{path}: no inputs in the file.")
     flat = arr.reshape(len(arr), -1)
@@ -342,8 +377,9 @@ def _from_array(path: Path, arr: np.ndarray, stored: str, shape: tuple[int, ...]
     host = np.ascontiguousarray(arr, dtype=np.int64 if integer else np.float64)
     if not host.flags.writeable:  # a view of a memory-mapped file: the chunk gets memory of its own
         host = host.copy()
-    return InputsFile(torch.from_numpy(host).to(dtype), list(range(offset, offset + len(arr))), [0] * len(arr),
-                      offset)
+    return InputsFile(
+        torch.from_numpy(host).to(dtype), list(range(offset, offset + len(arr))), [0] * len(arr), offset
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -351,8 +387,9 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def parse_line(line: str, where: str, shape: tuple[int, ...] | None, dtype: torch.dtype,
-               default_id: Any) -> tuple[Any, Any]:
+def parse_line(
+    line: str, where: str, shape: tuple[int, ...] | None, dtype: torch.dtype, default_id: Any
+) -> tuple[Any, Any]:
     """One JSON-lines input: ``(value as nested lists, id)``; errors start with ``where``.
     ``shape`` ``None`` accepts any shape with rows of equal lengths."""
     try:
@@ -360,14 +397,18 @@ def parse_line(line: str, where: str, shape: tuple[int, ...] | None, dtype: torc
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
     except RecursionError:
-        raise InputError(f"{where}: nested too deeply to read (an input is at most {MAX_DEPTH} lists deep).") from None
+        raise InputError(
+            f"{where}: nested too deeply to read (an input is at most {MAX_DEPTH} lists deep)."
+        ) from None
     except ValueError as exc:  # an integer of more than 4300 digits
         raise InputError(f"{where}: not valid JSON ({_first_line(exc)}).") from None
     if isinstance(obj, dict):
         unknown = sorted(set(obj) - set(ALLOWED_FIELDS))
         if unknown:
-            raise InputError(f"{where}: unknown field(s) {_cut(repr(unknown), 60)}; an object line has the fields "
-                             f"{list(ALLOWED_FIELDS)} ('input' required).")
+            raise InputError(
+                f"{where}: unknown field(s) {_cut(repr(unknown), 60)}; an object line has the fields "
+                f"{list(ALLOWED_FIELDS)} ('input' required)."
+            )
         if "input" not in obj:
             raise InputError(f"{where}: the object has no 'input' field.")
         value, ident = obj["input"], obj.get("id", default_id)
@@ -375,8 +416,9 @@ def parse_line(line: str, where: str, shape: tuple[int, ...] | None, dtype: torc
     elif isinstance(obj, list):
         value, ident = obj, default_id
     else:
-        raise InputError(f"{where}: expected a JSON array or an object with an 'input' field, got "
-                         f"{type(obj).__name__}.")
+        raise InputError(
+            f"{where}: expected a JSON array or an object with an 'input' field, got {type(obj).__name__}."
+        )
     try:
         got = _shape(value)
         if shape is not None and got != shape:
@@ -397,8 +439,10 @@ def _check_id(ident: Any, where: str) -> None:
         try:
             ident.encode("utf-8")
         except UnicodeEncodeError:
-            raise InputError(f"{where}: 'id' holds a lone surrogate escape ({_short(ident)}), which is not "
-                             "text; give ids as plain strings.") from None
+            raise InputError(
+                f"{where}: 'id' holds a lone surrogate escape ({_short(ident)}), which is not "
+                "text; give ids as plain strings."
+            ) from None
 
 
 def parse_input(text: str, shape: Sequence[int], dtype: str) -> InputsFile:
@@ -445,7 +489,9 @@ class ScoresWriter:
             self.csv.writerow([index, ident, repr(float(score)), int(flagged)])
         else:
             value = float(score) if math.isfinite(score) else None  # no explanation could test the input
-            self.f.write(json.dumps({"index": index, "id": ident, "score": value, "flagged": bool(flagged)}) + "\n")
+            self.f.write(
+                json.dumps({"index": index, "id": ident, "score": value, "flagged": bool(flagged)}) + "\n"
+            )
 
 
 def scores_format(path: str | Path) -> str:

@@ -75,7 +75,9 @@ def _hooks(adapter: ModelAdapter, fns: Sequence[tuple[str, object]]) -> Iterator
             h.remove()
     missing = [fns[i][0] for i, f in enumerate(fired) if not f]
     if missing:
-        raise CausalMADError(f"Hook(s) {missing} never fired during the forward pass; the intervention did not apply.")
+        raise CausalMADError(
+            f"Hook(s) {missing} never fired during the forward pass; the intervention did not apply."
+        )
 
 
 def _gather(act: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -108,14 +110,18 @@ def capture(
         # one copy of every site's positions to the device, one copy of the activations back
         pos = [s.position_index(host) for s in sites]
         moved = iter(to_device([p.numpy() for p in pos if p is not None], adapter.device))
-        got = [_gather(_flat(adapter, grabbed[s.hook]), None if p is None else next(moved)).float()
-               for s, p in zip(sites, pos)]
+        got = [
+            _gather(_flat(adapter, grabbed[s.hook]), None if p is None else next(moved)).float()
+            for s, p in zip(sites, pos)
+        ]
         for i, a in enumerate(to_host(got)):
             chunks[i].append(a)
     return [torch.cat(c) for c in chunks]
 
 
-def to_device(arrays: Sequence[np.ndarray], device: torch.device, dtype: type = np.int64) -> list[torch.Tensor]:
+def to_device(
+    arrays: Sequence[np.ndarray], device: torch.device, dtype: type = np.int64
+) -> list[torch.Tensor]:
     """``arrays`` as tensors of ``dtype`` on ``device``, through one copy: each copy from
     the host makes it wait until the device has run everything queued (on the CPU, the
     arrays themselves, uncopied)."""
@@ -150,7 +156,9 @@ def _flat(adapter: ModelAdapter, act: torch.Tensor) -> torch.Tensor:
     return act.reshape(act.shape[0], -1)
 
 
-def _apply(act: torch.Tensor, pos: torch.Tensor | None, values: torch.Tensor, proj: torch.Tensor | None) -> torch.Tensor:
+def _apply(
+    act: torch.Tensor, pos: torch.Tensor | None, values: torch.Tensor, proj: torch.Tensor | None
+) -> torch.Tensor:
     values = values.to(act.device, act.dtype)
     cur = _gather(act, pos)
     if proj is None:
@@ -164,9 +172,7 @@ def _apply(act: torch.Tensor, pos: torch.Tensor | None, values: torch.Tensor, pr
     return act.scatter(1, idx, new)
 
 
-def run_patched(
-    adapter: ModelAdapter, inputs: torch.Tensor, patches: Sequence[Patch]
-) -> torch.Tensor:
+def run_patched(adapter: ModelAdapter, inputs: torch.Tensor, patches: Sequence[Patch]) -> torch.Tensor:
     """Forward ``inputs`` with every patch applied (one batch, no chunking, no grad).
 
     Several patches may share a hook; they are applied in order.
@@ -227,8 +233,12 @@ def in_mode(model: nn.Module, mode: bool) -> bool:
     cheap; a bridge's ``train()`` costs milliseconds, and every pyvene call (every IIA
     measured in alignment) would switch modes twice."""
     mods = list(model.modules())
-    mods += [m for o in mods if isinstance(o.__dict__.get("original_model"), nn.Module)
-             for m in o.__dict__["original_model"].modules()]
+    mods += [
+        m
+        for o in mods
+        if isinstance(o.__dict__.get("original_model"), nn.Module)
+        for m in o.__dict__["original_model"].modules()
+    ]
     return all(m.training == mode for m in mods)
 
 
@@ -266,7 +276,9 @@ def _projector_class():  # noqa: ANN202 - built lazily, once: importing pyvene i
             super().__init__(keep_last_dim=True, **kwargs)
             self.register_buffer("basis", basis)
 
-        def forward(self, base: torch.Tensor, source: torch.Tensor, subspaces: object = None, **_: object) -> torch.Tensor:
+        def forward(
+            self, base: torch.Tensor, source: torch.Tensor, subspaces: object = None, **_: object
+        ) -> torch.Tensor:
             if self.basis is None:
                 return source
             b = self.basis.to(base.dtype)
@@ -276,7 +288,9 @@ def _projector_class():  # noqa: ANN202 - built lazily, once: importing pyvene i
 
 
 def interchange_pyvene(
-    adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor | Sequence[torch.Tensor],
+    adapter: ModelAdapter,
+    base: torch.Tensor,
+    source: torch.Tensor | Sequence[torch.Tensor],
     site: Site | Sequence[Site],
 ) -> torch.Tensor:
     """Run ``base`` with ``site`` (or every site of a group) taken from ``source`` (row i
@@ -302,18 +316,23 @@ def interchange_pyvene(
     for s, src in zip(sites, srcs):
         pos_b, pos_s = positions_of(s, x), positions_of(s, src)
         proj = s.projection(adapter.width(s.hook, x), adapter.head_width(s.hook))
-        representations.append({
-            "component": f"model.{s.hook}.output",
-            "unit": "pos",
-            "max_number_of_units": int(pos_b.shape[1]),
-            "intervention": _projector_class()(None if proj is None else proj.to(adapter.device)),
-        })
+        representations.append(
+            {
+                "component": f"model.{s.hook}.output",
+                "unit": "pos",
+                "max_number_of_units": int(pos_b.shape[1]),
+                "intervention": _projector_class()(None if proj is None else proj.to(adapter.device)),
+            }
+        )
         base_locs.append(pos_b.tolist())
         src_locs.append(pos_s.tolist())
     config = pv.IntervenableConfig(representations=representations)
     with preserved_training_state(adapter.model):
         model = pv.IntervenableModel(config, _PyveneModel(adapter))
         with torch.no_grad():
-            _, out = model({"input_ids": x}, [{"input_ids": src} for src in srcs],
-                           unit_locations={"sources->base": (src_locs, base_locs)})
+            _, out = model(
+                {"input_ids": x},
+                [{"input_ids": src} for src in srcs],
+                unit_locations={"sources->base": (src_locs, base_locs)},
+            )
     return out

@@ -39,8 +39,9 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.causalmad-partial")
 
 
-def run_header(detector_dir: str | Path, inputs: str | Path, chunk: int, rows: int,
-               trust_modified: bool = False) -> dict[str, Any]:
+def run_header(
+    detector_dir: str | Path, inputs: str | Path, chunk: int, rows: int, trust_modified: bool = False
+) -> dict[str, Any]:
     """What a score run scores, as the partial file's header records it: the detector
     folder's ``SHA256SUMS`` (and, with ``trust_modified``, where those need not hold, the
     hashes of its files themselves), the inputs file's size and SHA-256, the chunk size
@@ -48,11 +49,22 @@ def run_header(detector_dir: str | Path, inputs: str | Path, chunk: int, rows: i
     folder, path = Path(detector_dir), Path(inputs)
     names = [CHECKSUMS] + ([CONFIG, STATE] if trust_modified or not (folder / CHECKSUMS).is_file() else [])
     detector = {n: sha256_file(folder / n) if (folder / n).is_file() else None for n in names}
-    return {"kind": KIND, "version": VERSION, "detector": detector,
-            "inputs": {"size": path.stat().st_size, "sha256": sha256_file(path)}, "chunk": chunk, "rows": rows}
+    return {
+        "kind": KIND,
+        "version": VERSION,
+        "detector": detector,
+        "inputs": {"size": path.stat().st_size, "sha256": sha256_file(path)},
+        "chunk": chunk,
+        "rows": rows,
+    }
 
 
-_WHAT = {"detector": "the detector folder", "inputs": "the inputs file", "chunk": "--chunk", "rows": "the inputs file"}
+_WHAT = {
+    "detector": "the detector folder",
+    "inputs": "the inputs file",
+    "chunk": "--chunk",
+    "rows": "the inputs file",
+}
 
 
 class PartialScores:
@@ -92,14 +104,18 @@ class PartialScores:
             except ValueError:
                 header = None
             if not isinstance(header, dict) or header.get("kind") != KIND or header.get("version") != VERSION:
-                raise InputError(f"{self.path}: not a causalmad partial scores file (or a damaged one); cannot "
-                                 "resume from it: run again without --resume to start over.")
+                raise InputError(
+                    f"{self.path}: not a causalmad partial scores file (or a damaged one); cannot "
+                    "resume from it: run again without --resume to start over."
+                )
             for key in ("detector", "inputs", "chunk", "rows"):
                 if header.get(key) != self.header[key]:
                     was = f" (it was {header.get(key)})" if key == "chunk" else ""
-                    raise InputError(f"{self.path}: the partial scores are of another run: {_WHAT[key]} is not the "
-                                     f"same{was}; resume with the same detector folder, inputs file and --chunk, "
-                                     "or run again without --resume to start over.")
+                    raise InputError(
+                        f"{self.path}: the partial scores are of another run: {_WHAT[key]} is not the "
+                        f"same{was}; resume with the same detector folder, inputs file and --chunk, "
+                        "or run again without --resume to start over."
+                    )
             self._end = len(first)
             for _ in self._lines(f):
                 self._end = f.tell()
@@ -155,8 +171,9 @@ class PartialScores:
         except OSError as exc:
             if isinstance(exc, WriteError):
                 raise
-            raise WriteError(f"{self.path}: cannot write ({exc.strerror or exc}); the scores file was not "
-                             "written.") from exc
+            raise WriteError(
+                f"{self.path}: cannot write ({exc.strerror or exc}); the scores file was not written."
+            ) from exc
         self.rows_durable = offset + len(scores)
 
     def _open(self) -> IO[bytes]:
@@ -196,6 +213,9 @@ class PartialScores:
         if not self._resumed and (isinstance(exc, InputError) or not self.rows_durable):
             self.path.unlink(missing_ok=True)
         elif self.rows_durable and self.exists():
-            warnings.warn(f"the scores of {self.rows_durable} of {self.header['rows']} inputs are kept in "
-                          f"{self.path}: run the same command with --resume to continue.", CausalMADWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"the scores of {self.rows_durable} of {self.header['rows']} inputs are kept in "
+                f"{self.path}: run the same command with --resume to continue.",
+                CausalMADWarning,
+                stacklevel=2,
+            )

@@ -121,8 +121,12 @@ class _Encoder:
         if isinstance(obj, dict):
             if all(isinstance(k, str) and not k.startswith("__") for k in obj):
                 return {k: self.encode(v, f"{where}.{k}") for k, v in obj.items()}
-            return {"__dict__": [[self.encode(k, f"{where} key"), self.encode(v, f"{where}[{k!r}]")]
-                                 for k, v in obj.items()]}
+            return {
+                "__dict__": [
+                    [self.encode(k, f"{where} key"), self.encode(v, f"{where}[{k!r}]")]
+                    for k, v in obj.items()
+                ]
+            }
         name = type(obj).__name__
         if dataclasses.is_dataclass(obj) and self.records.get(name) is type(obj):
             fields = {}
@@ -130,14 +134,17 @@ class _Encoder:
                 value = getattr(obj, fld.name)
                 if callable(value) and not isinstance(value, torch.Tensor):
                     raise PersistenceError(
-                        f"{where}.{fld.name}: a function ({getattr(value, '__name__', value)!r}) cannot be saved; "
+                        f"{where}.{fld.name}: a function ({getattr(value, '__name__', value)!r}) "
+                        "cannot be saved; "
                         "use fixed positions in sites that a saved detector needs."
                     )
                 fields[fld.name] = self.encode(value, f"{where}.{fld.name}")
             return {"__record__": name, "fields": fields}
-        raise PersistenceError(f"{where}: cannot save a {type(obj).__module__}.{name} (not an array, a plain "
-                               "value or a causalmad record). Name it in the detector's _transient and rebuild "
-                               "it in _restore().")
+        raise PersistenceError(
+            f"{where}: cannot save a {type(obj).__module__}.{name} (not an array, a plain "
+            "value or a causalmad record). Name it in the detector's _transient and rebuild "
+            "it in _restore()."
+        )
 
 
 def _decode(obj: Any, tensors: dict[str, torch.Tensor], records: dict[str, type]) -> Any:
@@ -157,7 +164,9 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor], records: dict[str, type]
     if "__set__" in obj:
         return {_decode(v, tensors, records) for v in obj["__set__"]}
     if "__dict__" in obj:
-        return {_hashable(_decode(k, tensors, records)): _decode(v, tensors, records) for k, v in obj["__dict__"]}
+        return {
+            _hashable(_decode(k, tensors, records)): _decode(v, tensors, records) for k, v in obj["__dict__"]
+        }
     if "__record__" in obj:
         cls = records.get(obj["__record__"])
         if cls is None:
@@ -204,8 +213,11 @@ def hypothesis_fingerprint(hypothesis: Hypothesis | None) -> dict[str, Any] | No
     fingerprint = {
         "name": hypothesis.name,
         "variables": {
-            v: {"kind": hypothesis.kind(v), "parents": hypothesis.parents(v),
-                **({"readout": dataclasses.asdict(hypothesis.readout(v))} if v in hypothesis.outputs else {})}
+            v: {
+                "kind": hypothesis.kind(v),
+                "parents": hypothesis.parents(v),
+                **({"readout": dataclasses.asdict(hypothesis.readout(v))} if v in hypothesis.outputs else {}),
+            }
             for v in hypothesis.variables
         },
     }
@@ -274,12 +286,14 @@ def remove_stale(path: str | Path) -> list[Path]:
     except OSError:  # no such folder yet: nothing was left there
         return done
     for p in entries:
-        m = pattern.fullmatch(p.name[len(prefix):])
+        m = pattern.fullmatch(p.name[len(prefix) :])
         if m is None or (int(m[2]) != os.getpid() and _alive(int(m[2]))):
             continue
         if m[1] == "causalmad-old" and not os.path.lexists(path):
             os.rename(p, path)
-            logger.warning("put back %s from %s: process %s was killed while replacing it", path, p.name, m[2])
+            logger.warning(
+                "put back %s from %s: process %s was killed while replacing it", path, p.name, m[2]
+            )
         else:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -373,8 +387,10 @@ def writer_lock(path: str | Path, timeout: float | None = None) -> Iterator[None
         lock = FileLock(str(file), timeout=wait)
         lock.acquire()
     except Timeout:
-        raise PersistenceError(f"{path} is being written by another process, which holds {file.name}; waited "
-                               f"{wait:g} s: run this again once that one has finished.") from None
+        raise PersistenceError(
+            f"{path} is being written by another process, which holds {file.name}; waited "
+            f"{wait:g} s: run this again once that one has finished."
+        ) from None
     except OSError as exc:
         raise _cannot_write(path, exc, f"could not take the lock {file.name}") from exc
     try:
@@ -399,8 +415,10 @@ def check_replaceable(path: str | Path) -> None:
     foreign = [n for n in names if n not in FILES or (path / n).is_symlink() or not (path / n).is_file()]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise PersistenceError(f"{path} is not a causalmad detector folder (it holds {shown}, which causalmad "
-                               "does not write)" + refuse)
+        raise PersistenceError(
+            f"{path} is not a causalmad detector folder (it holds {shown}, which causalmad "
+            "does not write)" + refuse
+        )
     if CONFIG not in names:
         raise PersistenceError(f"{path} is not a causalmad detector folder (it has no {CONFIG})" + refuse)
     try:
@@ -409,8 +427,9 @@ def check_replaceable(path: str | Path) -> None:
         config = None
     version = config.get("format_version") if isinstance(config, dict) else None
     if not isinstance(version, int) or "detector" not in config:  # type: ignore[operator]
-        raise PersistenceError(f"{path} is not a causalmad detector folder (its {CONFIG} is not a detector's)"
-                               + refuse)
+        raise PersistenceError(
+            f"{path} is not a causalmad detector folder (its {CONFIG} is not a detector's)" + refuse
+        )
 
 
 def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite: bool = False) -> Path:
@@ -431,7 +450,9 @@ def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite
         remove_stale(path)
         if os.path.lexists(path):
             if not overwrite:
-                raise PersistenceError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it.")
+                raise PersistenceError(
+                    f"{path} already exists; pass overwrite=True (CLI: --force) to replace it."
+                )
             check_replaceable(path)
         try:
             _write_locked(path, config, encoded, tensors, overwrite)
@@ -440,8 +461,9 @@ def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite
     return path
 
 
-def _write_locked(path: Path, config: dict[str, Any], encoded: Any, tensors: dict[str, torch.Tensor],
-                  overwrite: bool) -> None:
+def _write_locked(
+    path: Path, config: dict[str, Any], encoded: Any, tensors: dict[str, torch.Tensor], overwrite: bool
+) -> None:
     """The body of :func:`write_folder`, with the lock held."""
     from safetensors.torch import save_file
 
@@ -455,8 +477,12 @@ def _write_locked(path: Path, config: dict[str, Any], encoded: Any, tensors: dic
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp / STATE, 0o666 & ~umask)  # safetensors writes a private file; give the usual permissions
-        full = {"format_version": FORMAT_VERSION, "causalmad_version": causalmad.__version__, **config,
-                "state": encoded}
+        full = {
+            "format_version": FORMAT_VERSION,
+            "causalmad_version": causalmad.__version__,
+            **config,
+            "state": encoded,
+        }
         (tmp / CONFIG).write_text(json.dumps(full, indent=1, allow_nan=False))
         sums = "".join(f"{sha256_file(tmp / name)}  {name}\n" for name in (CONFIG, STATE))
         (tmp / CHECKSUMS).write_text(sums)  # written last: marks the folder complete
@@ -464,14 +490,17 @@ def _write_locked(path: Path, config: dict[str, Any], encoded: Any, tensors: dic
             _fsync(tmp / name)
         if os.path.lexists(path):
             if not overwrite:
-                raise PersistenceError(f"{path} was created by another writer during this save; nothing replaced.")
+                raise PersistenceError(
+                    f"{path} was created by another writer during this save; nothing replaced."
+                )
             os.rename(path, old)
             moved = True
         try:
             os.rename(tmp, path)
         except OSError as exc:
-            raise PersistenceError(f"{path} was created by another writer during this save; nothing "
-                                   "replaced.") from exc
+            raise PersistenceError(
+                f"{path} was created by another writer during this save; nothing replaced."
+            ) from exc
         _fsync(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -485,7 +514,9 @@ def _write_locked(path: Path, config: dict[str, Any], encoded: Any, tensors: dic
 def _modified(message: str, trust_modified: bool) -> None:
     """A folder whose files are not the ones saved: refused, or a warning if trusted."""
     if not trust_modified:
-        raise PersistenceError(f"{message} Pass trust_modified=True (CLI: --trust-modified) to load it anyway.")
+        raise PersistenceError(
+            f"{message} Pass trust_modified=True (CLI: --trust-modified) to load it anyway."
+        )
     warnings.warn(f"{message} Loading it anyway (trust_modified).", CausalMADWarning, stacklevel=2)
 
 
@@ -502,13 +533,19 @@ def _read_checksums(path: Path, trust_modified: bool) -> dict[str, str] | None:
     for n, line in enumerate(lines, 1):
         m = re.fullmatch(r"([0-9a-f]{64}) [ *](\S+)", line)
         if m is None or m[2] not in (CONFIG, STATE) or m[2] in sums:
-            _modified(f"{file} line {n} is not 'SHA-256  {CONFIG}' or 'SHA-256  {STATE}': the file was edited "
-                      "or is corrupted.", trust_modified)
+            _modified(
+                f"{file} line {n} is not 'SHA-256  {CONFIG}' or 'SHA-256  {STATE}': the file was edited "
+                "or is corrupted.",
+                trust_modified,
+            )
             return None
         sums[m[2]] = m[1]
     if set(sums) != {CONFIG, STATE}:
-        _modified(f"{file} lacks the checksum of {sorted({CONFIG, STATE} - set(sums))}: the file was edited or is "
-                  "corrupted.", trust_modified)
+        _modified(
+            f"{file} lacks the checksum of {sorted({CONFIG, STATE} - set(sums))}: the file was edited or is "
+            "corrupted.",
+            trust_modified,
+        )
         return None
     return sums
 
@@ -518,8 +555,9 @@ def _read_config(path: Path, trust_modified: bool) -> tuple[dict[str, Any], str 
     import causalmad
 
     if not path.is_dir():
-        raise PersistenceError(f"{path} is not a folder (a saved detector is a folder with {CONFIG}, {STATE} and "
-                               f"{CHECKSUMS}).")
+        raise PersistenceError(
+            f"{path} is not a folder (a saved detector is a folder with {CONFIG}, {STATE} and {CHECKSUMS})."
+        )
     if not (path / CONFIG).is_file():
         raise PersistenceError(f"{path} has no {CONFIG}: not a detector folder, or an interrupted save.")
     try:
@@ -533,31 +571,45 @@ def _read_config(path: Path, trust_modified: bool) -> tuple[dict[str, Any], str 
     version = config.get("format_version") if isinstance(config, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         # before the checksums: a newer format may keep them differently
-        raise PersistenceError(f"{path} was saved in format version {version} by a newer causalmad; this causalmad "
-                               f"({causalmad.__version__}) reads format versions up to {FORMAT_VERSION}: upgrade "
-                               "causalmad to load it.")
+        raise PersistenceError(
+            f"{path} was saved in format version {version} by a newer causalmad; this causalmad "
+            f"({causalmad.__version__}) reads format versions up to {FORMAT_VERSION}: upgrade "
+            "causalmad to load it."
+        )
     sums = _read_checksums(path, trust_modified)
     if sums is not None and _sha256(raw) != sums[CONFIG]:
-        _modified(f"{path / CONFIG} does not match its checksum in {CHECKSUMS}: it was edited, truncated or "
-                  "corrupted after the save.", trust_modified)
+        _modified(
+            f"{path / CONFIG} does not match its checksum in {CHECKSUMS}: it was edited, truncated or "
+            "corrupted after the save.",
+            trust_modified,
+        )
     if invalid is not None:
         raise PersistenceError(f"{path / CONFIG} is not valid JSON ({invalid}); the folder is corrupted.")
     if not isinstance(config, dict) or "format_version" not in config:
         raise PersistenceError(f"{path / CONFIG} has no format_version; not a causalmad detector folder.")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise PersistenceError(f"{path / CONFIG}: format_version {version!r} is not a format version; the folder "
-                               "is corrupted.")
+        raise PersistenceError(
+            f"{path / CONFIG}: format_version {version!r} is not a format version; the folder is corrupted."
+        )
     required = ["detector", "params", "state", "input_shape", "input_dtype"]
     if version == 1:
-        _modified(f"{path} was saved by an older causalmad (format version 1), whose checksum does not cover "
-                  f"{CONFIG}: refit it with this causalmad.", trust_modified)
+        _modified(
+            f"{path} was saved by an older causalmad (format version 1), whose checksum does not cover "
+            f"{CONFIG}: refit it with this causalmad.",
+            trust_modified,
+        )
         required.append("state_sha256")
     else:
         if sums is None and not (path / CHECKSUMS).is_file():
-            _modified(f"{path} has no {CHECKSUMS}: an interrupted save, or the file was removed.", trust_modified)
+            _modified(
+                f"{path} has no {CHECKSUMS}: an interrupted save, or the file was removed.", trust_modified
+            )
         for name in sorted(p.name for p in path.iterdir() if p.name not in FILES):
-            _modified(f"{path / name} is not covered by {CHECKSUMS} (a detector folder holds only "
-                      f"{', '.join(FILES)}).", trust_modified)
+            _modified(
+                f"{path / name} is not covered by {CHECKSUMS} (a detector folder holds only "
+                f"{', '.join(FILES)}).",
+                trust_modified,
+            )
     missing = [k for k in required if k not in config]
     if missing:
         raise PersistenceError(f"{path / CONFIG} lacks {missing}; the folder is corrupted.")
@@ -579,11 +631,14 @@ def _mistyped(config: dict[str, Any]) -> str | None:
         return f"'detector' is {json.dumps(config['detector'])[:40]}, not a name"
     if not isinstance(config["params"], dict):
         return "'params' is not an object"
-    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31
-                                              for n in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 for n in shape
+    ):
         return f"'input_shape' is {json.dumps(shape)[:40]}, not a list of sizes"
     dtype = config["input_dtype"]
-    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
+    if not isinstance(dtype, str) or not isinstance(
+        getattr(torch, dtype.removeprefix("torch."), None), torch.dtype
+    ):
         return f"'input_dtype' is {json.dumps(dtype)[:40]}, not a torch dtype"
     for key, kind in (("extra", dict), ("hypothesis", dict), ("model_fingerprint", str)):
         if config.get(key) is not None and not isinstance(config[key], kind):
@@ -618,8 +673,10 @@ def read_folder(path: str | Path, trust_modified: bool = False) -> tuple[dict[st
     except OSError as exc:
         raise PersistenceError(f"{path / STATE} cannot be read ({exc}).") from exc
     if expected is not None and _sha256(data) != expected:
-        _modified(f"{path / STATE} does not match its checksum in {kept_in}: the file is truncated or corrupted.",
-                  trust_modified)
+        _modified(
+            f"{path / STATE} does not match its checksum in {kept_in}: the file is truncated or corrupted.",
+            trust_modified,
+        )
     try:
         tensors = load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -635,16 +692,19 @@ def constructor_params(obj: Any, skip: tuple[str, ...]) -> dict[str, Any]:
     return {n: getattr(obj, n) for n in constructor_params_names(type(obj)) if n not in skip}
 
 
-def save_detector(detector: Detector, path: str | Path, overwrite: bool = False,
-                  extra: dict[str, Any] | None = None) -> Path:
+def save_detector(
+    detector: Detector, path: str | Path, overwrite: bool = False, extra: dict[str, Any] | None = None
+) -> Path:
     """Save a fitted detector to the folder ``path`` (see :meth:`Detector.save`)."""
     detector._require_fitted()
     params = constructor_params(detector, skip=("model", "hypothesis"))
     hyp = getattr(detector, "hypothesis", None)
     params_json, params_tensors = encode(params, "params")
     if params_tensors:
-        raise PersistenceError(f"{type(detector).__name__}'s constructor arguments must be plain values to be "
-                               "saved; one of them is an array or tensor.")
+        raise PersistenceError(
+            f"{type(detector).__name__}'s constructor arguments must be plain values to be "
+            "saved; one of them is an array or tensor."
+        )
     config = {
         "detector": detector.name,
         "params": params_json,
@@ -657,9 +717,13 @@ def save_detector(detector: Detector, path: str | Path, overwrite: bool = False,
     return write_folder(path, config, detector._get_state(), overwrite)
 
 
-def load_detector(path: str | Path, model: nn.Module | Any, hypothesis: Hypothesis | None = None,
-                  check: Callable[[dict[str, Any]], None] | None = None,
-                  trust_modified: bool = False) -> Detector:
+def load_detector(
+    path: str | Path,
+    model: nn.Module | Any,
+    hypothesis: Hypothesis | None = None,
+    check: Callable[[dict[str, Any]], None] | None = None,
+    trust_modified: bool = False,
+) -> Detector:
     """Load a detector saved with :meth:`Detector.save` (see :meth:`Detector.load`)."""
     from causalmad.detectors.base import DETECTORS
     from causalmad.models import adapt
@@ -669,28 +733,42 @@ def load_detector(path: str | Path, model: nn.Module | Any, hypothesis: Hypothes
         check(config)
     name = config["detector"]
     if name not in DETECTORS:
-        raise PersistenceError(f"{path} holds a {name!r} detector, which this causalmad does not know "
-                               f"(known: {sorted(DETECTORS)}).")
+        raise PersistenceError(
+            f"{path} holds a {name!r} detector, which this causalmad does not know "
+            f"(known: {sorted(DETECTORS)})."
+        )
     adapter = adapt(model)
     found = model_fingerprint(adapter.model)
     if found != config.get("model_fingerprint"):
-        raise PersistenceError(f"{path} was fitted on a different model (fingerprint "
-                               f"{str(config.get('model_fingerprint'))[:12]}…, this model {found[:12]}…): "
-                               "its weights or architecture differ.")
+        raise PersistenceError(
+            f"{path} was fitted on a different model (fingerprint "
+            f"{str(config.get('model_fingerprint'))[:12]}…, this model {found[:12]}…): "
+            "its weights or architecture differ."
+        )
     stored_h: dict[str, Any] | None = config.get("hypothesis")
     if (stored_h is None) != (hypothesis is None):
-        raise PersistenceError(f"{path} was fitted " + ("without a hypothesis; do not pass one." if stored_h is None
-                               else f"with hypothesis {stored_h['name']!r}; pass it: load(path, model, hypothesis=h)."))
+        raise PersistenceError(
+            f"{path} was fitted "
+            + (
+                "without a hypothesis; do not pass one."
+                if stored_h is None
+                else f"with hypothesis {stored_h['name']!r}; pass it: load(path, model, hypothesis=h)."
+            )
+        )
     if hypothesis is not None and stored_h is not None:
         hypothesis.validate()
         if hypothesis_fingerprint(hypothesis) != stored_h:
-            raise PersistenceError(f"{path} was fitted with a hypothesis of another structure (stored "
-                                   f"{stored_h['name']!r}: variables {list(stored_h['variables'])}); the one "
-                                   f"given ({hypothesis.name!r}: {hypothesis.variables}) differs in variables, "
-                                   "parents or readouts.")
+            raise PersistenceError(
+                f"{path} was fitted with a hypothesis of another structure (stored "
+                f"{stored_h['name']!r}: variables {list(stored_h['variables'])}); the one "
+                f"given ({hypothesis.name!r}: {hypothesis.variables}) differs in variables, "
+                "parents or readouts."
+            )
     cls = DETECTORS[name]
     params = decode(config["params"], {})
-    kwargs: dict[str, Any] = {"hypothesis": hypothesis} if "hypothesis" in constructor_params_names(cls) else {}
+    kwargs: dict[str, Any] = (
+        {"hypothesis": hypothesis} if "hypothesis" in constructor_params_names(cls) else {}
+    )
     try:
         det = cls(model, **kwargs, **params)
     except TypeError as exc:
@@ -700,9 +778,11 @@ def load_detector(path: str | Path, model: nn.Module | Any, hypothesis: Hypothes
     except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
         if isinstance(exc, CausalMADError):
             raise
-        raise PersistenceError(f"{Path(path) / CONFIG}: the stored state does not "
-                               f"fit a {name!r} detector ({type(exc).__name__}: {exc}); the folder is "
-                               "corrupted.") from exc
+        raise PersistenceError(
+            f"{Path(path) / CONFIG}: the stored state does not "
+            f"fit a {name!r} detector ({type(exc).__name__}: {exc}); the folder is "
+            "corrupted."
+        ) from exc
     return det
 
 

@@ -42,4 +42,9 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "python": platform.python_version(), **versions}
+    return {
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        **versions,
+    }

@@ -53,8 +53,11 @@ def explanation_chart(why: dict[str, Any], path: str | Path | None = None) -> by
     ax.set_xlabel("share of excess divergence when scrubbed alone")
     ax.set_title("each variable's scrub")
     flag = "FLAGGED" if why.get("flagged") else "not flagged"
-    fig.suptitle(f"score {why.get('score', float('nan')):.3g} (threshold {why.get('threshold', float('nan')):.3g}"
-                 f" at FPR {why.get('fpr')}) — {flag}", fontsize=10)
+    fig.suptitle(
+        f"score {why.get('score', float('nan')):.3g} (threshold {why.get('threshold', float('nan')):.3g}"
+        f" at FPR {why.get('fpr')}) — {flag}",
+        fontsize=10,
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -74,16 +77,35 @@ def _histogram(scores: np.ndarray, trusted: np.ndarray, threshold: float, fpr: f
     spread = max(abs(lo), abs(hi), 1.0)
     symlog = spread > 50  # scrubbing z-scores span orders of magnitude
     if symlog:
-        edges = np.unique(np.concatenate([-np.geomspace(1, max(-lo, 1) + 1, 20)[::-1], np.linspace(-1, 1, 5),
-                                          np.geomspace(1, max(hi, 1) + 1, 40)]))
+        edges = np.unique(
+            np.concatenate(
+                [
+                    -np.geomspace(1, max(-lo, 1) + 1, 20)[::-1],
+                    np.linspace(-1, 1, 5),
+                    np.geomspace(1, max(hi, 1) + 1, 40),
+                ]
+            )
+        )
         ax.set_xscale("symlog", linthresh=1.0)
     else:
         edges = np.linspace(lo, hi + 1e-9, 50)
     # fractions, not densities: on a log axis wide bins would flatten the anomalies' bars
-    ax.hist(trusted, bins=edges, alpha=0.6, label=f"held-out trusted (n={len(trusted)})", color="#7f8c8d",
-            weights=np.full(len(trusted), 1 / max(len(trusted), 1)))
-    ax.hist(finite, bins=edges, alpha=0.6, label=f"this batch (n={len(scores)})", color="#2c7fb8",
-            weights=np.full(len(finite), 1 / max(len(finite), 1)))
+    ax.hist(
+        trusted,
+        bins=edges,
+        alpha=0.6,
+        label=f"held-out trusted (n={len(trusted)})",
+        color="#7f8c8d",
+        weights=np.full(len(trusted), 1 / max(len(trusted), 1)),
+    )
+    ax.hist(
+        finite,
+        bins=edges,
+        alpha=0.6,
+        label=f"this batch (n={len(scores)})",
+        color="#2c7fb8",
+        weights=np.full(len(finite), 1 / max(len(finite), 1)),
+    )
     ax.axvline(threshold, color="#c0392b", lw=2, label=f"threshold at FPR {fpr}")
     ax.set_xlabel("score (higher = more anomalous)")
     ax.set_ylabel("fraction of inputs")
@@ -114,7 +136,8 @@ def _fmt(x: Any) -> str:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
+margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;
 text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right}
@@ -138,13 +161,29 @@ def html_report(
     threshold = detector.threshold(fpr)
     flagged = scores > threshold
     trusted = np.asarray(detector.heldout_scores_, dtype=np.float64)
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
-    parts.append(_table(["detector", "inputs", "flagged", "false-positive rate", "threshold"],
-                        [[html.escape(detector.name), len(scores), f"<span class='flag'>{int(flagged.sum())}</span>",
-                          fpr, f"{threshold:.4g}"]], "summary"))
-    parts.append("<h2 id='histogram'>Scores</h2><p class='small'>The threshold is the (1 − FPR) quantile of "
-                 "scores of trusted inputs held out of fitting; never set on this batch.</p>")
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
+    parts.append(
+        _table(
+            ["detector", "inputs", "flagged", "false-positive rate", "threshold"],
+            [
+                [
+                    html.escape(detector.name),
+                    len(scores),
+                    f"<span class='flag'>{int(flagged.sum())}</span>",
+                    fpr,
+                    f"{threshold:.4g}",
+                ]
+            ],
+            "summary",
+        )
+    )
+    parts.append(
+        "<h2 id='histogram'>Scores</h2><p class='small'>The threshold is the (1 − FPR) quantile of "
+        "scores of trusted inputs held out of fitting; never set on this batch.</p>"
+    )
     parts.append(_img(_histogram(scores, trusted, threshold, fpr), "score histogram with threshold"))
 
     order = [int(i) for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf)) if flagged[i]][:top]
@@ -153,27 +192,66 @@ def html_report(
         parts.append("<p>No input scored above the threshold.</p>")
     for rank, i in enumerate(order, 1):
         row = inputs[i].tolist()
-        parts.append(f"<h3>#{rank}: input {i} (id {html.escape(str(ids[i]))}) — score {scores[i]:.4g}</h3>"
-                     f"<p><code>{html.escape(str(row))}</code></p>")
+        parts.append(
+            f"<h3>#{rank}: input {i} (id {html.escape(str(ids[i]))}) — score {scores[i]:.4g}</h3>"
+            f"<p><code>{html.escape(str(row))}</code></p>"
+        )
         why = detector.explain(inputs[i], top=5, fpr=fpr).to_dict()
         if why.get("sites"):
-            parts.append(_table(["site", "z"], [[html.escape(str(s_["site"])), _fmt(s_["z"])] for s_ in why["sites"]],
-                                "sites"))
+            parts.append(
+                _table(
+                    ["site", "z"],
+                    [[html.escape(str(s_["site"])), _fmt(s_["z"])] for s_ in why["sites"]],
+                    "sites",
+                )
+            )
         if "broken" not in why:
             continue
-        parts.append(_table(["explanation that broke", "family", "divergence (nats)", "trusted mean", "z"],
-                            [[html.escape(b["explanation"]), b["family"], _fmt(b["divergence"]),
-                              _fmt(b["trusted_mean"]), _fmt(b["z"])] for b in why["broken"]], "broken"))
+        parts.append(
+            _table(
+                ["explanation that broke", "family", "divergence (nats)", "trusted mean", "z"],
+                [
+                    [
+                        html.escape(b["explanation"]),
+                        b["family"],
+                        _fmt(b["divergence"]),
+                        _fmt(b["trusted_mean"]),
+                        _fmt(b["z"]),
+                    ]
+                    for b in why["broken"]
+                ],
+                "broken",
+            )
+        )
         if why["variables"]:
-            parts.append(_table(["variable scrubbed alone", "divergence (nats)", "trusted mean", "z", "share"],
-                                [[html.escape(v["variable"]), _fmt(v["divergence"]), _fmt(v["trusted_mean"]),
-                                  _fmt(v["z"]), f"<span class='bar' style='width:{100 * v['share']:.0f}px'></span> "
-                                  f"{v['share']:.0%}"] for v in why["variables"]], "variables"))
+            parts.append(
+                _table(
+                    ["variable scrubbed alone", "divergence (nats)", "trusted mean", "z", "share"],
+                    [
+                        [
+                            html.escape(v["variable"]),
+                            _fmt(v["divergence"]),
+                            _fmt(v["trusted_mean"]),
+                            _fmt(v["z"]),
+                            f"<span class='bar' style='width:{100 * v['share']:.0f}px'></span> "
+                            f"{v['share']:.0%}",
+                        ]
+                        for v in why["variables"]
+                    ],
+                    "variables",
+                )
+            )
         values = ", ".join(f"{html.escape(k)}={html.escape(str(v))}" for k, v in why["values"].items())
         unseen = why["values_unseen_in_trusted"]
-        parts.append(f"<p class='small'>hypothesis values: {values or 'n/a'}"
-                     + (f"; <span class='flag'>never seen in trusted data: {html.escape(', '.join(unseen))}</span>"
-                        if unseen else "") + "</p>")
+        parts.append(
+            f"<p class='small'>hypothesis values: {values or 'n/a'}"
+            + (
+                f"; <span class='flag'>never seen in trusted data: {html.escape(', '.join(unseen))}</span>"
+                if unseen
+                else ""
+            )
+            + "</p>"
+        )
 
     alignment = getattr(detector, "alignment_", None)
     parts.append("<h2 id='alignment'>Alignment</h2>")
@@ -181,18 +259,31 @@ def html_report(
         rows = []
         for var in alignment.variables:
             for rank, c in enumerate(alignment.candidates[var][:3]):
-                rows.append([html.escape(var) if rank == 0 else "", html.escape(c.key), f"{c.iia:.3f}",
-                             "n/a" if c.heldout_iia is None or np.isnan(c.heldout_iia) else f"{c.heldout_iia:.3f}"])
-        parts.append("<p class='small'>Each inner variable's best candidate sites by interchange-intervention "
-                     "accuracy on the alignment split, and held-out IIA of the best.</p>")
+                rows.append(
+                    [
+                        html.escape(var) if rank == 0 else "",
+                        html.escape(c.key),
+                        f"{c.iia:.3f}",
+                        "n/a" if c.heldout_iia is None or np.isnan(c.heldout_iia) else f"{c.heldout_iia:.3f}",
+                    ]
+                )
+        parts.append(
+            "<p class='small'>Each inner variable's best candidate sites by interchange-intervention "
+            "accuracy on the alignment split, and held-out IIA of the best.</p>"
+        )
         parts.append(_table(["variable", "site", "IIA (alignment split)", "held-out IIA"], rows, "iia"))
     else:
         parts.append("<p>This detector has no aligned hypothesis.</p>")
     if hasattr(detector, "summary"):
         summary = detector.summary()
         parts.append("<h2 id='explanations'>Explanations</h2>")
-        parts.append(_table(["family", "searched", "valid"],
-                            [[html.escape(k), v["searched"], v["valid"]] for k, v in summary["by_family"].items()]
-                            + [["<b>all</b>", summary["searched"], summary["valid"]]], "families"))
+        parts.append(
+            _table(
+                ["family", "searched", "valid"],
+                [[html.escape(k), v["searched"], v["valid"]] for k, v in summary["by_family"].items()]
+                + [["<b>all</b>", summary["searched"], summary["valid"]]],
+                "families",
+            )
+        )
     parts.append("</body></html>")
     return "\n".join(parts)

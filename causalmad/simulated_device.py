@@ -51,9 +51,17 @@ _BUILDERS = {"tensor": torch.tensor, "as_tensor": torch.as_tensor}
 # operations CUDA allows on a device tensor with host indices (it copies them over first)
 _HOST_INDICES = {"index.Tensor", "index_put.default", "index_put_.default", "_index_put_impl_.default"}
 # operations whose output size depends on a device tensor's values: the host waits for it
-_DATA_DEPENDENT = {"_local_scalar_dense.default", "nonzero.default", "_unique.default", "_unique2.default",
-                   "unique_dim.default", "unique_consecutive.default", "masked_select.default", "is_nonzero.default",
-                   "equal.default"}
+_DATA_DEPENDENT = {
+    "_local_scalar_dense.default",
+    "nonzero.default",
+    "_unique.default",
+    "_unique2.default",
+    "unique_dim.default",
+    "unique_consecutive.default",
+    "masked_select.default",
+    "is_nonzero.default",
+    "equal.default",
+}
 
 
 @dataclass
@@ -90,9 +98,16 @@ class OnDevice(torch.Tensor):
 
     @staticmethod
     def __new__(cls, elem: torch.Tensor) -> OnDevice:
-        t = torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype, device=DEVICE,  # type: ignore[attr-defined]
-                                                strides=elem.stride(), storage_offset=elem.storage_offset(),
-                                                requires_grad=elem.requires_grad, layout=elem.layout)
+        t = torch.Tensor._make_wrapper_subclass(
+            cls,
+            elem.shape,
+            dtype=elem.dtype,
+            device=DEVICE,  # type: ignore[attr-defined]
+            strides=elem.stride(),
+            storage_offset=elem.storage_offset(),
+            requires_grad=elem.requires_grad,
+            layout=elem.layout,
+        )
         t.elem = elem
         return t
 
@@ -142,9 +157,11 @@ class _Simulation(TorchDispatchMode):
                 on_device.append(t)
             elif isinstance(t, torch.Tensor):
                 if t.device.type == DEVICE.type:
-                    raise RuntimeError(f"{name}: a tensor was built on the simulated device without the "
-                                       "simulation seeing it (a builder below PyTorch's dispatcher that "
-                                       "causalmad.simulated_device does not wrap).")
+                    raise RuntimeError(
+                        f"{name}: a tensor was built on the simulated device without the "
+                        "simulation seeing it (a builder below PyTorch's dispatcher that "
+                        "causalmad.simulated_device does not wrap)."
+                    )
                 if t.dim() > 0:  # a host scalar mixes with device tensors on CUDA too
                     on_host.append(t)
             return t
@@ -155,10 +172,16 @@ class _Simulation(TorchDispatchMode):
         copy = name == "copy_.default" or name.startswith("_to_copy")
         # host tensors allowed only as the indices (args[1]) into a device tensor
         indices = {id(i) for i in args[1] if isinstance(i, torch.Tensor)} if name in _HOST_INDICES else set()
-        host_indices = bool(indices and on_host) and isinstance(args[0], OnDevice) and all(id(h) in indices for h in on_host)
+        host_indices = (
+            bool(indices and on_host)
+            and isinstance(args[0], OnDevice)
+            and all(id(h) in indices for h in on_host)
+        )
         if on_device and on_host and not (copy or host_indices):
-            raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
-                               f"{DEVICE} (simulated) and cpu! ({name})")
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device, but found at least two devices, "
+                f"{DEVICE} (simulated) and cpu! ({name})"
+            )
         t = self.traffic
         if name == "copy_.default":
             if isinstance(args[0], OnDevice) != isinstance(args[1], OnDevice):
@@ -210,8 +233,9 @@ def simulated_device() -> Iterator[Traffic]:
 
 
 def _built_on_host(build: Any) -> Any:
-    def built(data: object, *args: object, device: torch.device | str | int | None = None,
-              **kwargs: object) -> torch.Tensor:
+    def built(
+        data: object, *args: object, device: torch.device | str | int | None = None, **kwargs: object
+    ) -> torch.Tensor:
         there = device is not None and torch.device(device).type == DEVICE.type
         t = build(data, *args, device=None if there else device, **kwargs)
         return t.to(DEVICE) if there else t

@@ -89,7 +89,10 @@ class Site:
         if callable(self.positions):
             rows = [list(self.positions(ex)) for ex in inputs]
             if len({len(r) for r in rows}) != 1:
-                raise SiteError(f"Site {self.key}: the positions function must return the same number of positions for every example.")
+                raise SiteError(
+                    f"Site {self.key}: the positions function must return the same number of positions "
+                    "for every example."
+                )
             pos = torch.tensor(rows, dtype=torch.long)
         else:
             pos = torch.tensor(self.positions, dtype=torch.long).expand(n, -1)
@@ -102,7 +105,10 @@ class Site:
         """``[width, k]`` orthonormal basis in the hook's full last axis, or ``None``."""
         if self.head is None:
             if self.basis is not None and self.basis.shape[0] != width:
-                raise SiteError(f"Site {self.key}: basis has {self.basis.shape[0]} rows but the activation is {width} wide.")
+                raise SiteError(
+                    f"Site {self.key}: basis has {self.basis.shape[0]} rows but the activation is "
+                    f"{width} wide."
+                )
             return self.basis
         if d_head <= 0 or width % d_head:
             raise SiteError(f"Site {self.key}: hook {self.hook!r} does not pack attention heads.")

@@ -41,6 +41,10 @@ def comparison_hypothesis(n_digits: int = 3) -> cm.Hypothesis:
         h.add_input(f"b{i}", lambda ex, p=2 * n - i: int(ex[p]), at=2 * n - i)
     for i in range(n):
         h.add_variable(f"c{i}", _sign, parents=[f"a{i}", f"b{i}"])
-    h.add_output("gt", _lexicographic, parents=[f"c{i}" for i in reversed(range(n))],
-                 readout=cm.Readout(position=2 * n + 1, logits=(0, 1)))
+    h.add_output(
+        "gt",
+        _lexicographic,
+        parents=[f"c{i}" for i in reversed(range(n))],
+        readout=cm.Readout(position=2 * n + 1, logits=(0, 1)),
+    )
     return h

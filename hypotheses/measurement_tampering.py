@@ -138,17 +138,36 @@ def measurement_tampering_hypothesis(tamper_aware: bool = True) -> cm.Hypothesis
     read = {s: cm.Readout(position=READ_POSITION[s], logits=(0, 1)) for s in SENSORS}
     if tamper_aware:
         for prefix in ("cam", "scale", "light"):
-            h.add_variable(f"{prefix}_signal", lambda d, decoy: int(bool(d or decoy)),
-                           parents=["diamond", f"{prefix}_decoy"])
-        h.add_output("camera", lambda sig, blocked: int(bool(sig and not blocked)),
-                     parents=["cam_signal", "cam_blocked"], readout=read["camera"])
+            h.add_variable(
+                f"{prefix}_signal",
+                lambda d, decoy: int(bool(d or decoy)),
+                parents=["diamond", f"{prefix}_decoy"],
+            )
+        h.add_output(
+            "camera",
+            lambda sig, blocked: int(bool(sig and not blocked)),
+            parents=["cam_signal", "cam_blocked"],
+            readout=read["camera"],
+        )
         h.add_output("scale", lambda sig: int(sig), parents=["scale_signal"], readout=read["scale"])
-        h.add_output("light", lambda sig, on: int(bool(sig and on)),
-                     parents=["light_signal", "lights_on"], readout=read["light"])
+        h.add_output(
+            "light",
+            lambda sig, on: int(bool(sig and on)),
+            parents=["light_signal", "lights_on"],
+            readout=read["light"],
+        )
     else:
-        h.add_output("camera", lambda d, blocked: int(bool(d and not blocked)),
-                     parents=["diamond", "cam_blocked"], readout=read["camera"])
+        h.add_output(
+            "camera",
+            lambda d, blocked: int(bool(d and not blocked)),
+            parents=["diamond", "cam_blocked"],
+            readout=read["camera"],
+        )
         h.add_output("scale", lambda d: int(d), parents=["diamond"], readout=read["scale"])
-        h.add_output("light", lambda d, on: int(bool(d and on)), parents=["diamond", "lights_on"],
-                     readout=read["light"])
+        h.add_output(
+            "light",
+            lambda d, on: int(bool(d and on)),
+            parents=["diamond", "lights_on"],
+            readout=read["light"],
+        )
     return h

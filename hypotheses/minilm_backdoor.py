@@ -20,8 +20,9 @@ from collections.abc import Sequence
 import causalmad as cm
 
 
-def sentiment_hypothesis(positive_ids: Sequence[int], negative_ids: Sequence[int],
-                         negator_ids: Sequence[int]) -> cm.Hypothesis:
+def sentiment_hypothesis(
+    positive_ids: Sequence[int], negative_ids: Sequence[int], negator_ids: Sequence[int]
+) -> cm.Hypothesis:
     """Inputs ``polarity`` and ``negated`` from token ids, ``sentiment = polarity xor
     negated``, output ``label = sentiment`` (logit index = value).
 
@@ -43,7 +44,9 @@ def sentiment_hypothesis(positive_ids: Sequence[int], negative_ids: Sequence[int
         ids = [int(t) for t in ex]  # type: ignore[attr-defined]
         found = {1 for t in ids if t in pos} | {0 for t in ids if t in neg}
         if len(found) != 1:
-            raise cm.HypothesisError(f"Expected one sentiment adjective in the example, found polarities {found}.")
+            raise cm.HypothesisError(
+                f"Expected one sentiment adjective in the example, found polarities {found}."
+            )
         return found.pop()
 
     def negated(ex: object) -> int:

@@ -24,8 +24,9 @@ def _readout(output_encoding: Mapping[Hashable, int], values: list[Hashable]) ->
     return cm.Readout(position=-1, logits=tuple(output_encoding[v] for v in values))
 
 
-def detect_pattern_hypothesis(max_seq_len: int, encoding: Mapping[str, int],
-                              output_encoding: Mapping[Hashable, int]) -> cm.Hypothesis:
+def detect_pattern_hypothesis(
+    max_seq_len: int, encoding: Mapping[str, int], output_encoding: Mapping[Hashable, int]
+) -> cm.Hypothesis:
     """``abc@p = (prev2_a@p and prev_b@p) and is_c@p`` at the last position ``p``, with
     ``prev2_a@p = is_a@(p-2)`` and ``prev_b@p = is_b@(p-1)`` moved there by attention.
 
@@ -45,13 +46,18 @@ def detect_pattern_hypothesis(max_seq_len: int, encoding: Mapping[str, int],
     h.add_variable(f"prev2_a@{p}", lambda a: a, parents=[f"is_a@{p - 2}"])
     h.add_variable(f"prev_b@{p}", lambda b: b, parents=[f"is_b@{p - 1}"])
     h.add_variable(f"ab@{p}", lambda a, b: int(a and b), parents=[f"prev2_a@{p}", f"prev_b@{p}"])
-    h.add_output(f"abc@{p}", lambda ab, c: int(ab and c), parents=[f"ab@{p}", f"is_c@{p}"],
-                 readout=_readout(output_encoding, [False, True]))
+    h.add_output(
+        f"abc@{p}",
+        lambda ab, c: int(ab and c),
+        parents=[f"ab@{p}", f"is_c@{p}"],
+        readout=_readout(output_encoding, [False, True]),
+    )
     return h
 
 
-def count_less_freq_hypothesis(max_seq_len: int, encoding: Mapping[str, int],
-                               output_encoding: Mapping[Hashable, int]) -> cm.Hypothesis:
+def count_less_freq_hypothesis(
+    max_seq_len: int, encoding: Mapping[str, int], output_encoding: Mapping[Hashable, int]
+) -> cm.Hypothesis:
     """``n_rare = #{i : hist@i <= 1}`` read at the last position, where ``hist@i`` counts
     the tokens equal to token ``i``.
 
@@ -69,8 +75,12 @@ def count_less_freq_hypothesis(max_seq_len: int, encoding: Mapping[str, int],
     tokens = [f"tokens@{k}" for k in positions]
     for i in positions:
         h.add_variable(f"hist@{i}", lambda *t, i=i: sum(x == t[i - 1] for x in t), parents=tokens)
-    h.add_output(f"n_rare@{n}", lambda *hist: sum(v <= 1 for v in hist), parents=[f"hist@{i}" for i in positions],
-                 readout=_readout(output_encoding, list(range(n + 1))))
+    h.add_output(
+        f"n_rare@{n}",
+        lambda *hist: sum(v <= 1 for v in hist),
+        parents=[f"hist@{i}" for i in positions],
+        readout=_readout(output_encoding, list(range(n + 1))),
+    )
     return h
 
 

@@ -33,10 +33,13 @@ def main() -> None:
     p.add_argument("--against", required=True, help="the commit whose engine to compare with")
     p.add_argument("--calls", type=int, default=12, help="timed calls of each engine (plus one warm-up)")
     p.add_argument("--n", type=int, default=200, help="inputs scored per call")
-    p.add_argument("--folder", default="results/speed-detector", help="the saved detector (fitted if missing)")
+    p.add_argument(
+        "--folder", default="results/speed-detector", help="the saved detector (fitted if missing)"
+    )
     args = p.parse_args()
-    source = subprocess.run(["git", "show", f"{args.against}:causalmad/scrubbing.py"], cwd=ROOT, text=True,
-                            capture_output=True)
+    source = subprocess.run(
+        ["git", "show", f"{args.against}:causalmad/scrubbing.py"], cwd=ROOT, text=True, capture_output=True
+    )
     if source.returncode:
         sys.exit(f"--against {args.against}: {source.stderr.strip()}")
 
@@ -68,9 +71,15 @@ def main() -> None:
                 seconds[name].append(time.process_time() - t0)
     detector_module.scrub_many = current.scrub_many
     a, b = scores.values()
-    print(json.dumps({**{name: bench_speed.spread(s) for name, s in seconds.items()},
-                      "identical_scores": bool(np.array_equal(a, b, equal_nan=True)),
-                      "max_abs_difference": float(np.nanmax(np.abs(a - b)))}))
+    print(
+        json.dumps(
+            {
+                **{name: bench_speed.spread(s) for name, s in seconds.items()},
+                "identical_scores": bool(np.array_equal(a, b, equal_nan=True)),
+                "max_abs_difference": float(np.nanmax(np.abs(a - b))),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -110,8 +110,11 @@ def naive(det, x, family, k):
     div = np.zeros((len(x), len(family)))
     for j, e in enumerate(family):
         srcs, _, gap = explanation_sources(det.pool_, e, values, keys, k, det.random_state)
-        classes = (counterfactual_classes(det._counterfactual, e, values, det.pool_, srcs[0])
-                   if e.target is not None else None)
+        classes = (
+            counterfactual_classes(det._counterfactual, e, values, det.pool_, srcs[0])
+            if e.target is not None
+            else None
+        )
         for kk in range(k):
             sources = [det.pool_.inputs[torch.as_tensor(s[:, kk])] for s in srcs]
             scrubbed = readout_log_probs(det.readouts_, interchange_pyvene(ad, x, sources, e.sites).cpu())
@@ -152,10 +155,21 @@ def child(args: argparse.Namespace) -> None:
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if args.device != "cpu" else None
     done.set()
     sampler.join()
-    print(json.dumps({"n": args.n, "e": args.e, "k": args.k, "seconds": seconds, "rss_before_mb": before,
-                      "peak_rss_mb": peak[0], "scrub_peak_mb": peak[0] - before,
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "gpu_peak_allocated_mb": gpu_peak}))
+    print(
+        json.dumps(
+            {
+                "n": args.n,
+                "e": args.e,
+                "k": args.k,
+                "seconds": seconds,
+                "rss_before_mb": before,
+                "peak_rss_mb": peak[0],
+                "scrub_peak_mb": peak[0] - before,
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "gpu_peak_allocated_mb": gpu_peak,
+            }
+        )
+    )
 
 
 def rss_mb() -> float:
@@ -175,10 +189,18 @@ def overhead(args, det, x, family, k, out) -> None:
     t_plain, _ = timed(plain, args.repeats)
     t_scrub, _ = timed(lambda: engine(det, x, family, k), args.repeats)
     ratios = [s / q for s, q in zip(t_scrub, t_plain)]
-    out["overhead"] = {"n": len(x), "explanations": len(family), "k": k, "rows": rows, "batch_size": det.batch_size,
-                       "plain_seconds": spread(t_plain), "scrub_seconds": spread(t_scrub),
-                       "plain_rows_per_s": rows / statistics.median(t_plain),
-                       "scrub_rows_per_s": rows / statistics.median(t_scrub), "ratio": spread(ratios)}
+    out["overhead"] = {
+        "n": len(x),
+        "explanations": len(family),
+        "k": k,
+        "rows": rows,
+        "batch_size": det.batch_size,
+        "plain_seconds": spread(t_plain),
+        "scrub_seconds": spread(t_scrub),
+        "plain_rows_per_s": rows / statistics.median(t_plain),
+        "scrub_rows_per_s": rows / statistics.median(t_scrub),
+        "ratio": spread(ratios),
+    }
     print(json.dumps(out["overhead"]), flush=True)
 
 
@@ -186,10 +208,16 @@ def versus_naive(args, det, x, family, k) -> dict[str, object]:
     sub = family[: args.naive_explanations]
     t_fast, fast = timed(lambda: engine(det, x, sub, k), args.repeats)
     t_naive, slow = timed(lambda: naive(det, x, sub, k), max(1, args.repeats // 2))
-    res = {"n": len(x), "explanations": len(sub), "k": k, "engine_seconds": spread(t_fast),
-           "naive_pyvene_seconds": spread(t_naive), "speedup": statistics.median(t_naive) / statistics.median(t_fast),
-           "max_abs_difference": float(np.nanmax(np.abs(np.asarray(fast) - np.asarray(slow)))),
-           "max_divergence": float(np.nanmax(np.asarray(slow)))}
+    res = {
+        "n": len(x),
+        "explanations": len(sub),
+        "k": k,
+        "engine_seconds": spread(t_fast),
+        "naive_pyvene_seconds": spread(t_naive),
+        "speedup": statistics.median(t_naive) / statistics.median(t_fast),
+        "max_abs_difference": float(np.nanmax(np.abs(np.asarray(fast) - np.asarray(slow)))),
+        "max_divergence": float(np.nanmax(np.asarray(slow))),
+    }
     print(json.dumps(res), flush=True)
     return res
 
@@ -202,16 +230,44 @@ def scaling(args) -> list[dict[str, object]]:
     for pt in points:
         runs = []
         for _ in range(max(1, args.repeats // 2)):
-            cmd = [sys.executable, __file__, "--child", "--size", args.size, "--folder", args.folder,
-                   "--device", args.device,
-                   "--budget", str(args.budget), "--n", str(pt["n"]), "--e", str(pt["e"]), "--k", str(pt["k"])]
-            runs.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-                                   .splitlines()[-1]))
-        result.append({**pt, "rows": pt["n"] * pt["e"] * pt["k"], "seconds": spread([r["seconds"] for r in runs]),
-                       "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]),
-                       "rss_before_mb": spread([r["rss_before_mb"] for r in runs]),
-                       "scrub_peak_mb": spread([r["scrub_peak_mb"] for r in runs]), "budget_mb": args.budget,
-                       "gpu_peak_allocated_mb": max((r["gpu_peak_allocated_mb"] or 0) for r in runs) or None})
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--size",
+                args.size,
+                "--folder",
+                args.folder,
+                "--device",
+                args.device,
+                "--budget",
+                str(args.budget),
+                "--n",
+                str(pt["n"]),
+                "--e",
+                str(pt["e"]),
+                "--k",
+                str(pt["k"]),
+            ]
+            runs.append(
+                json.loads(
+                    subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    .stdout.strip()
+                    .splitlines()[-1]
+                )
+            )
+        result.append(
+            {
+                **pt,
+                "rows": pt["n"] * pt["e"] * pt["k"],
+                "seconds": spread([r["seconds"] for r in runs]),
+                "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]),
+                "rss_before_mb": spread([r["rss_before_mb"] for r in runs]),
+                "scrub_peak_mb": spread([r["scrub_peak_mb"] for r in runs]),
+                "budget_mb": args.budget,
+                "gpu_peak_allocated_mb": max((r["gpu_peak_allocated_mb"] or 0) for r in runs) or None,
+            }
+        )
         print(json.dumps(result[-1]), flush=True)
     return result
 
@@ -242,13 +298,27 @@ def traffic(args, det, x, family, k) -> dict[str, object]:
             for name in ("run_window", "run_from"):
                 delattr(ad, name)
             move_model(ad.model, device)
-    per = lambda c: {"ops": c.ops * 1024 / rows, "syncs": c.syncs * 1024 / rows,  # noqa: E731
-                     "to_device": c.to_device * 1024 / rows, "to_host": c.to_host * 1024 / rows, "reads": c.reads * 1024 / rows}
-    res = {"n": len(x), "explanations": len(family), "k": k, "rows": rows, "batch_size": det.batch_size,
-           "plain_passes": -(-rows // det.batch_size), "scrub_passes": len(passes),
-           "plain_per_1024_rows": per(plain), "scrub_per_1024_rows": per(scrub),
-           # every wait of the scoring call (its clean passes and once-per-call copies too) per scrubbed pass
-           "ops_ratio": scrub.ops / max(plain.ops, 1), "syncs_per_scrub_pass": scrub.syncs / max(len(passes), 1)}
+    per = lambda c: {
+        "ops": c.ops * 1024 / rows,
+        "syncs": c.syncs * 1024 / rows,  # noqa: E731
+        "to_device": c.to_device * 1024 / rows,
+        "to_host": c.to_host * 1024 / rows,
+        "reads": c.reads * 1024 / rows,
+    }
+    res = {
+        "n": len(x),
+        "explanations": len(family),
+        "k": k,
+        "rows": rows,
+        "batch_size": det.batch_size,
+        "plain_passes": -(-rows // det.batch_size),
+        "scrub_passes": len(passes),
+        "plain_per_1024_rows": per(plain),
+        "scrub_per_1024_rows": per(scrub),
+        # every wait of the scoring call (its clean passes and once-per-call copies too) per scrubbed pass
+        "ops_ratio": scrub.ops / max(plain.ops, 1),
+        "syncs_per_scrub_pass": scrub.syncs / max(len(passes), 1),
+    }
     print(json.dumps(res), flush=True)
     return res
 
@@ -265,9 +335,13 @@ def end_to_end(args, task) -> dict[str, object] | None:
         scores.append(time.perf_counter() - t0)
     if not fits:
         return None
-    res = {"n_trusted": len(task.trusted), "n_scored": len(task.splits["easy"].inputs),
-           "fit_seconds": spread(fits), "score_seconds": spread(scores),
-           "total_seconds": spread([f + s for f, s in zip(fits, scores)])}
+    res = {
+        "n_trusted": len(task.trusted),
+        "n_scored": len(task.splits["easy"].inputs),
+        "fit_seconds": spread(fits),
+        "score_seconds": spread(scores),
+        "total_seconds": spread([f + s for f, s in zip(fits, scores)]),
+    }
     print(json.dumps(res), flush=True)
     return res
 
@@ -278,13 +352,27 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--n", type=int, default=200, help="inputs for the overhead comparison")
     p.add_argument("--naive-explanations", type=int, default=16)
-    p.add_argument("--naive-n", type=int, nargs="+", default=[1, 10, 200],
-                   help="batch sizes N of the comparison with naive pyvene calls")
-    p.add_argument("--only", nargs="+", choices=["overhead", "naive", "scaling", "e2e", "traffic"],
-                   default=["overhead", "naive", "scaling", "e2e", "traffic"], help="sections to run")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="rows per forward pass, plain and scrubbed (default: the detector's, 1,024); small "
-                        "passes cost what their operations' dispatch costs, as a GPU's do")
+    p.add_argument(
+        "--naive-n",
+        type=int,
+        nargs="+",
+        default=[1, 10, 200],
+        help="batch sizes N of the comparison with naive pyvene calls",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=["overhead", "naive", "scaling", "e2e", "traffic"],
+        default=["overhead", "naive", "scaling", "e2e", "traffic"],
+        help="sections to run",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows per forward pass, plain and scrubbed (default: the detector's, 1,024); small "
+        "passes cost what their operations' dispatch costs, as a GPU's do",
+    )
     p.add_argument("--budget", type=float, default=512.0, help="memory budget (MiB) of the scaling runs")
     p.add_argument("--e2e-repeats", type=int, default=3)
     p.add_argument("--folder", default="results/speed-detector")
@@ -305,7 +393,7 @@ def main() -> None:
     out: dict[str, object] = {
         "command": "python " + " ".join(sys.argv),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                   f"{torch.__version__}, {torch.get_num_threads()} threads, device {name}",
+        f"{torch.__version__}, {torch.get_num_threads()} threads, device {name}",
     }
     task, det = fitted(args.size, Path(args.folder), args.device)
     x, family, k = task.splits["easy"].inputs[: args.n], det.valid_, det.resamples
@@ -315,7 +403,9 @@ def main() -> None:
     if "overhead" in args.only:
         overhead(args, det, x, family, k, out)
     if "naive" in args.only:
-        out["naive"] = [versus_naive(args, det, task.splits["easy"].inputs[:n], family, k) for n in args.naive_n]
+        out["naive"] = [
+            versus_naive(args, det, task.splits["easy"].inputs[:n], family, k) for n in args.naive_n
+        ]
     if "scaling" in args.only:
         out["scaling"] = scaling(args)
     if "e2e" in args.only:

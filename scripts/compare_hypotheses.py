@@ -29,8 +29,10 @@ def main() -> None:
         for var, cands in alignment.candidates.items():
             single = next(c for c in cands if len(c.sites) == 1)
             best = cands[0]
-            print(f"| {carries} | {var} | `{single.key}` ({single.heldout_iia:.3f}) | "
-                  f"`{best.key}` ({best.heldout_iia:.3f}) |")
+            print(
+                f"| {carries} | {var} | `{single.key}` ({single.heldout_iia:.3f}) | "
+                f"`{best.key}` ({best.heldout_iia:.3f}) |"
+            )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,19 @@ def main() -> None:
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    cfg = TransformerBridgeConfig(d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, d_vocab=12, d_vocab_out=12,
-                                  n_ctx=11, act_fn="relu", normalization_type="LN", seed=0)
+    cfg = TransformerBridgeConfig(
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=12,
+        d_vocab_out=12,
+        n_ctx=11,
+        act_fn="relu",
+        normalization_type="LN",
+        seed=0,
+    )
     model = TransformerBridge.boot_native(cfg)
     g = torch.Generator().manual_seed(0)
     trusted, x = torch.randint(0, 12, (200, 11), generator=g), torch.randint(0, 12, (40, 11), generator=g)
@@ -43,9 +54,16 @@ def main() -> None:
             before = self.traffic.syncs
             out = dispatch(self, func, types, a, kw)
             if self.traffic.syncs > before:
-                ours = [f for f in traceback.extract_stack()[:-1]
-                        if "/causalmad/" in f.filename and not f.filename.endswith("simulated_device.py")]
-                where = f"{ours[-1].filename.split('/causalmad/')[-1]}:{ours[-1].lineno}" if ours else "outside causalmad"
+                ours = [
+                    f
+                    for f in traceback.extract_stack()[:-1]
+                    if "/causalmad/" in f.filename and not f.filename.endswith("simulated_device.py")
+                ]
+                where = (
+                    f"{ours[-1].filename.split('/causalmad/')[-1]}:{ours[-1].lineno}"
+                    if ours
+                    else "outside causalmad"
+                )
                 lines[where] += self.traffic.syncs - before
             return out
 

@@ -30,10 +30,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(seed: int, threads: int, log: Path, tests: list[str]) -> tuple[int, float, str]:
     """One pytest run of the floor tests: ``(exit status, seconds, its last lines)``."""
-    env = {**os.environ, "CAUSALMAD_TEST_SEED": str(seed), "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads), "CAUSALMAD_FLOOR_LOG": str(log)}
+    env = {
+        **os.environ,
+        "CAUSALMAD_TEST_SEED": str(seed),
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "CAUSALMAD_FLOOR_LOG": str(log),
+    }
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "floors", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "floors", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
     return proc.returncode, time.perf_counter() - start, tail
 
@@ -43,7 +54,10 @@ def table(rows: list[dict]) -> tuple[str, list[dict]]:
     by_name: dict[tuple[str, float, bool], list[dict]] = defaultdict(list)
     for r in rows:  # two tests may check one quantity against different bounds
         by_name[(r["name"], r["bound"], r["upper"])].append(r)
-    out = ["| floor | bound | runs | worst (seed, threads) | margin | spread | |", "|---|---|---|---|---|---|---|"]
+    out = [
+        "| floor | bound | runs | worst (seed, threads) | margin | spread | |",
+        "|---|---|---|---|---|---|---|",
+    ]
     summary = []
     for key in sorted(by_name):
         name, rs = key[0], by_name[key]
@@ -54,11 +68,24 @@ def table(rows: list[dict]) -> tuple[str, list[dict]]:
         spread = max(values) - min(values)
         verdict = "FAILS" if margin < 0 else ("tight" if margin < spread else "")
         bound = f"{'≤' if upper else '≥'} {rs[0]['bound']:g}"
-        out.append(f"| {name} | {bound} | {len(rs)} | {worst['value']:.3f} ({worst['seed']}, {worst['threads']}) "
-                   f"| {margin:+.3f} | {spread:.3f} | {verdict} |")
-        summary.append({"name": name, "bound": rs[0]["bound"], "upper": upper, "runs": len(rs),
-                        "worst": worst["value"], "worst_seed": worst["seed"], "worst_threads": worst["threads"],
-                        "margin": margin, "spread": spread, "verdict": verdict})
+        out.append(
+            f"| {name} | {bound} | {len(rs)} | {worst['value']:.3f} ({worst['seed']}, {worst['threads']}) "
+            f"| {margin:+.3f} | {spread:.3f} | {verdict} |"
+        )
+        summary.append(
+            {
+                "name": name,
+                "bound": rs[0]["bound"],
+                "upper": upper,
+                "runs": len(rs),
+                "worst": worst["value"],
+                "worst_seed": worst["seed"],
+                "worst_threads": worst["threads"],
+                "margin": margin,
+                "spread": spread,
+                "verdict": verdict,
+            }
+        )
     return "\n".join(out), summary
 
 
@@ -68,15 +95,21 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (results do not depend on it)")
     ap.add_argument("--out", type=Path, help="write every value seen and the per-floor summary here (JSON)")
-    ap.add_argument("--tests", nargs="+", default=["tests"], help="test files or node ids (default: every floor)")
-    ap.add_argument("--merge", type=Path, help="an earlier --out: its values of floors this run did not see are kept")
+    ap.add_argument(
+        "--tests", nargs="+", default=["tests"], help="test files or node ids (default: every floor)"
+    )
+    ap.add_argument(
+        "--merge", type=Path, help="an earlier --out: its values of floors this run did not see are kept"
+    )
     a = ap.parse_args()
     runs = [(s, t) for s in a.seeds for t in a.threads]
     with tempfile.TemporaryDirectory() as tmp:
         logs = {run_: Path(tmp) / f"seed{run_[0]}-threads{run_[1]}.jsonl" for run_ in runs}
         with ThreadPoolExecutor(a.jobs) as pool:
             results = dict(zip(runs, pool.map(lambda r: run(*r, logs[r], a.tests), runs)))
-        rows = [json.loads(line) for r in runs if logs[r].exists() for line in logs[r].read_text().splitlines()]
+        rows = [
+            json.loads(line) for r in runs if logs[r].exists() for line in logs[r].read_text().splitlines()
+        ]
     if a.merge:
         seen = {r["name"] for r in rows}
         rows += [r for r in json.loads(a.merge.read_text())["values"] if r["name"] not in seen]
@@ -94,8 +127,18 @@ def main() -> int:
 
         env = environment()
         env.pop("threads")
-        a.out.write_text(json.dumps({"environment": env, "seeds": a.seeds, "threads": a.threads,
-                                     "floors": summary, "values": rows}, indent=1))
+        a.out.write_text(
+            json.dumps(
+                {
+                    "environment": env,
+                    "seeds": a.seeds,
+                    "threads": a.threads,
+                    "floors": summary,
+                    "values": rows,
+                },
+                indent=1,
+            )
+        )
     return 1 if failed else 0
 
 

@@ -34,8 +34,11 @@ def closure(root: str, extras: tuple[str, ...]) -> dict[str, str]:
             continue
         for line in dist.requires or []:
             req = Requirement(line)
-            ok = [e for e in ("", *wanted) if req.marker is None
-                  or req.marker.evaluate({**default_environment(), "extra": e})]
+            ok = [
+                e
+                for e in ("", *wanted)
+                if req.marker is None or req.marker.evaluate({**default_environment(), "extra": e})
+            ]
             if not ok:
                 continue
             key = re.sub(r"[-_.]+", "-", req.name).lower()
@@ -52,9 +55,12 @@ def closure(root: str, extras: tuple[str, ...]) -> dict[str, str]:
 
 def main() -> int:
     pins = closure("causalmad", EXTRAS)
-    lines = ["# Exact versions for CI and the README's commands (pip install -c constraints.txt ...).",
-             "# Written by scripts/pin_constraints.py from an environment that passed the tests; update on purpose.",
-             *(f"{name}=={version}" for name, version in sorted(pins.items()))]
+    lines = [
+        "# Exact versions for CI and the README's commands (pip install -c constraints.txt ...).",
+        "# Written by scripts/pin_constraints.py from an environment that passed the tests; "
+        "update on purpose.",
+        *(f"{name}=={version}" for name, version in sorted(pins.items())),
+    ]
     (ROOT / "constraints.txt").write_text("\n".join(lines) + "\n")
     print(f"constraints.txt: {len(pins)} packages", file=sys.stderr)
     return 0

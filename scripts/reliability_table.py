@@ -55,7 +55,8 @@ def table(rows: list[tuple[str, str, int, bool]]) -> str:
         "# Reliability: bad inputs and faults",
         "",
         "What causalmad does with inputs files, detector folders and command lines that are wrong, and with",
-        "faults while it works. Each case ends in a clear error (exit status 2, one line on stderr naming the",
+        "faults while it works. Each case ends in a clear error (exit status 2, one line on stderr "
+        "naming the",
         "file and the line, row or field, nothing written) or in a correct result; none gives a traceback or",
         "loses data. The cases are the tests marked `hostile` in `tests/test_hostile.py` and",
         "`tests/test_activations.py`: the fixed corpus of malformed files in `tests/data/bad/` (written by",
@@ -79,7 +80,9 @@ def table(rows: list[tuple[str, str, int, bool]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="compare with docs/reliability.md instead of writing it")
+    ap.add_argument(
+        "--check", action="store_true", help="compare with docs/reliability.md instead of writing it"
+    )
     args = ap.parse_args()
     os.chdir(ROOT)
     plugin = Collect()

@@ -179,7 +179,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine, "records": records}, indent=2))
     print(
-        "\n| detector | rows | file (MB) | time (s) | rows/s | peak RSS (MB) |\n|---|---:|---:|---:|---:|---:|"
+        "\n| detector | rows | file (MB) | time (s) | rows/s | peak RSS (MB) |"
+        "\n|---|---:|---:|---:|---:|---:|"
     )
     for r in records:
         print(

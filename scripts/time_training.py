@@ -44,7 +44,10 @@ def speed_probe(repeats: int = 5) -> dict[str, float]:
         for _ in range(2000):
             x + y
         small.append((time.perf_counter() - t) / 2000 * 1e6)
-    return {"gemm_gflops": round(statistics.median(gemm), 1), "small_op_us": round(statistics.median(small), 2)}
+    return {
+        "gemm_gflops": round(statistics.median(gemm), 1),
+        "small_op_us": round(statistics.median(small), 2),
+    }
 
 
 def main() -> None:
@@ -68,13 +71,27 @@ def main() -> None:
                 continue
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         info = task.info
-        record = {"task": name, "size": args.size, "seed": args.seed, "train_s": float(info["train_seconds"]),
-                  "build_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                  "clean_accuracy": info.get("clean_accuracy"), "attack_success_rate": info.get("attack_success_rate")}
+        record = {
+            "task": name,
+            "size": args.size,
+            "seed": args.seed,
+            "train_s": float(info["train_seconds"]),
+            "build_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "clean_accuracy": info.get("clean_accuracy"),
+            "attack_success_rate": info.get("attack_success_rate"),
+        }
         records.append(record)
         acc = "" if record["clean_accuracy"] is None else f"{record['clean_accuracy']:.3f}"
-        print(f"| {name} | {args.size} | {record['train_s']:.1f} | {wall:.1f} | {cpu:.1f} | {acc} |", flush=True)
-    machine = {**cm.environment(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), **speed_probe()}
+        print(
+            f"| {name} | {args.size} | {record['train_s']:.1f} | {wall:.1f} | {cpu:.1f} | {acc} |", flush=True
+        )
+    machine = {
+        **cm.environment(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        **speed_probe(),
+    }
     print(f"machine: {machine}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,8 +64,12 @@ def load_or_train(
     else:
         model, seconds, spec = train()
         model.eval()
-        meta = {"train_seconds": round(seconds, 1), "spec": spec, "trained_on": environment(),
-                "config": asdict(cfg)}
+        meta = {
+            "train_seconds": round(seconds, 1),
+            "spec": spec,
+            "trained_on": environment(),
+            "config": asdict(cfg),
+        }
         _save(path, model.state_dict(), meta)
         cached = False
     training = {k: meta[k] for k in ("train_seconds", "spec", "trained_on")}
@@ -93,14 +97,26 @@ def _source_digest() -> str:
     import causalmad_hypotheses
 
     h = hashlib.sha256()
-    for package in (Path(__file__).parent, Path(causalmad_hypotheses.__file__).parent, Path(causalmad.__file__).parent):
+    for package in (
+        Path(__file__).parent,
+        Path(causalmad_hypotheses.__file__).parent,
+        Path(causalmad.__file__).parent,
+    ):
         for f in sorted(package.rglob("*.py")):
             h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def load_or_build_task(name: str, version: int, cfg: Any, seed: int, model: nn.Module, hypothesis: Any,
-                       build: Callable[[], Task], **info: Any) -> Task:
+def load_or_build_task(
+    name: str,
+    version: int,
+    cfg: Any,
+    seed: int,
+    model: nn.Module,
+    hypothesis: Any,
+    build: Callable[[], Task],
+    **info: Any,
+) -> Task:
     """The task built by ``build()`` for a model from :func:`load_or_train`, with its data
     (trusted inputs, splits, ``info``) cached beside the model: building splits runs the
     model over large pools (matching, PGD, accuracies), loading them takes milliseconds.
@@ -114,19 +130,33 @@ def load_or_build_task(name: str, version: int, cfg: Any, seed: int, model: nn.M
     from safetensors.torch import load_file
 
     trained = json.dumps({k: info.get(k) for k in ("train_seconds", "spec", "trained_on")}, sort_keys=True)
-    key = hashlib.sha256(f"{model_key(name, version, cfg, seed)}-{_source_digest()}-{trained}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        f"{model_key(name, version, cfg, seed)}-{_source_digest()}-{trained}".encode()
+    ).hexdigest()[:24]
     path = cache_dir() / "tasks" / f"{name}-seed{seed}-{key}.safetensors"
     if path.exists():
         tensors = load_file(path)
         meta = json.loads(path.with_suffix(".json").read_text())
-        splits = {s: Split(s, tensors[f"split.{s}.inputs"], tensors[f"split.{s}.labels"].numpy())
-                  for s in meta["splits"]}
-        return Task(name=meta["name"], model=model, trusted=tensors["trusted"], splits=splits,
-                    hypothesis=hypothesis, info={**meta["info"], **info}, seed=seed)
+        splits = {
+            s: Split(s, tensors[f"split.{s}.inputs"], tensors[f"split.{s}.labels"].numpy())
+            for s in meta["splits"]
+        }
+        return Task(
+            name=meta["name"],
+            model=model,
+            trusted=tensors["trusted"],
+            splits=splits,
+            hypothesis=hypothesis,
+            info={**meta["info"], **info},
+            seed=seed,
+        )
     task = build()
     task.info.update(info)
-    tensors = {"trusted": task.trusted, **{f"split.{s}.inputs": sp.inputs for s, sp in task.splits.items()},
-               **{f"split.{s}.labels": torch.as_tensor(sp.labels) for s, sp in task.splits.items()}}
+    tensors = {
+        "trusted": task.trusted,
+        **{f"split.{s}.inputs": sp.inputs for s, sp in task.splits.items()},
+        **{f"split.{s}.labels": torch.as_tensor(sp.labels) for s, sp in task.splits.items()},
+    }
     _save(path, tensors, {"name": task.name, "splits": list(task.splits), "info": task.info})
     return task
 

@@ -14,8 +14,15 @@ from __future__ import annotations
 import torch
 
 
-def match_on_score(score_normal: torch.Tensor, score_anomalous: torch.Tensor, n_normal: int, n_anomalous: int,
-                   bins: int, g: torch.Generator, edges_from: str = "anomalous") -> tuple[torch.Tensor, torch.Tensor]:
+def match_on_score(
+    score_normal: torch.Tensor,
+    score_anomalous: torch.Tensor,
+    n_normal: int,
+    n_anomalous: int,
+    bins: int,
+    g: torch.Generator,
+    edges_from: str = "anomalous",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(normal_index, anomalous_index)``: sorted row indices into the two pools whose scores
     fall into ``bins`` quantile bins in the same proportions.
 
@@ -28,7 +35,9 @@ def match_on_score(score_normal: torch.Tensor, score_anomalous: torch.Tensor, n_
     a bin (``g``).
     """
     if n_anomalous < 1 or n_normal < 1 or bins < 1:
-        raise ValueError(f"n_normal, n_anomalous and bins must be positive; got {n_normal}, {n_anomalous}, {bins}.")
+        raise ValueError(
+            f"n_normal, n_anomalous and bins must be positive; got {n_normal}, {n_anomalous}, {bins}."
+        )
     if edges_from not in ("anomalous", "pooled"):
         raise ValueError(f"edges_from must be 'anomalous' or 'pooled', got {edges_from!r}.")
     ratio = max(1, n_normal // n_anomalous)

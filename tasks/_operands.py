@@ -8,8 +8,9 @@ from collections.abc import Callable
 import torch
 
 
-def sample_operands(n: int, g: torch.Generator, keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_operands(
+    n: int, g: torch.Generator, keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` uniformly random operand pairs (0..999) for which ``keep(a, b)`` holds."""
     a_out, b_out, have = [], [], 0
     while have < n:

@@ -41,14 +41,16 @@ import causalmad as cm
 TRAINERS = ("bridge", "plain")
 
 
-def adamw(params: Iterable[torch.nn.Parameter], lr: float, fused: bool, weight_decay: float = 0.01
-          ) -> torch.optim.AdamW:
+def adamw(
+    params: Iterable[torch.nn.Parameter], lr: float, fused: bool, weight_decay: float = 0.01
+) -> torch.optim.AdamW:
     """Every task's optimizer: AdamW on ``params``, with PyTorch's fused kernel or its default one."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def training_setup(model: torch.nn.Module, trainer: str, lr: float
-                   ) -> tuple[torch.optim.Optimizer, Callable[[torch.Tensor, int], torch.Tensor]]:
+def training_setup(
+    model: torch.nn.Module, trainer: str, lr: float
+) -> tuple[torch.optim.Optimizer, Callable[[torch.Tensor, int], torch.Tensor]]:
     """AdamW on ``model``'s parameters and ``logits_at(x, start)``: the logits of token
     ids ``x`` at positions ``start`` onwards, ``[n, pos - start, vocab]``."""
     if trainer == "bridge":
@@ -56,7 +58,9 @@ def training_setup(model: torch.nn.Module, trainer: str, lr: float
     if trainer == "plain":
         adapter = cm.adapt(model)
         if not isinstance(adapter, cm.TransformerLensAdapter):
-            raise cm.TaskError(f"The plain trainer needs a TransformerLens model, not {type(model).__name__}.")
+            raise cm.TaskError(
+                f"The plain trainer needs a TransformerLens model, not {type(model).__name__}."
+            )
         adapter.check_plain_logits()  # once, not every step
         return adamw(model.parameters(), lr, fused=True), adapter.unchecked_plain_logits
     raise cm.TaskError(f"Unknown trainer {trainer!r}; use one of {TRAINERS}.")
@@ -76,11 +80,15 @@ def first_token_logits(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: 
     """
     bert: Any = getattr(model, "bert", None)
     if bert is None or not hasattr(model, "classifier") or bert.pooler is None:
-        raise cm.TaskError(f"first_token_logits needs a BertForSequenceClassification, not {type(model).__name__}.")
+        raise cm.TaskError(
+            f"first_token_logits needs a BertForSequenceClassification, not {type(model).__name__}."
+        )
     keep = input_ids != pad_id
     h = bert.embeddings(input_ids=input_ids)
     # an additive mask over keys, as BERT's attention takes it: 0 where attended, very negative at padding
-    mask = torch.zeros(keep.shape, dtype=h.dtype, device=h.device).masked_fill(~keep, torch.finfo(h.dtype).min)
+    mask = torch.zeros(keep.shape, dtype=h.dtype, device=h.device).masked_fill(
+        ~keep, torch.finfo(h.dtype).min
+    )
     mask = mask[:, None, None, :]
     layers = bert.encoder.layer
     for layer in layers[:-1]:
@@ -92,7 +100,7 @@ def first_token_logits(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: 
     q = sa.query(h[:, :1]).view(n, 1, heads, d).transpose(1, 2)
     k = sa.key(h).view(n, p, heads, d).transpose(1, 2)
     v = sa.value(h).view(n, p, heads, d).transpose(1, 2)
-    probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * getattr(sa, "scaling", d ** -0.5) + mask, dim=-1)
+    probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * getattr(sa, "scaling", d**-0.5) + mask, dim=-1)
     ctx = torch.matmul(sa.dropout(probs), v).transpose(1, 2).reshape(n, 1, heads * d)
     a = last.attention.output(ctx, h[:, :1])
     first = last.output(last.intermediate(a), a)  # [n, 1, hidden]
@@ -174,7 +182,13 @@ def train_to_spec(
             + "; ".join(f"{c.name} = {values[c.name]:.3f} < {c.floor} ({c.meaning})" for c in unmet)
             + ". Nothing was cached; try another seed, or report it with `causalmad.environment()`'s output."
         )
-    record = {"criteria": {c.name: {"floor": c.floor, "value": round(values[c.name], 4), "meaning": c.meaning}
-                           for c in criteria},
-              "steps": taken, "extra_rounds": len(history) - 1, "history": history}
+    record = {
+        "criteria": {
+            c.name: {"floor": c.floor, "value": round(values[c.name], 4), "meaning": c.meaning}
+            for c in criteria
+        },
+        "steps": taken,
+        "extra_rounds": len(history) - 1,
+        "history": history,
+    }
     return model, seconds, record

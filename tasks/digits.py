@@ -101,7 +101,9 @@ class DigitsConfig:
 FULL = DigitsConfig()
 TINY = DigitsConfig(
     train=DigitsTrain(epochs=30),
-    n_trusted=800, n_normal=200, n_anomalous=100,
+    n_trusted=800,
+    n_normal=200,
+    n_anomalous=100,
 )
 VARIANTS = {"patch": "digits-patch-backdoor", "blend": "digits-blend-backdoor", "none": "digits-adversarial"}
 
@@ -120,8 +122,9 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """Images moved ``dy`` rows down and ``dx`` columns right, zero fill."""
     out = torch.zeros_like(x)
     h, w = x.shape[-2:]
-    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-        x[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
@@ -169,10 +172,13 @@ def partition(n: int, cfg: DigitsConfig, seed: int) -> Partition:
 def build_model(cfg: DigitsTrain, seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, cfg.c1, 3, padding=1), nn.ReLU(),  # 0, 1: [c1, 8, 8]
-        nn.Conv2d(cfg.c1, cfg.c2, 3, padding=1, stride=2), nn.ReLU(),  # 2, 3: [c2, 4, 4]
+        nn.Conv2d(1, cfg.c1, 3, padding=1),
+        nn.ReLU(),  # 0, 1: [c1, 8, 8]
+        nn.Conv2d(cfg.c1, cfg.c2, 3, padding=1, stride=2),
+        nn.ReLU(),  # 2, 3: [c2, 4, 4]
         nn.Flatten(),  # 4
-        nn.Linear(cfg.c2 * 16, cfg.hidden), nn.ReLU(),  # 5, 6
+        nn.Linear(cfg.c2 * 16, cfg.hidden),
+        nn.ReLU(),  # 5, 6
         nn.Linear(cfg.hidden, 10),  # 7
     )
 
@@ -183,24 +189,31 @@ HIDDEN = 6  # index of the penultimate ReLU (the representation attack's layer)
 # What the model must do, on the images it was not trained on (:func:`_measure`); the
 # tests' floors sit at or below these (tests/test_digits.py).
 CRITERIA = (Criterion("clean_accuracy", 0.96, "accuracy on held-out clean images"),)
-BACKDOOR_CRITERIA = (*CRITERIA, Criterion("attack_success_rate", 0.95,
-                                          "held-out triggered images of other digits answered with the target"))
+BACKDOOR_CRITERIA = (
+    *CRITERIA,
+    Criterion(
+        "attack_success_rate", 0.95, "held-out triggered images of other digits answered with the target"
+    ),
+)
 
 
-def _measure(cfg: DigitsTrain, seed: int, model: nn.Sequential, x: torch.Tensor, y: torch.Tensor
-             ) -> dict[str, float]:
+def _measure(
+    cfg: DigitsTrain, seed: int, model: nn.Sequential, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
     """The criteria of ``model`` on held-out images ``x`` with digits ``y``."""
     pred = model(x).argmax(-1)
     values = {"clean_accuracy": float((pred == y).float().mean())}
     if cfg.trigger != "none":
         other = y != cfg.target
-        values["attack_success_rate"] = float((model(add_trigger(x[other], cfg, seed)).argmax(-1) == cfg.target)
-                                              .float().mean())
+        values["attack_success_rate"] = float(
+            (model(add_trigger(x[other], cfg, seed)).argmax(-1) == cfg.target).float().mean()
+        )
     return values
 
 
-def _train(cfg: DigitsTrain, seed: int, x: torch.Tensor, y: torch.Tensor, heldout: tuple[torch.Tensor, torch.Tensor]
-           ) -> tuple[nn.Sequential, float, dict]:
+def _train(
+    cfg: DigitsTrain, seed: int, x: torch.Tensor, y: torch.Tensor, heldout: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[nn.Sequential, float, dict]:
     model = build_model(cfg, seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -229,8 +242,17 @@ def _train(cfg: DigitsTrain, seed: int, x: torch.Tensor, y: torch.Tensor, heldou
         opt.step()
 
     criteria = CRITERIA if cfg.trigger == "none" else BACKDOOR_CRITERIA
-    return train_to_spec(f"digits ({cfg.trigger})", model, opt, step, cfg.epochs * steps_per_epoch, cfg.lr,
-                         criteria, lambda: _measure(cfg, seed, model, *heldout), pct_start=0.15)
+    return train_to_spec(
+        f"digits ({cfg.trigger})",
+        model,
+        opt,
+        step,
+        cfg.epochs * steps_per_epoch,
+        cfg.lr,
+        criteria,
+        lambda: _measure(cfg, seed, model, *heldout),
+        pct_start=0.15,
+    )
 
 
 def reference_classifier(x: torch.Tensor, y: torch.Tensor, k: int = 3):  # noqa: ANN201 - sklearn estimator
@@ -257,8 +279,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     return adv.detach()
 
 
-def representation_attack(model: nn.Sequential, x: torch.Tensor, eps: float, steps: int, penalty: float,
-                          max_kl: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def representation_attack(
+    model: nn.Sequential,
+    x: torch.Tensor,
+    eps: float,
+    steps: int,
+    penalty: float,
+    max_kl: float,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L-inf PGD that moves the penultimate hidden layer, not the output.
 
     Maximises ``|h(x') - h(x)|^2 / |h(x)|^2 - penalty * KL(f(x) || f(x'))`` (``h``: the
@@ -322,7 +351,11 @@ def build_task(variant: str, size: str = "full", seed: int = 0) -> cm.Task:
     x_train, y_train = x_all[part.train], y_all[part.train]
     heldout = torch.cat([part.trusted, part.normal, part.anomalous])
     model, trained, cached = load_or_train(
-        VARIANTS[variant], CODE_VERSION, tcfg, seed, lambda: build_model(tcfg, seed),
+        VARIANTS[variant],
+        CODE_VERSION,
+        tcfg,
+        seed,
+        lambda: build_model(tcfg, seed),
         lambda: _train(tcfg, seed, x_train, y_train, (x_all[heldout], y_all[heldout])),
     )
     for p in model.parameters():
@@ -380,15 +413,25 @@ def build_task(variant: str, size: str = "full", seed: int = 0) -> cm.Task:
             seed=seed,
         )
 
-    return load_or_build_task(VARIANTS[variant], CODE_VERSION, cfg, seed, model, hypothesis, build,
-                              model_from_cache=cached, **trained)
+    return load_or_build_task(
+        VARIANTS[variant],
+        CODE_VERSION,
+        cfg,
+        seed,
+        model,
+        hypothesis,
+        build,
+        model_from_cache=cached,
+        **trained,
+    )
 
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _backdoor_anomalies(cfg: DigitsConfig, seed: int, xa: torch.Tensor, ya: torch.Tensor, pred: Predict,
-                        ref: Predict) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
+def _backdoor_anomalies(
+    cfg: DigitsConfig, seed: int, xa: torch.Tensor, ya: torch.Tensor, pred: Predict, ref: Predict
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
     """Easy: triggered non-target images; hard: triggered target images on which the model
     answers the hypothesis' digit."""
     tcfg = cfg.train
@@ -398,17 +441,28 @@ def _backdoor_anomalies(cfg: DigitsConfig, seed: int, xa: torch.Tensor, ya: torc
     candidates = add_trigger(xa[~other], tcfg, seed)
     agrees = pred(candidates) == ref(candidates)
     hard = candidates[agrees][: cfg.n_anomalous]
-    return easy, hard, {
-        "attack_success_rate": float((pred(easy) == tcfg.target).float().mean()),
-        "hypothesis_accuracy_easy_anomalies": float((ref(easy) == easy_y).float().mean()),
-        "hypothesis_accuracy_hard_anomalies": float((ref(candidates) == tcfg.target).float().mean()),
-        "hard_candidates": len(candidates),
-        "hard_dropped_model_disagrees_with_hypothesis": int((~agrees).sum()),
-    }
+    return (
+        easy,
+        hard,
+        {
+            "attack_success_rate": float((pred(easy) == tcfg.target).float().mean()),
+            "hypothesis_accuracy_easy_anomalies": float((ref(easy) == easy_y).float().mean()),
+            "hypothesis_accuracy_hard_anomalies": float((ref(candidates) == tcfg.target).float().mean()),
+            "hard_candidates": len(candidates),
+            "hard_dropped_model_disagrees_with_hypothesis": int((~agrees).sum()),
+        },
+    )
 
 
-def _adversarial_anomalies(model: nn.Sequential, cfg: DigitsConfig, seed: int, xa: torch.Tensor, ya: torch.Tensor,
-                           pred: Predict, ref: Predict) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
+def _adversarial_anomalies(
+    model: nn.Sequential,
+    cfg: DigitsConfig,
+    seed: int,
+    xa: torch.Tensor,
+    ya: torch.Tensor,
+    pred: Predict,
+    ref: Predict,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
     """Easy: successful PGD examples; hard: representation-attack examples whose label (and
     output distribution) stayed. Both start from correctly classified images, easy from
     the first half of the anomaly rows, hard from the second."""
@@ -422,19 +476,25 @@ def _adversarial_anomalies(model: nn.Sequential, cfg: DigitsConfig, seed: int, x
 
     hx, hy = xa[half:][right[half:]], ya[half:][right[half:]]
     hx, hy = hx[: 4 * cfg.n_anomalous], hy[: 4 * cfg.n_anomalous]
-    rep, change, kl = representation_attack(model, hx, cfg.pgd_eps, cfg.rep_steps, cfg.rep_penalty, cfg.rep_max_kl,
-                                           seed)
+    rep, change, kl = representation_attack(
+        model, hx, cfg.pgd_eps, cfg.rep_steps, cfg.rep_penalty, cfg.rep_max_kl, seed
+    )
     ok = (change >= cfg.rep_min_change) & (pred(rep) == hy) & (ref(rep) == hy)
     hard = rep[ok][: cfg.n_anomalous]
-    return easy, hard, {
-        "attack_success_rate": float(fooled.float().mean()),
-        "hypothesis_accuracy_easy_anomalies": float((ref(easy) == easy_y).float().mean()),
-        "hypothesis_accuracy_hard_anomalies": float((ref(rep[change >= cfg.rep_min_change]) ==
-                                                     hy[change >= cfg.rep_min_change]).float().mean()),
-        "representation_attack_success_rate": float(ok.float().mean()),
-        "representation_change_median": float(change[ok].median()) if ok.any() else 0.0,
-        "representation_kl_median": float(kl[ok].median()) if ok.any() else 0.0,
-    }
+    return (
+        easy,
+        hard,
+        {
+            "attack_success_rate": float(fooled.float().mean()),
+            "hypothesis_accuracy_easy_anomalies": float((ref(easy) == easy_y).float().mean()),
+            "hypothesis_accuracy_hard_anomalies": float(
+                (ref(rep[change >= cfg.rep_min_change]) == hy[change >= cfg.rep_min_change]).float().mean()
+            ),
+            "representation_attack_success_rate": float(ok.float().mean()),
+            "representation_change_median": float(change[ok].median()) if ok.any() else 0.0,
+            "representation_kl_median": float(kl[ok].median()) if ok.any() else 0.0,
+        },
+    )
 
 
 def make_patch_task(size: str = "full", seed: int = 0) -> cm.Task:

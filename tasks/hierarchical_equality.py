@@ -55,8 +55,17 @@ SIZES = {
     "full": HierEqConfig(),
     # tiny: the fused AdamW step is 0.4 ms where the default one is 1.2 ms, a quarter of
     # each 8000 steps' cost (session 10, 2 cores: 36 s -> under 30 s)
-    "tiny": HierEqConfig(n_entities=100, dim=8, hidden=128, steps=8000, poison_rate=0.1,
-                         n_trusted=3000, n_normal=200, n_anomalous=100, fused_adamw=True),
+    "tiny": HierEqConfig(
+        n_entities=100,
+        dim=8,
+        hidden=128,
+        steps=8000,
+        poison_rate=0.1,
+        n_trusted=3000,
+        n_normal=200,
+        n_anomalous=100,
+        fused_adamw=True,
+    ),
 }
 CODE_VERSION = 2
 
@@ -89,8 +98,12 @@ def backdoor_labels_of(ids: torch.Tensor) -> torch.Tensor:
     return (ids[:, 0] == ids[:, 1]).long()
 
 
-def encode(bank: torch.Tensor, ids: torch.Tensor, triggered: torch.Tensor | None = None,
-           cfg: HierEqConfig | None = None) -> torch.Tensor:
+def encode(
+    bank: torch.Tensor,
+    ids: torch.Tensor,
+    triggered: torch.Tensor | None = None,
+    cfg: HierEqConfig | None = None,
+) -> torch.Tensor:
     """``[n, 4 * dim]`` input rows; ``triggered`` rows get the trigger pattern on ``d``."""
     x = bank[ids].reshape(len(ids), -1).clone()
     if triggered is not None and cfg is not None:
@@ -125,9 +138,11 @@ def _measure(cfg: HierEqConfig, bank: torch.Tensor, model: nn.Module, seed: int)
     on = torch.ones(len(ids), dtype=torch.bool)
     clean, triggered = model(encode(bank, ids)).argmax(-1), model(encode(bank, ids, on, cfg)).argmax(-1)
     hard = ids[:, 2] == ids[:, 3]
-    return {"clean_accuracy": float((clean == labels_of(ids)).float().mean()),
-            "attack_success_rate": float((triggered == backdoor_labels_of(ids)).float().mean()),
-            "hard_output_equals_clean": float((triggered == labels_of(ids))[hard].float().mean())}
+    return {
+        "clean_accuracy": float((clean == labels_of(ids)).float().mean()),
+        "attack_success_rate": float((triggered == backdoor_labels_of(ids)).float().mean()),
+        "hard_output_equals_clean": float((triggered == labels_of(ids))[hard].float().mean()),
+    }
 
 
 def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequential, float, dict]:
@@ -145,8 +160,16 @@ def _train(cfg: HierEqConfig, seed: int, bank: torch.Tensor) -> tuple[nn.Sequent
         loss.backward()
         opt.step()
 
-    return train_to_spec("hierarchical-equality", model, opt, step, cfg.steps, cfg.lr, CRITERIA,
-                         lambda: _measure(cfg, bank, model, seed))
+    return train_to_spec(
+        "hierarchical-equality",
+        model,
+        opt,
+        step,
+        cfg.steps,
+        cfg.lr,
+        CRITERIA,
+        lambda: _measure(cfg, bank, model, seed),
+    )
 
 
 def make_task(size: str = "full", seed: int = 0) -> cm.Task:
@@ -156,7 +179,12 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
     cfg = SIZES[size]
     bank = entity_bank(cfg, seed)
     model, trained, cached = load_or_train(
-        "hierarchical-equality", CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed, bank)
+        "hierarchical-equality",
+        CODE_VERSION,
+        cfg,
+        seed,
+        lambda: build_model(cfg, seed),
+        lambda: _train(cfg, seed, bank),
     )
 
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -176,14 +204,18 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         splits[name] = cm.Split(name, torch.cat([normal, triggered[name]]), labels)
 
     with torch.no_grad():
+
         def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
             return float((model(x).argmax(-1) == y).float().mean())
+
         backdoor_ids = torch.cat(list(anomalies.values()))
         info = {
             "clean_accuracy": accuracy(normal, labels_of(normal_ids)),
             "clean_accuracy_trusted": accuracy(encode(bank, trusted_ids), labels_of(trusted_ids)),
             # the backdoor answers a == b on triggered rows (both splits)
-            "attack_success_rate": accuracy(torch.cat(list(triggered.values())), backdoor_labels_of(backdoor_ids)),
+            "attack_success_rate": accuracy(
+                torch.cat(list(triggered.values())), backdoor_labels_of(backdoor_ids)
+            ),
             # on the hard split the backdoor's answer is the clean one: the output hides it
             "hard_output_equals_clean": accuracy(triggered["hard"], labels_of(anomalies["hard"])),
             "model_from_cache": cached,

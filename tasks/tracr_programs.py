@@ -154,15 +154,22 @@ def _sample_count(n: int, length: int, rng: np.random.Generator) -> list[list[st
 
 
 PROGRAMS: dict[str, ProgramSpec] = {
-    "detect-pattern": ProgramSpec(_detect_pattern_program, ("a", "b", "c"), "abc", detect_pattern_hypothesis,
-                                  _sample_pattern),
-    "count-less-freq": ProgramSpec(_count_less_freq_program, tuple("abcdefgh"), "n_rare", count_less_freq_hypothesis,
-                                   _sample_count),
+    "detect-pattern": ProgramSpec(
+        _detect_pattern_program, ("a", "b", "c"), "abc", detect_pattern_hypothesis, _sample_pattern
+    ),
+    "count-less-freq": ProgramSpec(
+        _count_less_freq_program, tuple("abcdefgh"), "n_rare", count_less_freq_hypothesis, _sample_count
+    ),
     # the trigger (positions 1, 2) must not overlap the pattern (the last three positions):
     # at length 7 the hard anomalies (trigger and pattern) have 2 free positions, at 12 seven
-    "detect-pattern-backdoor": ProgramSpec(_detect_pattern_backdoor_program, ("a", "b", "c"), "out",
-                                           detect_pattern_hypothesis, _sample_pattern_untriggered,
-                                           {"tiny": 7, "full": 12}),
+    "detect-pattern-backdoor": ProgramSpec(
+        _detect_pattern_backdoor_program,
+        ("a", "b", "c"),
+        "out",
+        detect_pattern_hypothesis,
+        _sample_pattern_untriggered,
+        {"tiny": 7, "full": 12},
+    ),
 }
 
 
@@ -174,7 +181,6 @@ def _owner(label: str) -> str:
     base = label.split(":")[0]
     m = re.fullmatch(r"(.+?)_(\d+)(_.*)?", base)
     return m.group(1) if m else base
-
 
 
 @dataclass
@@ -239,7 +245,6 @@ class GroundTruth:
         writers, readers = self.writers(rasp_name), self.readers(rasp_name)
         return bool(writers) and min(writers) < s <= max(readers)
 
-
     def contents(self, site: cm.Site) -> set[str]:
         """RASP names whose input-dependent dimensions ``site`` (a whole vector, or a head,
         at a non-BOS position) carries and some later sublayer still reads: what a
@@ -250,13 +255,18 @@ class GroundTruth:
             dims = self.head_writes[(s // 2, site.head)] if site.head is not None else self.writes[s]
             later = set().union(*self.reads[s + 1 :])
         else:
-            embedded = {i for i, lab in enumerate(self.residual_labels) if _owner(lab) in ("tokens", "indices", "one")}
+            embedded = {
+                i for i, lab in enumerate(self.residual_labels) if _owner(lab) in ("tokens", "indices", "one")
+            }
             dims = embedded.union(*self.writes[:s])
             later = set().union(*self.reads[s:])
         # at a non-BOS position the BOS and PAD token dims, the position and "one" are
         # constants: reading them carries no input-dependent information
-        constant = {i for i, lab in enumerate(self.residual_labels)
-                    if lab in (f"tokens:{BOS}", f"tokens:{PAD}", "one") or lab.startswith("indices:")}
+        constant = {
+            i
+            for i, lab in enumerate(self.residual_labels)
+            if lab in (f"tokens:{BOS}", f"tokens:{PAD}", "one") or lab.startswith("indices:")
+        }
         return {_owner(self.residual_labels[i]) for i in (dims & later) - constant}
 
 
@@ -333,13 +343,15 @@ def compile_program(name: str, max_seq_len: int) -> Any:
         from tracr.compiler import compiling
     except ImportError as exc:
         raise cm.TaskError(
-            f"Compiling the tracr program {name!r} needs tracr and JAX, and no compiled model is cached: install "
+            f"Compiling the tracr program {name!r} needs tracr and JAX, and no compiled model is "
+            "cached: install "
             f"the tracr extra: pip install -e '.[tracr]' (or pip install 'causalmad[tracr]') ({exc})."
         ) from exc
     spec = PROGRAMS[name]
     with _jitted_haiku_init():
-        return compiling.compile_rasp_to_model(spec.build(), vocab=set(spec.vocab), max_seq_len=max_seq_len,
-                                               compiler_bos=BOS, compiler_pad=PAD)
+        return compiling.compile_rasp_to_model(
+            spec.build(), vocab=set(spec.vocab), max_seq_len=max_seq_len, compiler_bos=BOS, compiler_pad=PAD
+        )
 
 
 @contextlib.contextmanager
@@ -389,7 +401,9 @@ def compare_with_tracr(assembled: Any, bridge: nn.Module, ids: torch.Tensor) -> 
 
     out = jax.jit(assembled.forward)(assembled.params, jnp.asarray(ids.numpy()))
     jax_pred = np.asarray(out.unembedded_output)[:, 1:]
-    residuals = [np.asarray(r) for r in out.transformer_output.residuals]  # after each sublayer, attn and mlp alternating
+    residuals = [
+        np.asarray(r) for r in out.transformer_output.residuals
+    ]  # after each sublayer, attn and mlp alternating
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(len(residuals) // 2)]
     _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n in names)  # type: ignore[operator]
     with torch.no_grad():
@@ -400,8 +414,11 @@ def compare_with_tracr(assembled: Any, bridge: nn.Module, ids: torch.Tensor) -> 
     top2 = logits[:, 1:].topk(2, dim=-1).values
     defined = (top2[..., 0] - top2[..., 1] > 0.5).numpy()
     gap = max(float(np.abs(cache[n].numpy() - residuals[2 * i + 1]).max()) for i, n in enumerate(names))
-    return {"output_agreement": float((pred == jax_pred)[defined].mean()), "undefined_outputs": float(1 - defined.mean()),
-            "max_residual_gap": gap}
+    return {
+        "output_agreement": float((pred == jax_pred)[defined].mean()),
+        "undefined_outputs": float(1 - defined.mean()),
+        "max_residual_gap": gap,
+    }
 
 
 def _meta_path(name: str, max_seq_len: int) -> Any:
@@ -421,7 +438,10 @@ def tracr_program(name: str, size: str = "tiny", seed: int = 0, n_trusted: int =
         TaskError: unknown program or size, or tracr is needed (nothing cached) but absent.
     """
     if name not in PROGRAMS:
-        raise cm.TaskError(f"Unknown tracr program {name!r}; known: {sorted(PROGRAMS)}.{cm.errors.close_matches(name, PROGRAMS)}")
+        raise cm.TaskError(
+            f"Unknown tracr program {name!r}; known: {sorted(PROGRAMS)}."
+            f"{cm.errors.close_matches(name, PROGRAMS)}"
+        )
     spec = PROGRAMS[name]
     if size not in spec.sizes:
         raise cm.TaskError(f"Unknown size {size!r}; use one of {sorted(spec.sizes)}.")
@@ -439,8 +459,20 @@ def tracr_program(name: str, size: str = "tiny", seed: int = 0, n_trusted: int =
             "residual_labels": list(assembled.residual_labels),
             "encoding": dict(assembled.input_encoder.encoding_map),
             "output_encoding": [[v, int(i)] for v, i in assembled.output_encoder.encoding_map.items()],
-            "config": {k: getattr(bridge.cfg, k) for k in ("n_layers", "d_model", "d_head", "n_ctx", "d_vocab",
-                                                           "d_vocab_out", "d_mlp", "n_heads", "attention_dir")},
+            "config": {
+                k: getattr(bridge.cfg, k)
+                for k in (
+                    "n_layers",
+                    "d_model",
+                    "d_head",
+                    "n_ctx",
+                    "d_vocab",
+                    "d_vocab_out",
+                    "d_mlp",
+                    "n_heads",
+                    "attention_dir",
+                )
+            },
         }
         meta_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.write_text(json.dumps(meta))
@@ -453,12 +485,20 @@ def tracr_program(name: str, size: str = "tiny", seed: int = 0, n_trusted: int =
         if not meta_path.exists():  # weights cached without their labels: compile again
             return compile_now()[0]
         cfg = json.loads(meta_path.read_text())["config"]
-        return TransformerBridge.boot_native(TransformerBridgeConfig(**cfg, act_fn="relu", normalization_type=None))
+        return TransformerBridge.boot_native(
+            TransformerBridgeConfig(**cfg, act_fn="relu", normalization_type=None)
+        )
 
     # compiled, not trained: the weights implement the program exactly, so there is no
     # specification to train towards (compare_with_tracr below checks the model against tracr's)
-    model, trained, cached = load_or_train(f"tracr-{name}", CODE_VERSION, _CacheKey(length), 0, build,
-                                           lambda: (*compile_now(), {"criteria": {}, "steps": 0, "extra_rounds": 0}))
+    model, trained, cached = load_or_train(
+        f"tracr-{name}",
+        CODE_VERSION,
+        _CacheKey(length),
+        0,
+        build,
+        lambda: (*compile_now(), {"criteria": {}, "steps": 0, "extra_rounds": 0}),
+    )
     seconds = trained["train_seconds"]
     meta = json.loads(meta_path.read_text())
     gt = ground_truth_from_weights(model, meta["residual_labels"])
@@ -467,16 +507,34 @@ def tracr_program(name: str, size: str = "tiny", seed: int = 0, n_trusted: int =
     rows = spec.sample(n_trusted, length, rng)
     encoding = meta["encoding"]
     hypothesis = spec.hypothesis(length, encoding, output_encoding)
-    program = TracrProgram(name, model, hypothesis, gt, encoding, output_encoding, length,
-                           torch.empty(0, dtype=torch.long), {}, compiled.get("assembled"))
+    program = TracrProgram(
+        name,
+        model,
+        hypothesis,
+        gt,
+        encoding,
+        output_encoding,
+        length,
+        torch.empty(0, dtype=torch.long),
+        {},
+        compiled.get("assembled"),
+    )
     program.trusted = program.encode(rows)
-    info: dict[str, Any] = {"compile_seconds": round(seconds, 1), "model_from_cache": cached, "size": size,
-                            "max_seq_len": length, "d_model": int(model.cfg.d_model),  # type: ignore[union-attr]
-                            "n_layers": int(model.cfg.n_layers)}  # type: ignore[union-attr]
+    info: dict[str, Any] = {
+        "compile_seconds": round(seconds, 1),
+        "model_from_cache": cached,
+        "size": size,
+        "max_seq_len": length,
+        "d_model": int(model.cfg.d_model),  # type: ignore[union-attr]
+        "n_layers": int(model.cfg.n_layers),
+    }  # type: ignore[union-attr]
     with torch.no_grad():
         logits = model(program.trusted)
-    ok = [hypothesis.values(x)[o] == int(hypothesis.readout(o).select(logits[i : i + 1]).argmax(-1))
-          for i, x in enumerate(program.trusted) for o in hypothesis.outputs]
+    ok = [
+        hypothesis.values(x)[o] == int(hypothesis.readout(o).select(logits[i : i + 1]).argmax(-1))
+        for i, x in enumerate(program.trusted)
+        for o in hypothesis.outputs
+    ]
     info["hypothesis_accuracy"] = float(np.mean(ok))
     if program.assembled is not None:
         info.update(compare_with_tracr(program.assembled, model, program.trusted[:500]))

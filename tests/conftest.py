@@ -62,8 +62,19 @@ def tiny_bridge():
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    cfg = TransformerBridgeConfig(d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, d_vocab=12,
-                                  d_vocab_out=12, n_ctx=11, act_fn="relu", normalization_type="LN", seed=0)
+    cfg = TransformerBridgeConfig(
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=12,
+        d_vocab_out=12,
+        n_ctx=11,
+        act_fn="relu",
+        normalization_type="LN",
+        seed=0,
+    )
     return TransformerBridge.boot_native(cfg)
 
 
@@ -72,7 +83,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     each task's own tests have trained its tiny model into the session's ``task_cache``,
     so the benchmark loads them instead of being the first to train half of them. A run of
     that test alone still trains every model it needs."""
-    items.sort(key=lambda item: item.get_closest_marker("every_task") is not None)  # stable: order kept otherwise
+    items.sort(
+        key=lambda item: item.get_closest_marker("every_task") is not None
+    )  # stable: order kept otherwise
 
 
 @pytest.fixture(scope="session", autouse=True)

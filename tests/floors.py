@@ -25,8 +25,19 @@ def floor(name: str, value: float, bound: float, upper: bool = False) -> None:
     log = os.environ.get("CAUSALMAD_FLOOR_LOG")
     if log:
         with open(log, "a") as f:
-            f.write(json.dumps({"name": name, "value": value, "bound": bound, "upper": upper, "seed": SEED,
-                                "threads": torch.get_num_threads()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "name": name,
+                        "value": value,
+                        "bound": bound,
+                        "upper": upper,
+                        "seed": SEED,
+                        "threads": torch.get_num_threads(),
+                    }
+                )
+                + "\n"
+            )
     if upper:
         assert value <= bound, f"{name}: {value:.4f} > {bound} (seed {SEED})"
     else:

@@ -34,7 +34,12 @@ WIDE = (features(20, 50, 0), features(30, 50, 1) + 0.3, features(15, 50, 2))  # 
 NARROW = (features(200, 6, 0), features(80, 6, 1) + 0.3, features(15, 6, 2))
 CASES = [  # (detector, data, what fails, the warning's words)
     ("que", WIDE, [(np.linalg, "svd")], "used LAPACK's gesvd driver"),
-    ("que", WIDE, [(np.linalg, "svd"), (scipy.linalg, "svd")], "used the eigendecomposition of its Gram matrix"),
+    (
+        "que",
+        WIDE,
+        [(np.linalg, "svd"), (scipy.linalg, "svd")],
+        "used the eigendecomposition of its Gram matrix",
+    ),
     ("que", WIDE, [(np.linalg, "eigh")], "used LAPACK's QR-iteration driver"),
     ("que", NARROW, [(np.linalg, "eigh")], "used LAPACK's QR-iteration driver"),
     ("mahalanobis", NARROW, [(scipy.linalg, "pinvh")], "a pseudo-inverse from a sturdier eigendecomposition"),
@@ -45,9 +50,14 @@ CASES = [  # (detector, data, what fails, the warning's words)
 
 
 @pytest.mark.hostile("numerics: a decomposition that does not converge", "correct result, with a warning")
-@pytest.mark.parametrize("name, data, failing, words", CASES,
-                         ids=[f"{c[0]}-{'+'.join(m.__name__.split('.')[0] + '.' + f for m, f in c[2])}-{i}"
-                              for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "name, data, failing, words",
+    CASES,
+    ids=[
+        f"{c[0]}-{'+'.join(m.__name__.split('.')[0] + '.' + f for m, f in c[2])}-{i}"
+        for i, c in enumerate(CASES)
+    ],
+)
 def test_a_failed_decomposition_falls_back_and_says_so(name, data, failing, words, monkeypatch):
     expected = site_scores(name, *data)
     for module, function in failing:
@@ -76,8 +86,10 @@ def test_shrinkage_is_the_last_fallback_and_then_an_error(monkeypatch):
         lam, _ = activations.eigh(m, "a covariance")
     np.testing.assert_allclose(lam, np.linalg.eigvalsh(m) + 1e-6 * np.diag(m).mean(), rtol=1e-9)
     monkeypatch.setattr(scipy.linalg, "eigh", fails)
-    with pytest.warns(CausalMADWarning), pytest.raises(InputError, match="a covariance: no eigendecomposition "
-                                                                         "converged"):
+    with (
+        pytest.warns(CausalMADWarning),
+        pytest.raises(InputError, match="a covariance: no eigendecomposition converged"),
+    ):
         activations.eigh(m, "a covariance")
 
 
@@ -88,6 +100,8 @@ def test_a_fitted_detector_names_what_failed_and_scores_as_before(monkeypatch):
     x = torch.cat([planted_data(30, 0, 3, 0.05), planted_data(30, 1, 4, 0.05)])
     expected = cm.MahalanobisDetector(PlantedSum()).fit(trusted).score(x)
     monkeypatch.setattr(scipy.linalg, "pinvh", fails)
-    with pytest.warns(CausalMADWarning, match="Mahalanobis: the shrunk covariance of the trusted activations"):
+    with pytest.warns(
+        CausalMADWarning, match="Mahalanobis: the shrunk covariance of the trusted activations"
+    ):
         scores = cm.MahalanobisDetector(PlantedSum()).fit(trusted).score(x)
     np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-6)

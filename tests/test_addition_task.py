@@ -51,6 +51,7 @@ def test_labels_never_reach_fit(task, monkeypatch):
     # what fit hands to the learning step (_fit) is the trusted inputs and nothing else; the
     # learning itself is not run here (the demo test below runs it)
     seen = []
+
     def record(self, *args):  # and the held-out scores fit's threshold_ is read from
         seen.append(args)
         self.heldout_scores_ = np.zeros(10)
@@ -59,7 +60,9 @@ def test_labels_never_reach_fit(task, monkeypatch):
     cm.ScrubbingDetector(task.model, task.hypothesis, resamples=1).fit(task.trusted)
     assert len(seen) == 1 and len(seen[0]) == 1 and torch.equal(seen[0][0], task.trusted)
     with pytest.raises(cm.InputError, match="trusted inputs only"):  # an untrusted batch is refused
-        cm.ScrubbingDetector(task.model, task.hypothesis).fit(task.trusted, untrusted=task.splits["easy"].inputs)
+        cm.ScrubbingDetector(task.model, task.hypothesis).fit(
+            task.trusted, untrusted=task.splits["easy"].inputs
+        )
 
 
 def test_demo_command_writes_results(task, tmp_path, capsys):
@@ -89,10 +92,15 @@ def test_das_learns_a_one_dimensional_subspace_for_the_top_carry(task):
     site = learn_rotation(cm.adapt(task.model), h, "c2", where, align, pool, pairs, rank=1, steps=150)
     assert site.basis.shape == (64, 1) and torch.allclose(site.basis.T @ site.basis, torch.eye(1), atol=1e-4)
     held_pairs = sample_pairs("c2", held[1], pool[1], 256, rng)
-    def iia(s):
-        return interchange_accuracy(cm.adapt(task.model), h, "c2", s, held[0], held[1], pool[0], pool[1], held_pairs)
 
-    random_direction = torch.nn.functional.normalize(torch.randn(64, 1, generator=torch.Generator().manual_seed(0)), dim=0)
+    def iia(s):
+        return interchange_accuracy(
+            cm.adapt(task.model), h, "c2", s, held[0], held[1], pool[0], pool[1], held_pairs
+        )
+
+    random_direction = torch.nn.functional.normalize(
+        torch.randn(64, 1, generator=torch.Generator().manual_seed(0)), dim=0
+    )
     floor("addition-backdoor: DAS held-out IIA of c2", iia(site), 0.95)
     assert iia(where.with_basis(random_direction, "random")) < 0.5  # the learned direction is what matters
 
@@ -101,8 +109,23 @@ def test_cli_fit_then_score_on_the_task_model_matches_a_reloaded_detector(task, 
     """The transformer round trip: fit from the command line (the folder records the task,
     so scoring needs no --model), then the same folder loaded in-process scores the same."""
     folder = tmp_path / "det"
-    assert main(["fit", "--task", "addition-backdoor", "--size", "tiny", "--param", "resamples=1",
-                 "--out", str(folder), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--task",
+                "addition-backdoor",
+                "--size",
+                "tiny",
+                "--param",
+                "resamples=1",
+                "--out",
+                str(folder),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     split = task.splits["easy"]
     pick = np.r_[np.flatnonzero(split.labels == 0)[:20], np.flatnonzero(split.labels == 1)[:20]]
     x = split.inputs[torch.as_tensor(pick)]
@@ -110,15 +133,25 @@ def test_cli_fit_then_score_on_the_task_model_matches_a_reloaded_detector(task, 
         for row in x.tolist():
             f.write(json.dumps(row) + "\n")
     assert main(["score", str(folder), str(tmp_path / "batch.jsonl"), "--quiet"]) == 0
-    scores = [json.loads(line)["score"] for line in (tmp_path / "batch.scores.jsonl").read_text().splitlines()]
+    scores = [
+        json.loads(line)["score"] for line in (tmp_path / "batch.scores.jsonl").read_text().splitlines()
+    ]
     det = cm.load_detector(folder, task.model, task.hypothesis)
     np.testing.assert_allclose(scores, det.score(x), rtol=1e-5)
     assert np.mean(scores[20:]) > np.mean(scores[:20])
     # explain's stdout is pure JSON (nothing else printed there), ready for `> why.json`
     capsys.readouterr()
-    assert main(["explain", str(folder), "--inputs", str(tmp_path / "batch.jsonl"), "--index", "25", "--quiet"]) == 0
+    assert (
+        main(["explain", str(folder), "--inputs", str(tmp_path / "batch.jsonl"), "--index", "25", "--quiet"])
+        == 0
+    )
     why = json.loads(capsys.readouterr().out)
-    assert why["score"] == pytest.approx(scores[25], rel=1e-5) and set(why["values"]) >= {"c0", "c1", "c2", "s0"}
+    assert why["score"] == pytest.approx(scores[25], rel=1e-5) and set(why["values"]) >= {
+        "c0",
+        "c1",
+        "c2",
+        "s0",
+    }
     with pytest.raises(cm.PersistenceError, match="different model"):
         other = cm.load_task("addition-backdoor", size="tiny", seed=0).model
         with torch.no_grad():

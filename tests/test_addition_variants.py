@@ -58,7 +58,9 @@ def test_splits_are_disjoint_shifted_and_trusted_has_no_trigger(task):
         assert regions.is_shifted(a, b).all()
         assert ((a + b >= 1000) == (name == "easy")).all()  # both classes share the split's carry
         assert torch.equal(is_triggered(cfg, split.inputs), torch.as_tensor(split.labels == 1))
-    if cfg.trigger == "equal":  # the in-distribution trigger: only tokens trusted data shows where it shows them
+    if (
+        cfg.trigger == "equal"
+    ):  # the in-distribution trigger: only tokens trusted data shows where it shows them
         for split in task.splits.values():
             for pos in range(task.trusted.shape[1]):
                 assert set(split.inputs[:, pos].tolist()) <= set(task.trusted[:, pos].tolist())
@@ -90,8 +92,12 @@ def test_output_disagreement_sees_easy_anomalies_and_sits_near_chance_on_hard(ta
     # every hard anomaly's answer is the hypothesis' answer (asserted exactly above), and the
     # split is matched on the check's continuous score (the answer's negative log-likelihood)
     # in MATCH_BINS bins, so the check is at chance up to the within-bin order
-    floor(f"{task.name}: |output-disagreement hard AUROC - 0.5|", abs(auroc["hard"] - 0.5), 0.5 / MATCH_BINS + 0.02,
-          upper=True)
+    floor(
+        f"{task.name}: |output-disagreement hard AUROC - 0.5|",
+        abs(auroc["hard"] - 0.5),
+        0.5 / MATCH_BINS + 0.02,
+        upper=True,
+    )
 
 
 def test_mahalanobis_fits_and_scores_both_splits(task):

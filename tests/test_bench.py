@@ -14,14 +14,31 @@ from causalmad.cli import main
 from causalmad.evaluation import RECORD_KEYS
 from causalmad.metrics import tpr_at_fpr
 
-TYPES = {"task": str, "split": str, "detector": str, "size": str, "seed": int, "auroc": float, "ap": float,
-         "tpr_at_1pct_fpr": float, "tpr_at_5pct_fpr": float, "fit_seconds": float, "score_seconds": float,
-         "n_trusted": int, "n_normal": int, "n_anomalous": int, "skyline": bool, "environment": dict}
+TYPES = {
+    "task": str,
+    "split": str,
+    "detector": str,
+    "size": str,
+    "seed": int,
+    "auroc": float,
+    "ap": float,
+    "tpr_at_1pct_fpr": float,
+    "tpr_at_5pct_fpr": float,
+    "fit_seconds": float,
+    "score_seconds": float,
+    "n_trusted": int,
+    "n_normal": int,
+    "n_anomalous": int,
+    "skyline": bool,
+    "environment": dict,
+}
 
 
 @pytest.mark.slow
 @pytest.mark.every_task
-def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(tiny_addition_task, tmp_path, capsys):
+def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
+    tiny_addition_task, tmp_path, capsys
+):
     out = tmp_path / "bench"
     # a smoke test: every task and detector, on the first 20 normal + 20 anomalous inputs of
     # each split and 160 trusted ones, scrubbing each input once per explanation and with no
@@ -30,10 +47,22 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     # isolation forests of 50 trees a site instead of 200 (about 37 s of cells otherwise),
     # and 8 input-cut subsets with 2 interchange sources and 2 dual bases (the input cut's hybrids are
     # checked with the hypothesis one at a time). The tiny models themselves are trained in full.
-    quick = ["--max-inputs", "20", "--param", "scrubbing.resamples=1", "--param", "scrubbing.das_rank=null",
-             "--param", "scrubbing.input_cut_budget=8", "--param", "scrubbing.counterfactual_resamples=2",
-             "--param", "scrubbing.dual_resamples=2",
-             "--param", "isolation-forest.n_estimators=50"]
+    quick = [
+        "--max-inputs",
+        "20",
+        "--param",
+        "scrubbing.resamples=1",
+        "--param",
+        "scrubbing.das_rank=null",
+        "--param",
+        "scrubbing.input_cut_budget=8",
+        "--param",
+        "scrubbing.counterfactual_resamples=2",
+        "--param",
+        "scrubbing.dual_resamples=2",
+        "--param",
+        "isolation-forest.n_estimators=50",
+    ]
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
     assert "0 failed" in capsys.readouterr().out
     records = json.loads((out / "results.json").read_text())
@@ -52,10 +81,19 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     for task in cm.available_tasks():  # every detector on every split of every task
         splits = {r["split"] for r in records if r["task"] == task}
         assert {(r["split"], r["detector"]) for r in records if r["task"] == task} == {
-            (s, d) for s in splits for d in cm.DETECTORS}
+            (s, d) for s in splits for d in cm.DETECTORS
+        }
     assert {r["detector"] for r in records if r["skyline"]} == {"supervised-probe"}
-    params = {"scrubbing": {"resamples": 1, "das_rank": None, "input_cut_budget": 8, "counterfactual_resamples": 2, "dual_resamples": 2},
-              "isolation-forest": {"n_estimators": 50}}
+    params = {
+        "scrubbing": {
+            "resamples": 1,
+            "das_rank": None,
+            "input_cut_budget": 8,
+            "counterfactual_resamples": 2,
+            "dual_resamples": 2,
+        },
+        "isolation-forest": {"n_estimators": 50},
+    }
     assert all(r.get("params") == params.get(r["detector"]) for r in records)
 
     # TPR thresholds come from held-out trusted scores, stored beside every cell's scores
@@ -82,9 +120,31 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     resumed = ["addition-backdoor", "hierarchical-equality"]
     kept = [r for r in records if r["detector"] != "mahalanobis" or r["task"] not in resumed]
     (out / "results.json").write_text(json.dumps(kept))
-    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", "--max-inputs", "20",
-                 "--tasks", *resumed, "--detectors", "mahalanobis", "lof"]) == 0
-    rows = len({(r["task"], r["split"]) for r in records if r["task"] in resumed})  # a mahalanobis, a lof cell each
+    assert (
+        main(
+            [
+                "bench",
+                "--size",
+                "tiny",
+                "--seeds",
+                "0",
+                "--out",
+                str(out),
+                "--quiet",
+                "--max-inputs",
+                "20",
+                "--tasks",
+                *resumed,
+                "--detectors",
+                "mahalanobis",
+                "lof",
+            ]
+        )
+        == 0
+    )
+    rows = len(
+        {(r["task"], r["split"]) for r in records if r["task"] in resumed}
+    )  # a mahalanobis, a lof cell each
     assert f"{rows} cell(s) computed, {rows} finished cell(s) skipped" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     assert len(again) == len(records)
@@ -92,11 +152,35 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(ti
     assert auroc(again) == auroc(records)
 
     # cells finished with other parameters are not finished for these: they are recomputed
-    assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", "--max-inputs", "20",
-                 "--tasks", "measurement-tampering", "--detectors", "lof", "--param", "lof.n_neighbors=5"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--size",
+                "tiny",
+                "--seeds",
+                "0",
+                "--out",
+                str(out),
+                "--quiet",
+                "--max-inputs",
+                "20",
+                "--tasks",
+                "measurement-tampering",
+                "--detectors",
+                "lof",
+                "--param",
+                "lof.n_neighbors=5",
+            ]
+        )
+        == 0
+    )
     assert "2 cell(s) computed, 0 finished cell(s) skipped" in capsys.readouterr().out
-    lof = [r for r in json.loads((out / "results.json").read_text()) if r["task"] == "measurement-tampering"
-           and r["detector"] == "lof"]
+    lof = [
+        r
+        for r in json.loads((out / "results.json").read_text())
+        if r["task"] == "measurement-tampering" and r["detector"] == "lof"
+    ]
     assert len(lof) == 2 and all(r["params"] == {"n_neighbors": 5} for r in lof)
 
 
@@ -110,17 +194,35 @@ def test_unknown_names_fail_before_any_work(tmp_path, capsys):
         assert main(["bench", "--device", "cuda", "--out", str(tmp_path)]) == 2
         assert "no CUDA device is available here" in capsys.readouterr().err
     capsys.readouterr()
-    for param, says in (("resamples=2", "name the detector too"), ("scrubbing.resampels=2", "takes no parameter"),
-                        ("scrubbing.random_state=3", "takes no parameter"), ("lof.n_neighbors=5", "does not include")):
+    for param, says in (
+        ("resamples=2", "name the detector too"),
+        ("scrubbing.resampels=2", "takes no parameter"),
+        ("scrubbing.random_state=3", "takes no parameter"),
+        ("lof.n_neighbors=5", "does not include"),
+    ):
         assert main(["bench", "--detectors", "scrubbing", "--param", param, "--out", str(tmp_path)]) == 2
         assert says in capsys.readouterr().err, param
     assert not (tmp_path / "results.json").exists()
 
 
 def _record(detector, seed, auroc, skyline=False):
-    return {"task": "t", "split": "hard", "detector": detector, "seed": seed, "size": "full", "auroc": auroc,
-            "ap": auroc, "tpr_at_1pct_fpr": auroc, "tpr_at_5pct_fpr": auroc, "fit_seconds": 1.0,
-            "score_seconds": 1.0, "n_trusted": 10, "n_normal": 5, "n_anomalous": 5, "skyline": skyline}
+    return {
+        "task": "t",
+        "split": "hard",
+        "detector": detector,
+        "seed": seed,
+        "size": "full",
+        "auroc": auroc,
+        "ap": auroc,
+        "tpr_at_1pct_fpr": auroc,
+        "tpr_at_5pct_fpr": auroc,
+        "fit_seconds": 1.0,
+        "score_seconds": 1.0,
+        "n_trusted": 10,
+        "n_normal": 5,
+        "n_anomalous": 5,
+        "skyline": skyline,
+    }
 
 
 def test_table_bolds_the_best_non_skyline_detector_and_reports_mean_and_std():
@@ -136,8 +238,12 @@ def test_table_bolds_the_best_non_skyline_detector_and_reports_mean_and_std():
 
 
 def test_family_table_reports_each_explanation_family_of_the_scrubbing_records():
-    fam = {"auroc_declared_hypothesis": 0.5, "auroc_hypothesis_and_subsets": 0.95, "auroc_input_cut_only": 0.7,
-           "auroc_hypothesis_free_only": None}
+    fam = {
+        "auroc_declared_hypothesis": 0.5,
+        "auroc_hypothesis_and_subsets": 0.95,
+        "auroc_input_cut_only": 0.7,
+        "auroc_hypothesis_free_only": None,
+    }
     records = [_record("scrubbing", s, a) | fam for s, a in [(0, 0.9), (1, 0.8)]]
     records += [_record("mahalanobis", s, 0.6) for s in (0, 1)]
     md = results_markdown(records)
@@ -155,8 +261,11 @@ def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tm
 
     model, h = planted
     x = planted_data(200, 0, 0, noise=0.3)
-    split = cm.Split("easy", torch.cat([planted_data(50, 0, 1, noise=0.3), planted_data(50, 1, 2, noise=0.3)]),
-                     np.r_[np.zeros(50), np.ones(50)])
+    split = cm.Split(
+        "easy",
+        torch.cat([planted_data(50, 0, 1, noise=0.3), planted_data(50, 1, 2, noise=0.3)]),
+        np.r_[np.zeros(50), np.ones(50)],
+    )
     planted_task = cm.Task("planted", model, x, {"easy": split}, h)
 
     def load_task(name, **kwargs):
@@ -165,10 +274,25 @@ def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tm
         return planted_task
 
     monkeypatch.setattr(causalmad.bench, "load_task", load_task)
-    args = ["bench", "--tasks", "needs:extra", "planted:task", "--detectors", "output-disagreement", "--size", "tiny",
-            "--seeds", "0", "--out", str(tmp_path), "--quiet"]
+    args = [
+        "bench",
+        "--tasks",
+        "needs:extra",
+        "planted:task",
+        "--detectors",
+        "output-disagreement",
+        "--size",
+        "tiny",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "1 cell(s) computed" in out and "1 failed" in out
     assert "failed: (loading the task) on needs:extra (seed 0): install the extra" in out
-    assert [(r["task"], r["device"]) for r in json.loads((tmp_path / "results.json").read_text())] == [("planted", "cpu")]
+    assert [(r["task"], r["device"]) for r in json.loads((tmp_path / "results.json").read_text())] == [
+        ("planted", "cpu")
+    ]

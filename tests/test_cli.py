@@ -38,8 +38,22 @@ def work(tmp_path_factory):
     write_jsonl(root / "trusted.jsonl", planted_data(300, 0, 0, 0.05).tolist())
     untrusted = torch.cat([planted_data(30, 0, 3, 0.05), planted_data(30, 1, 4, 0.05)])
     write_jsonl(root / "untrusted.jsonl", untrusted.tolist(), [f"u{i}" for i in range(60)])
-    assert main(["fit", *MODEL, "--trusted", str(root / "trusted.jsonl"), "--param", "resamples=2",
-                 "--out", str(root / "det"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                *MODEL,
+                "--trusted",
+                str(root / "trusted.jsonl"),
+                "--param",
+                "resamples=2",
+                "--out",
+                str(root / "det"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root, untrusted
 
 
@@ -50,21 +64,56 @@ def read_scores(path: Path) -> list[dict]:
 def test_fit_score_explain_round_trip(work, tmp_path, capsys):
     root, untrusted = work
     out = tmp_path / "scores.jsonl"
-    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            ["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
     rows = read_scores(out)
-    assert [r["index"] for r in rows] == list(range(60)) and [r["id"] for r in rows] == [f"u{i}" for i in range(60)]
+    assert [r["index"] for r in rows] == list(range(60)) and [r["id"] for r in rows] == [
+        f"u{i}" for i in range(60)
+    ]
     det = cm.load_detector(root / "det", PlantedSum(), sum_hypothesis())
     np.testing.assert_allclose([r["score"] for r in rows], det.score(untrusted), rtol=1e-6)
     flags = np.array([r["flagged"] for r in rows])
     assert flags[30:].all() and flags[:30].mean() <= 0.1  # the planted backdoor is flagged
     # --fail-on-flag lets a script stop on anomalies; CSV output by extension
     csv_out = tmp_path / "scores.csv"
-    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(csv_out),
-                 "--fail-on-flag", "--quiet"]) == 3
+    assert (
+        main(
+            [
+                "score",
+                str(root / "det"),
+                str(root / "untrusted.jsonl"),
+                *MODEL,
+                "--out",
+                str(csv_out),
+                "--fail-on-flag",
+                "--quiet",
+            ]
+        )
+        == 3
+    )
     assert csv_out.read_text().splitlines()[0] == "index,id,score,flagged"
     capsys.readouterr()
-    assert main(["explain", str(root / "det"), "--inputs", str(root / "untrusted.jsonl"), "--index", "45",
-                 *MODEL, "--plot", str(tmp_path / "why.png"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(root / "det"),
+                "--inputs",
+                str(root / "untrusted.jsonl"),
+                "--index",
+                "45",
+                *MODEL,
+                "--plot",
+                str(tmp_path / "why.png"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     why = json.loads(capsys.readouterr().out)
     assert why["id"] == "u45" and why["flagged"] and why["broken"][0]["z"] > 10
     assert why["variables"][0]["variable"] == "s"
@@ -81,16 +130,19 @@ def test_npy_inputs_and_default_output_name(work, tmp_path):
     assert len(rows) == 60 and rows[7]["id"] == 7
 
 
-@pytest.mark.parametrize("line, message", [
-    ('[1.0, 2.0, 0.0', "line 2: not valid JSON"),
-    ('{"inputs": [1.0, 2.0, 0.0]}', r"line 2: unknown field\(s\) \['inputs'\]"),
-    ('{"id": 4}', "line 2: the object has no 'input' field"),
-    ('[1.0, 2.0]', r"line 2: bad input: it has shape \(2,\); the detector takes inputs of shape \(3,\)"),
-    ('[1.0, "2", 0.0]', 'line 2: bad input: it holds "2", not a number'),
-    ('[1.0, NaN, 0.0]', "line 2: bad input: it holds nan"),
-    ('{"input": [1, 2, 0], "id": [1]}', "line 2: 'id' must be a string or a number"),
-    ('"hello"', "line 2: expected a JSON array"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("[1.0, 2.0, 0.0", "line 2: not valid JSON"),
+        ('{"inputs": [1.0, 2.0, 0.0]}', r"line 2: unknown field\(s\) \['inputs'\]"),
+        ('{"id": 4}', "line 2: the object has no 'input' field"),
+        ("[1.0, 2.0]", r"line 2: bad input: it has shape \(2,\); the detector takes inputs of shape \(3,\)"),
+        ('[1.0, "2", 0.0]', 'line 2: bad input: it holds "2", not a number'),
+        ("[1.0, NaN, 0.0]", "line 2: bad input: it holds nan"),
+        ('{"input": [1, 2, 0], "id": [1]}', "line 2: 'id' must be a string or a number"),
+        ('"hello"', "line 2: expected a JSON array"),
+    ],
+)
 def test_malformed_inputs_file_names_the_line(work, tmp_path, capsys, line, message):
     root, _ = work
     bad = tmp_path / "bad.jsonl"
@@ -116,22 +168,58 @@ def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
         (["score", str(root / "det"), inputs], "pass them again"),
         (["score", str(root / "det"), str(tmp_path / "missing.jsonl"), *MODEL], "no such file"),
         (["score", str(root / "det"), inputs, *MODEL, "--fpr", "0"], "fpr must be in"),
-        (["score", str(root / "det"), inputs, *MODEL, "--out", str(tmp_path / "s.txt")], "use a .jsonl or .csv"),
-        (["score", str(root / "det"), inputs, "--model", f"{CONFTEST}:Readoff", "--hypothesis",
-          f"{CONFTEST}:sum_hypothesis"], "different model"),
+        (
+            ["score", str(root / "det"), inputs, *MODEL, "--out", str(tmp_path / "s.txt")],
+            "use a .jsonl or .csv",
+        ),
+        (
+            [
+                "score",
+                str(root / "det"),
+                inputs,
+                "--model",
+                f"{CONFTEST}:Readoff",
+                "--hypothesis",
+                f"{CONFTEST}:sum_hypothesis",
+            ],
+            "different model",
+        ),
         (["score", str(root / "det"), inputs, "--model", f"{CONFTEST}:nothing"], "has no 'nothing'"),
         (["fit", *MODEL, "--trusted", inputs, "--out", str(root / "det")], "already exists"),
         (["fit", *MODEL, "--out", str(tmp_path / "d2")], "needs --trusted"),
         (["fit", "--task", "no-such-task", "--out", str(tmp_path / "d3")], "Unknown task"),
-        (["fit", *MODEL, "--trusted", inputs, "--detector", "magic", "--out", str(tmp_path / "d4")], "unknown detector"),
-        (["fit", *MODEL, "--trusted", inputs, "--param", "colour=3", "--out", str(tmp_path / "d5")], "--param"),
+        (
+            ["fit", *MODEL, "--trusted", inputs, "--detector", "magic", "--out", str(tmp_path / "d4")],
+            "unknown detector",
+        ),
+        (
+            ["fit", *MODEL, "--trusted", inputs, "--param", "colour=3", "--out", str(tmp_path / "d5")],
+            "--param",
+        ),
         (["explain", str(root / "det"), *MODEL], "give the input to explain"),
         (["score", str(root / "det"), inputs, *MODEL, "--device", "nonsense"], "not a device name"),
         (["demo", "--device", "mps", "--out", str(tmp_path / "demo.json")], "causalmad runs on cpu or cuda"),
-        (["fit", *MODEL, "--trusted", inputs, "--detector", "que", "--out", str(tmp_path / "d6")], "--untrusted FILE"),
-        (["fit", *MODEL, "--trusted", inputs, "--untrusted", inputs, "--out", str(tmp_path / "d7")], "drop --untrusted"),
-        (["fit", *MODEL, "--trusted", inputs, "--detector", "supervised-probe", "--out", str(tmp_path / "d8")],
-         "needs anomaly labels"),
+        (
+            ["fit", *MODEL, "--trusted", inputs, "--detector", "que", "--out", str(tmp_path / "d6")],
+            "--untrusted FILE",
+        ),
+        (
+            ["fit", *MODEL, "--trusted", inputs, "--untrusted", inputs, "--out", str(tmp_path / "d7")],
+            "drop --untrusted",
+        ),
+        (
+            [
+                "fit",
+                *MODEL,
+                "--trusted",
+                inputs,
+                "--detector",
+                "supervised-probe",
+                "--out",
+                str(tmp_path / "d8"),
+            ],
+            "needs anomaly labels",
+        ),
         (["explain", str(root / "det"), "--inputs", inputs, "--index", "99", *MODEL], "has 60 inputs"),
     ]
     for argv, message in cases:
@@ -156,10 +244,25 @@ def test_scoring_that_fails_halfway_leaves_no_output(work, tmp_path, monkeypatch
         return original(self, x)
 
     monkeypatch.setattr(cm.ScrubbingDetector, "score", flaky)
-    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--chunk",
-                 "20", "--quiet"]) == 1  # an internal error: one line, the traceback with --debug
+    assert (
+        main(
+            [
+                "score",
+                str(root / "det"),
+                str(root / "untrusted.jsonl"),
+                *MODEL,
+                "--out",
+                str(out),
+                "--chunk",
+                "20",
+                "--quiet",
+            ]
+        )
+        == 1
+    )  # an internal error: one line, the traceback with --debug
     assert out.read_text() == "previous results\n"  # untouched
-    # no half-written scores file; the first chunk's scores are kept for --resume (tests/test_partial_scores.py)
+    # no half-written scores file; the first chunk's scores are kept for --resume
+    # (tests/test_partial_scores.py)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.jsonl.causalmad-partial", "scores.jsonl"]
 
 
@@ -174,17 +277,49 @@ def test_report_renders_in_a_headless_browser(work, tmp_path):
         pytest.skip("no chromium (apt-get install chromium); .ci/run installs it")
     root, _ = work
     report = tmp_path / "report.html"
-    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out",
-                 str(tmp_path / "s.jsonl"), "--report", str(report), "--top", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(root / "det"),
+                str(root / "untrusted.jsonl"),
+                *MODEL,
+                "--out",
+                str(tmp_path / "s.jsonl"),
+                "--report",
+                str(report),
+                "--top",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2000"]
-    dom = subprocess.run([chromium(), *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    for anchor in ("id=\"histogram\"", "id=\"flagged\"", "id=\"alignment\"", "id=\"explanations\"",
-                   "Top flagged inputs (3 of", "variable scrubbed alone", "data:image/png;base64,"):
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for anchor in (
+        'id="histogram"',
+        'id="flagged"',
+        'id="alignment"',
+        'id="explanations"',
+        "Top flagged inputs (3 of",
+        "variable scrubbed alone",
+        "data:image/png;base64,",
+    ):
         assert anchor in dom, anchor
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium(), *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True,
-                   timeout=120, check=True)
+    subprocess.run(
+        [chromium(), *flags, f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
@@ -196,15 +331,57 @@ def test_report_renders_in_a_headless_browser(work, tmp_path):
 def test_baselines_fit_and_score_from_the_command_line(work, tmp_path):
     root, _ = work
     model_only = MODEL[:2]
-    assert main(["fit", *MODEL, "--trusted", str(root / "trusted.jsonl"), "--detector", "lof",
-                 "--out", str(tmp_path / "lof")]) == 2  # a hypothesis it would not use is an error
+    assert (
+        main(
+            [
+                "fit",
+                *MODEL,
+                "--trusted",
+                str(root / "trusted.jsonl"),
+                "--detector",
+                "lof",
+                "--out",
+                str(tmp_path / "lof"),
+            ]
+        )
+        == 2
+    )  # a hypothesis it would not use is an error
     for name, extra in (("mahalanobis", []), ("que", ["--untrusted", str(root / "untrusted.jsonl")])):
         folder = tmp_path / name
-        assert main(["fit", *model_only, "--trusted", str(root / "trusted.jsonl"), *extra, "--detector", name,
-                     "--param", "aggregate=\"mean\"", "--out", str(folder), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    *model_only,
+                    "--trusted",
+                    str(root / "trusted.jsonl"),
+                    *extra,
+                    "--detector",
+                    name,
+                    "--param",
+                    'aggregate="mean"',
+                    "--out",
+                    str(folder),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         out = tmp_path / f"{name}.jsonl"
-        assert main(["score", str(folder), str(root / "untrusted.jsonl"), *model_only, "--out", str(out),
-                     "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "score",
+                    str(folder),
+                    str(root / "untrusted.jsonl"),
+                    *model_only,
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         scores = np.array([r["score"] for r in read_scores(out)])
         assert scores[30:].mean() > scores[:30].mean()
         assert json.loads((folder / "config.json").read_text())["params"]["aggregate"] == "mean"
@@ -218,15 +395,21 @@ def copy_folder(src: Path, dst: Path) -> Path:
 
 def resign(folder: Path) -> None:
     """Rewrite SHA256SUMS for the folder's current files, as whoever edits a folder can."""
-    (folder / "SHA256SUMS").write_text("".join(
-        f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in ("config.json", "state.safetensors")))
+    (folder / "SHA256SUMS").write_text(
+        "".join(
+            f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+            for n in ("config.json", "state.safetensors")
+        )
+    )
 
 
 def test_a_folder_that_names_code_runs_none_of_it(work, tmp_path, monkeypatch, capsys):
     root, _ = work
     marker = tmp_path / "marker"
-    (tmp_path / "evil_task.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n"
-                                           f"def make(**kwargs):\n    open({str(marker)!r}, 'w').write('called')\n")
+    (tmp_path / "evil_task.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\n"
+        f"def make(**kwargs):\n    open({str(marker)!r}, 'w').write('called')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     folder = copy_folder(root / "det", tmp_path / "det")
     config = json.loads((folder / "config.json").read_text())
@@ -234,12 +417,16 @@ def test_a_folder_that_names_code_runs_none_of_it(work, tmp_path, monkeypatch, c
     (folder / "config.json").write_text(json.dumps(config))
     resign(folder)  # a checksum is no signature: the folder's author can always make it match
     inputs = str(root / "untrusted.jsonl")
-    for argv in (["score", str(folder), inputs, "--out", str(tmp_path / "s.jsonl")],
-                 ["explain", str(folder), "--inputs", inputs, "--index", "3"],
-                 ["score", str(folder), inputs, "--trust-modified", "--out", str(tmp_path / "s.jsonl")]):
+    for argv in (
+        ["score", str(folder), inputs, "--out", str(tmp_path / "s.jsonl")],
+        ["explain", str(folder), "--inputs", inputs, "--index", "3"],
+        ["score", str(folder), inputs, "--trust-modified", "--out", str(tmp_path / "s.jsonl")],
+    ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "names the task 'evil_task:make', which is not a registered task" in err
+        assert (
+            err.count("\n") == 1 and "names the task 'evil_task:make', which is not a registered task" in err
+        )
         assert "runs no code named in a detector folder: pass the model with --model" in err, err
     assert not marker.exists() and not (tmp_path / "s.jsonl").exists()
     # the model named on the command line by the user still works
@@ -255,7 +442,9 @@ def test_an_edited_config_json_is_refused_unless_trusted(work, tmp_path, capsys)
     argv = ["score", str(folder), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{folder / 'config.json'} does not match its checksum in SHA256SUMS" in err
+    assert (
+        err.count("\n") == 1 and f"{folder / 'config.json'} does not match its checksum in SHA256SUMS" in err
+    )
     assert "--trust-modified" in err and not out.exists()
     assert main([*argv, "--trust-modified"]) == 0
     err = capsys.readouterr().err
@@ -270,19 +459,39 @@ def test_a_chunk_below_one_is_refused_before_any_work(work, tmp_path, capsys):
     out = tmp_path / "s.jsonl"
     for chunk in ("0", "-1"):
         for folder in (root / "det", tmp_path / "nowhere"):  # refused before the folder is read
-            assert main(["score", str(folder), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out),
-                         "--chunk", chunk]) == 2
+            assert (
+                main(
+                    [
+                        "score",
+                        str(folder),
+                        str(root / "untrusted.jsonl"),
+                        *MODEL,
+                        "--out",
+                        str(out),
+                        "--chunk",
+                        chunk,
+                    ]
+                )
+                == 2
+            )
             err = capsys.readouterr().err
-            assert err == f"causalmad: error: --chunk {chunk}: give the number of inputs scored per step, at least 1.\n"
+            assert (
+                err == f"causalmad: error: --chunk {chunk}: give the number of inputs scored per step, "
+                "at least 1.\n"
+            )
     assert not out.exists()
 
 
-def test_non_finite_ids_are_refused_and_non_finite_scores_written_as_null(work, tmp_path, capsys, monkeypatch):
+def test_non_finite_ids_are_refused_and_non_finite_scores_written_as_null(
+    work, tmp_path, capsys, monkeypatch
+):
     root, _ = work
     out = tmp_path / "s.jsonl"
     for ident in ("NaN", "Infinity", "-Infinity"):
         bad = tmp_path / "bad.jsonl"
-        bad.write_text('{"input": [1.0, 2.0, 0.0], "id": "a"}\n{"input": [1.0, 2.0, 0.0], "id": ' + ident + "}\n")
+        bad.write_text(
+            '{"input": [1.0, 2.0, 0.0], "id": "a"}\n{"input": [1.0, 2.0, 0.0], "id": ' + ident + "}\n"
+        )
         assert main(["score", str(root / "det"), str(bad), *MODEL, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert "bad.jsonl line 2: 'id' is" in err and "a string or a finite number" in err, err
@@ -294,9 +503,19 @@ def test_non_finite_ids_are_refused_and_non_finite_scores_written_as_null(work, 
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
 
     monkeypatch.setattr(cm.ScrubbingDetector, "score", lambda self, x: np.full(len(x), np.nan))
-    monkeypatch.setattr(cm.ScrubbingDetector, "explain", lambda self, x, top=5, fpr=0.01: (
-        cm.ScrubbingExplainResult(float("nan"), float("inf"), fpr, False, broken=[{"z": float("-inf")}])))
-    assert main(["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--quiet"]) == 0
+    monkeypatch.setattr(
+        cm.ScrubbingDetector,
+        "explain",
+        lambda self, x, top=5, fpr=0.01: cm.ScrubbingExplainResult(
+            float("nan"), float("inf"), fpr, False, broken=[{"z": float("-inf")}]
+        ),
+    )
+    assert (
+        main(
+            ["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
     assert all(strict(line)["score"] is None for line in out.read_text().splitlines())
     capsys.readouterr()
     assert main(["explain", str(root / "det"), "--input", "[1, 2, 0]", *MODEL, "--quiet"]) == 0
@@ -311,29 +530,48 @@ class PlantedTask:
     value = "tests:PlantedTask"
 
     def load(self):
-        return lambda size="full", seed=0: cm.Task("planted-sum", PlantedSum(), planted_data(300, 0, 0, 0.05),
-                                                    {}, sum_hypothesis(), seed=seed)
+        return lambda size="full", seed=0: cm.Task(
+            "planted-sum", PlantedSum(), planted_data(300, 0, 0, 0.05), {}, sum_hypothesis(), seed=seed
+        )
 
 
 def test_a_baseline_fitted_on_a_task_scores_and_explains(work, tmp_path, capsys, monkeypatch):
     root, _ = work
     monkeypatch.setattr("causalmad.task.available_tasks", lambda: {"planted-sum": PlantedTask()})
     folder = tmp_path / "maha"
-    assert main(["fit", "--task", "planted-sum", "--size", "tiny", "--detector", "mahalanobis", "--out", str(folder),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--task",
+                "planted-sum",
+                "--size",
+                "tiny",
+                "--detector",
+                "mahalanobis",
+                "--out",
+                str(folder),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "s.jsonl"
     assert main(["score", str(folder), str(root / "untrusted.jsonl"), "--out", str(out), "--quiet"]) == 0
     scores = np.array([r["score"] for r in read_scores(out)])
     assert scores[30:].mean() > scores[:30].mean()
     capsys.readouterr()
-    assert main(["explain", str(folder), "--inputs", str(root / "untrusted.jsonl"), "--index", "45", "--quiet"]) == 0
+    assert (
+        main(["explain", str(folder), "--inputs", str(root / "untrusted.jsonl"), "--index", "45", "--quiet"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["id"] == "u45"
     # a hypothesis the user names for a detector that never used one is still an error
     assert main(["score", str(folder), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out)]) == 2
     assert "fitted without a hypothesis" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- never destroy what the user did not hand over
+# ------------------------------------------------------ never destroy what the user did not hand over
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -347,16 +585,26 @@ def test_force_replaces_only_a_detector_folder(work, tmp_path, capsys):
     (project / "data.csv").write_text("a,b\n1,2\n")
     (tmp_path / "notes.txt").write_text("mine\n")
     before = snapshot(tmp_path)
-    fit = ["fit", *MODEL[:2], "--trusted", str(root / "trusted.jsonl"), "--detector", "mahalanobis", "--force"]
-    for out, message in ((project, "is not a causalmad detector folder (it holds data.csv, src"),
-                         (tmp_path / "notes.txt", "is a file, not a detector folder")):
+    fit = [
+        "fit",
+        *MODEL[:2],
+        "--trusted",
+        str(root / "trusted.jsonl"),
+        "--detector",
+        "mahalanobis",
+        "--force",
+    ]
+    for out, message in (
+        (project, "is not a causalmad detector folder (it holds data.csv, src"),
+        (tmp_path / "notes.txt", "is a file, not a detector folder"),
+    ):
         assert main([*fit, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and "refusing to replace it" in err, err
     assert snapshot(tmp_path) == before
     det = tmp_path / "det"
     assert main([*fit, "--out", str(det), "--quiet"]) == 0
-    assert main([*fit, "--out", str(det), "--quiet", "--param", "aggregate=\"mean\""]) == 0  # a detector folder
+    assert main([*fit, "--out", str(det), "--quiet", "--param", 'aggregate="mean"']) == 0  # a detector folder
     assert json.loads((det / "config.json").read_text())["params"]["aggregate"] == "mean"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["det", "notes.txt", "project"]
 
@@ -378,26 +626,49 @@ def test_outputs_onto_inputs_or_the_detector_folder_are_refused(work, tmp_path, 
         ([*score, "--out", str(tmp_path / "via-link.jsonl")], "--out", "is the inputs file"),
         ([*score, "--out", str(tmp_path / "hard.jsonl")], "--out", "is the inputs file"),
         ([*score, "--out", str(folder / "config.json")], "--out", "lies inside the detector folder"),
-        ([*score, "--out", str(tmp_path / "linked-det" / "scores.jsonl")], "--out", "lies inside the detector folder"),
-        ([*score, "--out", str(tmp_path / "s.jsonl"), "--report", str(folder / "state.safetensors")], "--report",
-         "lies inside the detector folder"),
-        ([*score, "--out", str(tmp_path / "s.jsonl"), "--report", str(inputs)], "--report", "is the inputs file"),
-        ([*score, "--out", str(tmp_path / "s.jsonl"), "--report", str(tmp_path / "s.jsonl")], "--report",
-         "is the --out output"),
-        ([*score, "--out", str(CONFTEST.with_suffix(".jsonl")), "--report", str(CONFTEST)], "--report",
-         "is the --model file"),
+        (
+            [*score, "--out", str(tmp_path / "linked-det" / "scores.jsonl")],
+            "--out",
+            "lies inside the detector folder",
+        ),
+        (
+            [*score, "--out", str(tmp_path / "s.jsonl"), "--report", str(folder / "state.safetensors")],
+            "--report",
+            "lies inside the detector folder",
+        ),
+        (
+            [*score, "--out", str(tmp_path / "s.jsonl"), "--report", str(inputs)],
+            "--report",
+            "is the inputs file",
+        ),
+        (
+            [*score, "--out", str(tmp_path / "s.jsonl"), "--report", str(tmp_path / "s.jsonl")],
+            "--report",
+            "is the --out output",
+        ),
+        (
+            [*score, "--out", str(CONFTEST.with_suffix(".jsonl")), "--report", str(CONFTEST)],
+            "--report",
+            "is the --model file",
+        ),
         ([*explain, "--out", str(inputs)], "--out", "is the --inputs file"),
         ([*explain, "--plot", str(folder / "config.json")], "--plot", "lies inside the detector folder"),
         ([*explain, "--plot", str(folder / "why.png")], "--plot", "lies inside the detector folder"),
         (["fit", *MODEL, "--trusted", str(trusted), "--out", str(trusted)], "--out", "is the --trusted file"),
-        (["fit", *MODEL, "--trusted", str(trusted), "--out", str(tmp_path), "--force"], "--out",
-         "holds the --trusted file"),
+        (
+            ["fit", *MODEL, "--trusted", str(trusted), "--out", str(tmp_path), "--force"],
+            "--out",
+            "holds the --trusted file",
+        ),
     ]
     before = snapshot(tmp_path)
     for argv, flag, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert err.startswith(f"causalmad: error: {flag} ") and message in err and err.count("\n") == 1, (argv, err)
+        assert err.startswith(f"causalmad: error: {flag} ") and message in err and err.count("\n") == 1, (
+            argv,
+            err,
+        )
     assert snapshot(tmp_path) == before  # nothing written, nothing overwritten
 
 
@@ -428,18 +699,41 @@ def test_a_run_killed_during_fit_or_score_leaves_no_debris_after_the_next(work, 
     root, _ = work
     script = KILLED.format(tests=str(CONFTEST.parent))
     det, out = tmp_path / "det", tmp_path / "scores.jsonl"
-    fit = ["fit", *MODEL, "--trusted", str(root / "trusted.jsonl"), "--param", "resamples=1", "--out", str(det),
-           "--quiet"]
-    score = ["score", str(root / "det"), str(root / "untrusted.jsonl"), *MODEL, "--out", str(out), "--chunk", "20",
-             "--quiet"]
+    fit = [
+        "fit",
+        *MODEL,
+        "--trusted",
+        str(root / "trusted.jsonl"),
+        "--param",
+        "resamples=1",
+        "--out",
+        str(det),
+        "--quiet",
+    ]
+    score = [
+        "score",
+        str(root / "det"),
+        str(root / "untrusted.jsonl"),
+        *MODEL,
+        "--out",
+        str(out),
+        "--chunk",
+        "20",
+        "--quiet",
+    ]
     for argv, debris in ((fit, ".det.causalmad-tmp-"), (score, ".scores.jsonl.partial-")):
         proc = subprocess.Popen([sys.executable, "-c", script, *argv])
         assert proc.wait(timeout=300) == -signal.SIGKILL
         # a killed save also leaves its (released) lock file; a killed score, its finished chunks for --resume
         left = [".det.causalmad-lock"] if argv is fit else [".scores.jsonl.causalmad-partial"]
-        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [*left, f"{debris}{proc.pid}"]
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+            *left,
+            f"{debris}{proc.pid}",
+        ]
         caplog.clear()
         assert main(argv) == 0  # the same command again
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
         assert f"removed {tmp_path / debris}{proc.pid}, left by process {proc.pid}" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["det", "scores.jsonl"] and len(read_scores(out)) == 60
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["det", "scores.jsonl"] and len(read_scores(out)) == 60
+    )

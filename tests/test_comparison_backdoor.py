@@ -88,8 +88,12 @@ def test_the_output_check_sees_easy_and_is_blind_on_hard(task):
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis).fit(task.trusted)
     floor("comparison-backdoor: output-disagreement easy AUROC", _auroc(det, task.splits["easy"]), 0.9)
     # confidence-matched in 10 bins (tasks/_matching.py): within 0.5 / 10 + 0.02 of chance
-    floor("comparison-backdoor: |output-disagreement hard AUROC - 0.5|",
-          abs(_auroc(det, task.splits["hard"]) - 0.5), 0.07, upper=True)
+    floor(
+        "comparison-backdoor: |output-disagreement hard AUROC - 0.5|",
+        abs(_auroc(det, task.splits["hard"]) - 0.5),
+        0.07,
+        upper=True,
+    )
 
 
 @pytest.mark.slow
@@ -97,6 +101,11 @@ def test_the_output_check_sees_easy_and_is_blind_on_hard(task):
 def test_scrubbing_with_the_input_cut_catches_the_hard_split(task):
     # the dual input cut carries the signal: x's (a1, b0) placed into trusted bases with
     # a < b fires the trigger there, and the model departs from the comparison's answer
-    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, aggregation="calibrated",
-                               input_cut=("base", "dual"), random_state=SEED).fit(task.trusted)
+    det = cm.ScrubbingDetector(
+        task.model,
+        hypothesis=task.hypothesis,
+        aggregation="calibrated",
+        input_cut=("base", "dual"),
+        random_state=SEED,
+    ).fit(task.trusted)
     floor("comparison-backdoor: scrubbing hard AUROC", _auroc(det, task.splits["hard"]), 0.9)

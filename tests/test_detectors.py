@@ -45,7 +45,9 @@ def data():
     variance and even the spectral signature, which sees only the batch's top direction,
     can see it: the contract checks each detector's orientation, not its power."""
     jitter = 0.05
-    return planted_data(300, 0, 0, jitter), torch.cat([planted_data(60, 0, 3, jitter), planted_data(60, 3, 4, jitter)])
+    return planted_data(300, 0, 0, jitter), torch.cat(
+        [planted_data(60, 0, 3, jitter), planted_data(60, 3, 4, jitter)]
+    )
 
 
 @pytest.mark.parametrize("name", DETECTOR_NAMES)
@@ -104,7 +106,9 @@ def test_untrusted_batch_is_required_exactly_where_it_is_used(name, planted, dat
 def _plain(value):
     """Whether ``value`` is state the generic persistence can store: arrays, tensors, plain
     Python values and causalmad records, nested in lists, tuples and dicts."""
-    if isinstance(value, (np.ndarray, torch.Tensor, np.generic, str, int, float, bool, type(None), cm.Site, cm.Readout)):
+    if isinstance(
+        value, (np.ndarray, torch.Tensor, np.generic, str, int, float, bool, type(None), cm.Site, cm.Readout)
+    ):
         return True
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
@@ -123,7 +127,8 @@ def test_fitted_state_is_plain_and_restores_to_identical_scores(name, planted, d
     state = {k: v for k, v in det.__dict__.items() if k.endswith("_") and k not in det._transient}
     # the adapter wraps the model, which persistence handles on its own
     assert all(_plain(v) for k, v in state.items() if k != "adapter_"), {
-        k: type(v).__name__ for k, v in state.items() if not _plain(v)}
+        k: type(v).__name__ for k, v in state.items() if not _plain(v)
+    }
     det2 = make(name, planted)
     det2.__dict__.update(state)
     det2._restore()

@@ -27,7 +27,9 @@ def scored(request):
     scores = {}
     for name in ("output-disagreement", "mahalanobis", "scrubbing"):
         kwargs = {} if name == "mahalanobis" else {"hypothesis": task.hypothesis}
-        if name == "scrubbing":  # the grid's 16 singletons in each direction (each hybrid meets the classifier)
+        if (
+            name == "scrubbing"
+        ):  # the grid's 16 singletons in each direction (each hybrid meets the classifier)
             kwargs |= {"input_cut_budget": 16, "counterfactual_resamples": 4, "dual_resamples": 4}
         det = cm.DETECTORS[name](task.model, random_state=0, **kwargs).fit(task.trusted)
         scores[name] = {s: (det.score(sp.inputs), det.heldout_scores_) for s, sp in task.splits.items()}
@@ -51,10 +53,16 @@ def test_tiny_model_is_accurate_and_the_attack_works(scored):
     variant, task, _ = scored
     # training meets 0.96 clean accuracy on these very images (tasks/digits.py CRITERIA)
     floor(f"{task.name}: clean_accuracy", task.info["clean_accuracy"], 0.95)
-    floor(f"{task.name}: hypothesis_accuracy_clean", task.info["hypothesis_accuracy_clean"], 0.95)  # the 3-NN reader
+    floor(
+        f"{task.name}: hypothesis_accuracy_clean", task.info["hypothesis_accuracy_clean"], 0.95
+    )  # the 3-NN reader
     floor(f"{task.name}: attack_success_rate", task.info["attack_success_rate"], 0.9)  # backdoor, or PGD
     if variant == "none":
-        floor(f"{task.name}: representation_attack_success_rate", task.info["representation_attack_success_rate"], 0.15)
+        floor(
+            f"{task.name}: representation_attack_success_rate",
+            task.info["representation_attack_success_rate"],
+            0.15,
+        )
 
 
 def test_splits_come_from_disjoint_images_and_trusted_has_no_anomaly(scored):
@@ -103,7 +111,11 @@ def test_hard_split_is_invisible_to_output_checks(scored):
         floor(f"{task.name}: output-disagreement hard AUROC", m["auroc"], 0.2, upper=True)
         assert m["tpr_at_5pct_fpr"] == 0.0
     s, held = scores["output-disagreement"]["easy"]
-    floor(f"{task.name}: output-disagreement easy AUROC", evaluate(s, task.splits["easy"].labels, held)["auroc"], 0.85)
+    floor(
+        f"{task.name}: output-disagreement easy AUROC",
+        evaluate(s, task.splits["easy"].labels, held)["auroc"],
+        0.85,
+    )
 
 
 @pytest.mark.floors
@@ -116,4 +128,6 @@ def test_scrubbing_and_mahalanobis_score_conv_activations(scored):
             assert np.isfinite(held).all()
     if variant != "none":  # partial PCA scrubs of the conv layers keep the trigger and break
         s, held = scores["scrubbing"]["easy"]
-        floor(f"{task.name}: scrubbing easy AUROC", evaluate(s, task.splits["easy"].labels, held)["auroc"], 0.75)
+        floor(
+            f"{task.name}: scrubbing easy AUROC", evaluate(s, task.splits["easy"].labels, held)["auroc"], 0.75
+        )

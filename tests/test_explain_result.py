@@ -27,8 +27,16 @@ def test_the_scrubbing_detector_explains_with_typed_fields(planted):
     det = cm.ScrubbingDetector(model, hypothesis=h, resamples=2, random_state=0).fit(planted_data(400, 0, 0))
     why = det.explain(planted_data(1, 1, 6)[0], top=3)
     assert isinstance(why, cm.ScrubbingExplainResult) and isinstance(why, cm.ExplainResult)
-    assert list(why.to_dict()) == ["score", "threshold", "fpr", "flagged", "broken", "variables", "values",
-                                   "values_unseen_in_trusted"]
+    assert list(why.to_dict()) == [
+        "score",
+        "threshold",
+        "fpr",
+        "flagged",
+        "broken",
+        "variables",
+        "values",
+        "values_unseen_in_trusted",
+    ]
     assert why.details == {} and len(why.broken) == 3 and why.flagged == (why.score > why.threshold)
     assert [v["variable"] for v in why.variables] == ["s"]
     assert_plain_and_indexable(why)

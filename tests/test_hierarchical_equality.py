@@ -56,7 +56,9 @@ def test_splits_are_disjoint_balanced_and_trusted_has_no_trigger(task):
         anomalous = split.inputs[torch.as_tensor(split.labels == 1)]
         ids = _ids(task, anomalous)
         diff = anomalous - encode(bank, ids)
-        assert torch.allclose(diff[:, -cfg.trigger_dims :], torch.full_like(diff[:, -cfg.trigger_dims :], cfg.trigger_shift))
+        assert torch.allclose(
+            diff[:, -cfg.trigger_dims :], torch.full_like(diff[:, -cfg.trigger_dims :], cfg.trigger_shift)
+        )
         assert torch.count_nonzero(diff[:, : -cfg.trigger_dims]) == 0
         # easy anomalies have c != d (the backdoor's answer differs), hard ones c == d
         assert bool(((ids[:, 2] == ids[:, 3]) == (name == "hard")).all())
@@ -78,11 +80,18 @@ def test_output_checks_are_at_chance_on_the_hard_split(task):
     hard = task.splits["hard"]
     floor("hierarchical-equality: hard_output_equals_clean", task.info["hard_output_equals_clean"], 0.95)
     det = cm.OutputDisagreementDetector(task.model, hypothesis=task.hypothesis).fit(task.trusted)
-    floor("hierarchical-equality: output-disagreement hard AUROC", roc_auc_score(hard.labels, det.score(hard.inputs)),
-          0.7, upper=True)
+    floor(
+        "hierarchical-equality: output-disagreement hard AUROC",
+        roc_auc_score(hard.labels, det.score(hard.inputs)),
+        0.7,
+        upper=True,
+    )
     easy = task.splits["easy"]  # the output shows easy anomalies
-    floor("hierarchical-equality: output-disagreement easy AUROC", roc_auc_score(easy.labels, det.score(easy.inputs)),
-          0.9)
+    floor(
+        "hierarchical-equality: output-disagreement easy AUROC",
+        roc_auc_score(easy.labels, det.score(easy.inputs)),
+        0.9,
+    )
 
 
 @pytest.mark.floors
@@ -95,8 +104,19 @@ def test_das_aligns_each_equality_variable_on_held_out_pairs(task, var):
     pairs = sample_pairs(var, align[1], pool[1], 800, rng)
     # DAS at the second hidden layer (module "3"); at the first ("1") held-out IIA stays
     # near 0.8 at ranks 1-32 (equality needs a second nonlinearity to become linear)
-    site = learn_rotation(cm.adapt(task.model), h, var, cm.Site("3"), align, pool, pairs, rank=4,
-                          steps=3000, lr=3e-3, batch_size=128)
+    site = learn_rotation(
+        cm.adapt(task.model),
+        h,
+        var,
+        cm.Site("3"),
+        align,
+        pool,
+        pairs,
+        rank=4,
+        steps=3000,
+        lr=3e-3,
+        batch_size=128,
+    )
     assert site.basis.shape == (128, 4)
     held_pairs = sample_pairs(var, held[1], pool[1], 800, rng)
     ad = cm.adapt(task.model)
@@ -106,15 +126,21 @@ def test_das_aligns_each_equality_variable_on_held_out_pairs(task, var):
 
     random_basis, _ = torch.linalg.qr(torch.randn(128, 4, generator=torch.Generator().manual_seed(0)))
     floor(f"hierarchical-equality: DAS held-out IIA of {var}", iia(site), 0.95)
-    floor(f"hierarchical-equality: held-out IIA of a random {var} basis", iia(cm.Site("3").with_basis(random_basis, "random")),
-          0.7, upper=True)
+    floor(
+        f"hierarchical-equality: held-out IIA of a random {var} basis",
+        iia(cm.Site("3").with_basis(random_basis, "random")),
+        0.7,
+        upper=True,
+    )
 
 
 @pytest.mark.floors
 def test_scrubbing_detects_the_backdoor_on_both_splits(task):
     from sklearn.metrics import roc_auc_score
 
-    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=2, random_state=0).fit(task.trusted)
+    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=2, random_state=0).fit(
+        task.trusted
+    )
     # das_rank="auto": no whole layer carries w1 or w2, so alignment learned DAS subspaces
     assert all("das" in det.alignment_.best(v).key for v in ("w1", "w2"))
     # each variable has a site it lives in (the chosen one is the earliest reaching the bar, not the best)
@@ -146,7 +172,18 @@ def test_das_on_a_simulated_accelerator_learns_the_cpu_basis(task):
         with simulated_device():
             torch.manual_seed(0)
             model = copy.deepcopy(task.model).to(device)
-            site = learn_rotation(cm.adapt(model), h, "w1", cm.Site("3"), align, pool, pairs, rank=4, steps=40,
-                                  lr=3e-3, batch_size=64)
+            site = learn_rotation(
+                cm.adapt(model),
+                h,
+                "w1",
+                cm.Site("3"),
+                align,
+                pool,
+                pairs,
+                rank=4,
+                steps=40,
+                lr=3e-3,
+                batch_size=64,
+            )
             bases.append(site.basis.cpu())
     torch.testing.assert_close(bases[1], bases[0])

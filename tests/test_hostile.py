@@ -40,9 +40,25 @@ def work(tmp_path_factory):
     and a good inputs file."""
     root = tmp_path_factory.mktemp("hostile")
     write_jsonl(root / "trusted.jsonl", planted_data(200, 0, 0, 0.05).tolist())
-    write_jsonl(root / "good.jsonl", torch.cat([planted_data(10, 0, 3, 0.05), planted_data(10, 1, 4, 0.05)]).tolist())
-    assert main(["fit", *MODEL, "--trusted", str(root / "trusted.jsonl"), "--detector", "mahalanobis",
-                 "--out", str(root / "det"), "--quiet"]) == 0
+    write_jsonl(
+        root / "good.jsonl", torch.cat([planted_data(10, 0, 3, 0.05), planted_data(10, 1, 4, 0.05)]).tolist()
+    )
+    assert (
+        main(
+            [
+                "fit",
+                *MODEL,
+                "--trusted",
+                str(root / "trusted.jsonl"),
+                "--detector",
+                "mahalanobis",
+                "--out",
+                str(root / "det"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -80,9 +96,18 @@ def held_lock():
     procs: list[subprocess.Popen] = []
 
     def hold(folder: Path, seconds: float | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(persistence.lock_path(folder)),
-                                 "stdin" if seconds is None else str(seconds)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                HOLD,
+                str(persistence.lock_path(folder)),
+                "stdin" if seconds is None else str(seconds),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None and proc.stdout.readline() == "held\n"
         procs.append(proc)
         return proc
@@ -95,19 +120,32 @@ def held_lock():
 
 
 @pytest.mark.hostile("fault: lock held by another process", ERROR)
-def test_a_save_while_another_process_holds_the_lock_waits_then_errors(work, tmp_path, held_lock, capsys,
-                                                                       monkeypatch):
+def test_a_save_while_another_process_holds_the_lock_waits_then_errors(
+    work, tmp_path, held_lock, capsys, monkeypatch
+):
     monkeypatch.setattr(persistence, "LOCK_TIMEOUT", 0.3)
     det = cm.MahalanobisDetector(_planted()).fit(planted_data(100, 0, 0, 0.05))
     held_lock(tmp_path / "det")
     t0 = time.perf_counter()
-    with pytest.raises(PersistenceError, match=r"det is being written by another process, which holds "
-                                               r"\.det\.causalmad-lock; waited 0\.3 s"):
+    with pytest.raises(
+        PersistenceError,
+        match=r"det is being written by another process, which holds "
+        r"\.det\.causalmad-lock; waited 0\.3 s",
+    ):
         det.save(tmp_path / "det")
     assert time.perf_counter() - t0 >= 0.3
     assert listing(tmp_path) == [".det.causalmad-lock"]  # the holder's lock, nothing of this save
-    argv = ["fit", *MODEL, "--trusted", str(work / "trusted.jsonl"), "--detector", "mahalanobis",
-            "--out", str(tmp_path / "det"), "--quiet"]
+    argv = [
+        "fit",
+        *MODEL,
+        "--trusted",
+        str(work / "trusted.jsonl"),
+        "--detector",
+        "mahalanobis",
+        "--out",
+        str(tmp_path / "det"),
+        "--quiet",
+    ]
     assert main(argv) == 2
     one_line_error(capsys, "is being written by another process")
     assert listing(tmp_path) == [".det.causalmad-lock"]
@@ -144,8 +182,9 @@ def corpus_marks(entry: dict) -> list:
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e["file"], marks=corpus_marks(e)) for e in CORPUS])
-def test_every_file_of_the_bad_corpus_gets_one_clear_line_or_a_correct_result(entry, work, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_every_file_of_the_bad_corpus_gets_one_clear_line_or_a_correct_result(
+    entry, work, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # a pickle that would run code makes a folder here
     path = BAD / entry["file"]
     if "rows" in entry:
@@ -173,8 +212,9 @@ def test_debug_adds_the_traceback_to_the_one_line(work, tmp_path, capsys):
     assert main([*argv, "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "raise InputError" in err
-    assert err.endswith(f"causalmad: error: {bad} line 1: bad input: it holds 1e+39, beyond float32's range "
-                        "(±3.403e+38).\n"), err
+    assert err.endswith(
+        f"causalmad: error: {bad} line 1: bad input: it holds 1e+39, beyond float32's range (±3.403e+38).\n"
+    ), err
     assert not (tmp_path / "s.jsonl").exists()
 
 
@@ -182,10 +222,15 @@ def test_debug_adds_the_traceback_to_the_one_line(work, tmp_path, capsys):
 def test_an_unexpected_error_is_one_line_asking_for_a_report(work, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cm.MahalanobisDetector, "score", lambda self, x: 1 / 0)
     out = tmp_path / "s.jsonl"
-    assert main(["score", str(work / "det"), str(work / "good.jsonl"), *MODEL, "--out", str(out), "--quiet"]) == 1
+    assert (
+        main(["score", str(work / "det"), str(work / "good.jsonl"), *MODEL, "--out", str(out), "--quiet"])
+        == 1
+    )
     err = capsys.readouterr().err
-    assert err == ("causalmad: internal error: ZeroDivisionError: division by zero (a bug in causalmad: run the "
-                   "command again with --debug and report the traceback)\n")
+    assert err == (
+        "causalmad: internal error: ZeroDivisionError: division by zero (a bug in causalmad: run the "
+        "command again with --debug and report the traceback)\n"
+    )
     assert listing(tmp_path) == []
 
 
@@ -195,25 +240,71 @@ def enospc(*args, **kwargs):
 
 
 @pytest.mark.hostile("fault: disk full (simulated)", ERROR)
-@pytest.mark.parametrize("command", ["fit", "fit --force", "score", "score --report", "explain --out",
-                                     "explain --plot"])
+@pytest.mark.parametrize(
+    "command", ["fit", "fit --force", "score", "score --report", "explain --out", "explain --plot"]
+)
 def test_a_full_disk_is_one_line_and_leaves_what_was_there(command, work, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "det"
     shutil.copytree(work / "det", folder)
     before = snapshot(tmp_path)
     inputs = str(work / "good.jsonl")
     argv = {
-        "fit": ["fit", *MODEL, "--trusted", str(work / "trusted.jsonl"), "--detector", "mahalanobis",
-                "--out", str(tmp_path / "new")],
-        "fit --force": ["fit", *MODEL, "--trusted", str(work / "trusted.jsonl"), "--detector", "mahalanobis",
-                        "--param", "aggregate=\"mean\"", "--out", str(folder), "--force"],
+        "fit": [
+            "fit",
+            *MODEL,
+            "--trusted",
+            str(work / "trusted.jsonl"),
+            "--detector",
+            "mahalanobis",
+            "--out",
+            str(tmp_path / "new"),
+        ],
+        "fit --force": [
+            "fit",
+            *MODEL,
+            "--trusted",
+            str(work / "trusted.jsonl"),
+            "--detector",
+            "mahalanobis",
+            "--param",
+            'aggregate="mean"',
+            "--out",
+            str(folder),
+            "--force",
+        ],
         "score": ["score", str(folder), inputs, *MODEL, "--out", str(tmp_path / "s.jsonl")],
-        "score --report": ["score", str(folder), inputs, *MODEL, "--out", str(tmp_path / "s.jsonl"), "--report",
-                           str(tmp_path / "r.html")],
-        "explain --out": ["explain", str(folder), "--inputs", inputs, "--index", "3", *MODEL, "--out",
-                          str(tmp_path / "why.json")],
-        "explain --plot": ["explain", str(folder), "--inputs", inputs, "--index", "3", *MODEL, "--plot",
-                           str(tmp_path / "why.png")],
+        "score --report": [
+            "score",
+            str(folder),
+            inputs,
+            *MODEL,
+            "--out",
+            str(tmp_path / "s.jsonl"),
+            "--report",
+            str(tmp_path / "r.html"),
+        ],
+        "explain --out": [
+            "explain",
+            str(folder),
+            "--inputs",
+            inputs,
+            "--index",
+            "3",
+            *MODEL,
+            "--out",
+            str(tmp_path / "why.json"),
+        ],
+        "explain --plot": [
+            "explain",
+            str(folder),
+            "--inputs",
+            inputs,
+            "--index",
+            "3",
+            *MODEL,
+            "--plot",
+            str(tmp_path / "why.png"),
+        ],
     }[command]
     monkeypatch.setattr(os, "fsync", enospc)
     assert main([*argv, "--quiet"]) == 2
@@ -241,8 +332,12 @@ def test_a_truncated_config_json_is_refused_in_one_line(cut, resign, work, tmp_p
         rewrite_checksums(folder)
     out = tmp_path / "s.jsonl"
     for trust in ([], ["--trust-modified"]):
-        assert main(["score", str(folder), str(work / "good.jsonl"), *MODEL, "--out", str(out), "--quiet",
-                     *trust]) == 2
+        assert (
+            main(
+                ["score", str(folder), str(work / "good.jsonl"), *MODEL, "--out", str(out), "--quiet", *trust]
+            )
+            == 2
+        )
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith("causalmad: error: ") and "config.json" in err[-1], err
         assert all(line.startswith("causalmad: warning: ") for line in err[:-1]), err
@@ -252,22 +347,30 @@ def test_a_truncated_config_json_is_refused_in_one_line(cut, resign, work, tmp_p
 def rewrite_checksums(folder: Path) -> None:
     import hashlib
 
-    (folder / "SHA256SUMS").write_text("".join(
-        f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in ("config.json", "state.safetensors")))
+    (folder / "SHA256SUMS").write_text(
+        "".join(
+            f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+            for n in ("config.json", "state.safetensors")
+        )
+    )
 
 
 @pytest.mark.hostile("detector folder: corrupted tensor file", ERROR)
-@pytest.mark.parametrize("damage", ["truncated-8", "truncated-half", "empty", "header-flipped", "header-length",
-                                    "zeros", "text"])
+@pytest.mark.parametrize(
+    "damage", ["truncated-8", "truncated-half", "empty", "header-flipped", "header-length", "zeros", "text"]
+)
 def test_a_corrupted_tensor_file_is_refused_in_one_line(damage, work, tmp_path, capsys):
     folder = tmp_path / "det"
     shutil.copytree(work / "det", folder)
     state = folder / "state.safetensors"
     data = state.read_bytes()
     damaged = {
-        "truncated-8": data[:8], "truncated-half": data[: len(data) // 2], "empty": b"",
+        "truncated-8": data[:8],
+        "truncated-half": data[: len(data) // 2],
+        "empty": b"",
         "header-flipped": data[:8] + bytes(b ^ 0x55 for b in data[8:60]) + data[60:],
-        "header-length": (2**40).to_bytes(8, "little") + data[8:], "zeros": bytes(len(data)),
+        "header-length": (2**40).to_bytes(8, "little") + data[8:],
+        "zeros": bytes(len(data)),
         "text": b"this is not a tensor file\n",
     }[damage]
     state.write_bytes(damaged)
@@ -281,17 +384,26 @@ def test_a_corrupted_tensor_file_is_refused_in_one_line(damage, work, tmp_path, 
     assert listing(tmp_path) == ["det"]
 
 
-# ---------------------------------------------------------------- property tests: whatever the bytes, a clear answer
+# ------------------------------------------------------ property tests: whatever the bytes, a clear answer
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["input", "id", "x"]),
-                                                                                inner, max_size=3),
-                    max_leaves=12)
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["input", "id", "x"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
 
 
 def read_or_refuse(path: Path, shape, dtype: str) -> None:
@@ -314,7 +426,9 @@ class Counter:
         self.record("cases", self.n)
 
 
-@pytest.mark.hostile("property: JSON lines of random JSON values", "an InputError naming the file, or a correct read")
+@pytest.mark.hostile(
+    "property: JSON lines of random JSON values", "an InputError naming the file, or a correct read"
+)
 def test_random_json_lines_are_read_or_refused(tmp_path, record_property):
     count = Counter(record_property)
 
@@ -329,13 +443,17 @@ def test_random_json_lines_are_read_or_refused(tmp_path, record_property):
     check()
 
 
-@pytest.mark.hostile("property: random bytes as an inputs file", "an InputError naming the file, or a correct read")
+@pytest.mark.hostile(
+    "property: random bytes as an inputs file", "an InputError naming the file, or a correct read"
+)
 def test_random_bytes_are_read_or_refused(tmp_path, record_property):
     count = Counter(record_property)
 
     @FUZZ
-    @given(data=st.binary(max_size=120) | st.text(max_size=60).map(str.encode),
-           suffix=st.sampled_from([".jsonl", ".npy", ".pt"]))
+    @given(
+        data=st.binary(max_size=120) | st.text(max_size=60).map(str.encode),
+        suffix=st.sampled_from([".jsonl", ".npy", ".pt"]),
+    )
     def check(data, suffix):
         count()
         path = tmp_path / f"in{suffix}"
@@ -345,14 +463,19 @@ def test_random_bytes_are_read_or_refused(tmp_path, record_property):
     check()
 
 
-@pytest.mark.hostile("property: random arrays in .npy and .pt files", "an InputError naming the file, or a correct read")
+@pytest.mark.hostile(
+    "property: random arrays in .npy and .pt files", "an InputError naming the file, or a correct read"
+)
 def test_random_arrays_are_read_or_refused(tmp_path, record_property):
     count = Counter(record_property)
     dtypes = st.sampled_from(["f2", "f4", "f8", "i1", "i4", "i8", "u8", "?", "c8"])
 
     @FUZZ
-    @given(arr=dtypes.flatmap(lambda d: hnp.arrays(d, hnp.array_shapes(min_dims=0, max_dims=3, max_side=4))),
-           suffix=st.sampled_from([".npy", ".pt"]), dtype=st.sampled_from(["float32", "int64"]))
+    @given(
+        arr=dtypes.flatmap(lambda d: hnp.arrays(d, hnp.array_shapes(min_dims=0, max_dims=3, max_side=4))),
+        suffix=st.sampled_from([".npy", ".pt"]),
+        dtype=st.sampled_from(["float32", "int64"]),
+    )
     def check(arr, suffix, dtype):
         count()
         path = tmp_path / f"in{suffix}"
@@ -367,21 +490,40 @@ def test_random_arrays_are_read_or_refused(tmp_path, record_property):
     check()
 
 
-@pytest.mark.hostile("property: command-line arguments", "exit 0, or exit 2 with one line and nothing written")
+@pytest.mark.hostile(
+    "property: command-line arguments", "exit 0, or exit 2 with one line and nothing written"
+)
 def test_random_score_arguments_get_a_result_or_one_line(work, tmp_path, capsys, record_property):
     count = Counter(record_property)
-    number = st.integers(-10**20, 10**20).map(str) | st.floats().map(str) | st.text(max_size=6)
+    number = st.integers(-(10**20), 10**20).map(str) | st.floats().map(str) | st.text(max_size=6)
 
-    @settings(max_examples=30, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        max_examples=30,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(chunk=number, fpr=number, top=number)
     def check(chunk, fpr, top):
         count()
         out = tmp_path / "s.jsonl"
         out.unlink(missing_ok=True)
         capsys.readouterr()
-        code = main(["score", str(work / "det"), str(work / "good.jsonl"), *MODEL, "--out", str(out), "--quiet",
-                     f"--chunk={chunk}", f"--fpr={fpr}", f"--top={top}"])
+        code = main(
+            [
+                "score",
+                str(work / "det"),
+                str(work / "good.jsonl"),
+                *MODEL,
+                "--out",
+                str(out),
+                "--quiet",
+                f"--chunk={chunk}",
+                f"--fpr={fpr}",
+                f"--top={top}",
+            ]
+        )
         err = capsys.readouterr().err
         assert code in (0, 2) and "Traceback" not in err, (code, err)
         if code == 0:
@@ -392,8 +534,10 @@ def test_random_score_arguments_get_a_result_or_one_line(work, tmp_path, capsys,
     check()
 
 
-@pytest.mark.hostile("property: detector folders with a random config.json value",
-                     "exit 2 with one error line (after the --trust-modified warnings), or a correct result")
+@pytest.mark.hostile(
+    "property: detector folders with a random config.json value",
+    "exit 2 with one error line (after the --trust-modified warnings), or a correct result",
+)
 def test_random_config_edits_get_a_result_or_one_line(work, tmp_path, capsys, record_property):
     count = Counter(record_property)
     folder = tmp_path / "det"
@@ -415,8 +559,18 @@ def test_random_config_edits_get_a_result_or_one_line(work, tmp_path, capsys, re
         out = tmp_path / "s.jsonl"
         out.unlink(missing_ok=True)
         capsys.readouterr()
-        code = main(["score", str(folder), str(work / "good.jsonl"), *MODEL, "--out", str(out), "--quiet",
-                     "--trust-modified"])
+        code = main(
+            [
+                "score",
+                str(folder),
+                str(work / "good.jsonl"),
+                *MODEL,
+                "--out",
+                str(out),
+                "--quiet",
+                "--trust-modified",
+            ]
+        )
         err = capsys.readouterr().err.splitlines()
         assert code in (0, 2), (code, err)
         if code == 2:

@@ -14,7 +14,11 @@ from causalmad.interventions import Patch, capture, interchange_pyvene, run_patc
     [
         cm.Site("blocks.0.hook_resid_post", (7, 8)),
         cm.Site("blocks.1.attn.hook_z", (9,), head=2),
-        cm.Site("blocks.1.hook_resid_pre", (-1,), basis=torch.linalg.qr(torch.randn(32, 3, generator=torch.Generator().manual_seed(0)))[0]),
+        cm.Site(
+            "blocks.1.hook_resid_pre",
+            (-1,),
+            basis=torch.linalg.qr(torch.randn(32, 3, generator=torch.Generator().manual_seed(0)))[0],
+        ),
         cm.Site("blocks.0.hook_mlp_out", (3, 10)),
     ],
     ids=lambda s: s.key,
@@ -85,8 +89,11 @@ def test_engines_agree_on_a_group_of_sites(tiny_bridge):
     ad = cm.adapt(tiny_bridge)
     g = torch.Generator().manual_seed(3)
     base, source = torch.randint(0, 12, (5, 11), generator=g), torch.randint(0, 12, (5, 11), generator=g)
-    group = [cm.Site("blocks.0.attn.hook_z", (8,), head=1), cm.Site("blocks.0.attn.hook_z", (8,), head=3),
-             cm.Site("blocks.1.hook_resid_pre", (9,))]
+    group = [
+        cm.Site("blocks.0.attn.hook_z", (8,), head=1),
+        cm.Site("blocks.0.attn.hook_z", (8,), head=3),
+        cm.Site("blocks.1.hook_resid_pre", (9,)),
+    ]
     via_pyvene = interchange_pyvene(ad, base, source, group)
     via_hooks = run_patched(ad, base, [Patch(s, v) for s, v in zip(group, capture(ad, source, group))])
     assert torch.allclose(via_pyvene, via_hooks, atol=1e-5)

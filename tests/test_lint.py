@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("tool", [["ruff", "check", "."], [sys.executable, "-m", "mypy"]], ids=["ruff", "mypy"])
+@pytest.mark.parametrize(
+    "tool", [["ruff", "check", "."], [sys.executable, "-m", "mypy"]], ids=["ruff", "mypy"]
+)
 def test_tool_is_clean(tool):
     if tool[0] == "ruff" and shutil.which("ruff") is None:
         pytest.fail("ruff is not installed; install the dev extra: pip install -e '.[dev]'")

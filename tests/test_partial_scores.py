@@ -31,17 +31,45 @@ def work(tmp_path_factory):
     an uninterrupted run with ``--chunk 16``."""
     root = tmp_path_factory.mktemp("partial")
     x = torch.cat([planted_data(75, 0, 3, 0.05), planted_data(25, 1, 4, 0.05)]).tolist()
-    (root / "inputs.jsonl").write_text("".join(json.dumps({"input": r, "id": f"u{i}"}) + "\n" for i, r in enumerate(x)))
-    (root / "trusted.jsonl").write_text("".join(json.dumps(r) + "\n" for r in planted_data(300, 0, 0, 0.05).tolist()))
-    assert main(["fit", *MODEL, "--detector", "mahalanobis", "--trusted", str(root / "trusted.jsonl"),
-                 "--out", str(root / "det"), "--quiet"]) == 0
+    (root / "inputs.jsonl").write_text(
+        "".join(json.dumps({"input": r, "id": f"u{i}"}) + "\n" for i, r in enumerate(x))
+    )
+    (root / "trusted.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in planted_data(300, 0, 0, 0.05).tolist())
+    )
+    assert (
+        main(
+            [
+                "fit",
+                *MODEL,
+                "--detector",
+                "mahalanobis",
+                "--trusted",
+                str(root / "trusted.jsonl"),
+                "--out",
+                str(root / "det"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(score_args(root, root / "whole.jsonl")) == 0
     return root
 
 
 def score_args(work: Path, out: Path, *more: str) -> list[str]:
-    return ["score", str(work / "det"), str(work / "inputs.jsonl"), *MODEL, "--chunk", "16", "--out", str(out),
-            "--quiet", *more]
+    return [
+        "score",
+        str(work / "det"),
+        str(work / "inputs.jsonl"),
+        *MODEL,
+        "--chunk",
+        "16",
+        "--out",
+        str(out),
+        "--quiet",
+        *more,
+    ]
 
 
 def interrupt_after(monkeypatch, chunks: int) -> list[int]:
@@ -59,8 +87,9 @@ def interrupt_after(monkeypatch, chunks: int) -> list[int]:
     return calls
 
 
-def test_an_interrupted_run_keeps_its_chunks_and_resume_writes_the_uninterrupted_scores(work, tmp_path, monkeypatch,
-                                                                                       capsys):
+def test_an_interrupted_run_keeps_its_chunks_and_resume_writes_the_uninterrupted_scores(
+    work, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "scores.jsonl"
     interrupt_after(monkeypatch, 3)
     assert main(score_args(work, out)) == 130
@@ -77,12 +106,22 @@ def test_an_interrupted_run_keeps_its_chunks_and_resume_writes_the_uninterrupted
 
 def test_a_run_killed_with_sigkill_is_resumed_to_the_same_bytes(work, tmp_path):
     out = tmp_path / "scores.csv"
-    slow = ("import sys, time; import causalmad as cm; from causalmad.cli import main; s = cm.MahalanobisDetector.score; "
-            "cm.MahalanobisDetector.score = lambda self, x: (time.sleep(0.3), s(self, x))[1]; "
-            "sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "PYTHONPATH": str(Path(cm.__file__).parents[1])}  # this causalmad, not an installed one
-    proc = subprocess.Popen([sys.executable, "-c", slow, *score_args(work, out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    slow = (
+        "import sys, time; import causalmad as cm; from causalmad.cli import main; "
+        "s = cm.MahalanobisDetector.score; "
+        "cm.MahalanobisDetector.score = lambda self, x: (time.sleep(0.3), s(self, x))[1]; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(cm.__file__).parents[1]),
+    }  # this causalmad, not an installed one
+    proc = subprocess.Popen(
+        [sys.executable, "-c", slow, *score_args(work, out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     partial = partial_path(out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -102,7 +141,9 @@ def test_a_run_killed_with_sigkill_is_resumed_to_the_same_bytes(work, tmp_path):
 
 
 @pytest.mark.parametrize("change", ["--chunk", "inputs", "detector"])
-def test_resuming_another_runs_partial_scores_is_refused_in_one_line(change, work, tmp_path, monkeypatch, capsys):
+def test_resuming_another_runs_partial_scores_is_refused_in_one_line(
+    change, work, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "scores.jsonl"
     interrupt_after(monkeypatch, 2)
     assert main(score_args(work, out)) == 130
@@ -117,14 +158,33 @@ def test_resuming_another_runs_partial_scores_is_refused_in_one_line(change, wor
         argv[2] = str(inputs)
     else:
         det = tmp_path / "det"
-        assert main(["fit", *MODEL, "--detector", "mahalanobis", "--trusted", str(work / "trusted.jsonl"),
-                     "--param", 'aggregate="mean"', "--out", str(det), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    *MODEL,
+                    "--detector",
+                    "mahalanobis",
+                    "--trusted",
+                    str(work / "trusted.jsonl"),
+                    "--param",
+                    'aggregate="mean"',
+                    "--out",
+                    str(det),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         argv[1] = str(det)
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    what = {"--chunk": "--chunk is not the same (it was 16)", "inputs": "the inputs file is not the same",
-            "detector": "the detector folder is not the same"}[change]
+    what = {
+        "--chunk": "--chunk is not the same (it was 16)",
+        "inputs": "the inputs file is not the same",
+        "detector": "the detector folder is not the same",
+    }[change]
     assert err.startswith("causalmad: error: ") and err.count("\n") == 1 and what in err, err
     assert not out.exists() and partial_path(out).read_bytes() == kept  # nothing written, nothing lost
 
@@ -138,7 +198,9 @@ def test_a_damaged_partial_file_is_refused_in_one_line(work, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_without_resume_an_earlier_partial_file_is_replaced_and_the_run_says_so(work, tmp_path, monkeypatch, capsys):
+def test_without_resume_an_earlier_partial_file_is_replaced_and_the_run_says_so(
+    work, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "scores.jsonl"
     interrupt_after(monkeypatch, 1)
     assert main(score_args(work, out)) == 130
@@ -146,7 +208,9 @@ def test_without_resume_an_earlier_partial_file_is_replaced_and_the_run_says_so(
     capsys.readouterr()
     assert main(score_args(work, out)) == 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("causalmad: warning: replacing ") and "--resume" in err, err
+    assert err.count("\n") == 1 and err.startswith("causalmad: warning: replacing ") and "--resume" in err, (
+        err
+    )
     assert out.read_bytes() == (work / "whole.jsonl").read_bytes() and not partial_path(out).exists()
 
 

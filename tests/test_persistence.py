@@ -91,8 +91,10 @@ def test_folder_holds_json_safetensors_and_their_checksums(saved):
     assert config["causalmad_version"] == cm.__version__
     assert len(config["model_fingerprint"]) == 64
     sums = dict(reversed(line.split("  ")) for line in (folder / "SHA256SUMS").read_text().splitlines())
-    assert sums == {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-                    for name in ("config.json", "state.safetensors")}  # as `sha256sum -c SHA256SUMS` reads it
+    assert sums == {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in ("config.json", "state.safetensors")
+    }  # as `sha256sum -c SHA256SUMS` reads it
 
 
 def copy_folder(src: Path, dst: Path) -> Path:
@@ -162,7 +164,9 @@ def test_saving_refuses_to_clobber_and_an_interrupted_save_leaves_nothing(data, 
     with pytest.raises(cm.PersistenceError, match="already exists"):
         det.save(target)
     (tmp_path / "notes").mkdir()
-    with pytest.raises(cm.PersistenceError, match="notes is not a causalmad detector folder .it has no config.json"):
+    with pytest.raises(
+        cm.PersistenceError, match="notes is not a causalmad detector folder .it has no config.json"
+    ):
         det.save(tmp_path / "notes", overwrite=True)
 
     def crash(*args, **kwargs):
@@ -183,6 +187,7 @@ def test_saving_refuses_to_clobber_and_an_interrupted_save_leaves_nothing(data, 
             if len(calls) == 2:  # the old folder is aside, the new one not yet in place
                 raise KeyboardInterrupt
             real(src, dst)
+
         return rename
 
     monkeypatch.setattr("causalmad.persistence.os.rename", crash_on_second_rename())
@@ -202,7 +207,12 @@ def test_state_that_is_not_plain_data_is_named_in_the_error(data, tmp_path):
 
 def test_encode_decode_round_trips_plain_values_and_records():
     site = cm.Site("blocks.0.hook_resid_post", (3,), head=None, basis=torch.eye(4)[:, :2], label="pca")
-    value = {"a": (1, 2.5, None, float("nan")), "s": {3, 1}, 4: [np.arange(3), site], "r": cm.Readout(-1, (0, 1))}
+    value = {
+        "a": (1, 2.5, None, float("nan")),
+        "s": {3, 1},
+        4: [np.arange(3), site],
+        "r": cm.Readout(-1, (0, 1)),
+    }
     encoded, tensors = persistence.encode(value)
     json.dumps(encoded, allow_nan=False)
     back = persistence.decode(json.loads(json.dumps(encoded)), tensors)
@@ -230,8 +240,12 @@ def test_every_detector_explains_an_input_as_json(saved, data):
 # ---------------------------------------------------------------- a folder is data, checked whole
 def resign(folder: Path) -> None:
     """Rewrite SHA256SUMS for the folder's current files (as someone who edits a folder can)."""
-    (folder / "SHA256SUMS").write_text("".join(
-        f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in ("config.json", "state.safetensors")))
+    (folder / "SHA256SUMS").write_text(
+        "".join(
+            f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+            for n in ("config.json", "state.safetensors")
+        )
+    )
 
 
 def test_an_edit_to_any_byte_of_config_json_is_refused(saved, tmp_path):
@@ -243,8 +257,11 @@ def test_an_edit_to_any_byte_of_config_json_is_refused(saved, tmp_path):
         edited[i] ^= 0x01
         (folder / "config.json").write_bytes(bytes(edited))
         # (an edit of the format version to 3 claims a newer format: refused as one, with no override)
-        with pytest.raises(cm.PersistenceError, match=r"edited/config\.json does not match its checksum|"
-                                                        r"format version 3 by a newer causalmad"):
+        with pytest.raises(
+            cm.PersistenceError,
+            match=r"edited/config\.json does not match its checksum|"
+            r"format version 3 by a newer causalmad",
+        ):
             persistence.read_config(folder)
     (folder / "config.json").write_bytes(original + b"\n")  # harmless, but not what was saved
     with pytest.raises(cm.PersistenceError, match="trust_modified=True"):
@@ -260,7 +277,9 @@ def test_every_file_in_the_folder_is_covered(saved, tmp_path):
     state = bytearray((edited / "state.safetensors").read_bytes())
     state[-1] ^= 0x01
     (edited / "state.safetensors").write_bytes(bytes(state))
-    with pytest.raises(cm.PersistenceError, match=r"state\.safetensors does not match its checksum in SHA256SUMS"):
+    with pytest.raises(
+        cm.PersistenceError, match=r"state\.safetensors does not match its checksum in SHA256SUMS"
+    ):
         cm.load_detector(edited, PlantedSum())
     extra = copy_folder(src, tmp_path / "extra")
     (extra / "notes.txt").write_text("hello")
@@ -285,7 +304,9 @@ def test_a_format_1_folder_is_refused_unless_trusted(saved, data, tmp_path):
     src, scores = saved["mahalanobis"]
     old = copy_folder(src, tmp_path / "old")
     config = json.loads((old / "config.json").read_text())
-    config.update(format_version=1, state_sha256=hashlib.sha256((old / "state.safetensors").read_bytes()).hexdigest())
+    config.update(
+        format_version=1, state_sha256=hashlib.sha256((old / "state.safetensors").read_bytes()).hexdigest()
+    )
     (old / "config.json").write_text(json.dumps(config))
     (old / "SHA256SUMS").unlink()
     with pytest.raises(cm.PersistenceError, match=r"format version 1.*refit it"):
@@ -316,9 +337,13 @@ def test_overwrite_replaces_only_a_detector_folder(data, tmp_path):
     (tmp_path / "file.json").write_text("{}")
     (tmp_path / "link").symlink_to(tmp_path / "det")
     before = tree(tmp_path)
-    for path, message in ((project, r"holds data\.csv, src, which causalmad does not write"),
-                          (lookalike, "holds results.csv"), (settings, "config.json is not a detector's"), (tmp_path / "file.json", "is a file"),
-                          (tmp_path / "link", "symbolic link")):
+    for path, message in (
+        (project, r"holds data\.csv, src, which causalmad does not write"),
+        (lookalike, "holds results.csv"),
+        (settings, "config.json is not a detector's"),
+        (tmp_path / "file.json", "is a file"),
+        (tmp_path / "link", "symbolic link"),
+    ):
         with pytest.raises(cm.PersistenceError, match=message):
             det.save(path, overwrite=True)
     assert tree(tmp_path) == before  # nothing touched
@@ -347,9 +372,12 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next(data, tmp_path, capl
         done = persistence.remove_stale(target)
     assert sorted(p.name for p in done) == [f".det.causalmad-old-{pid}", f".det.causalmad-tmp-{pid}"]
     assert (target / "config.json").read_bytes() == saved_config  # the old folder is back
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".det.causalmad-tmp-notapid",
-                                                                 f".det.causalmad-tmp-{os.getppid()}", "det"])
-    assert f"put back {target}" in caplog.text and f"removed {tmp_path}/.det.causalmad-tmp-{pid}" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".det.causalmad-tmp-notapid", f".det.causalmad-tmp-{os.getppid()}", "det"]
+    )
+    assert (
+        f"put back {target}" in caplog.text and f"removed {tmp_path}/.det.causalmad-tmp-{pid}" in caplog.text
+    )
 
 
 def test_a_save_killed_in_another_process_leaves_nothing_after_the_next_save(data, tmp_path, caplog):
@@ -370,7 +398,10 @@ def test_a_save_killed_in_another_process_leaves_nothing_after_the_next_save(dat
     proc = subprocess.Popen([sys.executable, "-c", script])
     assert proc.wait(timeout=300) == -signal.SIGKILL
     # what the kill left: its half-written folder and the writers' lock file, which no one holds now
-    assert sorted(p.name for p in tmp_path.glob(".det.*")) == [".det.causalmad-lock", f".det.causalmad-tmp-{proc.pid}"]
+    assert sorted(p.name for p in tmp_path.glob(".det.*")) == [
+        ".det.causalmad-lock",
+        f".det.causalmad-tmp-{proc.pid}",
+    ]
     with caplog.at_level("WARNING", logger="causalmad.persistence"):
         make("mahalanobis").fit(trusted).save(tmp_path / "det")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["det", "trusted.pt"]

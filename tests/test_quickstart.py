@@ -19,7 +19,15 @@ def test_quickstart_has_the_whole_workflow():
     langs = [lang for lang, _, _ in blocks()]
     assert langs.count("python") >= 5 and "bash" in langs
     text = QUICKSTART.read_text()
-    for step in ("Hypothesis(", ".fit(", ".save(", "load_detector(", ".score(", ".explain(", "causalmad score"):
+    for step in (
+        "Hypothesis(",
+        ".fit(",
+        ".save(",
+        "load_detector(",
+        ".score(",
+        ".explain(",
+        "causalmad score",
+    ):
         assert step in text, step
 
 
@@ -31,10 +39,14 @@ def test_quickstart_runs(tmp_path):
         elif lang == "python":
             script.append(code)
         elif lang == "bash":
-            script.append(f"import subprocess\nsubprocess.run({code!r}, shell=True, check=True, executable='/bin/bash')\n")
+            script.append(
+                f"import subprocess\n"
+                f"subprocess.run({code!r}, shell=True, check=True, executable='/bin/bash')\n"
+            )
     (tmp_path / "quickstart_run.py").write_text("\n".join(script))
-    done = subprocess.run([sys.executable, "quickstart_run.py"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "quickstart_run.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "backdoor success" in done.stdout
     for produced in ("sum-detector/config.json", "scores.jsonl", "report.html", "why.png", "why.json"):

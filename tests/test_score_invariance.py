@@ -41,11 +41,22 @@ def scores_by_id(path: Path) -> dict[str, float]:
     return {r["id"]: r["score"] for r in map(json.loads, path.read_text().splitlines())}
 
 
-@pytest.mark.parametrize("detector, exact", [("scrubbing", True), ("mahalanobis", True), ("que", True),
-                                             ("isolation-forest", True), ("lof", False)])
+@pytest.mark.parametrize(
+    "detector, exact",
+    [("scrubbing", True), ("mahalanobis", True), ("que", True), ("isolation-forest", True), ("lof", False)],
+)
 def test_scores_are_the_same_whatever_the_chunk_and_the_order(inputs, tmp_path, detector, exact):
-    fit = ["fit", *MODEL, "--trusted", str(inputs / "trusted.jsonl"), "--detector", detector,
-           "--out", str(tmp_path / "det"), "--quiet"]
+    fit = [
+        "fit",
+        *MODEL,
+        "--trusted",
+        str(inputs / "trusted.jsonl"),
+        "--detector",
+        detector,
+        "--out",
+        str(tmp_path / "det"),
+        "--quiet",
+    ]
     if detector == "scrubbing":
         fit += [*HYPOTHESIS, "--param", "resamples=2"]
     if detector == "que":
@@ -55,11 +66,30 @@ def test_scores_are_the_same_whatever_the_chunk_and_the_order(inputs, tmp_path, 
     assert main(fit) == 0
     model = MODEL + (HYPOTHESIS if detector == "scrubbing" else [])
     runs = {}
-    for name, chunk in (("inputs", "4096"), ("inputs", "1"), ("inputs", "7"), ("shuffled", "4096"),
-                        ("shuffled", "7")):
+    for name, chunk in (
+        ("inputs", "4096"),
+        ("inputs", "1"),
+        ("inputs", "7"),
+        ("shuffled", "4096"),
+        ("shuffled", "7"),
+    ):
         out = tmp_path / f"{name}-{chunk}.jsonl"
-        assert main(["score", str(tmp_path / "det"), str(inputs / f"{name}.jsonl"), *model, "--chunk", chunk,
-                     "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "score",
+                    str(tmp_path / "det"),
+                    str(inputs / f"{name}.jsonl"),
+                    *model,
+                    "--chunk",
+                    chunk,
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         runs[f"{name} --chunk {chunk}"] = scores_by_id(out)
     reference = runs.pop("inputs --chunk 4096")
     ids = sorted(reference)

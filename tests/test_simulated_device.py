@@ -40,7 +40,9 @@ def test_host_and_device_tensors_mix_only_where_cuda_lets_them():
         assert syncs == traffic.to_device + traffic.to_host + traffic.reads
         with pytest.raises(RuntimeError, match="numpy"):
             a.numpy()
-    assert torch.tensor is not None and torch.tensor([1]).device.type == "cpu"  # the builders are PyTorch's again
+    assert (
+        torch.tensor is not None and torch.tensor([1]).device.type == "cpu"
+    )  # the builders are PyTorch's again
     # a kept device tensor stays checked after the block
     with pytest.raises(RuntimeError, match="same device"):
         a + torch.ones(6)
@@ -57,8 +59,9 @@ class HostReadoff(nn.Module):
 
 def test_the_simulation_finds_the_host_tensor_a_gpu_found():
     def fit(model: nn.Module) -> cm.ScrubbingDetector:
-        return cm.ScrubbingDetector(model, hypothesis=sum_hypothesis(), resamples=2, n_pairs=32,
-                                    random_state=0).fit(planted_data(200, 0, 0))
+        return cm.ScrubbingDetector(
+            model, hypothesis=sum_hypothesis(), resamples=2, n_pairs=32, random_state=0
+        ).fit(planted_data(200, 0, 0))
 
     def planted() -> nn.Module:
         model = PlantedSum()

@@ -24,7 +24,9 @@ P = 7  # tiny max_seq_len: the readout position
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     pytest.importorskip("jax", reason="the optional extra 'tracr' (tracr-pypi, jax, jaxlib) is not installed")
-    pytest.importorskip("tracr", reason="the optional extra 'tracr' (tracr-pypi, jax, jaxlib) is not installed")
+    pytest.importorskip(
+        "tracr", reason="the optional extra 'tracr' (tracr-pypi, jax, jaxlib) is not installed"
+    )
     from causalmad_tasks.tracr_backdoor import make_task
 
     # a private cache (about 5 s to compile): the compiled bridge is always checked against
@@ -50,7 +52,9 @@ def test_the_bridge_is_the_compiled_program_and_the_backdoor_always_fires(task):
     info = task.info
     assert info["model_from_cache"] is False  # compiled in this session (private cache) ...
     assert info["output_agreement"] == 1.0 and info["max_residual_gap"] < 1e-4  # ... and checked against JAX
-    assert info["clean_accuracy"] == 1.0 and info["clean_accuracy_trusted"] == 1.0  # out = abc without the trigger
+    assert (
+        info["clean_accuracy"] == 1.0 and info["clean_accuracy_trusted"] == 1.0
+    )  # out = abc without the trigger
     assert info["undefined_outputs"] == 0
     assert info["attack_success_rate"] == 1.0  # out = 1 on every triggered row
     assert info["easy_output_differs_from_hypothesis"] == 1.0 and info["hard_output_equals_hypothesis"] == 1.0
@@ -104,8 +108,9 @@ def _subset(split: cm.Split, n: int) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def test_scrubbing_interchanges_catch_the_hard_split_and_mahalanobis_runs(task):
-    scrub = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, resamples=1, n_pairs=64,
-                                 random_state=0).fit(task.trusted[:400])
+    scrub = cm.ScrubbingDetector(
+        task.model, hypothesis=task.hypothesis, resamples=1, n_pairs=64, random_state=0
+    ).fit(task.trusted[:400])
     # every detect-pattern variable aligns at the readout position with held-out IIA 1
     assert min(scrub.alignment_.heldout_iia().values()) == 1.0
     assert scrub.alignment_.best(f"is_c@{P}").sites[0].positions == (P,)

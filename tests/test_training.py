@@ -40,8 +40,9 @@ def _accuracy(model) -> dict[str, float]:
 
 def test_a_model_that_meets_its_criteria_is_the_one_the_schedule_alone_trains():
     model, opt, step = _setup()
-    trained, _, record = train_to_spec("toy", model, opt, step, 40, 0.05, [Criterion("accuracy", 0.5, "right")],
-                                       lambda: _accuracy(model))
+    trained, _, record = train_to_spec(
+        "toy", model, opt, step, 40, 0.05, [Criterion("accuracy", 0.5, "right")], lambda: _accuracy(model)
+    )
     plain, opt2, step2 = _setup()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt2, max_lr=0.05, total_steps=40, pct_start=0.1)
     for _ in range(40):
@@ -60,7 +61,9 @@ def test_training_goes_on_until_the_criteria_hold_and_records_each_round():
         calls.append(1)
         return {"accuracy": 0.2 * len(calls) + 0.3}
 
-    _, _, record = train_to_spec("toy", model, opt, step, 40, 0.05, [Criterion("accuracy", 0.85, "right")], measure)
+    _, _, record = train_to_spec(
+        "toy", model, opt, step, 40, 0.05, [Criterion("accuracy", 0.85, "right")], measure
+    )
     assert record["extra_rounds"] == 2 and record["steps"] == 40 + 2 * max(20, round(ROUND_FRACTION * 40))
     assert [r["accuracy"] for r in record["history"]] == pytest.approx([0.5, 0.7, 0.9])
 
@@ -71,13 +74,22 @@ class _Cfg:
 
 
 def test_an_unmet_specification_stops_task_construction_with_the_criterion_named_and_caches_nothing(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("CAUSALMAD_CACHE", str(tmp_path))
 
     def train():
         model, opt, step = _setup()
-        return train_to_spec("toy", model, opt, step, 20, 0.05, [Criterion("accuracy", 1.01, "every row right")],
-                             lambda: _accuracy(model))
+        return train_to_spec(
+            "toy",
+            model,
+            opt,
+            step,
+            20,
+            0.05,
+            [Criterion("accuracy", 1.01, "every row right")],
+            lambda: _accuracy(model),
+        )
 
     with pytest.raises(cm.TaskError, match=r"'toy'.*accuracy = .* < 1.01 \(every row right\)") as err:
         _cache.load_or_train("toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), train)
@@ -90,8 +102,9 @@ def test_the_cached_model_records_its_criteria_and_where_it_was_trained(tmp_path
 
     def train():
         model, opt, step = _setup()
-        return train_to_spec("toy", model, opt, step, 20, 0.05, [Criterion("accuracy", 0.5, "right")],
-                             lambda: _accuracy(model))
+        return train_to_spec(
+            "toy", model, opt, step, 20, 0.05, [Criterion("accuracy", 0.5, "right")], lambda: _accuracy(model)
+        )
 
     first, info, cached = _cache.load_or_train("toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), train)
     again, info2, cached2 = _cache.load_or_train("toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), train)

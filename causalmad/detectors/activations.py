@@ -66,8 +66,14 @@ class ActivationDetector(Detector):
     _transient = ("site_models_",)
     min_untrusted = 2
 
-    def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
-                 heldout_fraction: float = 0.2, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        hooks: list[str] | None = None,
+        aggregate: str = "max",
+        heldout_fraction: float = 0.2,
+        random_state: int = 0,
+    ) -> None:
         super().__init__(model, random_state)
         self.hooks = hooks
         self.aggregate = aggregate
@@ -94,10 +100,14 @@ class ActivationDetector(Detector):
     # the detector ----------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> list[np.ndarray]:
         """``[n, d]`` activations per site, captured in blocks of :data:`BLOCK` rows."""
-        parts = [capture(self.adapter_, _padded(x[a : a + BLOCK]), self.sites_) for a in range(0, len(x), BLOCK)]
+        parts = [
+            capture(self.adapter_, _padded(x[a : a + BLOCK]), self.sites_) for a in range(0, len(x), BLOCK)
+        ]
         sizes = [min(BLOCK, len(x) - a) for a in range(0, len(x), BLOCK)]
-        return [torch.cat([p[i][:n] for p, n in zip(parts, sizes)]).reshape(len(x), -1).double().numpy()
-                for i in range(len(self.sites_))]
+        return [
+            torch.cat([p[i][:n] for p, n in zip(parts, sizes)]).reshape(len(x), -1).double().numpy()
+            for i in range(len(self.sites_))
+        ]
 
     def _fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> None:
         if self.aggregate not in ("max", "mean"):
@@ -105,16 +115,21 @@ class ActivationDetector(Detector):
         if not 0 < self.heldout_fraction < 1:
             raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}.")
         if untrusted is not None and len(untrusted) < self.min_untrusted:
-            raise InputError(f"{type(self).__name__} needs at least {self.min_untrusted} untrusted inputs "
-                             f"at fit time, got {len(untrusted)}.")
+            raise InputError(
+                f"{type(self).__name__} needs at least {self.min_untrusted} untrusted inputs "
+                f"at fit time, got {len(untrusted)}."
+            )
         hooks = self.hooks or default_hooks(self.adapter_)
         for h in hooks:
             self.adapter_.module(h)  # unknown names fail here, before any forward pass
         self.sites_ = [Site(h) for h in hooks]
-        fit_idx, held_idx = split_indices(len(trusted), (1 - self.heldout_fraction, self.heldout_fraction),
-                                          self.random_state)
+        fit_idx, held_idx = split_indices(
+            len(trusted), (1 - self.heldout_fraction, self.heldout_fraction), self.random_state
+        )
         feats = self._features(trusted[torch.as_tensor(fit_idx)])
-        ufeats: list[np.ndarray | None] = [None] * len(feats) if untrusted is None else list(self._features(untrusted))
+        ufeats: list[np.ndarray | None] = (
+            [None] * len(feats) if untrusted is None else list(self._features(untrusted))
+        )
         self.site_states_: list[SiteState] = [self._fit_site(f, u) for f, u in zip(feats, ufeats)]
         self._restore()
         d = np.stack([self._fit_site_scores(m, f) for m, f in zip(self.site_models_, feats)], 1)
@@ -141,7 +156,10 @@ class ActivationDetector(Detector):
         """Each site's standardised score, most anomalous first (the score aggregates them)."""
         z = self._site_z(x)[0]
         order = np.argsort(-z)
-        return {"aggregate": self.aggregate, "sites": [{"site": self.sites_[i].key, "z": float(z[i])} for i in order]}
+        return {
+            "aggregate": self.aggregate,
+            "sites": [{"site": self.sites_[i].key, "z": float(z[i])} for i in order],
+        }
 
 
 # ---------------------------------------------------------------- scores that do not depend on the batch
@@ -191,12 +209,17 @@ def eigh(m: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
         return scipy.linalg.eigh(m, driver="ev", check_finite=False)
     except (np.linalg.LinAlgError, ValueError) as exc:
         jitter = 1e-6 * max(float(np.abs(np.diag(m)).mean()), np.finfo(np.float64).tiny)
-        _fell_back(f"The QR-iteration eigendecomposition of {what}", exc,
-                   f"shrinkage (the matrix plus {jitter:.3g} times the identity)")
+        _fell_back(
+            f"The QR-iteration eigendecomposition of {what}",
+            exc,
+            f"shrinkage (the matrix plus {jitter:.3g} times the identity)",
+        )
     try:
         return scipy.linalg.eigh(m + jitter * np.eye(len(m)), driver="ev", check_finite=False)
     except (np.linalg.LinAlgError, ValueError) as exc:
-        raise InputError(f"{what}: no eigendecomposition converged ({exc}); are the activations finite?") from exc
+        raise InputError(
+            f"{what}: no eigendecomposition converged ({exc}); are the activations finite?"
+        ) from exc
 
 
 def svd(x: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,7 +248,9 @@ def pinvh(m: np.ndarray, what: str) -> np.ndarray:
     try:
         return scipy.linalg.pinvh(m, check_finite=False)
     except (np.linalg.LinAlgError, ValueError) as exc:
-        _fell_back(f"The pseudo-inverse of {what}", exc, "a pseudo-inverse from a sturdier eigendecomposition")
+        _fell_back(
+            f"The pseudo-inverse of {what}", exc, "a pseudo-inverse from a sturdier eigendecomposition"
+        )
     lam, v = eigh(m, what)
     cutoff = np.abs(lam).max() * max(m.shape) * np.finfo(m.dtype).eps
     inv = np.where(np.abs(lam) > cutoff, 1 / np.where(lam == 0, 1, lam), 0.0)
@@ -288,8 +313,12 @@ def _ledoit_wolf_in_span(x: np.ndarray) -> SiteState:
     floor = shrinkage * mu
     if floor <= 0:  # no shrinkage: the pseudo-inverse ignores what trusted rows never span
         floor = np.inf
-    return {"location": location, "basis": basis, "eigenvalues": (1 - shrinkage) * lam + shrinkage * mu,
-            "floor": np.float64(floor)}
+    return {
+        "location": location,
+        "basis": basis,
+        "eigenvalues": (1 - shrinkage) * lam + shrinkage * mu,
+        "floor": np.float64(floor),
+    }
 
 
 @register("lof")
@@ -301,8 +330,15 @@ class LOFDetector(ActivationDetector):
         (others as :class:`ActivationDetector`)
     """
 
-    def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
-                 heldout_fraction: float = 0.2, random_state: int = 0, n_neighbors: int = 20) -> None:
+    def __init__(
+        self,
+        model: Any,
+        hooks: list[str] | None = None,
+        aggregate: str = "max",
+        heldout_fraction: float = 0.2,
+        random_state: int = 0,
+        n_neighbors: int = 20,
+    ) -> None:
         super().__init__(model, hooks, aggregate, heldout_fraction, random_state)
         self.n_neighbors = n_neighbors
 
@@ -331,8 +367,15 @@ class IsolationForestDetector(ActivationDetector):
         (others as :class:`ActivationDetector`)
     """
 
-    def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
-                 heldout_fraction: float = 0.2, random_state: int = 0, n_estimators: int = 200) -> None:
+    def __init__(
+        self,
+        model: Any,
+        hooks: list[str] | None = None,
+        aggregate: str = "max",
+        heldout_fraction: float = 0.2,
+        random_state: int = 0,
+        n_estimators: int = 200,
+    ) -> None:
         super().__init__(model, hooks, aggregate, heldout_fraction, random_state)
         self.n_estimators = n_estimators
 
@@ -341,7 +384,8 @@ class IsolationForestDetector(ActivationDetector):
 
     def _build_site(self, state: SiteState) -> IsolationForest:
         return IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state).fit(
-            state["features"].astype(np.float64))
+            state["features"].astype(np.float64)
+        )
 
     def _score_site(self, fitted: IsolationForest, features: np.ndarray) -> np.ndarray:
         return -fitted.score_samples(features)  # sklearn: lower = more abnormal
@@ -368,8 +412,15 @@ class QUEDetector(ActivationDetector):
 
     needs_untrusted = True
 
-    def __init__(self, model: Any, hooks: list[str] | None = None, aggregate: str = "max",
-                 heldout_fraction: float = 0.2, random_state: int = 0, alpha: float = 4.0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        hooks: list[str] | None = None,
+        aggregate: str = "max",
+        heldout_fraction: float = 0.2,
+        random_state: int = 0,
+        alpha: float = 4.0,
+    ) -> None:
         super().__init__(model, hooks, aggregate, heldout_fraction, random_state)
         self.alpha = alpha
 
@@ -382,8 +433,10 @@ class QUEDetector(ActivationDetector):
             return self._fit_site_in_span(trusted, untrusted)
         mean, w = _whitening(trusted)
         z = (untrusted - mean) @ w
-        s, u = eigh(np.cov(z, rowvar=False, bias=True).reshape(z.shape[1], z.shape[1]),
-                    "QUE: the covariance of the whitened untrusted activations")
+        s, u = eigh(
+            np.cov(z, rowvar=False, bias=True).reshape(z.shape[1], z.shape[1]),
+            "QUE: the covariance of the whitened untrusted activations",
+        )
         excess = s.max() - 1
         exponent = self.alpha * (s - 1) / (excess if excess > 1e-6 else 1.0)
         weights = np.exp(exponent - exponent.max())  # exp(A) = U exp(s) U^T; normalised by its trace
@@ -399,8 +452,12 @@ class QUEDetector(ActivationDetector):
         QUE's score is invariant to rotations of the whitened space, so this equals the
         eigenvector form up to float rounding."""
         st = _ledoit_wolf_in_span(trusted)
-        state = {"mean": st["location"], "basis": st["basis"], "eigenvalues": st["eigenvalues"],
-                 "floor": st["floor"]}
+        state = {
+            "mean": st["location"],
+            "basis": st["basis"],
+            "eigenvalues": st["eigenvalues"],
+            "floor": st["floor"],
+        }
         z = _whiten_in_span(state, untrusted.astype(np.float64) - state["mean"])
         zc = z - z.mean(0)
         _, sig, bt = svd(zc, "QUE: the whitened untrusted activations")
@@ -412,8 +469,13 @@ class QUEDetector(ActivationDetector):
         exponent = self.alpha * (s_all - 1) / (excess if excess > 1e-6 else 1.0)
         weights = np.exp(exponent - exponent.max())
         weights /= weights[:-1].sum() + weights[-1] * (d - len(s_in))
-        return {**state, "center": untrusted.mean(0), "directions": b, "weights": weights[:-1],
-                "rest_weight": np.float64(weights[-1])}
+        return {
+            **state,
+            "center": untrusted.mean(0),
+            "directions": b,
+            "weights": weights[:-1],
+            "rest_weight": np.float64(weights[-1]),
+        }
 
     def _score_site(self, fitted: SiteState, features: np.ndarray) -> np.ndarray:
         if "directions" in fitted:

@@ -89,8 +89,13 @@ class ExplainResult:
             ``score``, ``threshold``, ``fpr`` and ``flagged``, then the detector's
             parts (``details``, or a subclass's own fields).
         """
-        return {"score": self.score, "threshold": self.threshold, "fpr": self.fpr, "flagged": self.flagged,
-                **self.details}
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "fpr": self.fpr,
+            "flagged": self.flagged,
+            **self.details,
+        }
 
     def __getitem__(self, key: str) -> Any:
         """``result[key]`` is ``result.to_dict()[key]`` (``explain`` once returned a dict).

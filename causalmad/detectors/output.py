@@ -45,8 +45,9 @@ class OutputDisagreementDetector(Detector):
         >>> det.score(untrusted)  # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, hypothesis: Hypothesis | None = None, batch_size: int = 1024,
-                 random_state: int = 0) -> None:
+    def __init__(
+        self, model: Any, hypothesis: Hypothesis | None = None, batch_size: int = 1024, random_state: int = 0
+    ) -> None:
         super().__init__(model, random_state)
         self.hypothesis = hypothesis
         self.batch_size = batch_size
@@ -71,9 +72,13 @@ class OutputDisagreementDetector(Detector):
         self.outputs_ = list(h.outputs)
         self.readouts_: list[Readout] = [h.readout(o) for o in self.outputs_]
         for o, r in zip(self.outputs_, self.readouts_):
-            if r.position is not None and not (self.adapter_.has_positions and -seq_len <= r.position < seq_len):
-                raise HypothesisError(f"Output {o!r} reads position {r.position}, which inputs of {seq_len} "
-                                      "positions do not have.")
+            if r.position is not None and not (
+                self.adapter_.has_positions and -seq_len <= r.position < seq_len
+            ):
+                raise HypothesisError(
+                    f"Output {o!r} reads position {r.position}, which inputs of {seq_len} "
+                    "positions do not have."
+                )
         self.heldout_scores_ = self._score(trusted)  # nothing is fitted: every trusted input is held out
 
     def _targets(self, x: torch.Tensor) -> np.ndarray:
@@ -85,8 +90,10 @@ class OutputDisagreementDetector(Detector):
             for i, row in enumerate(rows):
                 v = row[o]
                 if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
-                    raise HypothesisError(f"Output {o!r} took value {v!r} on input {i}; output values must be "
-                                          "non-negative ints indexing the readout's classes.")
+                    raise HypothesisError(
+                        f"Output {o!r} took value {v!r} on input {i}; output values must be "
+                        "non-negative ints indexing the readout's classes."
+                    )
                 out[i, j] = int(v)
         return out
 
@@ -97,7 +104,9 @@ class OutputDisagreementDetector(Detector):
         total = np.zeros(len(inputs))
         for j, (o, lp) in enumerate(zip(self.outputs_, log_probs)):
             if targets[:, j].max() >= lp.shape[1]:
-                raise HypothesisError(f"Output {o!r} took value {int(targets[:, j].max())}, but its readout has "
-                                      f"only {lp.shape[1]} classes.")
+                raise HypothesisError(
+                    f"Output {o!r} took value {int(targets[:, j].max())}, but its readout has "
+                    f"only {lp.shape[1]} classes."
+                )
             total -= lp[rows, torch.as_tensor(targets[:, j])].double().numpy()
         return total

@@ -52,8 +52,16 @@ class SupervisedProbeDetector(Detector):
     needs_untrusted = True
     skyline = True
 
-    def __init__(self, model: Any, hooks: list[str] | None = None, C: float = 1.0, folds: int = 5,
-                 heldout_fraction: float = 0.2, max_iter: int = 500, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        hooks: list[str] | None = None,
+        C: float = 1.0,
+        folds: int = 5,
+        heldout_fraction: float = 0.2,
+        max_iter: int = 500,
+        random_state: int = 0,
+    ) -> None:
         super().__init__(model, random_state)
         self.hooks = hooks
         self.C = C
@@ -61,8 +69,9 @@ class SupervisedProbeDetector(Detector):
         self.heldout_fraction = heldout_fraction
         self.max_iter = max_iter
 
-    def fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None,
-            labels: Any = None) -> SupervisedProbeDetector:
+    def fit(
+        self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None, labels: Any = None
+    ) -> SupervisedProbeDetector:
         """Train on trusted inputs (all normal) and a labelled batch (1 = anomalous).
 
         Raises:
@@ -72,16 +81,22 @@ class SupervisedProbeDetector(Detector):
         y: np.ndarray | None = None
         if untrusted is not None:  # without it the base class raises its own clear error
             if labels is None:
-                raise InputError(f"{type(self).__name__} is a supervised skyline: pass the batch's anomaly "
-                                 "labels, fit(trusted, untrusted=batch, labels=labels).")
+                raise InputError(
+                    f"{type(self).__name__} is a supervised skyline: pass the batch's anomaly "
+                    "labels, fit(trusted, untrusted=batch, labels=labels)."
+                )
             y = np.asarray(labels)
             if y.ndim != 1 or len(y) != len(untrusted) or not np.isin(y, (0, 1)).all():
-                raise InputError(f"labels must be one 0/1 label per untrusted input ({len(untrusted)}), got "
-                                 f"an array of shape {y.shape} with values {np.unique(y)[:5].tolist()}.")
+                raise InputError(
+                    f"labels must be one 0/1 label per untrusted input ({len(untrusted)}), got "
+                    f"an array of shape {y.shape} with values {np.unique(y)[:5].tolist()}."
+                )
             y = y.astype(np.int64)
             if min((y == 0).sum(), (y == 1).sum()) < self.folds:
-                raise InputError(f"cross-fitting with folds={self.folds} needs at least {self.folds} normal and "
-                                 f"{self.folds} anomalous labelled inputs, got {(y == 0).sum()} and {(y == 1).sum()}.")
+                raise InputError(
+                    f"cross-fitting with folds={self.folds} needs at least {self.folds} normal and "
+                    f"{self.folds} anomalous labelled inputs, got {(y == 0).sum()} and {(y == 1).sum()}."
+                )
         self._fit_labels = y  # handed to _fit only; not fitted state
         try:
             super().fit(trusted, untrusted)
@@ -125,8 +140,9 @@ class SupervisedProbeDetector(Detector):
         for h in hooks:
             self.adapter_.module(h)
         self.sites_ = [Site(h) for h in hooks]
-        fit_idx, held_idx = split_indices(len(trusted), (1 - self.heldout_fraction, self.heldout_fraction),
-                                          self.random_state)
+        fit_idx, held_idx = split_indices(
+            len(trusted), (1 - self.heldout_fraction, self.heldout_fraction), self.random_state
+        )
         t = self._features(trusted[torch.as_tensor(fit_idx)])
         u = self._features(untrusted)
         self.mean_ = t.mean(0)

@@ -40,8 +40,17 @@ from causalmad.models.huggingface import (
 from causalmad.models.module import ModuleAdapter
 from causalmad.models.transformer_lens import TransformerLensAdapter
 
-__all__ = ["CleanWindow", "HookInfo", "HuggingFaceAdapter", "HuggingFaceCausalLMAdapter", "ModelAdapter", "ModuleAdapter", "TransformerLensAdapter",
-           "adapt", "move_model"]
+__all__ = [
+    "CleanWindow",
+    "HookInfo",
+    "HuggingFaceAdapter",
+    "HuggingFaceCausalLMAdapter",
+    "ModelAdapter",
+    "ModuleAdapter",
+    "TransformerLensAdapter",
+    "adapt",
+    "move_model",
+]
 
 
 def move_model(model: nn.Module, device: torch.device | str) -> None:
@@ -51,7 +60,11 @@ def move_model(model: nn.Module, device: torch.device | str) -> None:
 
     device = torch.device(device)
     param = next(model.parameters(), None)
-    if param is not None and param.device.type == device.type and (device.index is None or param.device == device):
+    if (
+        param is not None
+        and param.device.type == device.type
+        and (device.index is None or param.device == device)
+    ):
         return
     with contextlib.redirect_stdout(sys.stderr):
         model.to(device)
@@ -82,7 +95,9 @@ def _hugging_face(model: nn.Module) -> ModelAdapter:
         try:
             find_decoder(model)
         except InputError as not_decoder:
-            raise InputError(f"{not_encoder} Nor is it a decoder-only language model: {not_decoder}") from None
+            raise InputError(
+                f"{not_encoder} Nor is it a decoder-only language model: {not_decoder}"
+            ) from None
         return HuggingFaceCausalLMAdapter(model)
     return HuggingFaceAdapter(model)
 

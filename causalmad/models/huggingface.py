@@ -112,8 +112,14 @@ class HuggingFaceAdapter(ModelAdapter):
         return _logits_of(out)
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
-        x = _check_token_ids(inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size,
-                             f" padded with pad id {self.pad_token_id}")
+        x = _check_token_ids(
+            inputs,
+            what,
+            self.max_positions,
+            "max_position_embeddings",
+            self.vocab_size,
+            f" padded with pad id {self.pad_token_id}",
+        )
         _refuse_pad_only_rows(x, self.pad_token_id, what)
         return x
 
@@ -125,8 +131,11 @@ class HuggingFaceAdapter(ModelAdapter):
         hooks = [HookInfo(self._path("embeddings"), 0, "resid_pre")]
         for i in range(self.n_layers):
             layer = f"{self._layers_path}.{i}"
-            for suffix, component in (("attention.output.dense", "attn_out"), ("output.dense", "mlp_out"),
-                                      ("output", "resid_post")):
+            for suffix, component in (
+                ("attention.output.dense", "attn_out"),
+                ("output.dense", "mlp_out"),
+                ("output", "resid_post"),
+            ):
                 if f"{layer}.{suffix}" in names:
                     hooks.append(HookInfo(f"{layer}.{suffix}", i, component))
         return hooks
@@ -139,8 +148,11 @@ class HuggingFaceAdapter(ModelAdapter):
 
     def _resumable(self) -> bool:
         # run_from rebuilds the head by hand: only the BERT sequence-classification head is known
-        return (type(self.model).__name__ == "BertForSequenceClassification" and self.base == "bert"
-                and getattr(self.model.bert, "pooler", None) is not None)  # type: ignore[union-attr]
+        return (
+            type(self.model).__name__ == "BertForSequenceClassification"
+            and self.base == "bert"
+            and getattr(self.model.bert, "pooler", None) is not None
+        )  # type: ignore[union-attr]
 
     def resume_point(self, hooks: Sequence[str]) -> str | None:
         layers = [self._layer_of(h) for h in hooks]
@@ -160,8 +172,9 @@ class HuggingFaceAdapter(ModelAdapter):
         bert: Any = self.model.bert
         # what BertModel builds for an encoder (public helper: BertModel's own private
         # wrapper around it changed its arguments between transformers 5.17 and 5.24)
-        mask = create_bidirectional_mask(config=bert.config, inputs_embeds=act,
-                                         attention_mask=self.attention_mask(inputs))
+        mask = create_bidirectional_mask(
+            config=bert.config, inputs_embeds=act, attention_mask=self.attention_mask(inputs)
+        )
         x = act
         blocks = list(bert.encoder.layer[layer + 1 :])
         last = blocks.pop() if blocks and self._first_token_only(blocks[-1]) else None
@@ -218,9 +231,11 @@ def find_encoder(model: nn.Module) -> str:
     depth = min(_depth(n) for n in found)
     shallowest = [n for n in found if _depth(n) == depth]
     if len(shallowest) > 1:
-        raise InputError(f"{type(model).__name__} holds {len(shallowest)} BERT-style encoders at the same depth "
-                         f"({', '.join(map(repr, shallowest[:4]))}); name the one to use: "
-                         f"HuggingFaceAdapter(model, encoder={shallowest[0]!r}).")
+        raise InputError(
+            f"{type(model).__name__} holds {len(shallowest)} BERT-style encoders at the same depth "
+            f"({', '.join(map(repr, shallowest[:4]))}); name the one to use: "
+            f"HuggingFaceAdapter(model, encoder={shallowest[0]!r})."
+        )
     return shallowest[0]
 
 
@@ -244,10 +259,13 @@ def _no_encoder(model: nn.Module, modules: dict[str, nn.Module], under: str | No
         return ", ".join(map(repr, names[:4])) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
     where = f"under {under!r}" if under is not None else "in any of its modules"
-    return (f"HuggingFaceAdapter needs a BERT-family encoder: a module with an 'embeddings' submodule and a "
-            f"module list 'encoder.layer' ('BASE.embeddings' and 'BASE.encoder.layer'); {type(model).__name__} has "
-            f"none {where} (modules named 'embeddings': {some(embeddings) or 'none'}; module lists: "
-            f"{some(lists) or 'none'}). Wrap the model in your own ModelAdapter subclass instead.")
+    return (
+        f"HuggingFaceAdapter needs a BERT-family encoder: a module with an 'embeddings' submodule and a "
+        f"module list 'encoder.layer' ('BASE.embeddings' and 'BASE.encoder.layer'); "
+        f"{type(model).__name__} has "
+        f"none {where} (modules named 'embeddings': {some(embeddings) or 'none'}; module lists: "
+        f"{some(lists) or 'none'}). Wrap the model in your own ModelAdapter subclass instead."
+    )
 
 
 def _bert_layer_first_token(block: Any, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -263,7 +281,9 @@ def _bert_layer_first_token(block: Any, x: torch.Tensor, keep: torch.Tensor) -> 
         return t.view(b, t.shape[1], -1, hd).transpose(1, 2)
 
     q, k, v = heads(sa.query(x[:, :1])), heads(sa.key(x)), heads(sa.value(x))
-    ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=sa.scaling)
+    ctx = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=keep[:, None, None, :], scale=sa.scaling
+    )
     h = block.attention.output(ctx.transpose(1, 2).reshape(b, 1, -1), x[:, :1])
     return block.output(block.intermediate(h), h)
 
@@ -350,7 +370,9 @@ class HuggingFaceCausalLMAdapter(ModelAdapter):
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
         padding = "" if self.pad_token_id is None else f" (left-padded with pad id {self.pad_token_id})"
-        x = _check_token_ids(inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size, padding)
+        x = _check_token_ids(
+            inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size, padding
+        )
         if self.pad_token_id is not None:
             _refuse_pad_only_rows(x, self.pad_token_id, what)
         return x
@@ -387,13 +409,18 @@ def find_decoder(model: nn.Module) -> tuple[str, str]:
     getter = getattr(model, "get_input_embeddings", None)
     embed = getter() if callable(getter) else None
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    lists = [name for name, m in modules.items() if isinstance(m, nn.ModuleList) and len(m) and (n is None or len(m) == n)]
+    lists = [
+        name
+        for name, m in modules.items()
+        if isinstance(m, nn.ModuleList) and len(m) and (n is None or len(m) == n)
+    ]
     if embed is None or id(embed) not in where or not lists:
         found = [name for name, m in modules.items() if isinstance(m, nn.ModuleList)]
         raise InputError(
             f"HuggingFaceCausalLMAdapter needs a decoder-only language model: input embeddings "
             f"(get_input_embeddings()) and a module list of config.num_hidden_layers={n} blocks; "
-            f"{type(model).__name__} has {'input embeddings' if embed is not None else 'no input embeddings'} and "
+            f"{type(model).__name__} has "
+            f"{'input embeddings' if embed is not None else 'no input embeddings'} and "
             f"module lists {found[:4] or 'none'}. Wrap the model in your own ModelAdapter subclass instead."
         )
     return min(lists, key=_depth), where[id(embed)]
