@@ -267,9 +267,10 @@ def preserved_training_state(model: nn.Module) -> Iterator[None]:
 
 @functools.cache
 def _projector_class():  # noqa: ANN202 - built lazily, once: importing pyvene is slow
-    pv = import_pyvene()
+    import_pyvene()  # the first import, without its print
+    from pyvene import Intervention  # a name mypy can resolve as a base class (the module is Any to it)
 
-    class ProjectedInterchange(pv.Intervention):
+    class ProjectedInterchange(Intervention):
         """``base + (source - base) @ B @ B.T`` (``B = None``: the whole source)."""
 
         def __init__(self, basis: torch.Tensor | None = None, **kwargs: object) -> None:
