@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from floors import floor
 
 import causalmad as cm
 from causalmad.bench import cell_of, results_markdown, scores_path
@@ -47,22 +48,15 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
     # isolation forests of 50 trees a site instead of 200 (about 37 s of cells otherwise),
     # and 8 input-cut subsets with 2 interchange sources and 2 dual bases (the input cut's hybrids are
     # checked with the hypothesis one at a time). The tiny models themselves are trained in full.
-    quick = [
-        "--max-inputs",
-        "20",
-        "--param",
+    settings = [
         "scrubbing.resamples=1",
-        "--param",
         "scrubbing.das_rank=null",
-        "--param",
         "scrubbing.input_cut_budget=8",
-        "--param",
         "scrubbing.counterfactual_resamples=2",
-        "--param",
         "scrubbing.dual_resamples=2",
-        "--param",
         "isolation-forest.n_estimators=50",
     ]
+    quick = ["--max-inputs", "20", *(arg for s in settings for arg in ("--param", s))]
     assert main(["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", *quick]) == 0
     assert "0 failed" in capsys.readouterr().out
     records = json.loads((out / "results.json").read_text())
@@ -72,7 +66,6 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
     for r in records:
         for key, typ in TYPES.items():
             assert isinstance(r[key], typ) and (typ is not int or not isinstance(r[key], bool)), (key, r[key])
-        assert all(0 <= r[k] <= 1 for k in ("auroc", "ap", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"))
         assert r["fit_seconds"] >= 0 and r["score_seconds"] >= 0
         assert {"cpu", "threads", "torch", "transformers", "transformer-lens"} <= set(r["environment"])
     cells = [cell_of(r) for r in records]
@@ -84,6 +77,26 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
             (s, d) for s in splits for d in cm.DETECTORS
         }
     assert {r["detector"] for r in records if r["skyline"]} == {"supervised-probe"}
+
+    # quality floors on this very run (seed 0, 20 normal + 20 anomalous inputs a split), each
+    # measured at tiny size: the supervised probe (the skyline) is least on digits-adversarial's
+    # hard split (0.768); on every task's easy split some unsupervised detector reaches 0.97
+    # or more (least: digits-adversarial); scrubbing averages 0.946 over the easy splits and
+    # 0.744 over the hard ones.
+    aurocs = {(r["task"], r["split"], r["detector"]): r["auroc"] for r in records}
+    floor(
+        "bench: supervised-probe's least AUROC",
+        min(v for k, v in aurocs.items() if k[2] == "supervised-probe"),
+        0.65,
+    )
+    best_easy = {
+        task: max(v for k, v in aurocs.items() if k[:2] == (task, "easy") and k[2] != "supervised-probe")
+        for task in cm.available_tasks()
+    }
+    floor("bench: least over tasks of the best easy-split AUROC", min(best_easy.values()), 0.85)
+    for split, bound in (("easy", 0.85), ("hard", 0.62)):
+        mean = np.mean([v for k, v in aurocs.items() if k[1:] == (split, "scrubbing")])
+        floor(f"bench: scrubbing's mean {split} AUROC", mean, bound)
     params = {
         "scrubbing": {
             "resamples": 1,

@@ -181,3 +181,8 @@ def test_mahalanobis_and_scrubbing_fit_and_score_the_task(task):
         rows = np.r_[np.flatnonzero(split.labels == 0)[:25], np.flatnonzero(split.labels == 1)[:25]]
         scores = scrub.score(split.inputs[torch.as_tensor(rows)])
         assert scores.shape == (len(rows),) and np.isfinite(scores).all()
+        value = evaluate(scores, split.labels[rows], scrub.heldout_scores_)["auroc"]
+        # measured at tiny size, seed 0: 1.000 on both splits (the honest hypothesis' output
+        # check also reaches 1.000 on the hard split, above)
+        bound = {"easy": 0.9, "hard": 0.8}[split.name]
+        floor(f"measurement-tampering: scrubbing {split.name} AUROC (25 + 25 inputs)", value, bound)
