@@ -123,6 +123,7 @@ def test_scrubbing_interchanges_catch_the_hard_split_and_mahalanobis_runs(task):
         assert roc_auc_score(y, scores) >= floor
         m = maha.score(x)
         assert m.shape == (len(y),) and np.isfinite(m).all()
+        assert roc_auc_score(y, m) >= 0.9  # measured 1.000 on both splits (tiny, seed 0)
     # on the hard split the interchanges break: is_c@P (likewise prev_b, prev2_a) set to a
     # trusted source's other value should turn the output to 0; the trigger keeps it at 1
     # (the interchange's first site; its column splits by the input's value of is_c@P, each
