@@ -52,7 +52,7 @@ def _log_upper(column: np.ndarray, d: np.ndarray, floor: float) -> np.ndarray:
     return np.where(d > u, log_tail, log_p)
 
 
-def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: float,
+def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: float | Sequence[float] | np.ndarray,
                  two_sided: bool | Sequence[bool] | np.ndarray = True) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
     under each column's trusted distribution (``trusted_sorted`` from
@@ -64,12 +64,14 @@ def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: flo
     whose scrubs do not matter moves the output by float noise only; at full precision
     that noise would rank inputs as finely as a real signal (uniform p-values, on every
     input alike, which a combination must then pay for), at the resolution it is a tie
-    and every p-value is 1. NaN divergences (untestable cells) and columns without trusted
-    values give NaN. ``two_sided``: one flag for every column, or one per column; ``False``:
-    the upper tail alone.
+    and every p-value is 1. ``floor``: one resolution for every column, or one per column.
+    NaN divergences (untestable cells) and columns without trusted values give NaN.
+    ``two_sided``: one flag for every column, or one per column; ``False``: the upper tail
+    alone.
     """
-    d = np.floor(np.asarray(divergences, dtype=np.float64) / floor) * floor
-    trusted_sorted = np.floor(trusted_sorted / floor) * floor
+    floors = np.broadcast_to(np.asarray(floor, dtype=np.float64), (np.shape(divergences)[1],))
+    d = np.floor(np.asarray(divergences, dtype=np.float64) / floors) * floors
+    trusted_sorted = np.floor(trusted_sorted / floors) * floors
     out = np.full(d.shape, np.nan)
     sides = np.broadcast_to(np.asarray(two_sided, dtype=bool), (d.shape[1],))
     for j in range(d.shape[1]):
@@ -80,9 +82,9 @@ def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: flo
             continue
         x = d[ok, j]
         if not sides[j]:
-            out[ok, j] = _log_upper(col, x, floor)
+            out[ok, j] = _log_upper(col, x, floors[j])
             continue
-        lowest = np.minimum(_log_upper(col, x, floor), _log_upper(-col[::-1], -x, floor))
+        lowest = np.minimum(_log_upper(col, x, floors[j]), _log_upper(-col[::-1], -x, floors[j]))
         out[ok, j] = np.minimum(0.0, np.log(2.0) + lowest)
     return out
 

@@ -269,7 +269,7 @@ class Hypothesis:
 
     def descendants(self, name: str) -> set[str]:
         self._require(name)
-        return nx.descendants(self._graph, name)
+        return set(self._structure()[1][name])
 
     def outputs_affected_by(self, name: str) -> list[str]:
         """Output variables downstream of ``name`` (or ``name`` itself if an output)."""

@@ -42,7 +42,7 @@ import torch
 from causalmad.errors import HypothesisError
 from causalmad.hypothesis import Hypothesis, Readout
 from causalmad.models import ModelAdapter
-from causalmad.scrubbing import counterfactual_nll, draws, kl_divergence
+from causalmad.scrubbing import counterfactual_nll, draws, kl_divergence, reduce_resamples
 
 Values = list[dict[str, Hashable]]
 DIRECTIONS = ("base", "dual")
@@ -171,6 +171,7 @@ def scrub_input_cut(
     batch_size: int = 1024,
     candidates: int = 4,
     dual_resamples: int | None = None,
+    statistic: str = "median",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergences of every input under every input-cut scrub.
 
@@ -183,6 +184,8 @@ def scrub_input_cut(
         candidates: a base scrub tries ``candidates * K`` sources for ``K`` that keep
             every hypothesis value of the input.
         dual_resamples: bases per input and dual scrub (default ``resamples``).
+        statistic: how an input's hybrids' divergences are reduced to one
+            (:func:`causalmad.scrubbing.reduce_resamples`).
 
     Returns:
         ``[n, S]`` divergences (NaN where a base scrub found no source keeping the values)
@@ -208,10 +211,10 @@ def scrub_input_cut(
             cls = np.asarray(classes, dtype=np.int64)
             cell = counterfactual_nll(scrubbed, cls)
             hit = torch.stack([q.argmax(-1) == torch.as_tensor(cls[:, r]) for r, q in enumerate(scrubbed)]).all(0)
-            agree[:, s] = _mean_by(hit.double(), who, n)
+            agree[:, s] = _reduce_by(hit.double(), owner, n, "mean")
         else:
             cell = kl_divergence([c[who] for c in clean], scrubbed)
-        div[:, s] = _mean_by(cell.double(), who, n)
+        div[:, s] = _reduce_by(cell.double(), owner, n, statistic)
     return div, agree
 
 
@@ -286,12 +289,15 @@ def testable(hypothesis: Hypothesis, masks: np.ndarray, directions: Sequence[str
                      for s, d in enumerate(directions)], dtype=bool)
 
 
-def _mean_by(cells: torch.Tensor, owner: torch.Tensor, n: int) -> np.ndarray:
-    """Per-input mean of ``cells`` grouped by ``owner`` (NaN for inputs with no cell)."""
-    total = torch.zeros(n, dtype=torch.float64).index_add_(0, owner, cells.cpu())
-    count = torch.zeros(n, dtype=torch.float64).index_add_(0, owner, torch.ones_like(cells, dtype=torch.float64))
-    out = (total / count).numpy()
-    out[count.numpy() == 0] = np.nan
+def _reduce_by(cells: torch.Tensor, owner: list[int], n: int, statistic: str) -> np.ndarray:
+    """Per-input ``statistic`` of ``cells`` grouped by ``owner`` (ascending: hybrids are
+    made input by input), NaN for inputs with no cell."""
+    out = np.full(n, np.nan)
+    values = cells.cpu().numpy()
+    who = np.asarray(owner)
+    starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+    for st, en in zip(starts, np.r_[starts[1:], len(who)]):
+        out[who[st]] = reduce_resamples(values[None, st:en], statistic)[0]
     return out
 
 

@@ -766,6 +766,8 @@ def load_detector(
             )
     cls = DETECTORS[name]
     params = decode(config["params"], {})
+    # a folder saved before an argument existed was fitted with the behaviour it replaced
+    params = {**getattr(cls, "params_before_saved", {}), **params}
     kwargs: dict[str, Any] = (
         {"hypothesis": hypothesis} if "hypothesis" in constructor_params_names(cls) else {}
     )

@@ -260,6 +260,11 @@ def explanation_sources(
 Counterfactual = Callable[[dict[str, Hashable], str, Hashable], Sequence[int]]
 
 
+#: the counterfactual class of an output an interchange does not score (one its variable
+#: cannot affect)
+UNSCORED = -1
+
+
 def counterfactual_classes(
     counterfactual: Counterfactual | None, explanation: Explanation, values: Values, pool: SourcePool,
     sources: np.ndarray,
@@ -281,10 +286,13 @@ def counterfactual_classes(
 
 
 def counterfactual_nll(scrubbed: Sequence[torch.Tensor], classes: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``sum_r -log q_r[class_r]`` per row (``classes``: ``[rows, outputs]``)."""
+    """``sum_r -log q_r[class_r]`` per row (``classes``: ``[rows, outputs]``) over the
+    outputs whose class is not :data:`UNSCORED`."""
     total = torch.zeros(len(scrubbed[0]), device=scrubbed[0].device)
     for r, q in enumerate(scrubbed):
-        total -= q.gather(1, torch.as_tensor(classes[:, r], device=q.device)[:, None])[:, 0]
+        cls = torch.as_tensor(classes[:, r], device=q.device)
+        scored = cls != UNSCORED
+        total -= torch.where(scored, q.gather(1, cls.clamp_min(0)[:, None])[:, 0], 0.0)
     return total
 
 
@@ -323,6 +331,7 @@ def scrub(
     batch_size: int = 1024,
     keys: np.ndarray | None = None,
     counterfactual: Counterfactual | None = None,
+    statistic: str = "median",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergence of each input under one explanation, every row through the whole model.
 
@@ -330,9 +339,10 @@ def scrub(
     agree with it, and ``tests/test_engine.py`` checks that it does.
 
     Returns:
-        ``[n]`` divergences (mean over ``resamples`` sources; NaN where a rule found no
-        agreeing source although every value occurs in trusted data) and an ``[n]`` mask
-        of inputs on which some rule found no agreeing trusted source.
+        ``[n]`` divergences (the ``statistic`` over ``resamples`` sources,
+        :func:`reduce_resamples`; NaN where a rule found no agreeing source although every
+        value occurs in trusted data) and an ``[n]`` mask of inputs on which some rule
+        found no agreeing trusted source.
     """
     n, k = len(inputs), resamples
     keys = row_keys(inputs) if keys is None else keys
@@ -354,9 +364,31 @@ def scrub(
         else:
             clean = [c[torch.as_tensor(rows[sl])].to(logits.device) for c in clean_logprobs]
             div[sl] = kl_divergence(clean, scrubbed).cpu()
-    out = div.reshape(n, k).mean(1).numpy()
+    out = reduce_resamples(div.double().reshape(n, k).numpy(), statistic)
     out[gap] = np.nan
     return out, unmatched
+
+
+#: how a cell's divergences under its resampled sources are reduced to one
+#: (:func:`reduce_resamples`)
+STATISTICS = ("median", "mean")
+
+
+def reduce_resamples(div: np.ndarray, statistic: str = "median") -> np.ndarray:
+    """``[n]`` one divergence per input from ``[n, k]`` divergences under ``k`` resampled
+    sources (or bases).
+
+    ``"median"`` (the default): a few sources break any input's output (a source whose
+    carry sits at the edge of its range, a base the trigger cannot fire in), on trusted
+    and anomalous inputs alike, and their divergences are orders of magnitude above the
+    rest; the mean of ``k`` then ranks inputs by how many such sources they happened to
+    draw, while the median measures how the input's output moves under a typical
+    source. ``"mean"``: the average (the estimate of the expected divergence)."""
+    if statistic == "median":
+        return np.median(div, axis=1)
+    if statistic == "mean":
+        return div.mean(1)
+    raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
 
 
 def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Sequence[Readout],
@@ -407,6 +439,7 @@ def scrub_many(
     memory_mb: float = 2048.0,
     progress: bool = False,
     counterfactual: Counterfactual | None = None,
+    statistic: str | Sequence[str] = "median",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergence of every input under every explanation, in large batched passes.
 
@@ -434,9 +467,10 @@ def scrub_many(
       the same clean pass that caches the resume activations, not from a pass of their own.
 
     Returns:
-        ``[n, E]`` divergences (mean over ``resamples``; NaN where a rule found no agreeing
-        source although every value occurs in trusted data) and the ``[n, E]`` mask of
-        inputs on which some rule found no agreeing trusted source.
+        ``[n, E]`` divergences (the ``statistic`` of the ``resamples`` rows' divergences,
+        :func:`reduce_resamples`, one for all explanations or one per explanation; NaN where a rule found no agreeing source although every
+        value occurs in trusted data) and the ``[n, E]`` mask of inputs on which some rule
+        found no agreeing trusted source.
     """
     n, k, n_expl = len(inputs), resamples, len(explanations)
     keys = row_keys(inputs) if keys is None else keys
@@ -473,9 +507,11 @@ def scrub_many(
     bar = progress_bar(n * k * n_expl, f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
                        enabled=progress, leave=False)
     device = adapter.device
-    # the divergences add up where the model runs: no copy to the host (a synchronisation
-    # on a GPU) per pass, one at the end
-    total = torch.zeros(n * n_expl, dtype=torch.float64, device=device)
+    # each distinct row's divergence stays where the model runs: no copy to the host (a
+    # synchronisation on a GPU) per pass, one at the end
+    row_divs: list[torch.Tensor] = []
+    layout: list[tuple[int, int, int, int, np.ndarray]] = []  # chunk start, end, explanation, offset, inverse
+    stored = 0
     gaps = np.zeros((n, n_expl), dtype=bool)
     # what the passes read goes to the model's device once per call (nothing is copied on
     # the CPU): the pool's activations at the call's places and every rule's subspace, one
@@ -512,7 +548,7 @@ def scrub_many(
         # every site and the same counterfactual classes give the same output: each such
         # set runs once, as its first row, and counts for all
         i_all, k_all = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
-        distinct: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        distinct: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for j, e in enumerate(explanations):
             cls = [classes[j].reshape(m * k, -1)] if j in classes else []
             distinct[j] = _distinct_rows([i_all, *cls, *(pool.ids(r.site)[src.reshape(-1)]
@@ -522,6 +558,11 @@ def scrub_many(
             parts = [(np.full(len(distinct[j][0]), p), i_all[distinct[j][0]], k_all[distinct[j][0]], distinct[j][1])
                      for p, j in enumerate(columns)]
             table = [np.concatenate(t) for t in zip(*parts)]
+            row_div = torch.empty(len(table[0]), dtype=torch.float64, device=device)
+            for j in columns:
+                layout.append((a, b, j, stored, distinct[j][2]))
+                stored += len(distinct[j][0])
+            row_divs.append(row_div)
             for s in range(0, len(table[0]), rows_per_pass):
                 p_rows, i_rows, k_rows, count = (t[s : s + rows_per_pass] for t in table)
                 tokens = x[torch.as_tensor(i_rows)]
@@ -530,12 +571,12 @@ def scrub_many(
                             for st, en in zip(starts, np.r_[starts[1:], len(p_rows)])]
                 # the pass's indices reach the device in one copy: the rows' inputs and
                 # cells, then per segment each rule's sources and any counterfactual classes
-                host = [i_rows, (i_rows + a) * n_expl + np.asarray(columns)[p_rows], count]
+                host = [i_rows]
                 for seg, j in segments:
                     ii, kk = i_rows[seg], k_rows[seg]
                     host += [src[ii, kk] for src in sources[j]] + ([classes[j][ii, kk]] if j in classes else [])
                 moved = iter(to_device(host, device))
-                at_rows, cells, counts = next(moved), next(moved), next(moved)
+                at_rows = next(moved)
                 by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
                 seg_classes: list[tuple[slice, torch.Tensor]] = []
                 for seg, j in segments:
@@ -552,23 +593,32 @@ def scrub_many(
                 kl = kl_divergence([c[at_rows] for c in clean], scrubbed)
                 for seg, seg_cls in seg_classes:  # interchange segments
                     kl[seg] = counterfactual_nll([q[seg] for q in scrubbed], seg_cls)
-                total.index_add_(0, cells, kl.double() * (counts.double() / k))
+                row_div[s : s + len(p_rows)] = kl.double()
                 bar.update(int(count.sum()))
     bar.close()
-    div = total.view(n, n_expl).cpu().numpy()
+    # every row of each explanation from the distinct row standing for it, reduced over the
+    # resamples
+    host_div = torch.cat(row_divs).cpu().numpy() if row_divs else np.zeros(0)
+    div = np.full((n, n_expl), np.nan)
+    statistics = [statistic] * n_expl if isinstance(statistic, str) else list(statistic)
+    for a, b, j, offset, inverse in layout:
+        div[a:b, j] = reduce_resamples(host_div[offset:][inverse].reshape(b - a, k), statistics[j])
     div[gaps] = np.nan
     return div, unmatched
 
 
-def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first row of each set of equal rows of the integer ``columns`` (``[rows]`` or
-    ``[rows, c]`` each), in row order, and how many rows each stands for."""
+    ``[rows, c]`` each), in row order, how many rows each stands for, and for every row
+    the index of the distinct row that stands for it."""
     key = np.ascontiguousarray(np.concatenate([np.asarray(c, dtype=np.int64).reshape(len(c), -1) for c in columns], 1))
     # each row's bytes as one opaque value (np.unique's axis=0 is ~50x slower)
-    _, first, count = np.unique(key.view(np.dtype((np.void, key.shape[1] * 8)))[:, 0], return_index=True,
-                                return_counts=True)
+    _, first, inverse, count = np.unique(key.view(np.dtype((np.void, key.shape[1] * 8)))[:, 0], return_index=True,
+                                         return_inverse=True, return_counts=True)
     order = np.argsort(first)
-    return first[order], count[order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], count[order], rank[inverse.reshape(-1)]
 
 
 class Interchanges:

@@ -2,15 +2,18 @@
 once with its defaults (every mechanism on), then each switched off alone by recomputing the
 score from the same divergences (no refit, so the rows differ only in the mechanism); and,
 for the mechanisms that change what is fitted, refitted with each switched off (``REFITS``:
-the highest-IIA site instead of the earliest reaching the bar; 4 sources per interchange
-and dual scrub instead of 8), scored on ``--refit-splits``.
+the highest-IIA site instead of the earliest reaching the bar; 8 sources per interchange
+instead of 32; the mean over an explanation's sources instead of the median; interchanges
+scored on every output, not only those downstream of their variable), scored on
+``--refit-splits``.
 
     python scripts/ablate_scrubbing.py --size tiny --seed 0 --out results/ablation.json
 
 Columns: ``all`` (calibrated, with the input cut); ``max-z`` (no calibration: the largest standardised
 divergence); ``one-sided`` (upper tails only: no credit for moving the output less than
 trusted inputs do); ``two-sided`` (both tails for every column, the counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those columns
-dropped); ``only input cut``; ``previous`` (all three off: the largest standardised
+dropped); ``only input cut``; ``coarse interchanges`` (interchange columns compared at
+``min_scale``, not ``counterfactual_resolution``); ``previous`` (all three off: the largest standardised
 divergence over the explanations alone); then the refitted variants. Prints a markdown
 table of AUROCs, one column per variant.
 """
@@ -30,9 +33,22 @@ import causalmad as cm
 from causalmad import calibration
 
 VARIANTS = ("all", "max-z", "one-sided", "two-sided", "no input cut", "no dual", "no base input cut", "only input cut",
-            "previous")
+            "coarse interchanges", "previous")
+
+
+class AllOutputsScored(cm.ScrubbingDetector):
+    """Interchanges scored on every output, also those their variable cannot change."""
+
+    def _counterfactual(self, values, variable, value):
+        cf = self.hypothesis.counterfactual(values, {variable: value})
+        return [int(cf[o]) for o in self.hypothesis.outputs]
+
+
 #: mechanisms that change what is fitted: the detector refitted with each switched off
-REFITS = {"highest-IIA sites": {"site_choice": "highest-iia"}, "8 interchange sources": {"counterfactual_resamples": 8}}
+REFITS = {"highest-IIA sites": (cm.ScrubbingDetector, {"site_choice": "highest-iia"}),
+          "8 interchange sources": (cm.ScrubbingDetector, {"counterfactual_resamples": 8}),
+          "mean over sources": (cm.ScrubbingDetector, {"hypothesis_statistic": "mean"}),
+          "interchanges on all outputs": (AllOutputsScored, {})}
 
 
 def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
@@ -40,16 +56,20 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
     cut = np.char.startswith(fam.astype(str), "input-cut")
     dual, base = fam == "input-cut (dual)", fam == "input-cut (base)"
 
-    def calibrated(keep: np.ndarray, two_sided: bool | np.ndarray = det.two_sided_) -> np.ndarray:
+    fine = det.column_resolutions()
+
+    def calibrated(keep: np.ndarray, two_sided: bool | np.ndarray = det.two_sided_,
+                   resolution: np.ndarray = fine) -> np.ndarray:
         sides = np.broadcast_to(two_sided, keep.shape)[keep]
-        lp = calibration.log_p_values(div[:, keep], det.calibration_[:, keep], det.min_scale, sides)
+        lp = calibration.log_p_values(div[:, keep], det.calibration_[:, keep], resolution[keep], sides)
         return calibration.score(lp, list(fam[keep]))
 
     everything = np.ones(len(fam), dtype=bool)
     z = np.where(np.isnan(div), -np.inf, (div - det.loc_) / det.scale_)
     return {"all": calibrated(everything), "max-z": z.max(1), "previous": z[:, ~cut].max(1),
             "one-sided": calibrated(everything, two_sided=False), "two-sided": calibrated(everything, True), "no input cut": calibrated(~cut),
-            "no dual": calibrated(~dual), "no base input cut": calibrated(~base), "only input cut": calibrated(cut)}
+            "no dual": calibrated(~dual), "no base input cut": calibrated(~base), "only input cut": calibrated(cut),
+            "coarse interchanges": calibrated(everything, resolution=np.full(len(fam), det.min_scale))}
 
 
 def main() -> int:
@@ -59,6 +79,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", nargs="+", default=["hard", "easy"])
     ap.add_argument("--refit-splits", nargs="*", default=["hard"], help="splits the refitted variants score")
+    ap.add_argument("--refits", nargs="*", default=list(REFITS), choices=list(REFITS), help="refitted variants to run")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     rows = []
@@ -69,9 +90,8 @@ def main() -> int:
         start = time.perf_counter()
         det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=a.seed).fit(task.trusted)
         fit = time.perf_counter() - start
-        refits = {variant: cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=a.seed,
-                                                **params).fit(task.trusted)
-                  for variant, params in REFITS.items()} if a.refit_splits else {}
+        refits = {variant: cls(task.model, hypothesis=task.hypothesis, random_state=a.seed, **params).fit(task.trusted)
+                  for variant, (cls, params) in REFITS.items() if variant in a.refits} if a.refit_splits else {}
         for split in a.splits:
             sp = task.splits[split]
             by = scores(det, det.divergences(sp.inputs))
