@@ -420,3 +420,35 @@ def test_interchanges_equal_the_pyvene_interchange(tiny_bridge):
         torch.testing.assert_close(fast[:, [8, 10]], slow[:, [8, 10]], rtol=1e-4, atol=1e-5)
     # a readout without a position: no windowed run (alignment then goes through pyvene)
     assert Interchanges(adapter, base, source, [cm.Readout()]).logits(groups[0]) is None
+
+
+def test_the_statistic_over_sources_is_chosen_per_explanation(tiny_bridge):
+    """``scrub_many`` reduces each explanation's rows with its own statistic, the same as
+    ``scrub`` with that statistic; the median and the mean differ on the same rows."""
+    adapter = cm.adapt(tiny_bridge)
+    g = torch.Generator().manual_seed(11)
+    pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (10, 11), generator=g)
+    pool = SourcePool(adapter, pool_x, None)
+    family = hypothesis_free_explanations(adapter, pool, 11, positions=[4])[:6]
+    readouts, values = [cm.Readout(position=-1)], [{} for _ in range(len(x))]
+    clean = clean_log_probs(adapter, x, readouts)
+    stats = ["median", "mean"] * 3
+    got, _ = scrub_many(adapter, family, x, values, clean, pool, readouts, 5, seed=0, statistic=stats)
+    for j, (e, st) in enumerate(zip(family, stats)):
+        ref, _ = scrub(adapter, e, x, values, clean, pool, readouts, 5, seed=0, statistic=st)
+        np.testing.assert_allclose(got[:, j], ref, rtol=1e-4, atol=1e-6)
+    means, _ = scrub_many(adapter, family, x, values, clean, pool, readouts, 5, seed=0, statistic="mean")
+    assert not np.allclose(means[:, 0], got[:, 0])
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        cm.scrubbing.reduce_resamples(np.zeros((2, 3)), "max")
+
+
+def test_an_interchange_scores_only_the_outputs_it_names():
+    """Counterfactual classes of ``UNSCORED`` leave their output out of the NLL."""
+    from causalmad.scrubbing import UNSCORED, counterfactual_nll
+
+    q = [torch.log_softmax(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), -1), torch.log_softmax(torch.randn(2, 3), -1)]
+    both = counterfactual_nll(q, np.array([[0, 1], [1, 2]]))
+    first = counterfactual_nll(q, np.array([[0, UNSCORED], [1, UNSCORED]]))
+    torch.testing.assert_close(first, -torch.stack([q[0][0, 0], q[0][1, 1]]))
+    assert (both > first).all()

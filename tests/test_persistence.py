@@ -406,3 +406,22 @@ def test_a_save_killed_in_another_process_leaves_nothing_after_the_next_save(dat
         make("mahalanobis").fit(trusted).save(tmp_path / "det")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["det", "trusted.pt"]
     assert "killed before it finished" in caplog.text
+
+
+def test_a_folder_saved_before_an_argument_existed_loads_with_the_behaviour_it_was_fitted_with(saved, data, tmp_path):
+    """A scrubbing folder whose config predates ``hypothesis_statistic`` and
+    ``counterfactual_resolution`` was fitted with the mean over sources and one resolution
+    for every column: it loads with those, not with today's defaults."""
+    src, _ = saved["scrubbing"]
+    folder = copy_folder(src, tmp_path / "older")
+    config = json.loads((folder / persistence.CONFIG).read_text())
+    assert config["params"].pop("hypothesis_statistic") == "median"
+    assert config["params"].pop("counterfactual_resolution") == 1e-6
+    (folder / persistence.CONFIG).write_text(json.dumps(config))
+    sums = "".join(f"{persistence.sha256_file(folder / n)}  {n}\n" for n in (persistence.CONFIG, persistence.STATE))
+    (folder / persistence.CHECKSUMS).write_text(sums)
+    older = cm.ScrubbingDetector.load(folder, PlantedSum(), sum_hypothesis())
+    assert older.hypothesis_statistic == "mean" and older.counterfactual_resolution is None
+    np.testing.assert_array_equal(older.column_resolutions(), older.min_scale)
+    today = cm.ScrubbingDetector.load(src, PlantedSum(), sum_hypothesis())
+    assert today.hypothesis_statistic == "median" and today.counterfactual_resolution == 1e-6
