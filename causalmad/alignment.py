@@ -64,8 +64,12 @@ class Candidate:
         return hooks.pop() if len(hooks) == 1 else None
 
     def as_dict(self) -> dict[str, object]:
-        return {"variable": self.variable, "site": self.key, "iia": round(self.iia, 4),
-                "heldout_iia": round(self.heldout_iia, 4)}
+        return {
+            "variable": self.variable,
+            "site": self.key,
+            "iia": round(self.iia, 4),
+            "heldout_iia": round(self.heldout_iia, 4),
+        }
 
 
 @dataclass
@@ -92,8 +96,9 @@ class Alignment:
         return [c.as_dict() for cs in self.candidates.values() for c in cs]
 
     def __repr__(self) -> str:
-        best = ", ".join(f"{v}->{self.best(v).key} (held-out IIA {self.best(v).heldout_iia:.3f})"
-                         for v in self.candidates)
+        best = ", ".join(
+            f"{v}->{self.best(v).key} (held-out IIA {self.best(v).heldout_iia:.3f})" for v in self.candidates
+        )
         return f"Alignment({best})"
 
 
@@ -263,27 +268,46 @@ def search(
         grid = (sites or {}).get(var) or candidate_sites(adapter, hypothesis, var, seq_len)
         pairs_a = sample_pairs(var, align[1], pool[1], n_pairs, rng)
         pairs_h = sample_pairs(var, heldout[1], pool[1], n_pairs, rng)
-        targets = {id(pairs_a): counterfactual_targets(hypothesis, var, align[1], pool[1], pairs_a),
-                   id(pairs_h): counterfactual_targets(hypothesis, var, heldout[1], pool[1], pairs_h)}
+        targets = {
+            id(pairs_a): counterfactual_targets(hypothesis, var, align[1], pool[1], pairs_a),
+            id(pairs_h): counterfactual_targets(hypothesis, var, heldout[1], pool[1], pairs_h),
+        }
         # each pair set's base and source activations, captured once for every site
-        runners = {id(p): Interchanges(adapter, b[0][p[:, 0]], pool[0][p[:, 1]], readouts)
-                   for p, b in ((pairs_a, align), (pairs_h, heldout))}
+        runners = {
+            id(p): Interchanges(adapter, b[0][p[:, 0]], pool[0][p[:, 1]], readouts)
+            for p, b in ((pairs_a, align), (pairs_h, heldout))
+        }
         runners[id(pairs_a)].prepare(grid)  # one pass over the sources for the whole grid
 
         def score(group: tuple[Site, ...], pairs: np.ndarray, base: tuple[torch.Tensor, Values]) -> float:
-            return interchange_accuracy(adapter, hypothesis, var, group, base[0], base[1], pool[0], pool[1], pairs,
-                                        targets[id(pairs)], runners[id(pairs)])
+            return interchange_accuracy(
+                adapter,
+                hypothesis,
+                var,
+                group,
+                base[0],
+                base[1],
+                pool[0],
+                pool[1],
+                pairs,
+                targets[id(pairs)],
+                runners[id(pairs)],
+            )
 
         scored: list[tuple[float, tuple[Site, ...]]] = [(score((s,), pairs_a, align), (s,)) for s in grid]
         if das_rank and (das_if_below is None or max(iia for iia, _ in scored) < das_if_below):
-            whole = [g[0] for _, g in sorted(scored, key=lambda t: -t[0]) if g[0].head is None and g[0].basis is None
-                     and adapter.width(g[0].hook, align[0]) > das_rank]  # narrower: the whole vector already
+            whole = [
+                g[0]
+                for _, g in sorted(scored, key=lambda t: -t[0])
+                if g[0].head is None and g[0].basis is None and adapter.width(g[0].hook, align[0]) > das_rank
+            ]  # narrower: the whole vector already
             # DAS trains on its own, larger sample of alignment pairs, so that the IIA that
             # ranks it (on ``pairs_a``) is not measured on the pairs it was fitted to
             pairs_das = sample_pairs(var, align[1], pool[1], 8 * n_pairs, rng)
             for s in whole[:das_top]:
-                rotated = learn_rotation(adapter, hypothesis, var, s, align, pool, pairs_das, das_rank,
-                                         das_steps, random_state)
+                rotated = learn_rotation(
+                    adapter, hypothesis, var, s, align, pool, pairs_das, das_rank, das_steps, random_state
+                )
                 scored.append((score((rotated,), pairs_a, align), (rotated,)))
         scored.sort(key=lambda t: -t[0])
         best_iia, group = scored[0]
@@ -299,7 +323,9 @@ def search(
         if prefer_earliest is not None:
             depth = hook_depths(adapter)
             bar = prefer_earliest
-            scored.sort(key=lambda t: (t[0] < bar, max(depth(s.hook) for s in t[1]) if t[0] >= bar else 0, -t[0]))
+            scored.sort(
+                key=lambda t: (t[0] < bar, max(depth(s.hook) for s in t[1]) if t[0] >= bar else 0, -t[0])
+            )
         alignment.candidates[var] = [Candidate(var, g, iia, score(g, pairs_h, heldout)) for iia, g in scored]
         logger.info("aligned %s", alignment.candidates[var][0].as_dict())
     return alignment
@@ -381,8 +407,9 @@ def learn_rotation(
             pos = whole.position_index(bases[rows])  # on the host's copy
             q, _ = torch.linalg.qr(free.to(device))
 
-            def swap(output: object, src: torch.Tensor = src, pos: torch.Tensor | None = pos,
-                     q: torch.Tensor = q) -> object:
+            def swap(
+                output: object, src: torch.Tensor = src, pos: torch.Tensor | None = pos, q: torch.Tensor = q
+            ) -> object:
                 act = _as_tensor(output)
                 return _replace(output, _apply(_flat(adapter, act), pos, src, q).reshape(act.shape))
 
@@ -392,7 +419,9 @@ def learn_rotation(
                 else:
                     logits = adapter.run_from(point, resume[rows].to(device), x)  # type: ignore[arg-type]
             loss = sum(
-                torch.nn.functional.cross_entropy(readout_logits(hypothesis, o, logits), targets[o][idx].to(device))
+                torch.nn.functional.cross_entropy(
+                    readout_logits(hypothesis, o, logits), targets[o][idx].to(device)
+                )
                 for o in hypothesis.outputs
             )
             opt.zero_grad()

@@ -52,8 +52,12 @@ def _log_upper(column: np.ndarray, d: np.ndarray, floor: float) -> np.ndarray:
     return np.where(d > u, log_tail, log_p)
 
 
-def log_p_values(divergences: np.ndarray, trusted_sorted: np.ndarray, floor: float | Sequence[float] | np.ndarray,
-                 two_sided: bool | Sequence[bool] | np.ndarray = True) -> np.ndarray:
+def log_p_values(
+    divergences: np.ndarray,
+    trusted_sorted: np.ndarray,
+    floor: float | Sequence[float] | np.ndarray,
+    two_sided: bool | Sequence[bool] | np.ndarray = True,
+) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
     under each column's trusted distribution (``trusted_sorted`` from
     :func:`sorted_columns`); logs, because past every trusted value the tail probability

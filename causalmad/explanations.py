@@ -56,17 +56,27 @@ def hypothesis_explanations(
     # the declared hypothesis with each variable at its best site, then at each cut
     if usable:
         best = [Resample(s, (var,)) for var, cands in usable.items() for s in cands[0].sites]
-        family.append(Explanation("hypothesis: all variables (best sites)", "hypothesis", best, tuple(usable)))
+        family.append(
+            Explanation("hypothesis: all variables (best sites)", "hypothesis", best, tuple(usable))
+        )
         hooks = {c.hook for cands in usable.values() for c in cands if c.hook is not None}
         for hook in sorted(hooks):
             at_cut = {v: next((c for c in cs if c.hook == hook), None) for v, cs in usable.items()}
             if all(at_cut.values()) and len(usable) > 1:
                 rules = [Resample(s, (v,)) for v, c in at_cut.items() if c is not None for s in c.sites]
-                family.append(Explanation(f"hypothesis: all variables at {hook}", "hypothesis", rules, tuple(usable)))
+                family.append(
+                    Explanation(f"hypothesis: all variables at {hook}", "hypothesis", rules, tuple(usable))
+                )
         if usable:  # each variable alone (also what explain() reports per variable)
             for var, cands in usable.items():
-                family.append(Explanation(f"variable {var} at {cands[0].key}", "hypothesis-subset",
-                                          [Resample(s, (var,)) for s in cands[0].sites], (var,)))
+                family.append(
+                    Explanation(
+                        f"variable {var} at {cands[0].key}",
+                        "hypothesis-subset",
+                        [Resample(s, (var,)) for s in cands[0].sites],
+                        (var,),
+                    )
+                )
             # ... and interchanged with a differing source, except where the readout reads:
             # the whole stream at ``final_hook`` copies the source's answer, which any
             # mechanism does, so an interchange there tests nothing
@@ -74,8 +84,15 @@ def hypothesis_explanations(
             for var, cands in usable.items():
                 inner = [c for c in cands if any(s.hook != final or s.basis is not None for s in c.sites)]
                 for c in inner[:INTERCHANGE_SITES]:
-                    family.append(Explanation(f"interchange {var} at {c.key}", "hypothesis-interchange",
-                                              [Resample(s, (var,)) for s in c.sites], (var,), target=var))
+                    family.append(
+                        Explanation(
+                            f"interchange {var} at {c.key}",
+                            "hypothesis-interchange",
+                            [Resample(s, (var,)) for s in c.sites],
+                            (var,),
+                            target=var,
+                        )
+                    )
     # output mechanisms: each output computed from its parents only
     if adapter.has_positions:
         final = adapter.final_hook()
@@ -87,9 +104,17 @@ def hypothesis_explanations(
             parents = tuple(hypothesis.parents(out))
             rule = Resample(Site(final, (pos % seq_len,)), parents)
             rules.append(rule)
-            family.append(Explanation(f"output {out} <- {', '.join(parents)}", "hypothesis-subset", [rule], (out, *parents)))
+            family.append(
+                Explanation(
+                    f"output {out} <- {', '.join(parents)}", "hypothesis-subset", [rule], (out, *parents)
+                )
+            )
         if len(rules) > 1:
-            family.append(Explanation("hypothesis: all output mechanisms", "hypothesis", rules, tuple(hypothesis.outputs)))
+            family.append(
+                Explanation(
+                    "hypothesis: all output mechanisms", "hypothesis", rules, tuple(hypothesis.outputs)
+                )
+            )
     return family
 
 
@@ -104,13 +129,20 @@ def principal_basis(acts: torch.Tensor, variance: float) -> tuple[torch.Tensor, 
 
 
 def hypothesis_free_explanations(
-    adapter: ModelAdapter, pool: SourcePool, seq_len: int, pca_variance: float = 0.99,
+    adapter: ModelAdapter,
+    pool: SourcePool,
+    seq_len: int,
+    pca_variance: float = 0.99,
     positions: list[int] | None = None,
 ) -> list[Explanation]:
     """Principal-subspace and component claims per hook, position and head."""
     family: list[Explanation] = []
-    hooks = [h for h in adapter.candidate_hooks() if h.component in ("resid_pre", "resid_post", "module", "attn_z")]
-    pos_list: list[tuple[int, ...] | None] = [(p,) for p in (positions or range(seq_len))] if adapter.has_positions else [None]
+    hooks = [
+        h for h in adapter.candidate_hooks() if h.component in ("resid_pre", "resid_post", "module", "attn_z")
+    ]
+    pos_list: list[tuple[int, ...] | None] = (
+        [(p,) for p in (positions or range(seq_len))] if adapter.has_positions else [None]
+    )
     pool.gather([Site(h.name, pos) for h in hooks for pos in pos_list])  # one pass over the pool
     for hook in hooks:
         for pos in pos_list:
@@ -118,7 +150,9 @@ def hypothesis_free_explanations(
             if hook.n_heads:
                 for head in range(hook.n_heads):
                     site = Site(hook.name, pos, head=head)
-                    family.append(Explanation(f"head {head} irrelevant at {where}", "hypothesis-free", [Resample(site)]))
+                    family.append(
+                        Explanation(f"head {head} irrelevant at {where}", "hypothesis-free", [Resample(site)])
+                    )
                 continue
             whole = Site(hook.name, pos)
             acts = pool.acts(whole)
@@ -126,6 +160,8 @@ def hypothesis_free_explanations(
             complement, k = principal_basis(acts, pca_variance)
             if complement.shape[1] > 0:
                 site = whole.with_basis(complement, f"outside pca top-{k}")
-                family.append(Explanation(f"only pca top-{k} matters at {where}", "hypothesis-free", [Resample(site)]))
+                family.append(
+                    Explanation(f"only pca top-{k} matters at {where}", "hypothesis-free", [Resample(site)])
+                )
             family.append(Explanation(f"irrelevant: {where}", "hypothesis-free", [Resample(whole)]))
     return family

@@ -14,8 +14,9 @@ input with every downstream hypothesis value fixed is the sharpest test of a hyp
   hypothesis' mechanisms raise is no hybrid). The hypothesis says the
   model's output cannot change; the divergence is ``KL(f(x) || f(hybrid))`` on the
   readouts, averaged over the sources found (NaN if none of the candidates keeps every
-  value; a source that shares ``x``'s parts there makes no hybrid). A model that, on ``x``, uses something in those parts that the hypothesis
-  ignores (a trigger) changes its output.
+  value; a source that shares ``x``'s parts there makes no hybrid). A model that, on
+  ``x``, uses something in those parts that the hypothesis ignores (a trigger) changes its
+  output.
 * **dual** (``x`` as the source): ``x``'s parts in the subset are placed into trusted
   base inputs. The hypothesis predicts each hybrid's output; the divergence is the
   model's negative log-likelihood of that prediction, averaged over bases. A trigger
@@ -58,8 +59,9 @@ def _mask(shape: tuple[int, ...], name: str, at: Any, what: str) -> np.ndarray:
     try:
         mask[at] = True
     except (IndexError, TypeError, ValueError) as exc:
-        raise HypothesisError(f"{what} {name!r}: at={at!r} is not an index of an example of shape {shape} ({exc})."
-                              ) from None
+        raise HypothesisError(
+            f"{what} {name!r}: at={at!r} is not an index of an example of shape {shape} ({exc})."
+        ) from None
     return mask
 
 
@@ -150,8 +152,9 @@ def _classes(hypothesis: Hypothesis, values: dict[str, Hashable]) -> list[int]:
     return [int(values[o]) for o in hypothesis.outputs]  # type: ignore[call-overload]
 
 
-def _forward(adapter: ModelAdapter, rows: torch.Tensor, readouts: Sequence[Readout], batch_size: int
-             ) -> list[torch.Tensor]:
+def _forward(
+    adapter: ModelAdapter, rows: torch.Tensor, readouts: Sequence[Readout], batch_size: int
+) -> list[torch.Tensor]:
     return adapter.run_readouts(rows, readouts, batch_size)
 
 
@@ -201,8 +204,9 @@ def scrub_input_cut(
     clean = _forward(adapter, inputs, readouts, batch_size) if "base" in directions else []
     for s, direction in enumerate(directions):
         k = resamples if direction == "base" or dual_resamples is None else dual_resamples
-        rows, owner, classes = hybrids(hypothesis, masks[s], direction, inputs, values, keys, pool_inputs,
-                                       pool_keys, k, seed, candidates)
+        rows, owner, classes = hybrids(
+            hypothesis, masks[s], direction, inputs, values, keys, pool_inputs, pool_keys, k, seed, candidates
+        )
         if not owner:
             continue
         scrubbed = _forward(adapter, torch.cat(rows), readouts, batch_size)
@@ -210,7 +214,9 @@ def scrub_input_cut(
         if direction == "dual":
             cls = np.asarray(classes, dtype=np.int64)
             cell = counterfactual_nll(scrubbed, cls)
-            hit = torch.stack([q.argmax(-1) == torch.as_tensor(cls[:, r]) for r, q in enumerate(scrubbed)]).all(0)
+            hit = torch.stack(
+                [q.argmax(-1) == torch.as_tensor(cls[:, r]) for r, q in enumerate(scrubbed)]
+            ).all(0)
             agree[:, s] = _reduce_by(hit.double(), owner, n, "mean")
         else:
             cell = kl_divergence([c[who] for c in clean], scrubbed)
@@ -275,18 +281,51 @@ def hybrids(
     return rows, owner, classes
 
 
-def testable(hypothesis: Hypothesis, masks: np.ndarray, directions: Sequence[str], inputs: torch.Tensor,
-             values: Values, keys: np.ndarray, pool_inputs: torch.Tensor, pool_keys: np.ndarray, k: int,
-             seed: int = 0, candidates: int = 4, share: float = 0.1) -> np.ndarray:
+def testable(
+    hypothesis: Hypothesis,
+    masks: np.ndarray,
+    directions: Sequence[str],
+    inputs: torch.Tensor,
+    values: Values,
+    keys: np.ndarray,
+    pool_inputs: torch.Tensor,
+    pool_keys: np.ndarray,
+    k: int,
+    seed: int = 0,
+    candidates: int = 4,
+    share: float = 0.1,
+) -> np.ndarray:
     """``[S]`` whether each scrub makes a hybrid for at least ``share`` of ``inputs``,
     found without a forward pass: a base scrub of parts that every inner value depends on
     (one operand digit, when the hypothesis computes the digit sums) keeps no hybrid on
     any input, and searching its sources for every calibration input would be most of the
     input cut's cost."""
     need = max(1, int(np.ceil(share * len(inputs))))
-    return np.array([len(set(hybrids(hypothesis, masks[s], d, inputs, values, keys, pool_inputs, pool_keys, k,
-                                     seed, candidates, stop_after=need)[1])) >= need
-                     for s, d in enumerate(directions)], dtype=bool)
+    return np.array(
+        [
+            len(
+                set(
+                    hybrids(
+                        hypothesis,
+                        masks[s],
+                        d,
+                        inputs,
+                        values,
+                        keys,
+                        pool_inputs,
+                        pool_keys,
+                        k,
+                        seed,
+                        candidates,
+                        stop_after=need,
+                    )[1]
+                )
+            )
+            >= need
+            for s, d in enumerate(directions)
+        ],
+        dtype=bool,
+    )
 
 
 def _reduce_by(cells: torch.Tensor, owner: list[int], n: int, statistic: str) -> np.ndarray:
@@ -307,8 +346,13 @@ def describe(part_names: Sequence[str], subset: Sequence[int], direction: str) -
     return f"input cut ({direction}): {'x' if direction == 'dual' else 'trusted'} at {parts}"
 
 
-def build(hypothesis: Hypothesis, example: torch.Tensor, budget: int, seed: int,
-          directions_wanted: Sequence[str] = DIRECTIONS) -> dict[str, Any]:
+def build(
+    hypothesis: Hypothesis,
+    example: torch.Tensor,
+    budget: int,
+    seed: int,
+    directions_wanted: Sequence[str] = DIRECTIONS,
+) -> dict[str, Any]:
     """The input-cut scrubs to search: ``{"names", "masks", "directions"}`` (each of
     ``directions_wanted`` for each subset of :func:`subsets`; empty when the input has no
     parts)."""

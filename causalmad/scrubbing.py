@@ -81,8 +81,10 @@ def row_keys(inputs: torch.Tensor) -> np.ndarray:
     """A stable 64-bit key per input row (BLAKE2b of its bytes): recognises an input
     inside the source pool, and seeds that input's own source draws."""
     flat = inputs.reshape(len(inputs), -1).cpu().contiguous().numpy()
-    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in flat],
-                    dtype=np.uint64)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in flat],
+        dtype=np.uint64,
+    )
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -98,16 +100,24 @@ def draws(keys: np.ndarray, salt: str, k: int) -> np.ndarray:
     alone or among thousands, in this process or another."""
     s = np.uint64(zlib.crc32(salt.encode()))
     with np.errstate(over="ignore"):
-        x = keys[:, None] * np.uint64(0xD1B54A32D192ED03) + s * np.uint64(0x8CB92BA72F3D8DD7) + np.arange(
-            k, dtype=np.uint64)[None]
+        x = (
+            keys[:, None] * np.uint64(0xD1B54A32D192ED03)
+            + s * np.uint64(0x8CB92BA72F3D8DD7)
+            + np.arange(k, dtype=np.uint64)[None]
+        )
         return _splitmix64(_splitmix64(x))
 
 
 class SourcePool:
     """Trusted source inputs, their hypothesis values and their activations at sites."""
 
-    def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, values: Values | None,
-                 seen: dict[str, set[Hashable]] | None = None) -> None:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        inputs: torch.Tensor,
+        values: Values | None,
+        seen: dict[str, set[Hashable]] | None = None,
+    ) -> None:
         self.adapter = adapter
         self.inputs = inputs
         self.values = values or [{} for _ in range(len(inputs))]
@@ -146,18 +156,23 @@ class SourcePool:
         if place not in self._ids:
             a = self.acts(site)
             raw = a.reshape(len(a), -1).contiguous().cpu().view(torch.uint8).numpy()
-            self._ids[place] = np.unique(raw.view(np.dtype((np.void, raw.shape[1])))[:, 0],
-                                         return_inverse=True)[1].reshape(-1)
+            self._ids[place] = np.unique(
+                raw.view(np.dtype((np.void, raw.shape[1])))[:, 0], return_inverse=True
+            )[1].reshape(-1)
         return self._ids[place]
 
     def state(self) -> dict[str, object]:
         """The pool as plain values and tensors, for saving (see :mod:`causalmad.persistence`)."""
-        return {"inputs": self.inputs, "values": self.values,
-                "acts": [[hook, pos, a] for (hook, pos), a in self._acts.items()]}
+        return {
+            "inputs": self.inputs,
+            "values": self.values,
+            "acts": [[hook, pos, a] for (hook, pos), a in self._acts.items()],
+        }
 
     @classmethod
-    def from_state(cls, adapter: ModelAdapter, state: dict[str, object],
-                   seen: dict[str, set[Hashable]] | None = None) -> SourcePool:
+    def from_state(
+        cls, adapter: ModelAdapter, state: dict[str, object], seen: dict[str, set[Hashable]] | None = None
+    ) -> SourcePool:
         """A pool rebuilt from :meth:`state` without running the model."""
         pool = cls(adapter, state["inputs"], state["values"], seen)  # type: ignore[arg-type]
         for hook, pos, a in state["acts"]:  # type: ignore[attr-defined]
@@ -173,7 +188,13 @@ class SourcePool:
         return self._groups[match]
 
     def sample(
-        self, match: tuple[str, ...], values: Values, keys: np.ndarray, k: int, salt: str, differ: bool = False
+        self,
+        match: tuple[str, ...],
+        values: Values,
+        keys: np.ndarray,
+        k: int,
+        salt: str,
+        differ: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[n, k]`` source indices agreeing with each input on ``match``, drawn with
         replacement by :func:`draws` from the input's ``keys`` and ``salt``; an ``[n]``
@@ -211,7 +232,6 @@ class SourcePool:
                 idx[i] = pick[u[i] % np.uint64(len(pick))]
         return idx, unmatched, gap
 
-
     def _sample_differing(
         self, match: tuple[str, ...], values: Values, keys: np.ndarray, k: int, salt: str
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,7 +245,9 @@ class SourcePool:
             by_label.setdefault(tuple(row[m] for m in match), []).append(i)
         for label, members in by_label.items():
             rows = np.asarray(members)
-            cands = np.concatenate([ix for lab, ix in groups.items() if lab != label] or [np.zeros(0, np.int64)])
+            cands = np.concatenate(
+                [ix for lab, ix in groups.items() if lab != label] or [np.zeros(0, np.int64)]
+            )
             if len(cands) == 0:  # the variable takes one value in the pool: nothing to interchange
                 unmatched[rows] = True
                 continue
@@ -243,7 +265,9 @@ def explanation_sources(
     n = len(values)
     unmatched, gap = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     if explanation.target is not None:
-        idx, miss, g = pool.sample((explanation.target,), values, keys, k, f"{seed}|{explanation.name}", differ=True)
+        idx, miss, g = pool.sample(
+            (explanation.target,), values, keys, k, f"{seed}|{explanation.name}", differ=True
+        )
         return [idx] * len(explanation.resamples), miss, g
     sources = []
     for r, rule in enumerate(explanation.resamples):
@@ -266,14 +290,19 @@ UNSCORED = -1
 
 
 def counterfactual_classes(
-    counterfactual: Counterfactual | None, explanation: Explanation, values: Values, pool: SourcePool,
+    counterfactual: Counterfactual | None,
+    explanation: Explanation,
+    values: Values,
+    pool: SourcePool,
     sources: np.ndarray,
 ) -> np.ndarray:
     """``[n, k, outputs]`` target classes of an interchange explanation's rows."""
     var = explanation.target
     if counterfactual is None or var is None:
-        raise ValueError(f"Explanation {explanation.name!r}: only an interchange explanation with a counterfactual "
-                         "has counterfactual classes.")
+        raise ValueError(
+            f"Explanation {explanation.name!r}: only an interchange explanation with a counterfactual "
+            "has counterfactual classes."
+        )
     out = []
     for i, row in enumerate(sources):
         seen: dict[Hashable, Sequence[int]] = {}  # a variable takes few values: one call per value
@@ -350,13 +379,17 @@ def scrub(
     sources = [idx.reshape(-1) for idx in drawn]  # row i*k + j: input i, resample j
     classes = None
     if explanation.target is not None:
-        classes = counterfactual_classes(counterfactual, explanation, values, pool, drawn[0]).reshape(n * k, -1)
+        classes = counterfactual_classes(counterfactual, explanation, values, pool, drawn[0]).reshape(
+            n * k, -1
+        )
     rows = np.repeat(np.arange(n), k)
     div = torch.empty(n * k)
     for start in range(0, n * k, batch_size):
         sl = slice(start, start + batch_size)
-        patches = [Patch(rule.site, pool.acts(rule.site)[torch.as_tensor(src[sl])])
-                   for rule, src in zip(explanation.resamples, sources)]
+        patches = [
+            Patch(rule.site, pool.acts(rule.site)[torch.as_tensor(src[sl])])
+            for rule, src in zip(explanation.resamples, sources)
+        ]
         logits = run_patched(adapter, inputs[torch.as_tensor(rows[sl])], patches)
         scrubbed = readout_log_probs(readouts, logits)
         if classes is not None:
@@ -391,8 +424,9 @@ def reduce_resamples(div: np.ndarray, statistic: str = "median") -> np.ndarray:
     raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
 
 
-def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Sequence[Readout],
-                    batch_size: int = 1024) -> list[torch.Tensor]:
+def clean_log_probs(
+    adapter: ModelAdapter, inputs: torch.Tensor, readouts: Sequence[Readout], batch_size: int = 1024
+) -> list[torch.Tensor]:
     """Readout log-probabilities of the unscrubbed model."""
     return adapter.run_readouts(inputs, readouts, batch_size)
 
@@ -404,16 +438,25 @@ def clean_log_probs(adapter: ModelAdapter, inputs: torch.Tensor, readouts: Seque
 PLANNED = 0.5
 
 
-def pass_rows(adapter: ModelAdapter, example: torch.Tensor, memory_mb: float, batch_size: int,
-              extra_per_row: int = 0) -> int:
+def pass_rows(
+    adapter: ModelAdapter, example: torch.Tensor, memory_mb: float, batch_size: int, extra_per_row: int = 0
+) -> int:
     """Rows per forward pass: at most ``batch_size``, and few enough that one pass's
     activations (plus ``extra_per_row`` bytes each) take at most a quarter of ``memory_mb``."""
     per_row = adapter.activation_bytes_per_row(example) + extra_per_row
     return int(max(1, min(batch_size, memory_mb * 2**20 * PLANNED // 2 // per_row)))
 
 
-def _budget(adapter: ModelAdapter, example: torch.Tensor, explanations: Sequence[Explanation], pool: SourcePool,
-            memory_mb: float, per_input: int, n: int, batch_size: int) -> tuple[int, int]:
+def _budget(
+    adapter: ModelAdapter,
+    example: torch.Tensor,
+    explanations: Sequence[Explanation],
+    pool: SourcePool,
+    memory_mb: float,
+    per_input: int,
+    n: int,
+    batch_size: int,
+) -> tuple[int, int]:
     """``(inputs per chunk, rows per forward pass)`` keeping one chunk's cached
     activations and source indices (``per_input`` bytes each) plus one pass's activations
     and patch values under ``memory_mb``."""
@@ -468,9 +511,10 @@ def scrub_many(
 
     Returns:
         ``[n, E]`` divergences (the ``statistic`` of the ``resamples`` rows' divergences,
-        :func:`reduce_resamples`, one for all explanations or one per explanation; NaN where a rule found no agreeing source although every
-        value occurs in trusted data) and the ``[n, E]`` mask of inputs on which some rule
-        found no agreeing trusted source.
+        :func:`reduce_resamples`, one for all explanations or one per explanation; NaN
+        where a rule found no agreeing source although every value occurs in trusted data)
+        and the ``[n, E]`` mask of inputs on which some rule found no agreeing trusted
+        source.
     """
     n, k, n_expl = len(inputs), resamples, len(explanations)
     keys = row_keys(inputs) if keys is None else keys
@@ -483,18 +527,37 @@ def scrub_many(
     for j, e in enumerate(explanations):
         point = adapter.resume_point([s.hook for s in e.sites])
         start = _window_start(adapter, e.sites, readouts, inputs.shape[1]) if point is not None else None
-        places = tuple(sorted({(adapter.window_point(s.hook), s.positions if isinstance(s.positions, tuple) else None)
-                               for s in e.sites}, key=repr)) if start is not None else None
+        places = (
+            tuple(
+                sorted(
+                    {
+                        (
+                            adapter.window_point(s.hook),
+                            s.positions if isinstance(s.positions, tuple) else None,
+                        )
+                        for s in e.sites
+                    },
+                    key=repr,
+                )
+            )
+            if start is not None
+            else None
+        )
         groups.setdefault((point, start, places), []).append(j)
     points = list(dict.fromkeys(p for p, _, _ in groups if p is not None))
     # windowed groups also need the clean run of the blocks they run: each block's input
     # (for keys and values, and the positions no patch reaches), then the last one's output
-    kv_points = list(dict.fromkeys(h for p, st, _ in groups if p is not None and st is not None
-                                   for h in adapter.window_inputs(p)))
+    kv_points = list(
+        dict.fromkeys(
+            h for p, st, _ in groups if p is not None and st is not None for h in adapter.window_inputs(p)
+        )
+    )
     windowed = any(st is not None for _, st, _ in groups)
     resid_points = [*kv_points, adapter.final_hook()] if windowed else []
     # the first position any readout reads (windowed runs compute their last block from there)
-    readout_start = min((r.position % inputs.shape[1] for r in readouts if r.position is not None), default=None)
+    readout_start = min(
+        (r.position % inputs.shape[1] for r in readouts if r.position is not None), default=None
+    )
     captured = list(dict.fromkeys(points + resid_points))  # one clean pass per chunk captures them all
     example = inputs[:1]
     per_input = 8 * k * sum(len(e.resamples) for e in explanations)  # source indices
@@ -504,8 +567,13 @@ def scrub_many(
         per_input += row_bytes * 2 * (hook in kv_points)  # clean keys and values
     chunk, rows_per_pass = _budget(adapter, example, explanations, pool, memory_mb, per_input, n, batch_size)
     groups = _merge_small_windows(groups, min(n, chunk) * k, rows_per_pass)
-    bar = progress_bar(n * k * n_expl, f"scrubbing {n} inputs x {n_expl} explanations", unit="row",
-                       enabled=progress, leave=False)
+    bar = progress_bar(
+        n * k * n_expl,
+        f"scrubbing {n} inputs x {n_expl} explanations",
+        unit="row",
+        enabled=progress,
+        leave=False,
+    )
     device = adapter.device
     # each distinct row's divergence stays where the model runs: no copy to the host (a
     # synchronisation on a GPU) per pass, one at the end
@@ -517,13 +585,16 @@ def scrub_many(
     # the CPU): the pool's activations at the call's places and every rule's subspace, one
     # copy each, and the clean log-probabilities
     at_places = {SourcePool._place(s): s for e in explanations for s in e.sites}
-    pool_acts = dict(zip(at_places, to_device([pool.acts(s).numpy() for s in at_places.values()], device,
-                                               np.float32)))
+    pool_acts = dict(
+        zip(at_places, to_device([pool.acts(s).numpy() for s in at_places.values()], device, np.float32))
+    )
     sites = list({id(s): s for e in explanations for s in e.sites}.items())
     bases = [(i, s.projection(pool.acts(s).shape[-1], adapter.head_width(s.hook))) for i, s in sites]
     projections: dict[int, torch.Tensor | None] = {i: None for i, b in bases if b is None}
     with_basis = [(i, b) for i, b in bases if b is not None]
-    projections.update(zip([i for i, _ in with_basis], to_device([b.numpy() for _, b in with_basis], device, np.float32)))
+    projections.update(
+        zip([i for i, _ in with_basis], to_device([b.numpy() for _, b in with_basis], device, np.float32))
+    )
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
@@ -532,14 +603,16 @@ def scrub_many(
         sources: dict[int, list[np.ndarray]] = {}
         classes: dict[int, np.ndarray] = {}
         for j, e in enumerate(explanations):
-            sources[j], unmatched[a:b, j], gaps[a:b, j] = explanation_sources(pool, e, values[a:b], keys[a:b], k, seed)
+            sources[j], unmatched[a:b, j], gaps[a:b, j] = explanation_sources(
+                pool, e, values[a:b], keys[a:b], k, seed
+            )
             if e.target is not None:
                 classes[j] = counterfactual_classes(counterfactual, e, values[a:b], pool, sources[j][0])
         # one clean pass: resume activations and (unless given) the unscrubbed readouts
         own = readouts if clean_all is None else ()
         got = _capture_raw(adapter, x, captured, rows_per_pass, own) if captured or own else []
         acts = dict(zip(captured, got))
-        clean = got[len(captured):] if clean_all is None else [c[a:b] for c in clean_all]
+        clean = got[len(captured) :] if clean_all is None else [c[a:b] for c in clean_all]
         kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.no_grad():
             for hook in kv_points:
@@ -551,12 +624,21 @@ def scrub_many(
         distinct: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for j, e in enumerate(explanations):
             cls = [classes[j].reshape(m * k, -1)] if j in classes else []
-            distinct[j] = _distinct_rows([i_all, *cls, *(pool.ids(r.site)[src.reshape(-1)]
-                                                         for r, src in zip(e.resamples, sources[j]))])
+            distinct[j] = _distinct_rows(
+                [i_all, *cls, *(pool.ids(r.site)[src.reshape(-1)] for r, src in zip(e.resamples, sources[j]))]
+            )
         for (point, start, _), columns in groups.items():
-            # the group's rows, explanation-major: (columns[p], input i, resample r), standing for `count` rows
-            parts = [(np.full(len(distinct[j][0]), p), i_all[distinct[j][0]], k_all[distinct[j][0]], distinct[j][1])
-                     for p, j in enumerate(columns)]
+            # the group's rows, explanation-major: (columns[p], input i, resample r), standing
+            # for `count` rows
+            parts = [
+                (
+                    np.full(len(distinct[j][0]), p),
+                    i_all[distinct[j][0]],
+                    k_all[distinct[j][0]],
+                    distinct[j][1],
+                )
+                for p, j in enumerate(columns)
+            ]
             table = [np.concatenate(t) for t in zip(*parts)]
             row_div = torch.empty(len(table[0]), dtype=torch.float64, device=device)
             for j in columns:
@@ -567,14 +649,18 @@ def scrub_many(
                 p_rows, i_rows, k_rows, count = (t[s : s + rows_per_pass] for t in table)
                 tokens = x[torch.as_tensor(i_rows)]
                 starts = np.flatnonzero(np.r_[True, p_rows[1:] != p_rows[:-1]])
-                segments = [(slice(int(st), int(en)), columns[p_rows[st]])
-                            for st, en in zip(starts, np.r_[starts[1:], len(p_rows)])]
+                segments = [
+                    (slice(int(st), int(en)), columns[p_rows[st]])
+                    for st, en in zip(starts, np.r_[starts[1:], len(p_rows)])
+                ]
                 # the pass's indices reach the device in one copy: the rows' inputs and
                 # cells, then per segment each rule's sources and any counterfactual classes
                 host = [i_rows]
                 for seg, j in segments:
                     ii, kk = i_rows[seg], k_rows[seg]
-                    host += [src[ii, kk] for src in sources[j]] + ([classes[j][ii, kk]] if j in classes else [])
+                    host += [src[ii, kk] for src in sources[j]] + (
+                        [classes[j][ii, kk]] if j in classes else []
+                    )
                 moved = iter(to_device(host, device))
                 at_rows = next(moved)
                 by_hook: dict[str, list[tuple[slice, Site, torch.Tensor, torch.Tensor | None]]] = {}
@@ -584,11 +670,13 @@ def scrub_many(
                         vals = pool_acts[SourcePool._place(rule.site)][next(moved)]
                         pos = rule.site.position_index(tokens[seg])
                         by_hook.setdefault(rule.site.hook, []).append(
-                            (seg, rule.site, vals, pos - start if pos is not None and start else pos))
+                            (seg, rule.site, vals, pos - start if pos is not None and start else pos)
+                        )
                     if j in classes:
                         seg_classes.append((seg, next(moved)))
-                logits = _run_segments(adapter, point, tokens, acts, at_rows, by_hook, projections, start, kv,
-                                       readout_start)
+                logits = _run_segments(
+                    adapter, point, tokens, acts, at_rows, by_hook, projections, start, kv, readout_start
+                )
                 scrubbed = readout_log_probs(readouts, logits)
                 kl = kl_divergence([c[at_rows] for c in clean], scrubbed)
                 for seg, seg_cls in seg_classes:  # interchange segments
@@ -611,10 +699,16 @@ def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     """The first row of each set of equal rows of the integer ``columns`` (``[rows]`` or
     ``[rows, c]`` each), in row order, how many rows each stands for, and for every row
     the index of the distinct row that stands for it."""
-    key = np.ascontiguousarray(np.concatenate([np.asarray(c, dtype=np.int64).reshape(len(c), -1) for c in columns], 1))
+    key = np.ascontiguousarray(
+        np.concatenate([np.asarray(c, dtype=np.int64).reshape(len(c), -1) for c in columns], 1)
+    )
     # each row's bytes as one opaque value (np.unique's axis=0 is ~50x slower)
-    _, first, inverse, count = np.unique(key.view(np.dtype((np.void, key.shape[1] * 8)))[:, 0], return_index=True,
-                                         return_inverse=True, return_counts=True)
+    _, first, inverse, count = np.unique(
+        key.view(np.dtype((np.void, key.shape[1] * 8)))[:, 0],
+        return_index=True,
+        return_inverse=True,
+        return_counts=True,
+    )
     order = np.argsort(first)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
@@ -629,8 +723,14 @@ class Interchanges:
     site. The same interchange as :func:`~causalmad.interventions.interchange_pyvene` up
     to float rounding (``tests/test_engine.py``), several times cheaper per site."""
 
-    def __init__(self, adapter: ModelAdapter, base: torch.Tensor, source: torch.Tensor, readouts: Sequence[Readout],
-                 batch_size: int = 1024) -> None:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        base: torch.Tensor,
+        source: torch.Tensor,
+        readouts: Sequence[Readout],
+        batch_size: int = 1024,
+    ) -> None:
         self.adapter, self.base, self.source, self.readouts = adapter, base, source, list(readouts)
         self.batch_size = batch_size
         self._clean: dict[str, torch.Tensor] = {}  # the base's clean activations, per hook
@@ -669,7 +769,10 @@ class Interchanges:
             for h in inputs:
                 if h not in self._kv:
                     self._kv[h] = adapter.prefix_kv(h, self._clean[h])
-        values = [_gather(_flat(adapter, self._sources[s.hook]), s.position_index(self.source)).float() for s in sites]
+        values = [
+            _gather(_flat(adapter, self._sources[s.hook]), s.position_index(self.source)).float()
+            for s in sites
+        ]
         readout_start = min(r.position % seq for r in self.readouts if r.position is not None)
         out = []
         for a in range(0, len(base), self.batch_size):
@@ -681,15 +784,29 @@ class Interchanges:
             for site, vals in zip(sites, values):
                 pos = site.position_index(x)
                 by_hook.setdefault(site.hook, []).append(
-                    (slice(0, b - a), site, vals[a:b].to(adapter.device), None if pos is None else pos - start))
+                    (
+                        slice(0, b - a),
+                        site,
+                        vals[a:b].to(adapter.device),
+                        None if pos is None else pos - start,
+                    )
+                )
             rows = torch.arange(b - a, device=adapter.device)
-            out.append(_run_segments(adapter, point, x, acts, rows, by_hook, self._projections, start, kv,
-                                     readout_start))
+            out.append(
+                _run_segments(
+                    adapter, point, x, acts, rows, by_hook, self._projections, start, kv, readout_start
+                )
+            )
         return torch.cat(out)
 
 
-def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
-                 batch_size: int = 1024, readouts: Sequence[Readout] = ()) -> list[torch.Tensor]:
+def _capture_raw(
+    adapter: ModelAdapter,
+    x: torch.Tensor,
+    hooks: Sequence[str],
+    batch_size: int = 1024,
+    readouts: Sequence[Readout] = (),
+) -> list[torch.Tensor]:
     """Outputs of ``hooks`` exactly as the model produced them (shape, dtype, device),
     followed by the unscrubbed log-probabilities of each of ``readouts`` from the same
     passes (as :func:`clean_log_probs` computes them, on the model's device)."""
@@ -713,8 +830,11 @@ def _capture_raw(adapter: ModelAdapter, x: torch.Tensor, hooks: Sequence[str],
     return [torch.cat(o) for o in out]
 
 
-def _merge_small_windows(groups: dict[tuple[str | None, int | None, object], list[int]], rows_per_explanation: int,
-                         rows_per_pass: int) -> dict[tuple[str | None, int | None, object], list[int]]:
+def _merge_small_windows(
+    groups: dict[tuple[str | None, int | None, object], list[int]],
+    rows_per_explanation: int,
+    rows_per_pass: int,
+) -> dict[tuple[str | None, int | None, object], list[int]]:
     """Windowed groups of one resume point that fit in one pass together run as one, from
     their earliest start and patching what each patches: a few inputs then take a few
     passes, not one per window and place. Groups are packed in order of their start."""
@@ -740,13 +860,18 @@ def _merge_small_windows(groups: dict[tuple[str | None, int | None, object], lis
     return merged
 
 
-def _window_start(adapter: ModelAdapter, sites: Sequence[Site], readouts: Sequence[Readout],
-                  seq: int) -> int | None:
+def _window_start(
+    adapter: ModelAdapter, sites: Sequence[Site], readouts: Sequence[Readout], seq: int
+) -> int | None:
     """The first position rows patching ``sites`` must recompute when the adapter can run
     a window (:meth:`ModelAdapter.run_window`): the earliest patched position (or the
     earliest readout, if before); 0 when a site has no fixed positions. ``None``: the
     adapter cannot (the rows run whole, :meth:`ModelAdapter.run_from`)."""
-    if not adapter.can_window([s.hook for s in sites]) or not readouts or any(r.position is None for r in readouts):
+    if (
+        not adapter.can_window([s.hook for s in sites])
+        or not readouts
+        or any(r.position is None for r in readouts)
+    ):
         return None
     firsts = [r.position % seq for r in readouts if r.position is not None]
     for site in sites:
@@ -776,12 +901,18 @@ def _run_segments(
 
     # every patch's positions reach the model's device in one copy; which window positions
     # a patch writes is worked out from the host's copy
-    host_pos = [(h, i, pos) for h, patches in by_hook.items() for i, (_, _, _, pos) in enumerate(patches)
-                if pos is not None]
+    host_pos = [
+        (h, i, pos)
+        for h, patches in by_hook.items()
+        for i, (_, _, _, pos) in enumerate(patches)
+        if pos is not None
+    ]
     moved = to_device([pos.numpy() for _, _, pos in host_pos], rows.device)
     on_device = {(h, i): pos for (h, i, _), pos in zip(host_pos, moved)}
-    patches_at = {h: [(seg, site, vals, on_device.get((h, i))) for i, (seg, site, vals, _) in enumerate(patches)]
-                  for h, patches in by_hook.items()}
+    patches_at = {
+        h: [(seg, site, vals, on_device.get((h, i))) for i, (seg, site, vals, _) in enumerate(patches)]
+        for h, patches in by_hook.items()
+    }
 
     def make(hook: str):  # noqa: ANN202 - closure factory
         def fn(output: object) -> object:
@@ -803,9 +934,16 @@ def _run_segments(
             name = adapter.window_point(h)
             fns.setdefault(name, []).append(make(h))
             where = [touched.get(name, torch.empty(0, dtype=torch.long)), *(pos for _, _, _, pos in patches)]
-            touched[name] = None if any(p is None for p in where) else torch.cat([p.flatten() for p in where]).unique()  # type: ignore[union-attr]
-        clean = CleanWindow([kv[h] for h in adapter.window_inputs(point)],
-                            [cache[h] for h in [*adapter.window_inputs(point), adapter.final_hook()]], rows, touched)
+            known = [p for p in where if p is not None]
+            touched[name] = (
+                None if len(known) < len(where) else torch.cat([p.flatten() for p in known]).unique()
+            )
+        clean = CleanWindow(
+            [kv[h] for h in adapter.window_inputs(point)],
+            [cache[h] for h in [*adapter.window_inputs(point), adapter.final_hook()]],
+            rows,
+            touched,
+        )
         with torch.no_grad():
             return adapter.run_window(point, start, cache[point][rows, start:], [], fns, readout_start, clean)
     with torch.no_grad(), _hooks(adapter, [(h, make(h)) for h in by_hook]):

@@ -9,13 +9,14 @@ scored on every output, not only those downstream of their variable), scored on
 
     python scripts/ablate_scrubbing.py --size tiny --seed 0 --out results/ablation.json
 
-Columns: ``all`` (calibrated, with the input cut); ``max-z`` (no calibration: the largest standardised
-divergence); ``one-sided`` (upper tails only: no credit for moving the output less than
-trusted inputs do); ``two-sided`` (both tails for every column, the counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those columns
-dropped); ``only input cut``; ``coarse interchanges`` (interchange columns compared at
-``min_scale``, not ``counterfactual_resolution``); ``previous`` (all three off: the largest standardised
-divergence over the explanations alone); then the refitted variants. Prints a markdown
-table of AUROCs, one column per variant.
+Columns: ``all`` (calibrated, with the input cut); ``max-z`` (no calibration: the largest
+standardised divergence); ``one-sided`` (upper tails only: no credit for moving the output
+less than trusted inputs do); ``two-sided`` (both tails for every column, the
+counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those
+columns dropped); ``only input cut``; ``coarse interchanges`` (interchange columns
+compared at ``min_scale``, not ``counterfactual_resolution``); ``previous`` (calibration
+and the input cut off: the largest standardised divergence over the explanations alone);
+then the refitted variants. Prints a markdown table of AUROCs, one column per variant.
 """
 
 from __future__ import annotations
@@ -32,8 +33,18 @@ from sklearn.metrics import roc_auc_score
 import causalmad as cm
 from causalmad import calibration
 
-VARIANTS = ("all", "max-z", "one-sided", "two-sided", "no input cut", "no dual", "no base input cut", "only input cut",
-            "coarse interchanges", "previous")
+VARIANTS = (
+    "all",
+    "max-z",
+    "one-sided",
+    "two-sided",
+    "no input cut",
+    "no dual",
+    "no base input cut",
+    "only input cut",
+    "coarse interchanges",
+    "previous",
+)
 
 
 class AllOutputsScored(cm.ScrubbingDetector):
@@ -45,10 +56,12 @@ class AllOutputsScored(cm.ScrubbingDetector):
 
 
 #: mechanisms that change what is fitted: the detector refitted with each switched off
-REFITS = {"highest-IIA sites": (cm.ScrubbingDetector, {"site_choice": "highest-iia"}),
-          "8 interchange sources": (cm.ScrubbingDetector, {"counterfactual_resamples": 8}),
-          "mean over sources": (cm.ScrubbingDetector, {"hypothesis_statistic": "mean"}),
-          "interchanges on all outputs": (AllOutputsScored, {})}
+REFITS = {
+    "highest-IIA sites": (cm.ScrubbingDetector, {"site_choice": "highest-iia"}),
+    "8 interchange sources": (cm.ScrubbingDetector, {"counterfactual_resamples": 8}),
+    "mean over sources": (cm.ScrubbingDetector, {"hypothesis_statistic": "mean"}),
+    "interchanges on all outputs": (AllOutputsScored, {}),
+}
 
 
 def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,18 +71,27 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
 
     fine = det.column_resolutions()
 
-    def calibrated(keep: np.ndarray, two_sided: bool | np.ndarray = det.two_sided_,
-                   resolution: np.ndarray = fine) -> np.ndarray:
+    def calibrated(
+        keep: np.ndarray, two_sided: bool | np.ndarray = det.two_sided_, resolution: np.ndarray = fine
+    ) -> np.ndarray:
         sides = np.broadcast_to(two_sided, keep.shape)[keep]
         lp = calibration.log_p_values(div[:, keep], det.calibration_[:, keep], resolution[keep], sides)
         return calibration.score(lp, list(fam[keep]))
 
     everything = np.ones(len(fam), dtype=bool)
     z = np.where(np.isnan(div), -np.inf, (div - det.loc_) / det.scale_)
-    return {"all": calibrated(everything), "max-z": z.max(1), "previous": z[:, ~cut].max(1),
-            "one-sided": calibrated(everything, two_sided=False), "two-sided": calibrated(everything, True), "no input cut": calibrated(~cut),
-            "no dual": calibrated(~dual), "no base input cut": calibrated(~base), "only input cut": calibrated(cut),
-            "coarse interchanges": calibrated(everything, resolution=np.full(len(fam), det.min_scale))}
+    return {
+        "all": calibrated(everything),
+        "max-z": z.max(1),
+        "previous": z[:, ~cut].max(1),
+        "one-sided": calibrated(everything, two_sided=False),
+        "two-sided": calibrated(everything, True),
+        "no input cut": calibrated(~cut),
+        "no dual": calibrated(~dual),
+        "no base input cut": calibrated(~base),
+        "only input cut": calibrated(cut),
+        "coarse interchanges": calibrated(everything, resolution=np.full(len(fam), det.min_scale)),
+    }
 
 
 def main() -> int:
@@ -79,7 +101,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", nargs="+", default=["hard", "easy"])
     ap.add_argument("--refit-splits", nargs="*", default=["hard"], help="splits the refitted variants score")
-    ap.add_argument("--refits", nargs="*", default=list(REFITS), choices=list(REFITS), help="refitted variants to run")
+    ap.add_argument(
+        "--refits", nargs="*", default=list(REFITS), choices=list(REFITS), help="refitted variants to run"
+    )
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     rows = []
@@ -88,22 +112,51 @@ def main() -> int:
     for name in a.tasks or sorted(cm.available_tasks()):
         task = cm.load_task(name, size=a.size, seed=a.seed)
         start = time.perf_counter()
-        det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=a.seed).fit(task.trusted)
+        det = cm.ScrubbingDetector(task.model, hypothesis=task.hypothesis, random_state=a.seed).fit(
+            task.trusted
+        )
         fit = time.perf_counter() - start
-        refits = {variant: cls(task.model, hypothesis=task.hypothesis, random_state=a.seed, **params).fit(task.trusted)
-                  for variant, (cls, params) in REFITS.items() if variant in a.refits} if a.refit_splits else {}
+        refits = (
+            {
+                variant: cls(task.model, hypothesis=task.hypothesis, random_state=a.seed, **params).fit(
+                    task.trusted
+                )
+                for variant, (cls, params) in REFITS.items()
+                if variant in a.refits
+            }
+            if a.refit_splits
+            else {}
+        )
         for split in a.splits:
             sp = task.splits[split]
             by = scores(det, det.divergences(sp.inputs))
-            auroc = {v: float(roc_auc_score(sp.labels, s)) if np.isfinite(s).any() else float("nan")
-                     for v, s in by.items()}
+            auroc = {
+                v: float(roc_auc_score(sp.labels, s)) if np.isfinite(s).any() else float("nan")
+                for v, s in by.items()
+            }
             for variant, other in refits.items():
-                auroc[variant] = float(roc_auc_score(sp.labels, other.score(sp.inputs))) if split in a.refit_splits \
+                auroc[variant] = (
+                    float(roc_auc_score(sp.labels, other.score(sp.inputs)))
+                    if split in a.refit_splits
                     else float("nan")
-            rows.append({"task": name, "size": a.size, "seed": a.seed, "split": split, "auroc": auroc,
-                         "fit_seconds": round(fit, 1), "environment": cm.environment()})
-            print(f"| {name} | {split} | " + " | ".join(f"{auroc.get(v, float('nan')):.3f}" for v in (*VARIANTS, *REFITS))
-                  + f" | {fit:.0f} |", flush=True)
+                )
+            rows.append(
+                {
+                    "task": name,
+                    "size": a.size,
+                    "seed": a.seed,
+                    "split": split,
+                    "auroc": auroc,
+                    "fit_seconds": round(fit, 1),
+                    "environment": cm.environment(),
+                }
+            )
+            print(
+                f"| {name} | {split} | "
+                + " | ".join(f"{auroc.get(v, float('nan')):.3f}" for v in (*VARIANTS, *REFITS))
+                + f" | {fit:.0f} |",
+                flush=True,
+            )
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(rows, indent=1))

@@ -25,7 +25,10 @@ from sklearn.metrics import roc_auc_score
 
 import causalmad as cm
 
-SETTINGS = {"earlier": {"aggregation": "max-z", "input_cut": (), "counterfactual_resamples": 4}, "default": {}}
+SETTINGS = {
+    "earlier": {"aggregation": "max-z", "input_cut": (), "counterfactual_resamples": 4},
+    "default": {},
+}
 
 
 def main() -> int:
@@ -37,7 +40,11 @@ def main() -> int:
     a = ap.parse_args()
     task = cm.load_task(a.task, size=a.size, seed=a.seed)
     rows = []
-    print("| setting | fit s | score s (all splits) | total s | " + " | ".join(f"AUROC {s}" for s in task.splits) + " |")
+    print(
+        "| setting | fit s | score s (all splits) | total s | "
+        + " | ".join(f"AUROC {s}" for s in task.splits)
+        + " |"
+    )
     print("|---|---|---|---|" + "---|" * len(task.splits))
     for name, params in SETTINGS.items():
         start = time.perf_counter()
@@ -46,12 +53,26 @@ def main() -> int:
         fit = time.perf_counter() - start
         auroc = {s: float(roc_auc_score(sp.labels, det.score(sp.inputs))) for s, sp in task.splits.items()}
         total = time.perf_counter() - start
-        rows.append({"setting": name, "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
-                     "task": a.task, "size": a.size, "seed": a.seed, "fit_seconds": round(fit, 1),
-                     "score_seconds": round(total - fit, 1), "total_seconds": round(total, 1), "auroc": auroc,
-                     "environment": cm.environment()})
-        print(f"| {name} | {fit:.0f} | {total - fit:.0f} | {total:.0f} | "
-              + " | ".join(f"{v:.3f}" for v in auroc.values()) + " |", flush=True)
+        rows.append(
+            {
+                "setting": name,
+                "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
+                "task": a.task,
+                "size": a.size,
+                "seed": a.seed,
+                "fit_seconds": round(fit, 1),
+                "score_seconds": round(total - fit, 1),
+                "total_seconds": round(total, 1),
+                "auroc": auroc,
+                "environment": cm.environment(),
+            }
+        )
+        print(
+            f"| {name} | {fit:.0f} | {total - fit:.0f} | {total:.0f} | "
+            + " | ".join(f"{v:.3f}" for v in auroc.values())
+            + " |",
+            flush=True,
+        )
     print(f"\ndefault / earlier: {rows[1]['total_seconds'] / rows[0]['total_seconds']:.2f}x")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

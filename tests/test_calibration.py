@@ -37,7 +37,8 @@ def test_simes_ignores_untestable_cells_and_ties_with_trusted():
 
 @pytest.mark.parametrize("aggregation", ["calibrated", "max-z"])
 def test_appending_100_explanations_that_do_not_matter_moves_the_auroc_by_less_than_a_hundredth(
-        aggregation, monkeypatch):
+    aggregation, monkeypatch
+):
     """The planted model reads ``a + b`` and the flag, never ``a - b``: scrubbing the
     ``a - b`` direction of ``enc`` from any trusted source provably changes nothing. A
     weak flag (0.01: the answer moves by 0.05) keeps the AUROC below 1, where dilution
@@ -48,18 +49,24 @@ def test_appending_100_explanations_that_do_not_matter_moves_the_auroc_by_less_t
     x = torch.cat([planted_data(100, 0, seed=1, noise=0.4), planted_data(100, 0.01, seed=2, noise=0.4)])
     labels = np.r_[np.zeros(100), np.ones(100)]
     a_minus_b = torch.tensor([[0.0], [1.0], [0.0]])
-    nulls = [Explanation(f"null {i}", "hypothesis-free", [Resample(cm.Site("enc").with_basis(a_minus_b, f"a-b {i}"))])
-             for i in range(100)]
+    nulls = [
+        Explanation(
+            f"null {i}", "hypothesis-free", [Resample(cm.Site("enc").with_basis(a_minus_b, f"a-b {i}"))]
+        )
+        for i in range(100)
+    ]
 
     def auroc() -> tuple[float, cm.ScrubbingDetector]:
-        det = cm.ScrubbingDetector(PlantedSum(), sum_hypothesis(), resamples=4, aggregation=aggregation,
-                                   random_state=0).fit(trusted)
+        det = cm.ScrubbingDetector(
+            PlantedSum(), sum_hypothesis(), resamples=4, aggregation=aggregation, random_state=0
+        ).fit(trusted)
         return roc_auc_score(labels, det.score(x)), det
 
     before, _ = auroc()
     original = scrubbing_detector.hypothesis_free_explanations
-    monkeypatch.setattr(scrubbing_detector, "hypothesis_free_explanations",
-                        lambda *a, **k: original(*a, **k) + nulls)
+    monkeypatch.setattr(
+        scrubbing_detector, "hypothesis_free_explanations", lambda *a, **k: original(*a, **k) + nulls
+    )
     after, det = auroc()
     assert sum(name.startswith("null") for name in det.column_names_) == 100  # all valid, all scored
     assert before >= 0.9 and abs(after - before) < 0.01

@@ -19,15 +19,30 @@ from causalmad.simulated_device import DEVICE, simulated_device
 
 
 def straightforward(adapter, family, x, values, clean, pool, readouts, k, counterfactual=None):
-    cols = [scrub(adapter, e, x, values, clean, pool, readouts, k, seed=0, batch_size=97,
-                  counterfactual=counterfactual) for e in family]
+    cols = [
+        scrub(
+            adapter,
+            e,
+            x,
+            values,
+            clean,
+            pool,
+            readouts,
+            k,
+            seed=0,
+            batch_size=97,
+            counterfactual=counterfactual,
+        )
+        for e in family
+    ]
     return np.stack([c[0] for c in cols], 1), np.stack([c[1] for c in cols], 1)
 
 
 def check_same(adapter, family, x, values, pool, readouts, k=3, **kw):
     clean = clean_log_probs(adapter, x, readouts)
-    ref_div, ref_unmatched = straightforward(adapter, family, x, values, clean, pool, readouts, k,
-                                             kw.get("counterfactual"))
+    ref_div, ref_unmatched = straightforward(
+        adapter, family, x, values, clean, pool, readouts, k, kw.get("counterfactual")
+    )
     div, unmatched = scrub_many(adapter, family, x, values, clean, pool, readouts, k, seed=0, **kw)
     np.testing.assert_array_equal(unmatched, ref_unmatched)
     np.testing.assert_allclose(div, ref_div, rtol=1e-4, atol=1e-5)
@@ -44,7 +59,9 @@ def test_engine_matches_on_a_transformer_with_resumed_passes(tiny_bridge):
     pool = SourcePool(adapter, pool_x, None)
     family = hypothesis_free_explanations(adapter, pool, 11, positions=[3, 10])
     assert {adapter.resume_point([s.hook for s in e.sites]) for e in family} >= {
-        "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"}
+        "blocks.0.hook_resid_pre",
+        "blocks.1.hook_resid_pre",
+    }
     readouts = [cm.Readout(position=-1)]
     values = [{} for _ in range(len(x))]
     div = check_same(adapter, family, x, values, pool, readouts, batch_size=64)
@@ -58,19 +75,24 @@ def test_engine_matches_with_hypothesis_matching_and_unmatched_inputs(planted):
     model, h = planted
     adapter = cm.adapt(model)
     pool_x = planted_data(200, 0, 0, 0.05)
-    x = torch.cat([planted_data(20, 0, 1, 0.05), planted_data(20, 1, 2, 0.05), torch.tensor([[9.0, 9.0, 0.0]])])
+    x = torch.cat(
+        [planted_data(20, 0, 1, 0.05), planted_data(20, 1, 2, 0.05), torch.tensor([[9.0, 9.0, 0.0]])]
+    )
     pool = SourcePool(adapter, pool_x, [h.values(r) for r in pool_x])
     s_site = cm.Site("enc", basis=torch.tensor([[1.0], [0.0], [0.0]]) / 1.0)
     rule = cm.scrubbing.Resample(s_site, ("s",))
-    family = [cm.scrubbing.Explanation("s", "hypothesis", [rule]),
-              cm.scrubbing.Explanation("s interchanged", "hypothesis-interchange", [rule], ("s",), target="s"),
-              *hypothesis_free_explanations(adapter, pool, 1)]
+    family = [
+        cm.scrubbing.Explanation("s", "hypothesis", [rule]),
+        cm.scrubbing.Explanation("s interchanged", "hypothesis-interchange", [rule], ("s",), target="s"),
+        *hypothesis_free_explanations(adapter, pool, 1),
+    ]
 
     def counterfactual(values, var, value):
         return [int(h.counterfactual(values, {var: value})["y"])]
 
-    div = check_same(adapter, family, x, [h.values(r) for r in x], pool, [cm.Readout()],
-                     counterfactual=counterfactual)
+    div = check_same(
+        adapter, family, x, [h.values(r) for r in x], pool, [cm.Readout()], counterfactual=counterfactual
+    )
     # interchanging s with a differing source moves a clean input's answer to the source's
     # s, as the hypothesis says; on a flagged input the planted backdoor adds 5 on top
     clean_rows, flagged = div[:20, 1], div[20:40, 1]
@@ -86,7 +108,9 @@ def test_interchange_sources_differ_on_the_target_and_are_shared_by_every_rule(p
     values = [h.values(r) for r in x]
     rules = [cm.scrubbing.Resample(cm.Site("enc"), ("s",)), cm.scrubbing.Resample(cm.Site("head"), ("s",))]
     e = cm.scrubbing.Explanation("both", "hypothesis-interchange", rules, ("s",), target="s")
-    sources, unmatched, _ = cm.scrubbing.explanation_sources(pool, e, values, cm.scrubbing.row_keys(x), 4, seed=0)
+    sources, unmatched, _ = cm.scrubbing.explanation_sources(
+        pool, e, values, cm.scrubbing.row_keys(x), 4, seed=0
+    )
     assert not unmatched.any() and sources[0] is sources[1]
     for i, row in enumerate(sources[0]):
         assert all(pool.values[s]["s"] != values[i]["s"] for s in row)
@@ -116,8 +140,13 @@ def test_run_from_a_block_equals_the_full_forward(tiny_bridge, layer):
         torch.testing.assert_close(resumed, adapter.forward(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("hook", "point"), [("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"),
-                                           ("blocks.1.hook_resid_post", "blocks.1.hook_resid_post")])
+@pytest.mark.parametrize(
+    ("hook", "point"),
+    [
+        ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"),
+        ("blocks.1.hook_resid_post", "blocks.1.hook_resid_post"),
+    ],
+)
 def test_a_patch_on_a_block_output_resumes_after_the_block(tiny_bridge, hook, point):
     """A block's output is the next block's input: scrubbing there reruns only what follows
     (after the last block, the final norm and unembedding), and the patch still applies."""
@@ -159,16 +188,23 @@ def test_windowed_run_equals_the_full_forward_with_the_same_patch(tiny_bridge, l
         act[:, at, 8:16] += 1.0
         return act
 
-    with torch.no_grad(), cm.interventions._hooks(adapter, [(z, lambda o: bump(o, start)),
-                                                          (mlp, lambda o: bump(o, start + 1 if start < 10 else start))]):
+    with (
+        torch.no_grad(),
+        cm.interventions._hooks(
+            adapter,
+            [(z, lambda o: bump(o, start)), (mlp, lambda o: bump(o, start + 1 if start < 10 else start))],
+        ),
+    ):
         full = adapter.forward(x)
     point = f"blocks.{layer}.hook_resid_pre"
     points = adapter.window_inputs(point)
     with torch.no_grad():
         acts = _capture_raw(adapter, x, points)
         prefix = [adapter.prefix_kv(h, a[:, :start]) for h, a in zip(points, acts)]
-        fns = {adapter.window_point(z): [lambda a: bump(a, 0)],
-               adapter.window_point(mlp): [lambda a: bump(a, 1 if start < 10 else 0)]}
+        fns = {
+            adapter.window_point(z): [lambda a: bump(a, 0)],
+            adapter.window_point(mlp): [lambda a: bump(a, 1 if start < 10 else 0)],
+        }
         window = adapter.run_window(point, start, acts[0][:, start:], prefix, fns)
         read = min(start + 2, 10)  # logits read from there on: the last block computes only those
         trimmed = adapter.run_window(point, start, acts[0][:, start:], prefix, fns, readout_start=read)
@@ -179,8 +215,10 @@ def test_windowed_run_equals_the_full_forward_with_the_same_patch(tiny_bridge, l
     final = _capture_raw(adapter, x, [adapter.final_hook()])[0]
     with torch.no_grad():
         kv = [adapter.prefix_kv(h, a) for h, a in zip(points, acts)]
-        touched = {adapter.window_point(z): torch.tensor([0]),
-                   adapter.window_point(mlp): torch.tensor([1 if start < 10 else 0])}
+        touched = {
+            adapter.window_point(z): torch.tensor([0]),
+            adapter.window_point(mlp): torch.tensor([1 if start < 10 else 0]),
+        }
         clean = CleanWindow(kv, [*acts, final], torch.arange(len(x)), touched)
         queried = []
         q_proj = tiny_bridge.blocks[layer].attn._original_component.q
@@ -223,7 +261,11 @@ def test_run_readouts_computes_only_the_positions_read_and_equals_the_bridge(tin
     and falls back to the bridge's forward when a hook is installed."""
     adapter = cm.adapt(tiny_bridge)
     x = torch.randint(0, 12, (9, 11), generator=torch.Generator().manual_seed(4))
-    readouts = [cm.Readout(position=8, logits=tuple(range(10))), cm.Readout(position=-1), cm.Readout(position=10)]
+    readouts = [
+        cm.Readout(position=8, logits=tuple(range(10))),
+        cm.Readout(position=-1),
+        cm.Readout(position=10),
+    ]
     with torch.no_grad():
         full = tiny_bridge(x)
     want = [torch.log_softmax(r.select(full).float(), -1) for r in readouts]
@@ -245,7 +287,11 @@ def test_engine_runs_windows_from_the_earliest_patched_position(tiny_bridge, mon
     adapter = cm.adapt(tiny_bridge)
     starts = []
     run_window = adapter.run_window
-    monkeypatch.setattr(adapter, "run_window", lambda point, start, *a, **kw: starts.append(start) or run_window(point, start, *a, **kw))
+    monkeypatch.setattr(
+        adapter,
+        "run_window",
+        lambda point, start, *a, **kw: starts.append(start) or run_window(point, start, *a, **kw),
+    )
     g = torch.Generator().manual_seed(3)
     pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (12, 11), generator=g)
     pool = SourcePool(adapter, pool_x, None)
@@ -305,8 +351,16 @@ def test_engine_on_a_device_matches_cpu(device, tiny_bridge):
         gpu_adapter = cm.adapt(copy.deepcopy(tiny_bridge).to(dev))
         gpu_pool = SourcePool(gpu_adapter, pool_x, None)
         gpu_family = hypothesis_free_explanations(gpu_adapter, gpu_pool, 11, positions=[10])
-        gpu = scrub_many(gpu_adapter, gpu_family, x, values, clean_log_probs(gpu_adapter, x, readouts), gpu_pool,
-                         readouts, 2)[0]
+        gpu = scrub_many(
+            gpu_adapter,
+            gpu_family,
+            x,
+            values,
+            clean_log_probs(gpu_adapter, x, readouts),
+            gpu_pool,
+            readouts,
+            2,
+        )[0]
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
 
 
@@ -337,11 +391,14 @@ def test_a_scrubbed_pass_waits_for_the_device_at_most_twice(tiny_bridge):
     assert len(places) > 4 and traffic.syncs <= 2 * len(passes) + 3 + len(readouts)
 
 
-def _fitted_scores(model: nn.Module, hypothesis, trusted: torch.Tensor, x: torch.Tensor, device: torch.device | str):
+def _fitted_scores(
+    model: nn.Module, hypothesis, trusted: torch.Tensor, x: torch.Tensor, device: torch.device | str
+):
     import copy
 
-    det = cm.ScrubbingDetector(copy.deepcopy(model).to(device), hypothesis=hypothesis, resamples=2, n_pairs=64,
-                               random_state=0).fit(trusted)
+    det = cm.ScrubbingDetector(
+        copy.deepcopy(model).to(device), hypothesis=hypothesis, resamples=2, n_pairs=64, random_state=0
+    ).fit(trusted)
     return [e["name"] for e in det.explanations_ if e["valid"]], det.score(x)
 
 
@@ -367,10 +424,21 @@ def test_detector_fitted_on_a_device_matches_cpu(which, device, planted, tiny_br
 def test_small_window_groups_are_packed_into_full_passes():
     from causalmad.scrubbing import _merge_small_windows
 
-    groups = {("p", 5, "c"): [2], ("p", 0, "a"): [0], ("p", 2, "b"): [1, 4], ("p", None, None): [3], ("q", 1, "d"): [5]}
+    groups = {
+        ("p", 5, "c"): [2],
+        ("p", 0, "a"): [0],
+        ("p", 2, "b"): [1, 4],
+        ("p", None, None): [3],
+        ("q", 1, "d"): [5],
+    }
     # 40 rows per explanation, 120 per pass: a and b (3 explanations) fill one pass, c runs alone
     merged = _merge_small_windows(groups, 40, 120)
-    assert merged == {("p", None, None): [3], ("p", 0, ("a", "b")): [0, 1, 4], ("p", 5, "c"): [2], ("q", 1, "d"): [5]}
+    assert merged == {
+        ("p", None, None): [3],
+        ("p", 0, ("a", "b")): [0, 1, 4],
+        ("p", 5, "c"): [2],
+        ("q", 1, "d"): [5],
+    }
     # every explanation stays in exactly one group
     assert sorted(j for cols in merged.values() for j in cols) == list(range(6))
     # passes too small for two explanations: nothing merges
@@ -381,16 +449,23 @@ def test_rows_with_the_same_input_and_source_activations_run_once(tiny_bridge, m
     adapter = cm.adapt(tiny_bridge)
     computed = []
     run_window = adapter.run_window
-    monkeypatch.setattr(adapter, "run_window", lambda point, start, act, *a, **kw: computed.append(len(act))
-                        or run_window(point, start, act, *a, **kw))
+    monkeypatch.setattr(
+        adapter,
+        "run_window",
+        lambda point, start, act, *a, **kw: (
+            computed.append(len(act)) or run_window(point, start, act, *a, **kw)
+        ),
+    )
     g = torch.Generator().manual_seed(5)
     pool_x, x = torch.randint(0, 12, (60, 11), generator=g), torch.randint(0, 12, (12, 11), generator=g)
     pool_x[:, 3], x[:, 3] = 7, 7  # a fixed token: every source's embedding there is the input's own
     pool = SourcePool(adapter, pool_x, None)
     fixed = cm.scrubbing.Resample(cm.Site("blocks.0.hook_resid_pre", positions=(3,)))
     varied = cm.scrubbing.Resample(cm.Site("blocks.0.hook_resid_pre", positions=(4,)))
-    family = [cm.scrubbing.Explanation("fixed token", "hypothesis-free", [fixed]),
-              cm.scrubbing.Explanation("varied token", "hypothesis-free", [varied])]
+    family = [
+        cm.scrubbing.Explanation("fixed token", "hypothesis-free", [fixed]),
+        cm.scrubbing.Explanation("varied token", "hypothesis-free", [varied]),
+    ]
     readouts = [cm.Readout(position=-1)]
     div = check_same(adapter, family, x, [{} for _ in range(len(x))], pool, readouts, k=4, batch_size=4096)
     # (computed[0]: the clean readouts check_same gives, from the hook-free run)
@@ -407,16 +482,26 @@ def test_interchanges_equal_the_pyvene_interchange(tiny_bridge):
     adapter = cm.adapt(tiny_bridge)
     g = torch.Generator().manual_seed(7)
     base, source = torch.randint(0, 12, (20, 11), generator=g), torch.randint(0, 12, (20, 11), generator=g)
-    runner = Interchanges(adapter, base, source, [cm.Readout(position=8), cm.Readout(position=-1)], batch_size=8)
-    groups = [[cm.Site("blocks.0.hook_resid_pre", positions=(2,))],
-              [cm.Site("blocks.0.attn.hook_z", positions=(9,), head=1)], [cm.Site("blocks.1.attn.hook_z", positions=(10,), head=2)],
-              [cm.Site("blocks.0.hook_resid_post", positions=(4, 9)), cm.Site("blocks.1.hook_mlp_out", positions=(10,))],
-              [cm.Site("blocks.1.hook_attn_out")]]  # every position
+    runner = Interchanges(
+        adapter, base, source, [cm.Readout(position=8), cm.Readout(position=-1)], batch_size=8
+    )
+    groups = [
+        [cm.Site("blocks.0.hook_resid_pre", positions=(2,))],
+        [cm.Site("blocks.0.attn.hook_z", positions=(9,), head=1)],
+        [cm.Site("blocks.1.attn.hook_z", positions=(10,), head=2)],
+        [
+            cm.Site("blocks.0.hook_resid_post", positions=(4, 9)),
+            cm.Site("blocks.1.hook_mlp_out", positions=(10,)),
+        ],
+        [cm.Site("blocks.1.hook_attn_out")],
+    ]  # every position
     runner.prepare([s for group in groups for s in group])
     for sites in groups:
         fast = runner.logits(sites)
         slow = interchange_pyvene(adapter, base, source, sites)
-        assert not torch.allclose(slow[:, [8, 10]], adapter.run(base)[:, [8, 10]])  # the interchange changes the readouts
+        assert not torch.allclose(
+            slow[:, [8, 10]], adapter.run(base)[:, [8, 10]]
+        )  # the interchange changes the readouts
         torch.testing.assert_close(fast[:, [8, 10]], slow[:, [8, 10]], rtol=1e-4, atol=1e-5)
     # a readout without a position: no windowed run (alignment then goes through pyvene)
     assert Interchanges(adapter, base, source, [cm.Readout()]).logits(groups[0]) is None
@@ -447,7 +532,10 @@ def test_an_interchange_scores_only_the_outputs_it_names():
     """Counterfactual classes of ``UNSCORED`` leave their output out of the NLL."""
     from causalmad.scrubbing import UNSCORED, counterfactual_nll
 
-    q = [torch.log_softmax(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), -1), torch.log_softmax(torch.randn(2, 3), -1)]
+    q = [
+        torch.log_softmax(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), -1),
+        torch.log_softmax(torch.randn(2, 3), -1),
+    ]
     both = counterfactual_nll(q, np.array([[0, 1], [1, 2]]))
     first = counterfactual_nll(q, np.array([[0, UNSCORED], [1, UNSCORED]]))
     torch.testing.assert_close(first, -torch.stack([q[0][0, 0], q[0][1, 1]]))

@@ -51,14 +51,20 @@ def test_parts_come_from_where_input_variables_live_plus_the_rest():
     names, masks = input_cut.part_masks(located_sum(), torch.zeros(3))
     assert names == ["a", "b", "rest"]
     assert masks.tolist() == [[True, False, False], [False, True, False], [False, False, True]]
-    tokens, masks = input_cut.part_masks(None, torch.zeros(5, dtype=torch.long))  # token ids: one part a position
+    tokens, masks = input_cut.part_masks(
+        None, torch.zeros(5, dtype=torch.long)
+    )  # token ids: one part a position
     assert tokens == [f"pos {p}" for p in range(5)] and masks.sum(1).tolist() == [1] * 5
     assert input_cut.part_masks(None, torch.zeros(5))[0] == []  # floats with nothing located: no parts
     blocks, masks = input_cut.part_masks(None, torch.zeros(1, 8, 6))  # an image: a 4 x 4 grid of blocks
-    assert len(blocks) == 16 and blocks[0] == "block 0,0" and masks.sum((1, 2, 3)).tolist() == [4, 4, 2, 2] * 4
+    assert (
+        len(blocks) == 16 and blocks[0] == "block 0,0" and masks.sum((1, 2, 3)).tolist() == [4, 4, 2, 2] * 4
+    )
     assert masks.sum(0).tolist() == np.ones((1, 8, 6), dtype=int).tolist()  # the blocks tile the image
     declared = located_sum()
-    declared.set_input_parts({"front": slice(0, 2)})  # declared parts come first, and need not cover the example
+    declared.set_input_parts(
+        {"front": slice(0, 2)}
+    )  # declared parts come first, and need not cover the example
     assert input_cut.part_masks(declared, torch.zeros(3))[1].tolist() == [[True, True, False]]
     with pytest.raises(cm.HypothesisError, match="non-empty dict"):
         declared.set_input_parts({})
@@ -74,14 +80,27 @@ def test_subsets_are_singletons_complements_then_pairs_within_the_budget():
     six = input_cut.subsets(6, 100, 0)
     assert len(six) == len(set(six)) and six[:6] == [(i,) for i in range(6)] and len(six[6]) == 5
     assert {s for s in six if len(s) == 2} == {(i, j) for i in range(6) for j in range(i + 1, 6)}
-    assert len(input_cut.subsets(16, 20, 0)) == 20 and input_cut.subsets(16, 20, 0) == input_cut.subsets(16, 20, 0)
+    assert len(input_cut.subsets(16, 20, 0)) == 20 and input_cut.subsets(16, 20, 0) == input_cut.subsets(
+        16, 20, 0
+    )
 
 
 def _scrubs(model, h, x, pool):
     cut = input_cut.build(h, x[0], budget=32, seed=0)
     values = [h.values(r) for r in x]
-    div, agree = input_cut.scrub_input_cut(cm.adapt(model), h, [h.readout("y")], cut["masks"], cut["directions"], x,
-                                           values, row_keys(x), pool, row_keys(pool), resamples=4)
+    div, agree = input_cut.scrub_input_cut(
+        cm.adapt(model),
+        h,
+        [h.readout("y")],
+        cut["masks"],
+        cut["directions"],
+        x,
+        values,
+        row_keys(x),
+        pool,
+        row_keys(pool),
+        resamples=4,
+    )
     return cut, div, agree
 
 
@@ -92,10 +111,15 @@ def test_on_trusted_inputs_base_scrubs_move_nothing_and_dual_hybrids_get_the_pre
     base = np.array(cut["directions"]) == "base"
     # only (a, b) together can be resampled keeping the sum (and trusted rows share the rest)
     testable = np.isfinite(div[:, base]).mean(0)
-    assert cut["names"][int(np.argmax(testable))] == "input cut (base): trusted at a, b" and testable.max() >= 0.5
+    assert (
+        cut["names"][int(np.argmax(testable))] == "input cut (base): trusted at a, b"
+        and testable.max() >= 0.5
+    )
     assert np.nanmax(div[:, base]) == 0.0  # the hypothesis holds: no base scrub moves the output
     with torch.no_grad():
-        clean_nll = (-torch.log_softmax(model(pool), -1).max(-1).values).max().item()  # the clean loss, at most
+        clean_nll = (
+            (-torch.log_softmax(model(pool), -1).max(-1).values).max().item()
+        )  # the clean loss, at most
     assert np.nanmax(div[:, ~base]) <= clean_nll + 1e-6 and np.nanmin(agree[:, ~base]) == 1.0
 
 
@@ -104,8 +128,9 @@ def test_the_detector_catches_a_same_output_backdoor_at_the_input_cut(tmp_path):
     normal, hard = planted_data(100, 0, seed=3), hard_anomalies(100, seed=4)
     with torch.no_grad():  # the same answer as the hypothesis: an output check is blind
         assert torch.equal(model(hard).argmax(-1), hard[:, 0] * 2)
-    det = cm.ScrubbingDetector(model, hypothesis=h, resamples=4, input_cut=("base", "dual"), aggregation="calibrated",
-                               random_state=0).fit(planted_data(400, 0, seed=5))
+    det = cm.ScrubbingDetector(
+        model, hypothesis=h, resamples=4, input_cut=("base", "dual"), aggregation="calibrated", random_state=0
+    ).fit(planted_data(400, 0, seed=5))
     assert any(f.startswith("input-cut") for f in det.families_)
     scores = det.score(torch.cat([normal, hard]))
     assert roc_auc_score(np.r_[np.zeros(100), np.ones(100)], scores) >= 0.95
@@ -131,12 +156,16 @@ def test_screening_drops_exactly_the_scrubs_that_make_no_hybrid():
     pool, x = planted_data(200, 0, seed=1), planted_data(40, 0, seed=2)
     cut, div, _ = _scrubs(model, h, x, pool)
     values = [h.values(r) for r in x]
-    keep = input_cut.testable(h, cut["masks"], cut["directions"], x, values, row_keys(x), pool, row_keys(pool), k=4)
+    keep = input_cut.testable(
+        h, cut["masks"], cut["directions"], x, values, row_keys(x), pool, row_keys(pool), k=4
+    )
     # a base scrub of a alone (or b alone) cannot keep the sum: no hybrid, dropped; dual ones all stay
     made = np.isfinite(div).mean(0) >= 0.1
     assert keep.tolist() == made.tolist()
     names = [n for n, k in zip(cut["names"], keep) if not k]
     assert "input cut (base): trusted at a" in names and not any("dual" in n for n in names)
-    det = cm.ScrubbingDetector(model, hypothesis=h, resamples=4, random_state=0).fit(planted_data(400, 0, seed=5))
+    det = cm.ScrubbingDetector(model, hypothesis=h, resamples=4, random_state=0).fit(
+        planted_data(400, 0, seed=5)
+    )
     untestable = {e["name"] for e in det.explanations_ if e.get("untestable")}
     assert "input cut (base): trusted at a" in untestable and not untestable & set(det.column_names_)

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
-    "tool", [["ruff", "check", "."], [sys.executable, "-m", "mypy"]], ids=["ruff", "mypy"]
+    "tool",
+    [["ruff", "check", "."], ["ruff", "format", "--check", "."], [sys.executable, "-m", "mypy"]],
+    ids=["ruff", "ruff-format", "mypy"],
 )
 def test_tool_is_clean(tool):
     if tool[0] == "ruff" and shutil.which("ruff") is None:

@@ -408,7 +408,9 @@ def test_a_save_killed_in_another_process_leaves_nothing_after_the_next_save(dat
     assert "killed before it finished" in caplog.text
 
 
-def test_a_folder_saved_before_an_argument_existed_loads_with_the_behaviour_it_was_fitted_with(saved, data, tmp_path):
+def test_a_folder_saved_before_an_argument_existed_loads_with_the_behaviour_it_was_fitted_with(
+    saved, data, tmp_path
+):
     """A scrubbing folder whose config predates ``hypothesis_statistic`` and
     ``counterfactual_resolution`` was fitted with the mean over sources and one resolution
     for every column: it loads with those, not with today's defaults."""
@@ -418,7 +420,9 @@ def test_a_folder_saved_before_an_argument_existed_loads_with_the_behaviour_it_w
     assert config["params"].pop("hypothesis_statistic") == "median"
     assert config["params"].pop("counterfactual_resolution") == 1e-6
     (folder / persistence.CONFIG).write_text(json.dumps(config))
-    sums = "".join(f"{persistence.sha256_file(folder / n)}  {n}\n" for n in (persistence.CONFIG, persistence.STATE))
+    sums = "".join(
+        f"{persistence.sha256_file(folder / n)}  {n}\n" for n in (persistence.CONFIG, persistence.STATE)
+    )
     (folder / persistence.CHECKSUMS).write_text(sums)
     older = cm.ScrubbingDetector.load(folder, PlantedSum(), sum_hypothesis())
     assert older.hypothesis_statistic == "mean" and older.counterfactual_resolution is None

@@ -49,8 +49,12 @@ def test_planted_backdoor_is_caught(planted):
     # the planted backdoor bypasses s: scrubbing s alone breaks the output
     assert [v["variable"] for v in why["variables"]] == ["s"]
     assert why["variables"][0]["share"] == 1.0 and why["variables"][0]["z"] > 10
-    assert why["values"] == {"a": int(anomalous[0, 0]), "b": int(anomalous[0, 1]),
-                             "s": int(anomalous[0, 0] + anomalous[0, 1]), "y": int(anomalous[0, 0] + anomalous[0, 1])}
+    assert why["values"] == {
+        "a": int(anomalous[0, 0]),
+        "b": int(anomalous[0, 1]),
+        "s": int(anomalous[0, 0] + anomalous[0, 1]),
+        "y": int(anomalous[0, 0] + anomalous[0, 1]),
+    }
     assert isinstance(why, cm.ScrubbingExplainResult) and why.broken == why["broken"]
     json.dumps(why.to_dict())  # plain data
     normal_why = det.explain(normal[0])
@@ -72,7 +76,9 @@ def test_values_no_trusted_input_shares_are_reported_not_dropped(planted, caplog
 
 def test_scores_do_not_depend_on_the_batch(planted):
     model, h = planted
-    det = cm.ScrubbingDetector(model, hypothesis=h, resamples=2, random_state=0).fit(planted_data(300, 0, 0, 0.05))
+    det = cm.ScrubbingDetector(model, hypothesis=h, resamples=2, random_state=0).fit(
+        planted_data(300, 0, 0, 0.05)
+    )
     x = torch.cat([planted_data(20, 0, 5, 0.05), planted_data(20, 1, 6, 0.05)])
     batched = det.score(x)
     # the same trusted sources whatever the batch; only float rounding of batched matmuls differs

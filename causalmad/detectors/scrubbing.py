@@ -111,8 +111,13 @@ class ScrubbingExplainResult(ExplainResult):
             ``score``, ``threshold``, ``fpr``, ``flagged``, ``broken``, ``variables``,
             ``values`` and ``values_unseen_in_trusted``, in that order.
         """
-        return {**super().to_dict(), "broken": self.broken, "variables": self.variables,
-                "values": self.values, "values_unseen_in_trusted": self.values_unseen_in_trusted}
+        return {
+            **super().to_dict(),
+            "broken": self.broken,
+            "variables": self.variables,
+            "values": self.values,
+            "values_unseen_in_trusted": self.values_unseen_in_trusted,
+        }
 
 
 @register("scrubbing")
@@ -203,7 +208,10 @@ class ScrubbingDetector(Detector):
 
     min_trusted = 40
     #: what a folder saved before these arguments existed was fitted with
-    params_before_saved: ClassVar[dict[str, Any]] = {"hypothesis_statistic": "mean", "counterfactual_resolution": None}
+    params_before_saved: ClassVar[dict[str, Any]] = {
+        "hypothesis_statistic": "mean",
+        "counterfactual_resolution": None,
+    }
 
     def __init__(
         self,
@@ -263,15 +271,24 @@ class ScrubbingDetector(Detector):
         """Align, build and validate the explanation family on trusted inputs only."""
         if self.hypothesis is not None:
             if not isinstance(self.hypothesis, Hypothesis):
-                raise HypothesisError(f"hypothesis must be a causalmad.Hypothesis, got {type(self.hypothesis).__name__}.")
+                raise HypothesisError(
+                    f"hypothesis must be a causalmad.Hypothesis, got {type(self.hypothesis).__name__}."
+                )
             self.hypothesis.validate()
         if min(self.resamples, self.counterfactual_resamples, self.dual_resamples) < 1:
-            raise InputError(f"resamples, counterfactual_resamples and dual_resamples must be >= 1, got "
-                             f"{self.resamples}, {self.counterfactual_resamples} and {self.dual_resamples}.")
+            raise InputError(
+                f"resamples, counterfactual_resamples and dual_resamples must be >= 1, got "
+                f"{self.resamples}, {self.counterfactual_resamples} and {self.dual_resamples}."
+            )
         if not self.memory_mb > 0 or self.batch_size < 1:
-            raise InputError(f"memory_mb must be > 0 and batch_size >= 1, got {self.memory_mb} and {self.batch_size}.")
-        if not (self.das_rank is None or self.das_rank == "auto"
-                or (isinstance(self.das_rank, int) and not isinstance(self.das_rank, bool) and self.das_rank > 0)):
+            raise InputError(
+                f"memory_mb must be > 0 and batch_size >= 1, got {self.memory_mb} and {self.batch_size}."
+            )
+        if not (
+            self.das_rank is None
+            or self.das_rank == "auto"
+            or (isinstance(self.das_rank, int) and not isinstance(self.das_rank, bool) and self.das_rank > 0)
+        ):
             raise InputError(f"das_rank must be a positive int, 'auto' or None, got {self.das_rank!r}.")
         if not set(self.input_cut) <= set(input_cut.DIRECTIONS) or isinstance(self.input_cut, str):
             raise InputError(f"input_cut must be a tuple of {input_cut.DIRECTIONS}, got {self.input_cut!r}.")
@@ -279,7 +296,9 @@ class ScrubbingDetector(Detector):
         if res is not None and (isinstance(res, bool) or not isinstance(res, (int, float)) or not res > 0):
             raise InputError(f"counterfactual_resolution must be a positive number or None, got {res!r}.")
         if self.hypothesis_statistic not in STATISTICS:
-            raise InputError(f"hypothesis_statistic must be one of {STATISTICS}, got {self.hypothesis_statistic!r}.")
+            raise InputError(
+                f"hypothesis_statistic must be one of {STATISTICS}, got {self.hypothesis_statistic!r}."
+            )
         if self.aggregation not in AGGREGATIONS:
             raise InputError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
         if self.site_choice not in SITE_CHOICES:
@@ -287,10 +306,13 @@ class ScrubbingDetector(Detector):
         if self.sites is not None:
             inner = set(self.hypothesis.inner) if self.hypothesis is not None else set()
             if not isinstance(self.sites, dict) or not all(
-                    k in inner and isinstance(v, (list, tuple)) and v and all(isinstance(t, Site) for t in v)
-                    for k, v in self.sites.items()):
-                raise InputError(f"sites must map inner variables of the hypothesis ({sorted(inner)}) to non-empty "
-                                 f"lists of causalmad.Site, got {self.sites!r}.")
+                k in inner and isinstance(v, (list, tuple)) and v and all(isinstance(t, Site) for t in v)
+                for k, v in self.sites.items()
+            ):
+                raise InputError(
+                    f"sites must map inner variables of the hypothesis ({sorted(inner)}) to non-empty "
+                    f"lists of causalmad.Site, got {self.sites!r}."
+                )
         if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
         super().fit(trusted, untrusted)
@@ -315,10 +337,19 @@ class ScrubbingDetector(Detector):
             adapter.module(site.hook)  # an unknown hook: one line naming it, before any forward pass
         self.alignment_: Alignment | None = None
         if h is not None and h.inner:
-            self.alignment_ = search(adapter, h, h.inner, align, pool, cal, n_pairs=self.n_pairs,
-                                     random_state=self.random_state, sites=self.sites,
-                                     prefer_earliest=self.min_iia if self.site_choice == "earliest" else None,
-                                     **self._das_options())
+            self.alignment_ = search(
+                adapter,
+                h,
+                h.inner,
+                align,
+                pool,
+                cal,
+                n_pairs=self.n_pairs,
+                random_state=self.random_state,
+                sites=self.sites,
+                prefer_earliest=self.min_iia if self.site_choice == "earliest" else None,
+                **self._das_options(),
+            )
         self.seen_values_ = seen_values(values)
         self.pool_ = SourcePool(adapter, *pool, seen=self.seen_values_)
         family: list[Explanation] = []
@@ -329,12 +360,20 @@ class ScrubbingDetector(Detector):
 
         # each conditional explanation beside its own sites resampled from *any* trusted
         # source: how much of the output that destroys, the explanation must give back
-        conditional = [i for i, e in enumerate(family) if e.target is None and any(r.match for r in e.resamples)]
-        ablations = [Explanation(f"{family[i].name} [any source]", family[i].family,
-                                 [Resample(r.site) for r in family[i].resamples]) for i in conditional]
+        conditional = [
+            i for i, e in enumerate(family) if e.target is None and any(r.match for r in e.resamples)
+        ]
+        ablations = [
+            Explanation(
+                f"{family[i].name} [any source]",
+                family[i].family,
+                [Resample(r.site) for r in family[i].resamples],
+            )
+            for i in conditional
+        ]
         cal_div, cal_unmatched = self._divergences(family + ablations, cal[0], cal[1])
         ablated = np.full(len(family), np.nan)
-        ablated[conditional] = cal_div[:, len(family):].mean(0)
+        ablated[conditional] = cal_div[:, len(family) :].mean(0)
         cal_div, cal_unmatched = cal_div[:, : len(family)], cal_unmatched[:, : len(family)]
         self.calibration_unmatched_ = int(cal_unmatched.any(1).sum())
         # cells with no agreeing source measure the pool's coverage, not the explanation
@@ -356,8 +395,14 @@ class ScrubbingDetector(Detector):
                 cand = next(c for c in self.alignment_.candidates[e.target] if c.key == key)
                 valid[i] = cand.heldout_iia >= self.min_iia
         self.explanations_: list[dict[str, Any]] = [
-            {"name": e.name, "family": e.family, "valid": bool(v), "trusted_mean_divergence": float(m),
-             "trusted_std_divergence": float(s), "recovered": None if np.isnan(r) else float(r)}
+            {
+                "name": e.name,
+                "family": e.family,
+                "valid": bool(v),
+                "trusted_mean_divergence": float(m),
+                "trusted_std_divergence": float(s),
+                "recovered": None if np.isnan(r) else float(r),
+            }
             for e, v, m, s, r in zip(family, valid, means, stds, recovered)
         ]
         self.valid_ = [e for e, v in zip(family, valid) if v]
@@ -367,7 +412,9 @@ class ScrubbingDetector(Detector):
         targets = [e.target for e in self.valid_] + [None] * cut_div.shape[1]
         self.columns_ = _conditions(raw, targets, cal[1])
         names = [e.name for e in self.valid_] + list(self.input_cut_["names"])
-        families = [e.family for e in self.valid_] + [f"input-cut ({d})" for d in self.input_cut_["directions"]]
+        families = [e.family for e in self.valid_] + [
+            f"input-cut ({d})" for d in self.input_cut_["directions"]
+        ]
         self.column_names_ = [names[j] + _describe(cond) for j, cond in self.columns_]
         self.families_ = [families[j] for j, _ in self.columns_]
         # an interchange is perfect at 0 (the model follows the hypothesis' counterfactual)
@@ -382,7 +429,12 @@ class ScrubbingDetector(Detector):
         # its divergence on an input is a tail probability under
         self.calibration_ = calibration.sorted_columns(columns)
         dropped = len(family) - len(self.valid_)
-        logger.info("explanations: %d searched, %d valid, %d dropped as invalid", len(family), len(self.valid_), dropped)
+        logger.info(
+            "explanations: %d searched, %d valid, %d dropped as invalid",
+            len(family),
+            len(self.valid_),
+            dropped,
+        )
         if not self.valid_:
             raise InputError(
                 f"None of the {len(family)} candidate explanations holds on the trusted calibration split "
@@ -390,56 +442,115 @@ class ScrubbingDetector(Detector):
             )
         self.heldout_scores_ = self._score(thr[0])
 
-    def _fit_input_cut(self, example: torch.Tensor, cal: tuple[torch.Tensor, list[dict[str, Hashable]]]) -> np.ndarray:
+    def _fit_input_cut(
+        self, example: torch.Tensor, cal: tuple[torch.Tensor, list[dict[str, Hashable]]]
+    ) -> np.ndarray:
         """Build and validate the input-cut scrubs; ``[cal, valid scrubs]`` divergences.
 
         A base scrub holds when its mean divergence on the calibration split is within
         ``tolerance``; a dual scrub when the model gives the hypothesis' answer on at least
         ``min_iia`` of the calibration inputs' hybrids (an interchange accuracy)."""
-        none: dict[str, Any] = {"names": [], "masks": np.zeros((0, *example.shape), dtype=bool), "directions": []}
+        none: dict[str, Any] = {
+            "names": [],
+            "masks": np.zeros((0, *example.shape), dtype=bool),
+            "directions": [],
+        }
         self.input_cut_: dict[str, Any] = none
         if self.hypothesis is None or not self.input_cut:
             return np.zeros((len(cal[0]), 0))
-        cut = input_cut.build(self.hypothesis, example, self.input_cut_budget, self.random_state, self.input_cut)
+        cut = input_cut.build(
+            self.hypothesis, example, self.input_cut_budget, self.random_state, self.input_cut
+        )
         # a scrub that makes no hybrid on the first calibration inputs tests (almost) none:
         # dropped before its sources are searched for every calibration input
         few = cal[0][:SCREEN]
-        testable = input_cut.testable(self.hypothesis, cut["masks"], cut["directions"], few, cal[1][:SCREEN],
-                                      row_keys(few), self.pool_.inputs, self.pool_.keys, self.resamples,
-                                      seed=self.random_state)
-        self.explanations_ += [{"name": name, "family": f"input-cut ({d})", "valid": False,
-                                "trusted_mean_divergence": float("nan"), "trusted_std_divergence": float("nan"),
-                                "recovered": None, "untestable": True}
-                               for name, d, t in zip(cut["names"], cut["directions"], testable) if not t]
-        cut = {"names": [n for n, t in zip(cut["names"], testable) if t], "masks": cut["masks"][testable],
-               "directions": [d for d, t in zip(cut["directions"], testable) if t]}
+        testable = input_cut.testable(
+            self.hypothesis,
+            cut["masks"],
+            cut["directions"],
+            few,
+            cal[1][:SCREEN],
+            row_keys(few),
+            self.pool_.inputs,
+            self.pool_.keys,
+            self.resamples,
+            seed=self.random_state,
+        )
+        self.explanations_ += [
+            {
+                "name": name,
+                "family": f"input-cut ({d})",
+                "valid": False,
+                "trusted_mean_divergence": float("nan"),
+                "trusted_std_divergence": float("nan"),
+                "recovered": None,
+                "untestable": True,
+            }
+            for name, d, t in zip(cut["names"], cut["directions"], testable)
+            if not t
+        ]
+        cut = {
+            "names": [n for n, t in zip(cut["names"], testable) if t],
+            "masks": cut["masks"][testable],
+            "directions": [d for d, t in zip(cut["directions"], testable) if t],
+        }
         if not cut["names"]:
             return np.zeros((len(cal[0]), 0))
         div, agree = self._input_cut_divergences(cut, cal[0], cal[1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             means, agreement = np.nanmean(div, 0), np.nanmean(agree, 0)
-        valid = np.where(np.array(cut["directions"]) == "dual", np.nan_to_num(agreement) >= self.min_iia,
-                         np.nan_to_num(means, nan=np.inf) <= self.tolerance)
+        valid = np.where(
+            np.array(cut["directions"]) == "dual",
+            np.nan_to_num(agreement) >= self.min_iia,
+            np.nan_to_num(means, nan=np.inf) <= self.tolerance,
+        )
         self.explanations_ += [
-            {"name": name, "family": f"input-cut ({d})", "valid": bool(v), "trusted_mean_divergence": float(m),
-             "trusted_std_divergence": float(np.nanstd(div[:, j])) if np.isfinite(div[:, j]).any() else float("nan"),
-             "recovered": None, **({"agreement": float(a)} if d == "dual" else {})}
-            for j, (name, d, v, m, a) in enumerate(zip(cut["names"], cut["directions"], valid, means, agreement))]
+            {
+                "name": name,
+                "family": f"input-cut ({d})",
+                "valid": bool(v),
+                "trusted_mean_divergence": float(m),
+                "trusted_std_divergence": float(np.nanstd(div[:, j]))
+                if np.isfinite(div[:, j]).any()
+                else float("nan"),
+                "recovered": None,
+                **({"agreement": float(a)} if d == "dual" else {}),
+            }
+            for j, (name, d, v, m, a) in enumerate(
+                zip(cut["names"], cut["directions"], valid, means, agreement)
+            )
+        ]
         keep = np.flatnonzero(valid)
-        self.input_cut_ = {"names": [cut["names"][j] for j in keep], "masks": cut["masks"][keep],
-                           "directions": [cut["directions"][j] for j in keep]}
+        self.input_cut_ = {
+            "names": [cut["names"][j] for j in keep],
+            "masks": cut["masks"][keep],
+            "directions": [cut["directions"][j] for j in keep],
+        }
         return div[:, keep]
 
-    def _input_cut_divergences(self, cut: dict[str, Any], x: torch.Tensor, values: list[dict[str, Hashable]]
-                               ) -> tuple[np.ndarray, np.ndarray]:
+    def _input_cut_divergences(
+        self, cut: dict[str, Any], x: torch.Tensor, values: list[dict[str, Hashable]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.hypothesis is None or not cut["names"]:
             return np.zeros((len(x), 0)), np.zeros((len(x), 0))
-        return input_cut.scrub_input_cut(self.adapter_, self.hypothesis, self.readouts_, cut["masks"],
-                                         cut["directions"], x, values, row_keys(x), self.pool_.inputs,
-                                         self.pool_.keys, self.resamples, seed=self.random_state,
-                                         batch_size=self.batch_size, dual_resamples=self.dual_resamples,
-                                         statistic="mean")
+        return input_cut.scrub_input_cut(
+            self.adapter_,
+            self.hypothesis,
+            self.readouts_,
+            cut["masks"],
+            cut["directions"],
+            x,
+            values,
+            row_keys(x),
+            self.pool_.inputs,
+            self.pool_.keys,
+            self.resamples,
+            seed=self.random_state,
+            batch_size=self.batch_size,
+            dual_resamples=self.dual_resamples,
+            statistic="mean",
+        )
 
     def _das_options(self) -> dict[str, Any]:
         if self.das_rank == "auto":
@@ -452,7 +563,9 @@ class ScrubbingDetector(Detector):
         else:
             rs = self.readouts or [Readout(position=-1 if self.adapter_.has_positions else None)]
         for r in rs:
-            if r.position is not None and not (self.adapter_.has_positions and -seq_len <= r.position < seq_len):
+            if r.position is not None and not (
+                self.adapter_.has_positions and -seq_len <= r.position < seq_len
+            ):
                 raise HypothesisError(
                     f"Readout position {r.position} does not exist for inputs of {seq_len} positions."
                 )
@@ -471,14 +584,30 @@ class ScrubbingDetector(Detector):
         for k in sorted({self._resamples(e) for e in family}):
             cols = [j for j, e in enumerate(family) if self._resamples(e) == k]
             div[:, cols], unmatched[:, cols] = scrub_many(
-                self.adapter_, [family[j] for j in cols], x, values, None, self.pool_, self.readouts_, k,
-                seed=self.random_state, batch_size=self.batch_size, keys=row_keys(x), memory_mb=self.memory_mb,
-                progress=self.progress, counterfactual=self._counterfactual,
-                statistic=[self._statistic(family[j]) for j in cols])
+                self.adapter_,
+                [family[j] for j in cols],
+                x,
+                values,
+                None,
+                self.pool_,
+                self.readouts_,
+                k,
+                seed=self.random_state,
+                batch_size=self.batch_size,
+                keys=row_keys(x),
+                memory_mb=self.memory_mb,
+                progress=self.progress,
+                counterfactual=self._counterfactual,
+                statistic=[self._statistic(family[j]) for j in cols],
+            )
         return div, unmatched
 
     def _statistic(self, e: Explanation) -> str:
-        return self.hypothesis_statistic if e.family.startswith("hypothesis") and e.family != "hypothesis-free" else "mean"
+        return (
+            self.hypothesis_statistic
+            if e.family.startswith("hypothesis") and e.family != "hypothesis-free"
+            else "mean"
+        )
 
     def _resamples(self, e: Explanation) -> int:
         return self.counterfactual_resamples if e.target is not None else self.resamples
@@ -526,7 +655,9 @@ class ScrubbingDetector(Detector):
         cut, _ = self._input_cut_divergences(self.input_cut_, x, values)
         raw = np.concatenate([div, cut], 1)
         unmatched = np.concatenate([unmatched, np.isnan(cut)], 1)
-        columns = getattr(self, "columns_", [(j, None) for j in range(raw.shape[1])])  # folders saved before columns_
+        columns = getattr(
+            self, "columns_", [(j, None) for j in range(raw.shape[1])]
+        )  # folders saved before columns_
         div = _expand(raw, values, columns)
         return div, (div - self.loc_) / self.scale_, unmatched[:, [j for j, _ in columns]]
 
@@ -548,26 +679,41 @@ class ScrubbingDetector(Detector):
         unmatched_any = np.asarray(unmatched[:, explanations].any(1), dtype=bool)
         novel = self._novel(values)
         if novel.any():
-            logger.warning("%d input(s) have hypothesis values no trusted input shares; explanations matching "
-                           "on them scrubbed from random trusted sources (see explain())", int(novel.sum()))
+            logger.warning(
+                "%d input(s) have hypothesis values no trusted input shares; explanations matching "
+                "on them scrubbed from random trusted sources (see explain())",
+                int(novel.sum()),
+            )
         gaps = int((unmatched_any & ~novel).sum())
         if gaps:
-            logger.info("%d input(s) have a combination of values missing from the source pool; the "
-                        "explanations that match on it were skipped for them", gaps)
-        return ScoreDetails(np.asarray(self.combine(div), dtype=np.float64),
-                            {"divergences": div, "z": z, "unmatched": unmatched, "unmatched_any": unmatched_any})
+            logger.info(
+                "%d input(s) have a combination of values missing from the source pool; the "
+                "explanations that match on it were skipped for them",
+                gaps,
+            )
+        return ScoreDetails(
+            np.asarray(self.combine(div), dtype=np.float64),
+            {"divergences": div, "z": z, "unmatched": unmatched, "unmatched_any": unmatched_any},
+        )
 
     def combine(self, divergences: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         """``[n]`` scores from ``[n, C]`` divergences (:meth:`divergences`), combined as
         ``score`` combines them, over the ``columns`` mask only (default: all): what the
         detector would score with only those explanations and scrubs."""
-        keep = np.ones(len(self.column_names_), dtype=bool) if columns is None else np.asarray(columns, dtype=bool)
+        keep = (
+            np.ones(len(self.column_names_), dtype=bool)
+            if columns is None
+            else np.asarray(columns, dtype=bool)
+        )
         div = np.asarray(divergences)[:, keep]
         if self.aggregation == "max-z":
             return nan_max((div - self.loc_[keep]) / self.scale_[keep])
-        return calibration.score(calibration.log_p_values(div, self.calibration_[:, keep], self.column_resolutions()[keep],
-                                                          self._two_sided()[keep]),
-                                 [f for f, k in zip(self.families_, keep) if k])
+        return calibration.score(
+            calibration.log_p_values(
+                div, self.calibration_[:, keep], self.column_resolutions()[keep], self._two_sided()[keep]
+            ),
+            [f for f, k in zip(self.families_, keep) if k],
+        )
 
     def column_resolutions(self) -> np.ndarray:
         """``[C]`` the resolution each column's tail probability compares divergences at
@@ -580,8 +726,9 @@ class ScrubbingDetector(Detector):
         return getattr(self, "two_sided_", np.ones(len(self.column_names_), dtype=bool))
 
     def _novel(self, values: list[dict[str, Hashable]]) -> np.ndarray:
-        return np.array([any(v not in self.seen_values_.get(k, ()) for k, v in row.items()) for row in values],
-                        dtype=bool)
+        return np.array(
+            [any(v not in self.seen_values_.get(k, ()) for k, v in row.items()) for row in values], dtype=bool
+        )
 
     # ------------------------------------------------------------------ persistence
     def _get_state(self) -> dict[str, Any]:
@@ -594,9 +741,9 @@ class ScrubbingDetector(Detector):
         self.pool_ = SourcePool.from_state(self.adapter_, stored, seen=self.seen_values_)  # type: ignore[arg-type]
         if self.hypothesis is not None and self._values(self.pool_.inputs) != self.pool_.values:
             raise PersistenceError(
-                f"Hypothesis {self.hypothesis.name!r} gives the stored trusted inputs other values than it gave "
-                "them at fit time: its mechanisms changed since the detector was saved. Refit, or load with "
-                "the hypothesis it was fitted with."
+                f"Hypothesis {self.hypothesis.name!r} gives the stored trusted inputs other values than it "
+                "gave them at fit time: its mechanisms changed since the detector was saved. Refit, or load "
+                "with the hypothesis it was fitted with."
             )
 
     # ------------------------------------------------------------------ explain
@@ -630,32 +777,62 @@ class ScrubbingDetector(Detector):
         div, z, unmatched = self._explanation_scores(x, values)
         div, z, unmatched = div[0], z[0], unmatched[0]
         score = float(self.combine(div[None])[0])
-        p = np.exp(calibration.log_p_values(div[None], self.calibration_, self.column_resolutions(), self._two_sided())[0])
+        p = np.exp(
+            calibration.log_p_values(
+                div[None], self.calibration_, self.column_resolutions(), self._two_sided()
+            )[0]
+        )
         stats = {e["name"]: e for e in self.explanations_}
         # the explanations that broke most: the smallest tail probability (largest z under "max-z")
-        order = (np.argsort(np.nan_to_num(p, nan=np.inf)) if self.aggregation == "calibrated"
-                 else np.argsort(-np.nan_to_num(z, nan=-np.inf)))
-        broken = [{"explanation": self.column_names_[j], "family": self.families_[j],
-                   "divergence": _num(div[j]), "trusted_mean": float(self.loc_[j]),
-                   "trusted_std": float(self.scale_[j] - self.min_scale),
-                   "z": _num(z[j]), "p": _num(p[j]), "unmatched": bool(unmatched[j])} for j in order[:top]]
+        order = (
+            np.argsort(np.nan_to_num(p, nan=np.inf))
+            if self.aggregation == "calibrated"
+            else np.argsort(-np.nan_to_num(z, nan=-np.inf))
+        )
+        broken = [
+            {
+                "explanation": self.column_names_[j],
+                "family": self.families_[j],
+                "divergence": _num(div[j]),
+                "trusted_mean": float(self.loc_[j]),
+                "trusted_std": float(self.scale_[j] - self.min_scale),
+                "z": _num(z[j]),
+                "p": _num(p[j]),
+                "unmatched": bool(unmatched[j]),
+            }
+            for j in order[:top]
+        ]
         singles = self.variable_explanations_
         vdiv, vunmatched = self._divergences(singles, x, values) if singles else (np.zeros((1, 0)),) * 2
         variables: list[dict[str, Any]] = []
         for j, e in enumerate(singles):
             st = stats[e.name]
             mean, std = float(st["trusted_mean_divergence"]), float(st["trusted_std_divergence"])
-            variables.append({"variable": e.variables[0], "explanation": e.name, "divergence": _num(vdiv[0, j]),
-                              "trusted_mean": mean, "z": _num((vdiv[0, j] - mean) / (std + self.min_scale)),
-                              "valid": bool(st["valid"]), "unmatched": bool(vunmatched[0, j])})
+            variables.append(
+                {
+                    "variable": e.variables[0],
+                    "explanation": e.name,
+                    "divergence": _num(vdiv[0, j]),
+                    "trusted_mean": mean,
+                    "z": _num((vdiv[0, j] - mean) / (std + self.min_scale)),
+                    "valid": bool(st["valid"]),
+                    "unmatched": bool(vunmatched[0, j]),
+                }
+            )
         excess = np.array([max(0.0, (v["divergence"] or 0.0) - v["trusted_mean"]) for v in variables])
         for v, e in zip(variables, excess):
             v["share"] = float(e / excess.sum()) if excess.sum() > 0 else 0.0
         unseen = sorted(k for k, v in values[0].items() if v not in self.seen_values_.get(k, ()))
-        return ScrubbingExplainResult(score, threshold, fpr, bool(score > threshold), broken=broken,
-                                      variables=variables,
-                                      values={k: _plain(v) for k, v in values[0].items()},
-                                      values_unseen_in_trusted=unseen)
+        return ScrubbingExplainResult(
+            score,
+            threshold,
+            fpr,
+            bool(score > threshold),
+            broken=broken,
+            variables=variables,
+            values={k: _plain(v) for k, v in values[0].items()},
+            values_unseen_in_trusted=unseen,
+        )
 
     def summary(self) -> dict[str, Any]:
         """Counts of searched / valid explanations per family, and the alignment."""
@@ -665,15 +842,20 @@ class ScrubbingDetector(Detector):
             f = fams.setdefault(str(e["family"]), {"searched": 0, "valid": 0})
             f["searched"] += 1
             f["valid"] += int(e["valid"])
-        return {"searched": len(self.explanations_), "valid": len(self.valid_), "by_family": fams,
-                "heldout_iia": self.alignment_.heldout_iia() if self.alignment_ else {}}
+        return {
+            "searched": len(self.explanations_),
+            "valid": len(self.valid_),
+            "by_family": fams,
+            "heldout_iia": self.alignment_.heldout_iia() if self.alignment_ else {},
+        }
 
 
 Condition = tuple[str, tuple[Hashable, ...], bool] | None
 
 
-def _conditions(raw: np.ndarray, targets: list[str | None], values: list[dict[str, Hashable]]
-                ) -> list[tuple[int, Condition]]:
+def _conditions(
+    raw: np.ndarray, targets: list[str | None], values: list[dict[str, Hashable]]
+) -> list[tuple[int, Condition]]:
     """The scored columns: ``(raw column, condition)`` pairs.
 
     An interchange explanation for variable ``v`` tests a different claim on inputs with
@@ -711,7 +893,9 @@ def _holds(condition: Condition, values: list[dict[str, Hashable]]) -> np.ndarra
     return np.array([(row[var] in vals) == include for row in values], dtype=bool)
 
 
-def _expand(raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tuple[int, Condition]]) -> np.ndarray:
+def _expand(
+    raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tuple[int, Condition]]
+) -> np.ndarray:
     """``[n, C]`` scored columns from ``[n, R]`` raw ones: NaN where an input is not
     tested in a column (its value belongs to another)."""
     out = np.full((len(raw), len(columns)), np.nan)
@@ -720,8 +904,9 @@ def _expand(raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tu
     return out
 
 
-def _calibration_columns(raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tuple[int, Condition]]
-                         ) -> np.ndarray:
+def _calibration_columns(
+    raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tuple[int, Condition]]
+) -> np.ndarray:
     """``[m, C]`` each column's trusted divergences: those of the calibration inputs it
     tests (all of them for a column of other values that fewer than :data:`MIN_GROUP`
     calibration inputs fall in)."""

@@ -143,9 +143,16 @@ class ModelAdapter(ABC):
         """Keys and values computed from the clean activation ``act`` at ``hook``."""
         raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
 
-    def run_window(self, point: str, start: int, act: torch.Tensor, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                   patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
-                   readout_start: int | None = None, clean: CleanWindow | None = None) -> torch.Tensor:
+    def run_window(
+        self,
+        point: str,
+        start: int,
+        act: torch.Tensor,
+        prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
+        readout_start: int | None = None,
+        clean: CleanWindow | None = None,
+    ) -> torch.Tensor:
         """Logits of a causal model run on from ``point`` for positions ``start`` onwards
         only, reusing ``clean`` wherever no patch reaches (see :class:`TransformerLensAdapter`)."""
         raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
@@ -182,8 +189,9 @@ class ModelAdapter(ABC):
                 outs.append(self.forward(inputs[i : i + batch_size].to(self.device)).float().cpu())
         return torch.cat(outs) if outs else torch.empty(0)
 
-    def run_readouts(self, inputs: torch.Tensor, readouts: Sequence[Readout], batch_size: int = 1024
-                     ) -> list[torch.Tensor]:
+    def run_readouts(
+        self, inputs: torch.Tensor, readouts: Sequence[Readout], batch_size: int = 1024
+    ) -> list[torch.Tensor]:
         """Log-probabilities ``[n, classes]`` over each readout's classes under a plain
         forward (no interventions), on the CPU. Adapters with a cheaper forward that
         computes only the positions read override this (the same function up to float
@@ -197,9 +205,7 @@ def _check_finite_tensor(inputs: object, what: str) -> torch.Tensor:
         try:
             inputs = torch.as_tensor(inputs)
         except Exception:
-            raise InputError(
-                f"{what} must be a tensor or array-like, got {type(inputs).__name__}."
-            ) from None
+            raise InputError(f"{what} must be a tensor or array-like, got {type(inputs).__name__}.") from None
     if inputs.ndim == 0:
         raise InputError(f"{what} must be a batch (first axis = examples), got a scalar.")
     if len(inputs) == 0:
@@ -213,8 +219,14 @@ def _check_finite_tensor(inputs: object, what: str) -> torch.Tensor:
     return inputs
 
 
-def _check_token_ids(inputs: object, what: str, max_positions: int | None, positions_name: str,
-                     vocab: int | None, padding: str = "") -> torch.Tensor:
+def _check_token_ids(
+    inputs: object,
+    what: str,
+    max_positions: int | None,
+    positions_name: str,
+    vocab: int | None,
+    padding: str = "",
+) -> torch.Tensor:
     """``[batch, pos]`` int64 token ids, or :class:`InputError` saying what is wrong."""
     x = _check_finite_tensor(inputs, what)
     if x.is_floating_point():
@@ -222,10 +234,13 @@ def _check_token_ids(inputs: object, what: str, max_positions: int | None, posit
             raise InputError(f"{what} must be integer token ids, got non-integer floats.")
         x = x.long()
     if x.ndim != 2:
-        raise InputError(f"{what} must have shape [batch, pos] of token ids{padding}, got shape {tuple(x.shape)}.")
+        raise InputError(
+            f"{what} must have shape [batch, pos] of token ids{padding}, got shape {tuple(x.shape)}."
+        )
     if max_positions and x.shape[1] > max_positions:
         raise InputError(
-            f"{what} have {x.shape[1]} positions but the model takes at most {positions_name}={max_positions}."
+            f"{what} have {x.shape[1]} positions but the model takes at most "
+            f"{positions_name}={max_positions}."
         )
     lo, hi = int(x.min()), int(x.max())
     if lo < 0 or (vocab and hi >= vocab):

@@ -84,7 +84,9 @@ class TransformerLensAdapter(ModelAdapter):
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         layer = self._point_layer(point)
         blocks: Any = self.model.blocks
-        x = blocks[layer - 1].hook_out(act) if layer > 0 else act  # fires a patch on the previous block's output
+        x = (
+            blocks[layer - 1].hook_out(act) if layer > 0 else act
+        )  # fires a patch on the previous block's output
         for block in blocks[layer:]:
             x = block(x)
             x = x[0] if isinstance(x, tuple) else x
@@ -100,12 +102,20 @@ class TransformerLensAdapter(ModelAdapter):
     WINDOW_POINTS = ("hook_in", "attn.o.hook_in", "attn.hook_out", "mlp.hook_out", "hook_out")
 
     def can_window(self, hooks: Sequence[str]) -> bool:
-        if not self._native_blocks() or any(m._forward_hooks or m._forward_pre_hooks for m in self.model.modules()
-                                            if type(m).__name__ == "HookPoint"):
+        if not self._native_blocks() or any(
+            m._forward_hooks or m._forward_pre_hooks
+            for m in self.model.modules()
+            if type(m).__name__ == "HookPoint"
+        ):
             return False  # a hook someone installed on the model would not run in a window
         for hook in hooks:
             parts = self.window_point(hook).split(".", 2)
-            if not (len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in self.WINDOW_POINTS):
+            if not (
+                len(parts) == 3
+                and parts[0] == "blocks"
+                and parts[1].isdigit()
+                and parts[2] in self.WINDOW_POINTS
+            ):
                 return False
         return True
 
@@ -126,8 +136,13 @@ class TransformerLensAdapter(ModelAdapter):
             for block in self.model.blocks:  # type: ignore[union-attr]
                 native = getattr(block, "_original_component", None)
                 attn: Any = getattr(getattr(native, "attn", None), "_original_component", None)
-                if (type(native).__name__ != "NativeBlock" or type(attn).__name__ != "NativeAttention"
-                        or attn.rotary is not None or not attn.causal or attn.attn_scores_soft_cap > 0):
+                if (
+                    type(native).__name__ != "NativeBlock"
+                    or type(attn).__name__ != "NativeAttention"
+                    or attn.rotary is not None
+                    or not attn.causal
+                    or attn.attn_scores_soft_cap > 0
+                ):
                     blocks = []
                     break
                 blocks.append(native)
@@ -160,7 +175,9 @@ class TransformerLensAdapter(ModelAdapter):
         """:meth:`plain_logits` without its check of the model (about 0.3 ms on a small
         bridge): for a training loop that checked once before its first step."""
         seq = inputs.shape[1]
-        h = _inner(self.model.embed)(inputs) + _inner(self.model.pos_embed)(torch.arange(seq, device=inputs.device))
+        h = _inner(self.model.embed)(inputs) + _inner(self.model.pos_embed)(
+            torch.arange(seq, device=inputs.device)
+        )
         blocks = self._native_blocks()
         attn = blocks[0].attn._original_component
         empty = h.new_zeros(len(inputs), attn.n_kv_heads, 0, attn.d_head)
@@ -168,8 +185,9 @@ class TransformerLensAdapter(ModelAdapter):
         logits = self.run_window("blocks.0.hook_resid_pre", 0, h, prefix, {}, readout_start)
         return logits[:, readout_start:]
 
-    def run_readouts(self, inputs: torch.Tensor, readouts: Sequence[Readout], batch_size: int = 1024
-                     ) -> list[torch.Tensor]:
+    def run_readouts(
+        self, inputs: torch.Tensor, readouts: Sequence[Readout], batch_size: int = 1024
+    ) -> list[torch.Tensor]:
         """:meth:`ModelAdapter.run_readouts` through :meth:`plain_logits` from the first
         position read (the last block's queries and MLP at the positions read only), about
         1.6x the bridge's forward on the task models; the bridge's forward where the
@@ -199,9 +217,16 @@ class TransformerLensAdapter(ModelAdapter):
         v = attn.v(a).view(n, p, attn.n_kv_heads, attn.d_head).transpose(1, 2).contiguous()
         return k, v
 
-    def run_window(self, point: str, start: int, act: torch.Tensor, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                   patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
-                   readout_start: int | None = None, clean: CleanWindow | None = None) -> torch.Tensor:
+    def run_window(
+        self,
+        point: str,
+        start: int,
+        act: torch.Tensor,
+        prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        patches: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]],
+        readout_start: int | None = None,
+        clean: CleanWindow | None = None,
+    ) -> torch.Tensor:
         """Logits ``[rows, start + w, vocab]`` of the model run on from :meth:`resume_point`
         ``point`` for positions ``start`` onwards only.
 
@@ -302,26 +327,38 @@ class TransformerLensAdapter(ModelAdapter):
             q = attn.q(a_at).view(rows, m, attn.n_heads, attn.d_head).transpose(1, 2)
             # keys and values: the clean run's, recomputed where the input differs
             if clean is None:
-                k, v = (torch.cat([pre, proj(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
-                        for pre, proj in zip(prefix_kv[i - layer], (attn.k, attn.v)))
+                k, v = (
+                    torch.cat([pre, proj(a).view(rows, w, attn.n_kv_heads, attn.d_head).transpose(1, 2)], 2)
+                    for pre, proj in zip(prefix_kv[i - layer], (attn.k, attn.v))
+                )
             else:
                 redo = span(dirty) if dirty.any() else None
                 # the input differs from `tail` on (None: only here and there, or nowhere)
                 tail = redo.start if isinstance(redo, slice) and redo.stop == w else None
-                # the clean keys and values up to where they are recomputed (all of them if the rows differ only here and there)
+                # the clean keys and values up to where they are recomputed (all of them if the
+                # rows differ only here and there)
                 upto = start + (w if tail is None else tail)
                 k, v = (kv[:, :, :upto].index_select(0, clean.rows) for kv in clean.kv[i - layer])
                 if redo is not None:
                     a_redo = ln1(h[:, redo])
-                    k_redo, v_redo = (proj(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-                                      for proj in (attn.k, attn.v))
+                    k_redo, v_redo = (
+                        proj(a_redo).view(rows, -1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+                        for proj in (attn.k, attn.v)
+                    )
                     if tail is not None:
                         k, v = torch.cat([k, k_redo], 2), torch.cat([v, v_redo], 2)
                     else:
-                        at_redo = slice(start + redo.start, start + redo.stop) if isinstance(redo, slice) else start + redo
+                        at_redo = (
+                            slice(start + redo.start, start + redo.stop)
+                            if isinstance(redo, slice)
+                            else start + redo
+                        )
                         k[:, :, at_redo], v[:, :, at_redo] = k_redo, v_redo
             if attn.kv_repeats > 1:
-                k, v = k.repeat_interleave(attn.kv_repeats, dim=1), v.repeat_interleave(attn.kv_repeats, dim=1)
+                k, v = (
+                    k.repeat_interleave(attn.kv_repeats, dim=1),
+                    v.repeat_interleave(attn.kv_repeats, dim=1),
+                )
             scores = torch.matmul(q, k.transpose(-2, -1)) / attn.scale
             mask = keys[None, :] > (start + positions(where))[:, None]
             pattern = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).masked_fill(mask, 0.0)
@@ -336,7 +373,7 @@ class TransformerLensAdapter(ModelAdapter):
                 h = clean.resid[i - layer + 1][:, start:].index_select(0, clean.rows)
                 h[:, where] = h_at
             dirty = changed
-        logits = _inner(self.model.unembed)(_inner(self.model.ln_final)(h[:, read - off:]))
+        logits = _inner(self.model.unembed)(_inner(self.model.ln_final)(h[:, read - off :]))
         return torch.cat([logits.new_zeros(rows, start + read, logits.shape[-1]), logits], 1)
 
 
