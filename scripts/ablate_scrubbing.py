@@ -13,10 +13,11 @@ Columns: ``all`` (calibrated, with the input cut); ``max-z`` (no calibration: th
 standardised divergence); ``one-sided`` (upper tails only: no credit for moving the output
 less than trusted inputs do); ``two-sided`` (both tails for every column, the
 counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those
-columns dropped); ``only input cut``; ``coarse interchanges`` (interchange columns
-compared at ``min_scale``, not ``counterfactual_resolution``); ``previous`` (calibration
-and the input cut off: the largest standardised divergence over the explanations alone);
-then the refitted variants. Prints a markdown table of AUROCs, one column per variant.
+columns dropped); ``only input cut``, ``only interchanges`` (those columns alone);
+``coarse interchanges`` (interchange columns compared at ``min_scale``, not
+``counterfactual_resolution``); ``previous`` (calibration and the input cut off: the
+largest standardised divergence over the explanations alone); then the refitted variants.
+Prints a markdown table of AUROCs, one column per variant.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ VARIANTS = (
     "no dual",
     "no base input cut",
     "only input cut",
+    "only interchanges",
     "coarse interchanges",
     "previous",
 )
@@ -90,6 +92,7 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
         "no dual": calibrated(~dual),
         "no base input cut": calibrated(~base),
         "only input cut": calibrated(cut),
+        "only interchanges": calibrated(fam == "hypothesis-interchange"),
         "coarse interchanges": calibrated(everything, resolution=np.full(len(fam), det.min_scale)),
     }
 

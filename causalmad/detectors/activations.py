@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import warnings
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.linalg
@@ -136,6 +136,12 @@ class ActivationDetector(Detector):
         self.loc_ = d.mean(0)
         self.scale_ = d.std(0) + 1e-9
         self.heldout_scores_ = self._score(trusted[torch.as_tensor(held_idx)])
+
+    _stored_arrays: ClassVar[dict[str, tuple[int, str | None]]] = {
+        "heldout_scores_": (1, None),
+        "loc_": (1, "sites_"),
+        "scale_": (1, "sites_"),
+    }
 
     def _restore(self) -> None:
         self.site_models_ = [self._build_site(s) for s in self.site_states_]

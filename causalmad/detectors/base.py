@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -564,6 +564,7 @@ class Detector(ABC):
         if hasattr(adapter, "input_shape"):
             adapter.input_shape = tuple(self.input_shape_)  # type: ignore[attr-defined]
         self.input_shape_ = tuple(self.input_shape_)
+        self._check_state()
         self.threshold_ = self.threshold(DEFAULT_FPR)
         self._restore()
 
@@ -585,6 +586,24 @@ class Detector(ABC):
     def _restore(self) -> None:
         """Rebuild ``_transient`` attributes from the stored state after loading."""
         return None
+
+    #: stored arrays scoring does arithmetic with: name -> (dimensions, the attribute whose
+    #: length their last axis must have, or ``None``), checked on loading
+    _stored_arrays: ClassVar[dict[str, tuple[int, str | None]]] = {"heldout_scores_": (1, None)}
+
+    def _check_state(self) -> None:
+        """Check the stored arrays of :attr:`_stored_arrays` before anything computes with
+        them (a folder edited under ``trust_modified``): ``ValueError`` naming the array,
+        which loading reports as a corrupted folder."""
+        for name, (ndim, like) in self._stored_arrays.items():
+            value = np.asarray(getattr(self, name), dtype=np.float64)  # ValueError if not numbers
+            want = len(getattr(self, like)) if like is not None else None
+            if value.ndim != ndim or (want is not None and value.shape[-1] != want):
+                raise ValueError(
+                    f"{name} has shape {value.shape}; expected {ndim} dimension(s)"
+                    + (f", the last of length {want} (one per {like})" if want is not None else "")
+                )
+            setattr(self, name, value)
 
     @abstractmethod
     def _fit(self, trusted: torch.Tensor) -> None:

@@ -736,6 +736,13 @@ class ScrubbingDetector(Detector):
         state["pool_"] = self.pool_.state()
         return state
 
+    _stored_arrays: ClassVar[dict[str, tuple[int, str | None]]] = {
+        "heldout_scores_": (1, None),
+        "loc_": (1, "column_names_"),
+        "scale_": (1, "column_names_"),
+        "calibration_": (2, "column_names_"),
+    }
+
     def _restore(self) -> None:
         stored = self.pool_
         self.pool_ = SourcePool.from_state(self.adapter_, stored, seen=self.seen_values_)  # type: ignore[arg-type]
