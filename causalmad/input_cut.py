@@ -174,7 +174,7 @@ def scrub_input_cut(
     batch_size: int = 1024,
     candidates: int = 4,
     dual_resamples: int | None = None,
-    statistic: str = "median",
+    statistic: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergences of every input under every input-cut scrub.
 
@@ -188,7 +188,7 @@ def scrub_input_cut(
             every hypothesis value of the input.
         dual_resamples: bases per input and dual scrub (default ``resamples``).
         statistic: how an input's hybrids' divergences are reduced to one
-            (:func:`causalmad.scrubbing.reduce_resamples`).
+            (:func:`causalmad.scrubbing.reduce_resamples`; default the mean).
 
     Returns:
         ``[n, S]`` divergences (NaN where a base scrub found no source keeping the values)

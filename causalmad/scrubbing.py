@@ -517,6 +517,11 @@ def scrub_many(
         source.
     """
     n, k, n_expl = len(inputs), resamples, len(explanations)
+    statistics = [statistic] * n_expl if isinstance(statistic, str) else list(statistic)
+    if len(statistics) != n_expl or not set(statistics) <= set(STATISTICS):
+        raise ValueError(
+            f"statistic must be one of {STATISTICS} or one per explanation ({n_expl}), got {statistic!r}."
+        )
     keys = row_keys(inputs) if keys is None else keys
     unmatched = np.zeros((n, n_expl), dtype=bool)
     if n == 0 or n_expl == 0:
@@ -575,11 +580,7 @@ def scrub_many(
         leave=False,
     )
     device = adapter.device
-    # each distinct row's divergence stays where the model runs: no copy to the host (a
-    # synchronisation on a GPU) per pass, one at the end
-    row_divs: list[torch.Tensor] = []
-    layout: list[tuple[int, int, int, int, np.ndarray]] = []  # chunk start, end, explanation, offset, inverse
-    stored = 0
+    div = np.full((n, n_expl), np.nan)
     gaps = np.zeros((n, n_expl), dtype=bool)
     # what the passes read goes to the model's device once per call (nothing is copied on
     # the CPU): the pool's activations at the call's places and every rule's subspace, one
@@ -598,6 +599,11 @@ def scrub_many(
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
+        # each distinct row's divergence stays where the model runs: no copy to the host (a
+        # synchronisation on a GPU) per pass, one per chunk
+        row_divs: list[torch.Tensor] = []
+        layout: list[tuple[int, int, np.ndarray]] = []  # explanation, offset, inverse
+        stored = 0
         m, x = b - a, inputs[a:b]
         # each input's sources depend on its key only, so chunking does not change them
         sources: dict[int, list[np.ndarray]] = {}
@@ -642,7 +648,7 @@ def scrub_many(
             table = [np.concatenate(t) for t in zip(*parts)]
             row_div = torch.empty(len(table[0]), dtype=torch.float64, device=device)
             for j in columns:
-                layout.append((a, b, j, stored, distinct[j][2]))
+                layout.append((j, stored, distinct[j][2]))
                 stored += len(distinct[j][0])
             row_divs.append(row_div)
             for s in range(0, len(table[0]), rows_per_pass):
@@ -683,14 +689,12 @@ def scrub_many(
                     kl[seg] = counterfactual_nll([q[seg] for q in scrubbed], seg_cls)
                 row_div[s : s + len(p_rows)] = kl.double()
                 bar.update(int(count.sum()))
+        # every row of each explanation from the distinct row standing for it, reduced over
+        # the resamples
+        host_div = torch.cat(row_divs).cpu().numpy() if row_divs else np.zeros(0)
+        for j, offset, inverse in layout:
+            div[a:b, j] = reduce_resamples(host_div[offset:][inverse].reshape(m, k), statistics[j])
     bar.close()
-    # every row of each explanation from the distinct row standing for it, reduced over the
-    # resamples
-    host_div = torch.cat(row_divs).cpu().numpy() if row_divs else np.zeros(0)
-    div = np.full((n, n_expl), np.nan)
-    statistics = [statistic] * n_expl if isinstance(statistic, str) else list(statistic)
-    for a, b, j, offset, inverse in layout:
-        div[a:b, j] = reduce_resamples(host_div[offset:][inverse].reshape(b - a, k), statistics[j])
     div[gaps] = np.nan
     return div, unmatched
 

@@ -596,8 +596,12 @@ class Detector(ABC):
         them (a folder edited under ``trust_modified``): ``ValueError`` naming the array,
         which loading reports as a corrupted folder."""
         for name, (ndim, like) in self._stored_arrays.items():
-            value = np.asarray(getattr(self, name), dtype=np.float64)  # ValueError if not numbers
-            want = len(getattr(self, like)) if like is not None else None
+            if name not in self.__dict__:  # a folder saved before the attribute existed
+                continue
+            value = np.asarray(getattr(self, name))
+            if value.dtype != bool:  # flags stay flags
+                value = value.astype(np.float64)  # ValueError if not numbers
+            want = len(getattr(self, like)) if like is not None and like in self.__dict__ else None
             if value.ndim != ndim or (want is not None and value.shape[-1] != want):
                 raise ValueError(
                     f"{name} has shape {value.shape}; expected {ndim} dimension(s)"

@@ -56,6 +56,8 @@ MIN_GROUP = 30
 #: input-cut scrubs are screened on this many calibration inputs (``input_cut.testable``)
 SCREEN = 40
 SITE_CHOICES = ("earliest", "highest-iia")
+#: which outputs an interchange is scored on (``interchange_outputs``)
+INTERCHANGE_OUTPUTS = ("downstream", "all")
 
 
 def _num(x: float) -> float | None:
@@ -147,8 +149,14 @@ class ScrubbingDetector(Detector):
             (a carry at the edge of its range), and the mean ranks inputs by how many of
             them they drew, the median by how the output moves under a typical one. The
             other families keep the mean: a piece that matters under only some draws (a
-            trigger that fires in some of the dual's bases) is what they look for.
-        tolerance: an explanation is valid when its mean divergence (nats) on the
+            trigger that fires in some of the dual's bases) is what they look for. (The
+            "any source" runs that ``min_recovered`` compares an explanation with use its
+            statistic too.)
+        interchange_outputs: which outputs an interchange is scored on: ``"downstream"``
+            (default): those downstream of its variable, whose change the hypothesis
+            predicts (the others cannot change and add only their noise); ``"all"``.
+        tolerance: an explanation is valid when its mean divergence (nats; over the
+            calibration inputs, each input's divergence its statistic over its sources) on the
             calibration split is at most this ...
         min_recovered: ... or, for an explanation that matches sources on hypothesis
             variables, when it recovers at least this share of the divergence that its
@@ -181,7 +189,8 @@ class ScrubbingDetector(Detector):
             output counts as none, yet far above the precision of a float32
             log-probability (about 1e-6 for logits of order 10), the default.
         min_scale: floor on each explanation's trusted divergence spread when standardising,
-            and on the scale of the exponential tail its p-values extrapolate with.
+            and the resolution (and least tail scale) of every column's tail probability
+            but the interchanges' (``counterfactual_resolution``).
         aggregation: how the divergences become one score: ``"calibrated"`` (default):
             two-sided tail probabilities under each explanation's trusted divergences,
             combined by Simes' test within and across families
@@ -210,6 +219,7 @@ class ScrubbingDetector(Detector):
     #: what a folder saved before these arguments existed was fitted with
     params_before_saved: ClassVar[dict[str, Any]] = {
         "hypothesis_statistic": "mean",
+        "interchange_outputs": "all",
         "counterfactual_resolution": None,
     }
 
@@ -221,6 +231,7 @@ class ScrubbingDetector(Detector):
         counterfactual_resamples: int = 32,
         dual_resamples: int = 8,
         hypothesis_statistic: str = "median",
+        interchange_outputs: str = "downstream",
         tolerance: float = 0.1,
         min_recovered: float | None = 0.9,
         min_iia: float = 0.8,
@@ -247,6 +258,7 @@ class ScrubbingDetector(Detector):
         self.counterfactual_resamples = counterfactual_resamples
         self.dual_resamples = dual_resamples
         self.hypothesis_statistic = hypothesis_statistic
+        self.interchange_outputs = interchange_outputs
         self.tolerance = tolerance
         self.min_recovered = min_recovered
         self.min_iia = min_iia
@@ -292,13 +304,7 @@ class ScrubbingDetector(Detector):
             raise InputError(f"das_rank must be a positive int, 'auto' or None, got {self.das_rank!r}.")
         if not set(self.input_cut) <= set(input_cut.DIRECTIONS) or isinstance(self.input_cut, str):
             raise InputError(f"input_cut must be a tuple of {input_cut.DIRECTIONS}, got {self.input_cut!r}.")
-        res = self.counterfactual_resolution
-        if res is not None and (isinstance(res, bool) or not isinstance(res, (int, float)) or not res > 0):
-            raise InputError(f"counterfactual_resolution must be a positive number or None, got {res!r}.")
-        if self.hypothesis_statistic not in STATISTICS:
-            raise InputError(
-                f"hypothesis_statistic must be one of {STATISTICS}, got {self.hypothesis_statistic!r}."
-            )
+        self._check_scoring_params()
         if self.aggregation not in AGGREGATIONS:
             raise InputError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
         if self.site_choice not in SITE_CHOICES:
@@ -614,7 +620,8 @@ class ScrubbingDetector(Detector):
 
     def _counterfactual(self, values: dict[str, Hashable], variable: str, value: Hashable) -> list[int]:
         """The classes the hypothesis predicts with ``variable`` set to ``value``, for the
-        outputs downstream of it; :data:`~causalmad.scrubbing.UNSCORED` for the others. An
+        outputs downstream of it (``interchange_outputs="downstream"``);
+        :data:`~causalmad.scrubbing.UNSCORED` for the others. An
         interchange claims how the outputs that depend on its variable change; scoring
         the outputs that cannot change too adds their noise to every row, which buries a
         small but systematic departure (on the addition backdoor's hard split, the final
@@ -623,7 +630,7 @@ class ScrubbingDetector(Detector):
         h = self.hypothesis
         if h is None:
             raise HypothesisError("Interchange explanations need a hypothesis.")
-        affected = h.outputs_affected_by(variable)
+        affected = h.outputs if self.interchange_outputs == "all" else h.outputs_affected_by(variable)
         cf = h.counterfactual(values, {variable: value})
         return [int(cf[o]) if o in affected else UNSCORED for o in h.outputs]  # type: ignore[call-overload]
 
@@ -741,7 +748,29 @@ class ScrubbingDetector(Detector):
         "loc_": (1, "column_names_"),
         "scale_": (1, "column_names_"),
         "calibration_": (2, "column_names_"),
+        "two_sided_": (1, "column_names_"),
     }
+
+    def _check_scoring_params(self) -> None:
+        res = self.counterfactual_resolution
+        if res is not None and (isinstance(res, bool) or not isinstance(res, (int, float)) or not res > 0):
+            raise InputError(f"counterfactual_resolution must be a positive number or None, got {res!r}.")
+        if self.hypothesis_statistic not in STATISTICS:
+            raise InputError(
+                f"hypothesis_statistic must be one of {STATISTICS}, got {self.hypothesis_statistic!r}."
+            )
+        if self.interchange_outputs not in INTERCHANGE_OUTPUTS:
+            raise InputError(
+                f"interchange_outputs must be one of {INTERCHANGE_OUTPUTS}, got {self.interchange_outputs!r}."
+            )
+
+    def _check_state(self) -> None:
+        super()._check_state()
+        self._check_scoring_params()  # what scoring reads, from a folder edited under trust_modified
+        if "families_" in self.__dict__ and len(self.families_) != len(self.column_names_):
+            raise ValueError(
+                f"families_ has {len(self.families_)} entries for {len(self.column_names_)} columns"
+            )
 
     def _restore(self) -> None:
         stored = self.pool_

@@ -191,9 +191,14 @@ class TransformerLensAdapter(ModelAdapter):
         """:meth:`ModelAdapter.run_readouts` through :meth:`plain_logits` from the first
         position read (the last block's queries and MLP at the positions read only), about
         1.6x the bridge's forward on the task models; the bridge's forward where the
-        windowed run does not reproduce the model or a readout has no position."""
+        windowed run does not reproduce the model or a readout has no position (or one the
+        inputs do not have, which the bridge's forward then reports)."""
+        if not readouts:
+            return []
         seq = int(inputs.shape[1]) if inputs.dim() > 1 else 0
-        if any(r.position is None for r in readouts) or not self.can_window([]):
+        if any(r.position is None or not -seq <= r.position < seq for r in readouts) or not self.can_window(
+            []
+        ):
             return super().run_readouts(inputs, readouts, batch_size)
         start = min(int(r.position) % seq for r in readouts)  # type: ignore[arg-type]
         shifted = [replace(r, position=int(r.position) % seq - start) for r in readouts]  # type: ignore[arg-type]
