@@ -56,6 +56,8 @@ MIN_GROUP = 30
 #: input-cut scrubs are screened on this many calibration inputs (``input_cut.testable``)
 SCREEN = 40
 SITE_CHOICES = ("earliest", "highest-iia")
+#: the families of explanations built from the hypothesis (``hypothesis_statistic``)
+HYPOTHESIS_FAMILIES = ("hypothesis", "hypothesis-subset", "hypothesis-interchange")
 #: which outputs an interchange is scored on (``interchange_outputs``)
 INTERCHANGE_OUTPUTS = ("downstream", "all")
 
@@ -609,11 +611,7 @@ class ScrubbingDetector(Detector):
         return div, unmatched
 
     def _statistic(self, e: Explanation) -> str:
-        return (
-            self.hypothesis_statistic
-            if e.family.startswith("hypothesis") and e.family != "hypothesis-free"
-            else "mean"
-        )
+        return self.hypothesis_statistic if e.family in HYPOTHESIS_FAMILIES else "mean"
 
     def _resamples(self, e: Explanation) -> int:
         return self.counterfactual_resamples if e.target is not None else self.resamples
