@@ -47,6 +47,14 @@ class Readout:
         logits: the logit indices that form the prediction's classes; the output
             variable's value ``v`` is the class ``logits[v]``. ``None`` means all logits,
             and the value is the logit index itself.
+
+    Raises:
+        HypothesisError: if ``position`` is neither an ``int`` nor ``None``, or ``logits``
+            lists fewer than two indices or repeats one.
+
+    Example:
+        >>> Readout(position=-1, logits=range(10, 13)).logits
+        (10, 11, 12)
     """
 
     position: int | None = None
@@ -64,7 +72,18 @@ class Readout:
             object.__setattr__(self, "logits", logits)
 
     def select(self, logits: torch.Tensor) -> torch.Tensor:
-        """The ``[n, classes]`` logits this readout reads from model output ``logits``."""
+        """The logits this readout reads from a model's output.
+
+        Args:
+            logits: the model's output, ``[n, pos, vocab]``, or ``[n, classes]`` when
+                ``position`` is ``None``.
+
+        Returns:
+            ``[n, classes]`` logits: the output at the readout's ``position`` (the whole
+            output if that is ``None``), restricted to the columns the readout's ``logits``
+            lists, in its order (every column if that is ``None``); in the dtype and on the
+            device of the model's output.
+        """
         x = logits if self.position is None else logits[:, self.position]
         if self.logits is None:
             return x
@@ -90,18 +109,38 @@ class Hypothesis:
         """Declare an input variable: ``mechanism(example) -> value``.
 
         Args:
+            name: the variable's name, a non-empty string not yet declared.
+            mechanism: a function of one raw example (one row of the input tensor) that
+                returns the variable's value, which must be hashable.
             at: where the variable lives in an example, as an index of it: a token
                 position (``3``), positions (``[0, 1]``), a slice, or a boolean mask of the
                 example's shape. The input cut (:mod:`causalmad.input_cut`) builds hybrids
                 of an input and trusted inputs part by part from these; ``None``: not
                 located (then token inputs are cut position by position).
+
+        Raises:
+            HypothesisError: if ``name`` is empty, not a string or already declared, or
+                ``mechanism`` is not callable with one positional argument.
         """
         self._check_new(name)
         _check_arity(name, mechanism, 1, "one example")
         self._graph.add_node(name, kind=INPUT, mechanism=mechanism, readout=None, at=at)
 
     def add_variable(self, name: str, mechanism: Callable[..., Hashable], parents: Sequence[str]) -> None:
-        """Declare an inner variable: ``mechanism(*parent_values) -> value``."""
+        """Declare an inner variable: ``mechanism(*parent_values) -> value``.
+
+        Args:
+            name: the variable's name, a non-empty string not yet declared.
+            mechanism: a function of the parents' values, in the order of ``parents``,
+                that returns the variable's value, which must be hashable.
+            parents: names of variables declared before, none of them an output.
+
+        Raises:
+            HypothesisError: if ``name`` is empty, not a string or already declared;
+                ``parents`` is a string, empty, or names an unknown variable or an output
+                (close matches suggested); or ``mechanism`` is not callable with
+                ``len(parents)`` positional arguments.
+        """
         self._add_computed(name, mechanism, parents, INNER, None)
 
     def add_output(
@@ -111,7 +150,20 @@ class Hypothesis:
         parents: Sequence[str],
         readout: Readout,
     ) -> None:
-        """Declare an output variable, predicting the model's output at ``readout``."""
+        """Declare an output variable, predicting the model's output at ``readout``.
+
+        Args:
+            name: the variable's name, a non-empty string not yet declared.
+            mechanism: a function of the parents' values, in the order of ``parents``,
+                that returns the predicted class: an index into ``readout.logits`` (a logit
+                index if that is ``None``).
+            parents: names of variables declared before, none of them an output.
+            readout: which part of the model's output the variable predicts.
+
+        Raises:
+            HypothesisError: if ``readout`` is not a :class:`Readout`, or for any reason
+                :meth:`add_variable` gives.
+        """
         if not isinstance(readout, Readout):
             raise HypothesisError(
                 f"Output variable {name!r}: readout must be a causalmad.Readout, "
@@ -123,7 +175,24 @@ class Hypothesis:
     def from_graph(cls, graph: nx.DiGraph, name: str = "hypothesis") -> Hypothesis:
         """Build a hypothesis from a graph whose nodes carry ``kind``, ``mechanism`` and
         (for outputs) ``readout`` attributes; parents are the node's predecessors in the
-        order of the optional ``parents`` node attribute, else in graph order."""
+        order of the optional ``parents`` node attribute, else in graph order.
+
+        Args:
+            graph: a directed acyclic graph; each node's ``kind`` is ``"input"``,
+                ``"inner"`` or ``"output"``, and an input node may carry ``at`` (see
+                :meth:`add_input`).
+            name: the hypothesis' name.
+
+        Returns:
+            A new :class:`Hypothesis`, its variables declared in topological order.
+
+        Raises:
+            HypothesisError: if ``graph`` is not a ``networkx.DiGraph`` or has a cycle; a
+                node's ``parents`` attribute does not match its incoming edges; an input
+                node has parents; a node's ``kind`` is missing or unknown; or a node fails
+                the checks of :meth:`add_input`, :meth:`add_variable` or :meth:`add_output`
+                (a missing mechanism, say).
+        """
         if not isinstance(graph, nx.DiGraph):
             raise HypothesisError(f"from_graph expects a networkx.DiGraph, got {type(graph).__name__}.")
         if not nx.is_directed_acyclic_graph(graph):
@@ -192,7 +261,14 @@ class Hypothesis:
             self._graph.add_edge(p, name)
 
     def validate(self) -> Hypothesis:
-        """Check the whole graph is usable: at least one input and one output."""
+        """Check the whole graph is usable: at least one input and one output.
+
+        Returns:
+            ``self``, unchanged.
+
+        Raises:
+            HypothesisError: if the hypothesis has no input variable or no output variable.
+        """
         if not self.inputs:
             raise HypothesisError(f"Hypothesis {self.name!r} has no input variable; add one with add_input.")
         if not self.outputs:
@@ -213,18 +289,22 @@ class Hypothesis:
 
     @property
     def inputs(self) -> list[str]:
+        """The input variables, in declaration order."""
         return self._of_kind(INPUT)
 
     @property
     def inner(self) -> list[str]:
+        """The inner variables, in declaration order."""
         return self._of_kind(INNER)
 
     @property
     def outputs(self) -> list[str]:
+        """The output variables, in declaration order."""
         return self._of_kind(OUTPUT)
 
     @property
     def variables(self) -> list[str]:
+        """Every variable, in declaration order."""
         return list(self._graph.nodes)
 
     def set_input_parts(self, parts: dict[str, Any]) -> None:
@@ -232,10 +312,16 @@ class Hypothesis:
         from: part name -> where it lives in an example, as an index of it (see
         :meth:`add_input`'s ``at``). For inputs whose variables each read the whole
         example (an image's digit), so that no ``at`` can say where they live; parts
-        need not cover the example (the rest is never exchanged).
+        need not cover the example (the rest is never exchanged). A second call replaces
+        the parts of the first.
+
+        Args:
+            parts: part name -> where the part lives in an example, as an index of it
+                (not ``None``).
 
         Raises:
-            HypothesisError: ``parts`` is not a non-empty dict of named indices.
+            HypothesisError: if ``parts`` is not a non-empty dict of string names to
+                indices.
         """
         if (
             not isinstance(parts, dict)
@@ -246,33 +332,98 @@ class Hypothesis:
         self._graph.graph["input_parts"] = dict(parts)
 
     def input_parts(self) -> dict[str, Any]:
-        """The parts :meth:`set_input_parts` declared (empty if none)."""
+        """The parts :meth:`set_input_parts` declared.
+
+        Returns:
+            A copy of the dict of part name -> index (empty if none was declared).
+        """
         return dict(self._graph.graph.get("input_parts", {}))
 
     def locations(self) -> dict[str, Any]:
-        """Input variable -> where it lives in an example (``at``), for those that say."""
+        """Where the input variables live in an example.
+
+        Returns:
+            Input variable -> its ``at`` (see :meth:`add_input`), for the input variables
+            declared with one.
+        """
         return {
             n: self._graph.nodes[n]["at"] for n in self.inputs if self._graph.nodes[n].get("at") is not None
         }
 
     def kind(self, name: str) -> str:
+        """The kind of a variable.
+
+        Args:
+            name: a declared variable.
+
+        Returns:
+            ``"input"``, ``"inner"`` or ``"output"``.
+
+        Raises:
+            HypothesisError: if there is no variable ``name`` (close matches suggested).
+        """
         self._require(name)
         return self._graph.nodes[name]["kind"]
 
     def parents(self, name: str) -> list[str]:
+        """The parents of a variable.
+
+        Args:
+            name: a declared variable.
+
+        Returns:
+            The parents in the order its mechanism takes their values (empty for an input
+            variable).
+
+        Raises:
+            HypothesisError: if there is no variable ``name`` (close matches suggested).
+        """
         self._require(name)
         return list(self._graph.nodes[name].get("parents") or [])
 
     def readout(self, output: str) -> Readout:
+        """The readout of an output variable.
+
+        Args:
+            output: a declared output variable.
+
+        Returns:
+            The :class:`Readout` it was declared with (``None`` if ``output`` names an
+            input or inner variable).
+
+        Raises:
+            HypothesisError: if there is no variable ``output`` (close matches suggested).
+        """
         self._require(output)
         return self._graph.nodes[output]["readout"]
 
     def descendants(self, name: str) -> set[str]:
+        """The variables downstream of a variable.
+
+        Args:
+            name: a declared variable.
+
+        Returns:
+            Every variable with a directed path from ``name`` (``name`` itself excluded).
+
+        Raises:
+            HypothesisError: if there is no variable ``name`` (close matches suggested).
+        """
         self._require(name)
         return set(self._structure()[1][name])
 
     def outputs_affected_by(self, name: str) -> list[str]:
-        """Output variables downstream of ``name`` (or ``name`` itself if an output)."""
+        """Output variables downstream of ``name`` (or ``name`` itself if an output).
+
+        Args:
+            name: a declared variable.
+
+        Returns:
+            Those output variables, in declaration order.
+
+        Raises:
+            HypothesisError: if there is no variable ``name`` (close matches suggested).
+        """
         down = self.descendants(name) | {name}
         return [o for o in self.outputs if o in down]
 
@@ -284,7 +435,18 @@ class Hypothesis:
 
     # ------------------------------------------------------------------ evaluating
     def values(self, example: Any) -> dict[str, Hashable]:
-        """Evaluate every variable on one raw example."""
+        """Evaluate every variable on one raw example.
+
+        Args:
+            example: one raw example (one row of the input tensor).
+
+        Returns:
+            Variable -> its value, for every variable, in topological order.
+
+        Raises:
+            HypothesisError: if a mechanism raises (the error names the variable; the
+                original is its cause) or returns an unhashable value.
+        """
         return self.counterfactual({"__example__": example}, {})
 
     def counterfactual(self, values: Mapping[str, Any], do: Mapping[str, Hashable]) -> dict[str, Hashable]:
@@ -294,6 +456,16 @@ class Hypothesis:
             values: the base values (as returned by :meth:`values`), or
                 ``{"__example__": example}`` to evaluate from a raw example.
             do: variable -> value to set; everything downstream is recomputed.
+
+        Returns:
+            Variable -> its value under the intervention, for every variable, in
+            topological order.
+
+        Raises:
+            HypothesisError: if ``do`` names an unknown variable, or a mechanism raises
+                or returns an unhashable value.
+            KeyError: if ``values`` (not from an example) lacks a variable that is not
+                recomputed; pass the whole dict :meth:`values` returns.
         """
         for name in do:
             self._require(name)
@@ -336,7 +508,17 @@ class Hypothesis:
         return cached[1], cached[2]
 
     def values_batch(self, examples: Iterable[Any]) -> dict[str, list[Hashable]]:
-        """Evaluate every variable on each example; returns variable -> list of values."""
+        """Evaluate every variable on each example.
+
+        Args:
+            examples: raw examples (the rows of an input tensor, say).
+
+        Returns:
+            Variable -> its values, one per example in order, for every variable.
+
+        Raises:
+            HypothesisError: as :meth:`values`, for the first example that fails.
+        """
         rows = [self.values(ex) for ex in examples]
         return {v: [r[v] for r in rows] for v in self._graph.nodes}
 
