@@ -18,6 +18,8 @@ import torch
 
 from causalmad.errors import SiteError
 
+#: What a site's ``positions`` may be: fixed positions, a function of one example, or
+#: ``None`` (every position).
 Positions = tuple[int, ...] | Callable[[Any], Sequence[int]] | None
 
 
@@ -34,6 +36,13 @@ class Site:
         basis: ``[d, k]`` orthonormal columns spanning the subspace the site means (in the
             head's coordinates when ``head`` is set); ``None`` for the whole activation.
         label: a short human-readable description of the subspace (``"pca top-8"``).
+
+    An ``int`` or a list of positions is stored as a tuple, and ``basis`` as a float32
+    tensor.
+
+    Raises:
+        SiteError: if ``positions`` is an empty sequence or holds a non-``int``, or
+            ``basis`` is not ``[d, k]`` with ``0 < k <= d``.
 
     Example:
         >>> Site("blocks.0.hook_resid_post", positions=(7,)).key
@@ -78,11 +87,36 @@ class Site:
         return f"Site({self.key!r})"
 
     def with_basis(self, basis: torch.Tensor, label: str) -> Site:
-        """The same place, restricted to a subspace."""
+        """The same place, restricted to a subspace.
+
+        Args:
+            basis: ``[d, k]`` orthonormal columns spanning the subspace (in the head's
+                coordinates when the site has a ``head``); replaces any basis the site has.
+            label: a short description of the subspace, shown in :attr:`key`.
+
+        Returns:
+            A new :class:`Site` with the same hook, positions and head.
+
+        Raises:
+            SiteError: if ``basis`` is not ``[d, k]`` with ``0 < k <= d``.
+        """
         return Site(self.hook, self.positions, self.head, basis, label)
 
     def position_index(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """``[n, p]`` non-negative positions for a batch, or ``None`` for all positions."""
+        """The site's positions in each input of a batch.
+
+        Args:
+            inputs: ``[n, pos, ...]`` inputs (``[n]``: one position each); a positions
+                function is called on each row.
+
+        Returns:
+            ``[n, p]`` int64 positions in ``[0, pos)`` (negative ones counted from the
+            end), or ``None`` if the site covers every position.
+
+        Raises:
+            SiteError: if the positions function does not return the same number of
+                positions for every input, or a position is out of range.
+        """
         if self.positions is None:
             return None
         n, seq = inputs.shape[0], inputs.shape[1] if inputs.ndim > 1 else 1
@@ -102,7 +136,24 @@ class Site:
         return pos
 
     def projection(self, width: int, d_head: int = 0) -> torch.Tensor | None:
-        """``[width, k]`` orthonormal basis in the hook's full last axis, or ``None``."""
+        """The site's subspace as a basis of the hook's whole last axis.
+
+        Args:
+            width: the size of the activation's last axis (``n_heads * d_head`` for a hook
+                that packs heads).
+            d_head: the width of one head; needed (positive) when the site has a ``head``.
+
+        Returns:
+            ``[width, k]`` float32 columns: the site's ``basis`` itself without a head;
+            with one, the head's rows hold the basis (the identity if the site has none,
+            ``k = d_head``) and every other row is zero. ``None`` for a site without head
+            or basis (the whole activation).
+
+        Raises:
+            SiteError: if the basis does not have ``width`` rows (``d_head`` with a head),
+                or the site has a head and ``width`` does not pack heads of ``d_head``
+                (``d_head <= 0`` or not a divisor) or has no such head.
+        """
         if self.head is None:
             if self.basis is not None and self.basis.shape[0] != width:
                 raise SiteError(
