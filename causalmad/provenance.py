@@ -12,12 +12,20 @@ from typing import Any
 
 import torch
 
+#: the packages whose versions :func:`environment` records
 PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scikit-learn")
 
 
 @functools.cache
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows.
+
+    Read once per process and remembered.
+
+    Returns:
+        The model name, ``platform.processor()`` or ``platform.machine()``, else
+        ``"unknown"``.
+    """
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -29,7 +37,13 @@ def cpu_model() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """``{"cpu", "threads", "python", <package>: version}`` for this process now.
+    """What this process computes on now: the machine record of every task and benchmark.
+
+    Returns:
+        ``{"cpu": ..., "threads": ..., "python": ..., <package>: version, ...}``: the CPU's
+        model name (:func:`cpu_model`), torch's thread count, the Python version, and the
+        installed version of each package in :data:`PACKAGES` (``None`` where it is not
+        installed).
 
     Example:
         >>> env = environment()

@@ -22,7 +22,21 @@ from causalmad.hypothesis import Hypothesis
 
 @dataclass
 class Split:
-    """Untrusted test inputs with ground-truth anomaly labels (1 = anomalous)."""
+    """Untrusted test inputs with ground-truth anomaly labels (1 = anomalous).
+
+    Args:
+        name: the split's name (``"easy"``, ``"hard"``).
+        inputs: ``[n, ...]`` inputs of the task's model.
+        labels: ``[n]`` labels, 0 = normal and 1 = anomalous; stored as an int64 array.
+
+    Raises:
+        TaskError: if ``labels`` and ``inputs`` differ in length.
+
+    Example:
+        >>> split = Split("easy", torch.zeros(3, 4), [0, 1, 1])
+        >>> split.n_normal, split.n_anomalous
+        (1, 2)
+    """
 
     name: str
     inputs: torch.Tensor
@@ -35,16 +49,32 @@ class Split:
 
     @property
     def n_normal(self) -> int:
+        """How many inputs are labelled normal (0)."""
         return int((self.labels == 0).sum())
 
     @property
     def n_anomalous(self) -> int:
+        """How many inputs are labelled anomalous (1)."""
         return int((self.labels == 1).sum())
 
 
 @dataclass
 class Task:
-    """A model, trusted data, labelled untrusted splits and a reference hypothesis."""
+    """A model, trusted data, labelled untrusted splits and a reference hypothesis.
+
+    Args:
+        name: the task's registered name.
+        model: the trained model (a TransformerLens bridge, a Hugging Face model or an
+            ``nn.Module``; :func:`~causalmad.models.adapt` wraps it).
+        trusted: ``[n, ...]`` inputs on which the model behaves normally, for ``fit``.
+        splits: split name -> :class:`Split` of labelled untrusted inputs (each
+            registered task has ``"easy"`` and ``"hard"``), for evaluation only.
+        hypothesis: the reference :class:`~causalmad.hypothesis.Hypothesis` of what the
+            model computes, or ``None`` if the task has none.
+        info: task-specific records (how the model was trained and on what machine, the
+            attack's success rate, ...).
+        seed: the seed the task was built with.
+    """
 
     name: str
     model: nn.Module
@@ -56,7 +86,15 @@ class Task:
 
 
 def available_tasks() -> dict[str, Any]:
-    """Task name -> factory, from the ``causalmad.tasks`` entry points."""
+    """The registered tasks, from the ``causalmad.tasks`` entry-point group.
+
+    Returns:
+        Task name -> its :class:`importlib.metadata.EntryPoint` (not loaded: ``.load()``
+        imports the task's module and gives its factory, as :func:`load_task` does).
+
+    Raises:
+        TaskError: if two installed packages register a task of the same name.
+    """
     found: dict[str, Any] = {}
     for ep in metadata.entry_points(group="causalmad.tasks"):
         if ep.name in found:
@@ -66,10 +104,22 @@ def available_tasks() -> dict[str, Any]:
 
 
 def load_task(name: str, **kwargs: Any) -> Task:
-    """Build a task by registered name (``size="tiny"|"full"``, ``seed=...``).
+    """Build a task by registered name.
 
-    ``name`` may also be ``"package.module:function"``: a task factory that is importable
-    but not registered (one's own task under development, say)."""
+    Args:
+        name: a registered task's name (see :func:`available_tasks`), or
+            ``"package.module:function"``: a task factory that is importable but not
+            registered (one's own task under development, say).
+        **kwargs: passed to the task's factory; the registered tasks take
+            ``size="tiny"|"full"`` and ``seed=...``.
+
+    Returns:
+        What the factory returns: a :class:`Task`.
+
+    Raises:
+        TaskError: if ``name`` is not registered (close matches suggested), two installed
+            packages register it, or a ``"module:function"`` factory cannot be imported.
+    """
     if ":" in name:
         import importlib
 
