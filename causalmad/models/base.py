@@ -56,37 +56,97 @@ class CleanWindow:
 
 
 class ModelAdapter(ABC):
-    """Run a model, validate inputs, and resolve hook names for interventions."""
+    """Run a model, validate inputs, and resolve hook names for interventions.
+
+    A new kind of model implements the abstract methods (:meth:`forward`,
+    :meth:`check_inputs`, :meth:`hook_names`, :meth:`candidate_hooks`,
+    :meth:`final_hook`); the others have working defaults, and the resumed and windowed
+    runs (:meth:`resume_point`, :meth:`can_window`) are optional fast paths that default to
+    "not available".
+
+    Attributes:
+        model: the wrapped network.
+        has_positions: class attribute: whether activations have a position axis
+            (``[batch, pos, d]``); without one they are flattened to ``[batch, d]``.
+    """
 
     model: nn.Module
     has_positions: bool
 
     @abstractmethod
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Model output logits: ``[batch, pos, classes]`` or ``[batch, classes]``."""
+        """Run the model on a batch.
+
+        Args:
+            inputs: a batch as :meth:`check_inputs` returns it, on the model's device.
+
+        Returns:
+            The output logits: ``[batch, pos, classes]``, or ``[batch, classes]`` for a
+            model without a position axis.
+        """
 
     @abstractmethod
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
-        """Validate a batch and return it as a tensor; raise :class:`InputError` if bad."""
+        """Validate a batch before any forward pass.
+
+        Args:
+            inputs: a tensor or array-like batch, first axis = examples.
+            what: how the batch is named in error messages (``"trusted inputs"``).
+
+        Returns:
+            The batch as a tensor of the dtype the model takes.
+
+        Raises:
+            InputError: if the batch does not fit the model (shape, dtype, range, NaN).
+        """
 
     @abstractmethod
     def hook_names(self) -> list[str]:
-        """Every name that :meth:`module` accepts."""
+        """Every name that :meth:`module` accepts.
+
+        Returns:
+            The hook and module names of the model.
+        """
 
     @abstractmethod
     def candidate_hooks(self) -> list[HookInfo]:
-        """The hooks alignment searches by default, in model order."""
+        """The hooks alignment searches by default.
+
+        Returns:
+            One :class:`HookInfo` per hook, in model order.
+        """
 
     @abstractmethod
     def final_hook(self) -> str:
-        """The hook whose output feeds the readout (last residual stream)."""
+        """The hook whose output feeds the readout.
+
+        Returns:
+            Its name (the last residual stream, in a transformer).
+        """
 
     def head_width(self, hook: str) -> int:
-        """Width of one attention head packed in ``hook``'s last axis (0: no heads)."""
+        """Width of one attention head packed in a hook's last axis.
+
+        Args:
+            hook: a hook name.
+
+        Returns:
+            ``d_head``, or 0 if the hook does not pack heads (the default for every hook).
+        """
         return 0
 
     def module(self, name: str) -> nn.Module:
-        """The module whose output a site named ``name`` patches."""
+        """The module whose output a site named ``name`` patches.
+
+        Args:
+            name: a hook or module name, one of :meth:`hook_names`.
+
+        Returns:
+            The submodule of the model under that name.
+
+        Raises:
+            SiteError: if the model has no such name (close matches suggested).
+        """
         names = self.hook_names()
         if name not in names:
             raise SiteError(
@@ -97,13 +157,27 @@ class ModelAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's first parameter (the CPU for a model without any)."""
         for p in self.model.parameters():
             return p.device
         return torch.device("cpu")
 
     def width(self, hook: str, example: torch.Tensor) -> int:
         """Width of ``hook``'s activation (last axis; flattened for position-less models),
-        measured on one example the first time and remembered."""
+        measured on one example the first time and remembered.
+
+        Args:
+            hook: a hook name.
+            example: a batch of checked inputs; its first row is run once per hook.
+
+        Returns:
+            The width.
+
+        Raises:
+            SiteError: if the model has no such hook, its output is not a tensor, or it is
+                not ``[batch, pos, d]`` in a model with positions.
+            CausalMADError: if the hook never fired during the forward pass.
+        """
         cache: dict[str, int] = self.__dict__.setdefault("_widths", {})
         if hook not in cache:
             from causalmad.interventions import capture  # interventions imports this module
@@ -115,32 +189,86 @@ class ModelAdapter(ABC):
     def resume_point(self, hooks: Sequence[str]) -> str | None:
         """A hook before every hook in ``hooks`` from whose output the model can run on
         (:meth:`run_from`), or ``None`` to run from the start. Scrubbing caches that
-        output once per input and reruns only the rest of the network."""
+        output once per input and reruns only the rest of the network.
+
+        Args:
+            hooks: the hooks a run patches.
+
+        Returns:
+            The hook's name, or ``None`` (the default: no resumed runs).
+        """
         return None
 
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of the model run on from :meth:`resume_point` ``point``'s output ``act``
-        (``inputs``: the rows' inputs, for adapters that need more than ``act``, such as
-        the attention mask of padded token ids)."""
+        """Logits of the model run on from :meth:`resume_point` ``point``'s output.
+
+        Args:
+            point: a hook that :meth:`resume_point` returned.
+            act: ``point``'s output for each row, as a clean or patched run computed it.
+            inputs: the rows' inputs, for adapters that need more than ``act``, such as
+                the attention mask of padded token ids.
+
+        Returns:
+            The logits, as :meth:`forward` returns them.
+
+        Raises:
+            NotImplementedError: always, in the default (an adapter whose
+                :meth:`resume_point` returns a hook overrides this).
+        """
         raise NotImplementedError(f"{type(self).__name__} cannot resume from {point!r}.")
 
     # ---- windowed runs (optional): a causal model recomputes only positions from the
     # earliest patch on (see TransformerLensAdapter.run_window); the defaults say "no".
     def can_window(self, hooks: Sequence[str]) -> bool:
-        """Whether :meth:`run_window` can patch every hook in ``hooks``."""
+        """Whether :meth:`run_window` can patch every hook in ``hooks``.
+
+        Args:
+            hooks: the hooks a run patches.
+
+        Returns:
+            ``False`` in the default (no windowed runs).
+        """
         return False
 
     def window_point(self, hook: str) -> str:
-        """The name :meth:`run_window` knows ``hook`` by."""
+        """The name :meth:`run_window` knows ``hook`` by.
+
+        Args:
+            hook: a hook name.
+
+        Returns:
+            The canonical name (``hook`` itself, in the default).
+        """
         return hook
 
     def window_inputs(self, point: str) -> list[str]:
         """Hooks whose clean outputs :meth:`prefix_kv` turns into the keys and values a
-        windowed run from ``point`` needs."""
+        windowed run from ``point`` needs.
+
+        Args:
+            point: a hook that :meth:`resume_point` returned.
+
+        Returns:
+            The hook names, one per block the run computes.
+
+        Raises:
+            NotImplementedError: always, in the default.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
 
     def prefix_kv(self, hook: str, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values computed from the clean activation ``act`` at ``hook``."""
+        """Keys and values computed from the clean activation ``act`` at ``hook``.
+
+        Args:
+            hook: one of :meth:`window_inputs`.
+            act: the clean activation at ``hook``.
+
+        Returns:
+            ``(keys, values)`` of the block ``hook`` feeds.
+
+        Raises:
+            NotImplementedError: always, in the default.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
 
     def run_window(
@@ -154,12 +282,38 @@ class ModelAdapter(ABC):
         clean: CleanWindow | None = None,
     ) -> torch.Tensor:
         """Logits of a causal model run on from ``point`` for positions ``start`` onwards
-        only, reusing ``clean`` wherever no patch reaches (see :class:`TransformerLensAdapter`)."""
+        only, reusing ``clean`` wherever no patch reaches.
+
+        Args:
+            point: a hook that :meth:`resume_point` returned.
+            start: the first position the run computes.
+            act: ``point``'s activation at positions ``start`` onwards.
+            prefix_kv: the clean keys and values before ``start``, one pair per hook of
+                :meth:`window_inputs`.
+            patches: canonical hook point (:meth:`window_point`) -> functions applied to
+                the window's activation there.
+            readout_start: the first position whose logits the caller reads.
+            clean: the clean run of the rows' inputs, to reuse where no patch reaches.
+
+        Returns:
+            The logits (see :meth:`TransformerLensAdapter.run_window` for the one
+            implementation).
+
+        Raises:
+            NotImplementedError: always, in the default.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no windowed run.")
 
     def activation_bytes_per_row(self, example: torch.Tensor) -> int:
         """Bytes of every leaf module's output in one forward pass on one input: an upper
-        bound on what one more row in a batch costs (memory budgets use it)."""
+        bound on what one more row in a batch costs (memory budgets use it).
+
+        Args:
+            example: a batch of checked inputs; its first row is run, the first time only.
+
+        Returns:
+            The byte count (at least 1), measured once and remembered by the adapter.
+        """
         if self._row_bytes is None:
             total = [0]
 
@@ -182,7 +336,16 @@ class ModelAdapter(ABC):
     _row_bytes: int | None = None
 
     def run(self, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Plain forward in chunks, no gradients; returns logits on the CPU."""
+        """Plain forward in chunks, no gradients.
+
+        Args:
+            inputs: a checked batch (on any device; each chunk is moved to the model's).
+            batch_size: rows per forward pass.
+
+        Returns:
+            The logits of every row, as :meth:`forward` returns them, in float32 on the CPU
+            (an empty 1-D tensor for no rows).
+        """
         outs = []
         with torch.no_grad():
             for i in range(0, len(inputs), batch_size):
@@ -195,7 +358,16 @@ class ModelAdapter(ABC):
         """Log-probabilities ``[n, classes]`` over each readout's classes under a plain
         forward (no interventions), on the CPU. Adapters with a cheaper forward that
         computes only the positions read override this (the same function up to float
-        rounding)."""
+        rounding).
+
+        Args:
+            inputs: a checked batch.
+            readouts: the readouts to read.
+            batch_size: rows per forward pass.
+
+        Returns:
+            One float32 ``[n, classes]`` tensor of log-probabilities per readout, in order.
+        """
         logits = self.run(inputs, batch_size)
         return [torch.log_softmax(r.select(logits).float(), dim=-1) for r in readouts]
 

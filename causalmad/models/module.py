@@ -14,10 +14,31 @@ from causalmad.models.base import HookInfo, ModelAdapter, _check_finite_tensor
 class ModuleAdapter(ModelAdapter):
     """Adapter for a plain ``nn.Module`` mapping a float tensor to logits.
 
+    Inputs are float tensors ``[batch, ...]``; the output is ``[batch, classes]`` logits.
+    Hooks are module paths (``net.1``), and activations are flattened to ``[batch, d]``.
+    An ``nn.Sequential`` resumes from a child's output (:meth:`resume_point`).
+
     Args:
         model: the network.
-        hooks: module paths alignment may search (default: every leaf module except the
-            last, plus the last one as the final hook).
+        hooks: module paths alignment may search, in model order (default: every leaf
+            module). The final hook (:meth:`final_hook`) is the last but one of them, the
+            one feeding the last (the only one, if there is one).
+
+    Attributes:
+        input_shape: the per-example shape :meth:`check_inputs` requires, set by a
+            detector's ``fit`` (``None``: any shape).
+
+    Raises:
+        SiteError: if a name in ``hooks`` is not a module of the model (close matches
+            suggested).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> adapter = ModuleAdapter(net)
+        >>> [h.name for h in adapter.candidate_hooks()], adapter.final_hook()
+        (['0', '1', '2'], '1')
+        >>> adapter.forward(adapter.check_inputs([[0.0, 1.0, 2.0, 3.0]])).shape
+        torch.Size([1, 3])
     """
 
     has_positions = False
@@ -34,9 +55,30 @@ class ModuleAdapter(ModelAdapter):
         self.input_shape: tuple[int, ...] | None = None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run the model on a batch.
+
+        Args:
+            inputs: a float batch as :meth:`check_inputs` returns it, on the model's device.
+
+        Returns:
+            What the model returns: ``[batch, classes]`` logits.
+        """
         return self.model(inputs)
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        """Validate a batch before any forward pass.
+
+        Args:
+            inputs: a tensor or array-like batch, first axis = examples.
+            what: how the batch is named in error messages.
+
+        Returns:
+            The batch as a float32 tensor.
+
+        Raises:
+            InputError: if the batch is not array-like, a scalar, empty, holds NaN or
+                infinite values, or its per-example shape differs from ``input_shape``.
+        """
         x = _check_finite_tensor(inputs, what)
         x = x.float()
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
@@ -47,15 +89,41 @@ class ModuleAdapter(ModelAdapter):
         return x
 
     def hook_names(self) -> list[str]:
+        """Every named module of the model.
+
+        Returns:
+            Their paths (``"0"``, ``"net.1"``), the root module excluded.
+        """
         return self._names
 
     def candidate_hooks(self) -> list[HookInfo]:
+        """The hooks alignment searches by default.
+
+        Returns:
+            One :class:`~causalmad.models.HookInfo` per hook of ``hooks``, its ``layer``
+            its index there, component ``"module"``.
+        """
         return [HookInfo(h, i, "module") for i, h in enumerate(self._hooks)]
 
     def final_hook(self) -> str:
+        """The hook whose output feeds the readout.
+
+        Returns:
+            The last but one of ``hooks`` (the only one, if there is one).
+        """
         return self._hooks[-2] if len(self._hooks) > 1 else self._hooks[-1]
 
     def resume_point(self, hooks: Sequence[str]) -> str | None:
+        """The child of an ``nn.Sequential`` before the earliest one a run patches.
+
+        Args:
+            hooks: the hooks a run patches.
+
+        Returns:
+            The name of that child, or ``None`` (run from the start) if the model is not
+            an ``nn.Sequential``, a hook is not inside one of its children, or the
+            earliest patched child is the first.
+        """
         # an nn.Sequential runs on from any child: start at the earliest patched child,
         # fed with the previous child's cached output
         heads = [h.split(".")[0] for h in hooks]
@@ -65,4 +133,14 @@ class ModuleAdapter(ModelAdapter):
         return str(first - 1) if first > 0 else None
 
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the ``nn.Sequential``'s children after ``point``, run on ``act``.
+
+        Args:
+            point: a child that :meth:`resume_point` returned.
+            act: that child's output for each row.
+            inputs: unused (the children after ``point`` need nothing else).
+
+        Returns:
+            ``[batch, classes]`` logits.
+        """
         return self.model[int(point) + 1 :](act)  # type: ignore[index]
