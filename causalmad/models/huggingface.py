@@ -54,7 +54,8 @@ class HuggingFaceAdapter(ModelAdapter):
         encoder: the encoder's module path, where the model holds more than one.
 
     Raises:
-        InputError: the model has no BERT-style layer stack, or several, or no pad id.
+        InputError: the model has no BERT-style layer stack, or several, or no pad id, or
+            ``encoder`` does not name one.
 
     Example:
         >>> from transformers import BertConfig, BertForSequenceClassification
@@ -104,14 +105,50 @@ class HuggingFaceAdapter(ModelAdapter):
         return int(index) if index.isdigit() else None
 
     def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``[batch, pos]`` 1 where a token is not padding."""
+        """The attention mask of padded token ids.
+
+        Args:
+            inputs: ``[batch, pos]`` token ids.
+
+        Returns:
+            ``[batch, pos]`` int64, 1 where a token is not the pad id, 0 where it is.
+        """
         return (inputs != self.pad_token_id).long()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run the model on padded token ids, with the attention mask built from them.
+
+        Args:
+            inputs: ``[batch, pos]`` token ids as :meth:`check_inputs` returns them, on
+                the model's device.
+
+        Returns:
+            The model's logits (``[batch, classes]`` for a sequence classifier): its
+            output's ``.logits``, its first element, or the output itself if a tensor.
+
+        Raises:
+            InputError: if the model's output carries no logits.
+        """
         out = self.model(input_ids=inputs, attention_mask=self.attention_mask(inputs))
         return _logits_of(out)
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        """Validate a batch of padded token ids before any forward pass.
+
+        Args:
+            inputs: a tensor or array-like ``[batch, pos]`` of token ids (integer-valued
+                floats are accepted).
+            what: how the batch is named in error messages.
+
+        Returns:
+            The batch as an int64 ``[batch, pos]`` tensor.
+
+        Raises:
+            InputError: if the batch is not array-like, a scalar, empty, holds NaN,
+                infinite or non-integer values, is not 2-D, is longer than
+                ``max_position_embeddings``, holds an id outside the vocabulary, or has a
+                row made only of the pad id.
+        """
         x = _check_token_ids(
             inputs,
             what,
@@ -124,9 +161,21 @@ class HuggingFaceAdapter(ModelAdapter):
         return x
 
     def hook_names(self) -> list[str]:
+        """Every named module of the model.
+
+        Returns:
+            Their paths (``bert.encoder.layer.3.output``), the root module excluded.
+        """
         return self._names
 
     def candidate_hooks(self) -> list[HookInfo]:
+        """The hooks alignment searches by default (listed in the class docstring).
+
+        Returns:
+            The embeddings (``resid_pre``, layer 0), then per encoder layer ``i`` its
+            ``attn_out``, ``mlp_out`` and ``resid_post`` modules (those the model has), as
+            :class:`~causalmad.models.HookInfo` with ``layer = i``.
+        """
         names = set(self._names)
         hooks = [HookInfo(self._path("embeddings"), 0, "resid_pre")]
         for i in range(self.n_layers):
@@ -141,9 +190,23 @@ class HuggingFaceAdapter(ModelAdapter):
         return hooks
 
     def final_hook(self) -> str:
+        """The hook whose output feeds the classifier head.
+
+        Returns:
+            The last encoder layer's output (``bert.encoder.layer.11.output``).
+        """
         return f"{self._layers_path}.{self.n_layers - 1}.output"
 
     def head_width(self, hook: str) -> int:
+        """Width of one attention head packed in a hook's last axis.
+
+        Args:
+            hook: a hook name.
+
+        Returns:
+            ``hidden_size // num_attention_heads`` for a layer's ``attention.self``, whose
+            output packs the heads; 0 for every other hook.
+        """
         return self.d_head if hook.endswith("attention.self") and self._layer_of(hook) is not None else 0
 
     def _resumable(self) -> bool:
@@ -155,6 +218,16 @@ class HuggingFaceAdapter(ModelAdapter):
         )  # type: ignore[union-attr]
 
     def resume_point(self, hooks: Sequence[str]) -> str | None:
+        """The output of the encoder layer before the earliest one a run patches.
+
+        Args:
+            hooks: the hooks a run patches.
+
+        Returns:
+            That layer's output (``bert.encoder.layer.2.output``), or ``None`` (run from
+            the start) if the model is not ``BertForSequenceClassification``-shaped, a
+            hook lies outside the layer stack, or the earliest patched layer is the first.
+        """
         layers = [self._layer_of(h) for h in hooks]
         if not layers or not self._resumable() or any(i is None for i in layers):
             return None
@@ -162,6 +235,21 @@ class HuggingFaceAdapter(ModelAdapter):
         return f"{self._layers_path}.{first - 1}.output" if first > 0 else None
 
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the encoder layers after ``point``, the pooler and the classifier.
+
+        Args:
+            point: a layer output that :meth:`resume_point` returned.
+            act: ``[batch, pos, d]``, that layer's output for each row.
+            inputs: ``[batch, pos]`` the rows' token ids, for the attention mask.
+
+        Returns:
+            ``[batch, classes]`` logits.
+
+        Raises:
+            InputError: if ``inputs`` is ``None``.
+            NotImplementedError: if ``point`` lies outside the encoder's layer stack, or the
+                model is not ``BertForSequenceClassification``-shaped.
+        """
         if inputs is None:
             raise InputError("HuggingFaceAdapter.run_from needs the rows' token ids (the attention mask).")
         layer = self._layer_of(point)
@@ -206,6 +294,12 @@ def find_encoder(model: nn.Module) -> str:
     structure whatever it is called (``bert`` in ``BertForSequenceClassification``,
     ``roberta``, ``encoder`` in a user's own classifier, ``""`` for a bare ``BertModel``).
     The model's ``base_model_prefix`` is tried first, then every module, shallowest first.
+
+    Args:
+        model: the model to search.
+
+    Returns:
+        The encoder's module path (``""`` for the model itself).
 
     Raises:
         InputError: no module has that structure (the message lists what was found), or
@@ -357,18 +451,55 @@ class HuggingFaceCausalLMAdapter(ModelAdapter):
         self.max_positions = int(getattr(self.config, "max_position_embeddings", 0) or 0)
 
     def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``[batch, pos]`` 1 where a token is not padding (all 1 without a pad id)."""
+        """The attention mask of (left-)padded token ids.
+
+        Args:
+            inputs: ``[batch, pos]`` token ids.
+
+        Returns:
+            ``[batch, pos]``, 1 where a token is not the pad id, 0 where it is (int64; all
+            ones, of the dtype of ``inputs``, without a pad id).
+        """
         if self.pad_token_id is None:
             return torch.ones_like(inputs)
         return (inputs != self.pad_token_id).long()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run the model on left-padded token ids: padding masked out of attention,
+        position ids counting real tokens only, no key-value cache.
+
+        Args:
+            inputs: ``[batch, pos]`` token ids as :meth:`check_inputs` returns them, on
+                the model's device.
+
+        Returns:
+            ``[batch, pos, vocab]`` logits.
+
+        Raises:
+            InputError: if the model's output carries no logits.
+        """
         mask = self.attention_mask(inputs)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
         out = self.model(input_ids=inputs, attention_mask=mask, position_ids=positions, use_cache=False)
         return _logits_of(out)
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        """Validate a batch of token ids before any forward pass.
+
+        Args:
+            inputs: a tensor or array-like ``[batch, pos]`` of token ids (integer-valued
+                floats are accepted).
+            what: how the batch is named in error messages.
+
+        Returns:
+            The batch as an int64 ``[batch, pos]`` tensor.
+
+        Raises:
+            InputError: if the batch is not array-like, a scalar, empty, holds NaN,
+                infinite or non-integer values, is not 2-D, is longer than
+                ``max_position_embeddings``, holds an id outside the vocabulary, or (with a
+                pad id) has a row made only of the pad id.
+        """
         padding = "" if self.pad_token_id is None else f" (left-padded with pad id {self.pad_token_id})"
         x = _check_token_ids(
             inputs, what, self.max_positions, "max_position_embeddings", self.vocab_size, padding
@@ -378,9 +509,22 @@ class HuggingFaceCausalLMAdapter(ModelAdapter):
         return x
 
     def hook_names(self) -> list[str]:
+        """Every named module of the model.
+
+        Returns:
+            Their paths (``model.layers.1.mlp``), the root module excluded.
+        """
         return self._names
 
     def candidate_hooks(self) -> list[HookInfo]:
+        """The hooks alignment searches by default (listed in the class docstring).
+
+        Returns:
+            The input embeddings (``resid_pre``, layer 0), then per block ``i`` its
+            attention (``attn_out``) and ``mlp`` (``mlp_out``) where it has them and the
+            block itself (``resid_post``), as :class:`~causalmad.models.HookInfo` with
+            ``layer = i``.
+        """
         names = set(self._names)
         hooks = [HookInfo(self._embed_path, 0, "resid_pre")]
         for i in range(self.n_layers):
@@ -392,6 +536,11 @@ class HuggingFaceCausalLMAdapter(ModelAdapter):
         return hooks
 
     def final_hook(self) -> str:
+        """The hook whose output feeds the final norm and the unembedding.
+
+        Returns:
+            The last block (``model.layers.11``).
+        """
         return f"{self._layers_path}.{self.n_layers - 1}"
 
 
@@ -399,6 +548,12 @@ def find_decoder(model: nn.Module) -> tuple[str, str]:
     """``(layers, embeddings)``: the module paths of a causal LM's list of decoder blocks
     (the module list of ``config.num_hidden_layers`` blocks, the shallowest if several)
     and of its input embeddings.
+
+    Args:
+        model: a causal language model (with ``get_input_embeddings()``).
+
+    Returns:
+        ``(layers, embeddings)``, two module paths.
 
     Raises:
         InputError: no input embeddings, or no such module list; the message says what
