@@ -17,7 +17,30 @@ from causalmad.models.base import CleanWindow, HookInfo, ModelAdapter, _check_to
 
 
 class TransformerLensAdapter(ModelAdapter):
-    """Adapter for a TransformerLens ``TransformerBridge`` (token ids in, logits out)."""
+    """Adapter for a TransformerLens ``TransformerBridge`` (token ids in, logits out).
+
+    Inputs are token ids ``[batch, pos]``; the output is the logits ``[batch, pos,
+    d_vocab_out]``. Hooks use TransformerLens names (``blocks.0.hook_resid_post``,
+    ``blocks.0.attn.hook_z``) and module paths. Scrubbing resumes from a block's input
+    (:meth:`resume_point`), and on a TransformerLens-native model without hooks of one's
+    own it computes only the positions a patch can change (:meth:`run_window`).
+
+    Args:
+        model: a ``TransformerBridge`` (anything with TransformerLens's ``cfg`` and
+            ``hook_dict``, as :func:`~causalmad.models.adapt` tells them apart).
+
+    Example:
+        >>> from transformer_lens.config import TransformerBridgeConfig
+        >>> from transformer_lens.model_bridge import TransformerBridge
+        >>> cfg = TransformerBridgeConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32,
+        ...                               d_vocab=12, d_vocab_out=12, n_ctx=8, act_fn="relu",
+        ...                               normalization_type="LN", seed=0)
+        >>> adapter = TransformerLensAdapter(TransformerBridge.boot_native(cfg))
+        >>> adapter.final_hook()
+        'blocks.1.hook_resid_post'
+        >>> adapter.forward(adapter.check_inputs([[1, 2, 3, 4]])).shape
+        torch.Size([1, 4, 12])
+    """
 
     has_positions = True
 
@@ -28,15 +51,57 @@ class TransformerLensAdapter(ModelAdapter):
         self._names = sorted(set(dict(model.named_modules()).keys()) | set(hook_dict.keys()))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run the bridge on a batch of token ids (its hook points fire).
+
+        Args:
+            inputs: ``[batch, pos]`` token ids as :meth:`check_inputs` returns them, on
+                the model's device.
+
+        Returns:
+            ``[batch, pos, d_vocab_out]`` logits.
+        """
         return self.model(inputs)
 
     def check_inputs(self, inputs: object, what: str = "inputs") -> torch.Tensor:
+        """Validate a batch of token ids before any forward pass.
+
+        Args:
+            inputs: a tensor or array-like ``[batch, pos]`` of token ids (integer-valued
+                floats are accepted).
+            what: how the batch is named in error messages.
+
+        Returns:
+            The batch as an int64 ``[batch, pos]`` tensor.
+
+        Raises:
+            InputError: if the batch is not array-like, a scalar, empty, holds NaN,
+                infinite or non-integer values, is not 2-D, is longer than ``cfg.n_ctx``,
+                or holds an id outside ``[0, cfg.d_vocab)``.
+        """
         return _check_token_ids(inputs, what, self.cfg.n_ctx, "n_ctx", self.cfg.d_vocab)
 
     def hook_names(self) -> list[str]:
+        """Every hook point name and module path of the bridge.
+
+        Returns:
+            The names, sorted.
+        """
         return self._names
 
     def module(self, name: str) -> nn.Module:
+        """The module whose output a site named ``name`` patches.
+
+        Args:
+            name: a hook point name or module path, one of :meth:`hook_names`.
+
+        Returns:
+            The submodule of the bridge under that name.
+
+        Raises:
+            SiteError: if ``name`` is a ``hook_resid_mid`` (on the bridge, patching it
+                would not change the residual stream; the message names the hooks to use
+                instead), or the bridge has no such name (close matches suggested).
+        """
         if name.endswith("hook_resid_mid"):
             # On the bridge this alias is only the input of ln2: patching it leaves the
             # residual stream unchanged, so an intervention there would silently not apply.
@@ -48,6 +113,14 @@ class TransformerLensAdapter(ModelAdapter):
         return super().module(name)
 
     def candidate_hooks(self) -> list[HookInfo]:
+        """The hooks alignment searches by default.
+
+        Returns:
+            Per block ``l``: ``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_z``
+            (with ``n_heads`` and ``d_head``), ``blocks.{l}.hook_attn_out`` and, unless
+            the model is attention-only, ``blocks.{l}.hook_mlp_out``; then
+            :meth:`final_hook`. As :class:`~causalmad.models.HookInfo`, in model order.
+        """
         c = self.cfg
         hooks: list[HookInfo] = []
         for layer in range(c.n_layers):
@@ -60,9 +133,26 @@ class TransformerLensAdapter(ModelAdapter):
         return hooks
 
     def final_hook(self) -> str:
+        """The hook whose output feeds the final norm and the unembedding.
+
+        Returns:
+            ``blocks.{n_layers - 1}.hook_resid_post``.
+        """
         return f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"
 
     def resume_point(self, hooks: Sequence[str]) -> str | None:
+        """The input of the earliest block a run patches (a patch on a block's output:
+        the next block's input).
+
+        Args:
+            hooks: the hooks a run patches.
+
+        Returns:
+            ``blocks.{l}.hook_resid_pre`` of that block; the last block's
+            ``hook_resid_post`` if the earliest patch is on the last block's output; or
+            ``None`` (run from the start) if ``hooks`` is empty or a hook lies outside the
+            blocks (embeddings, final norm).
+        """
         # a block's output is the next block's input: a patch there resumes after the block
         # (after the last block, only the final norm and the unembedding run)
         layers = []
@@ -82,6 +172,17 @@ class TransformerLensAdapter(ModelAdapter):
         return int(point.split(".")[1]) + point.endswith("hook_resid_post")
 
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the blocks after ``point``, the final norm and the unembedding.
+
+        Args:
+            point: a hook that :meth:`resume_point` returned.
+            act: ``[batch, pos, d_model]``, ``point``'s output for each row; a patch on the
+                previous block's output applies to it here.
+            inputs: unused (the blocks need nothing else).
+
+        Returns:
+            ``[batch, pos, d_vocab_out]`` logits.
+        """
         layer = self._point_layer(point)
         blocks: Any = self.model.blocks
         x = (
@@ -93,6 +194,14 @@ class TransformerLensAdapter(ModelAdapter):
         return self.model.unembed(self.model.ln_final(x))  # type: ignore[operator]
 
     def head_width(self, hook: str) -> int:
+        """Width of one attention head packed in a hook's last axis.
+
+        Args:
+            hook: a hook name.
+
+        Returns:
+            ``cfg.d_head`` for an ``attn.hook_z``, 0 for every other hook.
+        """
         return int(self.cfg.d_head) if hook.endswith("attn.hook_z") else 0
 
     # ---- the windowed run: a causal model's positions before every patch are clean
@@ -102,6 +211,16 @@ class TransformerLensAdapter(ModelAdapter):
     WINDOW_POINTS = ("hook_in", "attn.o.hook_in", "attn.hook_out", "mlp.hook_out", "hook_out")
 
     def can_window(self, hooks: Sequence[str]) -> bool:
+        """Whether :meth:`run_window` can patch every hook in ``hooks``.
+
+        Args:
+            hooks: the hooks a run patches.
+
+        Returns:
+            ``True`` if the model is TransformerLens-native (causal attention, learned
+            absolute positions, no soft caps), no one has installed a hook on its hook
+            points, and every hook is one of :attr:`WINDOW_POINTS` of a block.
+        """
         if not self._native_blocks() or any(
             m._forward_hooks or m._forward_pre_hooks
             for m in self.model.modules()
@@ -120,11 +239,28 @@ class TransformerLensAdapter(ModelAdapter):
         return True
 
     def window_point(self, hook: str) -> str:
-        """``hook``'s canonical name (``blocks.1.hook_resid_pre`` -> ``blocks.1.hook_in``)."""
+        """``hook``'s canonical name (``blocks.1.hook_resid_pre`` -> ``blocks.1.hook_in``).
+
+        Args:
+            hook: a hook name.
+
+        Returns:
+            The name of the hook point ``hook`` is an alias of, or ``hook`` itself if it
+            is not a hook point.
+        """
         point: Any = self.model.hook_dict.get(hook)  # type: ignore[operator, union-attr]
         return str(getattr(point, "name", None) or hook)
 
     def window_inputs(self, point: str) -> list[str]:
+        """Hooks whose clean outputs :meth:`prefix_kv` turns into the keys and values a
+        windowed run from ``point`` needs.
+
+        Args:
+            point: a hook that :meth:`resume_point` returned.
+
+        Returns:
+            ``blocks.{i}.hook_resid_pre`` of every block the run computes, in order.
+        """
         return [f"blocks.{i}.hook_resid_pre" for i in range(self._point_layer(point), self.cfg.n_layers)]
 
     def _native_blocks(self) -> list[Any]:
@@ -153,18 +289,35 @@ class TransformerLensAdapter(ModelAdapter):
         return self.__dict__["_natives"]
 
     def plain_logits(self, inputs: torch.Tensor, readout_start: int = 0) -> torch.Tensor:
-        """Logits ``[n, pos - readout_start, vocab]`` of a TransformerLens-native model at
-        positions ``readout_start`` onwards, computed without the bridge's hook points (the
-        windowed run of :meth:`run_window` from position 0: LayerNorm fused, the last
-        block's queries and MLP at the positions read only). The same function as the model
-        up to float rounding (``tests/test_engine.py``), about 1.4x cheaper to train through
-        on a small model. Raises :class:`InputError` for a model the windowed run does not
-        reproduce (see :meth:`can_window`)."""
+        """Logits of a TransformerLens-native model at positions ``readout_start``
+        onwards, computed without the bridge's hook points (the windowed run of
+        :meth:`run_window` from position 0: LayerNorm fused, the last block's queries and
+        MLP at the positions read only). The same function as the model up to float
+        rounding (``tests/test_engine.py``), about 1.4x cheaper to train through on a small
+        model.
+
+        Args:
+            inputs: ``[n, pos]`` token ids on the model's device.
+            readout_start: the first position whose logits are returned.
+
+        Returns:
+            ``[n, pos - readout_start, d_vocab_out]`` logits, with gradients where the
+            model has them.
+
+        Raises:
+            InputError: if the windowed run does not reproduce the model (see
+                :meth:`can_window`).
+        """
         self.check_plain_logits()
         return self.unchecked_plain_logits(inputs, readout_start)
 
     def check_plain_logits(self) -> None:
-        """Raise :class:`InputError` unless :meth:`plain_logits` reproduces the model."""
+        """Check that :meth:`plain_logits` reproduces the model.
+
+        Raises:
+            InputError: if the model is not TransformerLens-native or has hooks of one's
+                own on its hook points.
+        """
         if not self.can_window([]):
             raise InputError(
                 f"{type(self.model).__name__} is not a TransformerLens-native model without hooks; "
@@ -173,7 +326,16 @@ class TransformerLensAdapter(ModelAdapter):
 
     def unchecked_plain_logits(self, inputs: torch.Tensor, readout_start: int = 0) -> torch.Tensor:
         """:meth:`plain_logits` without its check of the model (about 0.3 ms on a small
-        bridge): for a training loop that checked once before its first step."""
+        bridge): for a training loop that checked once before its first step. Call it only
+        on a model that :meth:`check_plain_logits` accepts.
+
+        Args:
+            inputs: ``[n, pos]`` token ids on the model's device.
+            readout_start: the first position whose logits are returned.
+
+        Returns:
+            ``[n, pos - readout_start, d_vocab_out]`` logits.
+        """
         seq = inputs.shape[1]
         h = _inner(self.model.embed)(inputs) + _inner(self.model.pos_embed)(
             torch.arange(seq, device=inputs.device)
@@ -192,7 +354,17 @@ class TransformerLensAdapter(ModelAdapter):
         position read (the last block's queries and MLP at the positions read only), about
         1.6x the bridge's forward on the task models; the bridge's forward where the
         windowed run does not reproduce the model or a readout has no position (or one the
-        inputs do not have, which the bridge's forward then reports)."""
+        inputs do not have, which the bridge's forward then reports).
+
+        Args:
+            inputs: ``[n, pos]`` checked token ids.
+            readouts: the readouts to read.
+            batch_size: rows per forward pass.
+
+        Returns:
+            One float32 ``[n, classes]`` tensor of log-probabilities per readout, in order,
+            on the CPU (``[]`` for no readouts).
+        """
         if not readouts:
             return []
         seq = int(inputs.shape[1]) if inputs.dim() > 1 else 0
@@ -211,8 +383,15 @@ class TransformerLensAdapter(ModelAdapter):
         return [torch.cat(o) for o in outs]
 
     def prefix_kv(self, hook: str, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[n, heads, pos, d_head]`` keys and values of the block whose clean input
-        (``blocks.{i}.hook_resid_pre``, one of :meth:`window_inputs`) is ``act``."""
+        """Keys and values of the block whose clean input is ``act``.
+
+        Args:
+            hook: ``blocks.{i}.hook_resid_pre``, one of :meth:`window_inputs`.
+            act: ``[n, pos, d_model]``, the clean activation at ``hook``.
+
+        Returns:
+            ``(keys, values)``, ``[n, n_kv_heads, pos, d_head]`` each, contiguous.
+        """
         block = self._native_blocks()[int(hook.split(".")[1])]
         attn = block.attn._original_component
         a = _inner(block.ln1)(act)
@@ -232,31 +411,43 @@ class TransformerLensAdapter(ModelAdapter):
         readout_start: int | None = None,
         clean: CleanWindow | None = None,
     ) -> torch.Tensor:
-        """Logits ``[rows, start + w, vocab]`` of the model run on from :meth:`resume_point`
-        ``point`` for positions ``start`` onwards only.
+        """Logits of the model run on from :meth:`resume_point` ``point`` for positions
+        ``start`` onwards only.
 
         With causal attention an activation at position ``p`` depends on positions
         ``<= p`` only, so when every patch lies at or after ``start``, positions before it
-        keep their clean values: their keys and values (``prefix_kv``, one pair per hook of
-        :meth:`window_inputs`, ``[rows, heads, start, d_head]``) come from the clean run,
-        and only the ``w`` window positions of ``act`` (``[rows, w, d]``, ``point``'s
-        activation at ``start..``) are computed. ``patches`` maps canonical hook points
-        (:meth:`window_point`) to functions applied to the window's activation there, in
-        window coordinates (positions the run does not compute are zeros there).
-        ``readout_start``: the caller reads logits at that position and after only, so the
-        last block computes its queries, MLP and output there alone (its keys and values
-        still cover the window). Logits the caller does not read are zeros.
-
-        ``clean`` (the clean run of the rows' inputs, with the positions each patch
-        writes; ``prefix_kv`` is then unused): a block computes only the positions a patch
-        can have changed: those a patch in it writes, and every position from the first
-        one whose input differs from the clean run's (attention mixes it into all later
-        ones); keys and values are recomputed only where the input differs. A patch on
-        block 0's attention at position 2 thus runs block 0 at position 2 alone. Without
-        ``clean`` every window position counts as changed.
+        keep their clean values: their keys and values come from the clean run, and only
+        the ``w`` window positions of ``act`` are computed. With ``clean``, a block computes
+        only the positions a patch can have changed: those a patch in it writes, and every
+        position from the first one whose input differs from the clean run's (attention
+        mixes it into all later ones); keys and values are recomputed only where the input
+        differs. A patch on block 0's attention at position 2 thus runs block 0 at
+        position 2 alone. Without ``clean`` every window position counts as changed.
 
         Equal to :meth:`run_from` at the positions read, up to float rounding
-        (``tests/test_engine.py``)."""
+        (``tests/test_engine.py``). Call it only on a model that :meth:`can_window`
+        accepts.
+
+        Args:
+            point: a hook that :meth:`resume_point` returned.
+            start: the first position the run computes; every patch lies at or after it.
+            act: ``[rows, w, d_model]``, ``point``'s activation at positions ``start``
+                onwards.
+            prefix_kv: the clean keys and values before ``start``, one pair per hook of
+                :meth:`window_inputs`, ``[rows, heads, start, d_head]`` each (unused with
+                ``clean``).
+            patches: canonical hook point (:meth:`window_point`) -> functions applied in
+                order to the window's ``[rows, w, d]`` activation there, in window
+                coordinates (positions the run does not compute are zeros there).
+            readout_start: the caller reads logits at that position and after only, so the
+                last block computes its queries, MLP and output there alone (its keys and
+                values still cover the window); ``None``: every window position.
+            clean: the clean run of the rows' inputs, with the positions each patch writes.
+
+        Returns:
+            ``[rows, start + w, d_vocab_out]`` logits; those the caller does not read
+            (before ``start``, and before ``readout_start``) are zeros.
+        """
         blocks = self._native_blocks()
         rows, w = act.shape[:2]
         device = act.device
