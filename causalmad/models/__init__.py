@@ -55,7 +55,12 @@ __all__ = [
 
 def move_model(model: nn.Module, device: torch.device | str) -> None:
     """Put ``model`` on ``device`` in place, only if it is elsewhere (TransformerLens prints
-    when it moves a model; that print goes to stderr, so stdout stays clean for JSON)."""
+    when it moves a model; that print goes to stderr, so stdout stays clean for JSON).
+
+    Args:
+        model: the network; a model without parameters is moved every time.
+        device: the target device (``"cuda"`` matches any CUDA device the model is on).
+    """
     import contextlib
 
     device = torch.device(device)
@@ -71,7 +76,31 @@ def move_model(model: nn.Module, device: torch.device | str) -> None:
 
 
 def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
-    """Wrap ``model`` in the right adapter (an adapter is returned as it is)."""
+    """Wrap ``model`` in the right adapter, told apart by structure.
+
+    A TransformerLens model (``cfg`` with ``n_ctx``, and ``hook_dict``) gets a
+    :class:`TransformerLensAdapter`; a ``transformers.PreTrainedModel`` a
+    :class:`HuggingFaceAdapter` if it holds a BERT-style encoder, else a
+    :class:`HuggingFaceCausalLMAdapter`; a module of one's own around a BERT-style
+    encoder whose ``forward`` takes ``input_ids`` and ``attention_mask`` a
+    :class:`HuggingFaceAdapter`; any other ``nn.Module`` a :class:`ModuleAdapter`. Pass an
+    adapter yourself to choose its options (``pad_token_id``, ``hooks``).
+
+    Args:
+        model: the network, or an adapter (returned as it is).
+
+    Returns:
+        The adapter, with its default options.
+
+    Raises:
+        InputError: if ``model`` is not an ``nn.Module``, or is a Hugging Face model that
+            is neither a BERT-style encoder nor a decoder-only language model, or whose
+            encoder's config has no pad id.
+
+    Example:
+        >>> type(adapt(nn.Sequential(nn.Linear(4, 2)))).__name__
+        'ModuleAdapter'
+    """
     if isinstance(model, ModelAdapter):
         return model
     if not isinstance(model, nn.Module):
