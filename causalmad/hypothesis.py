@@ -34,6 +34,7 @@ from causalmad.errors import HypothesisError, close_matches
 if TYPE_CHECKING:
     import torch
 
+#: the kinds of variable (what :meth:`Hypothesis.kind` returns)
 INPUT, INNER, OUTPUT = "input", "inner", "output"
 
 
