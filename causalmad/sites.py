@@ -10,6 +10,7 @@ causalmad is one operation: ``act + (source - act) @ B @ B.T`` at the site's pos
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,11 +38,11 @@ class Site:
             head's coordinates when ``head`` is set); ``None`` for the whole activation.
         label: a short human-readable description of the subspace (``"pca top-8"``).
 
-    An ``int`` or a list of positions is stored as a tuple, and ``basis`` as a float32
-    tensor.
+    An integer (a Python ``int`` or any integral type, NumPy's included) or a list of
+    positions is stored as a tuple of Python ``int``, and ``basis`` as a float32 tensor.
 
     Raises:
-        SiteError: if ``positions`` is an empty sequence or holds a non-``int``, or
+        SiteError: if ``positions`` is an empty sequence or holds a non-integer, or
             ``basis`` is not ``[d, k]`` with ``0 < k <= d``.
 
     Example:
@@ -56,13 +57,16 @@ class Site:
     label: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.positions, int):
+        if _integer(self.positions) is not None:
             object.__setattr__(self, "positions", (self.positions,))
         elif isinstance(self.positions, list):
             object.__setattr__(self, "positions", tuple(self.positions))
         if isinstance(self.positions, tuple):
-            if not self.positions or not all(isinstance(p, int) for p in self.positions):
+            ints = [_integer(p) for p in self.positions]
+            if not ints or any(i is None for i in ints):
                 raise SiteError(f"Site positions must be a non-empty tuple of ints, got {self.positions!r}.")
+            # plain ints (not NumPy's), so keys, equality and saved folders do not depend on the type
+            object.__setattr__(self, "positions", tuple(ints))
         if self.basis is not None:
             b = torch.as_tensor(self.basis, dtype=torch.float32)
             if b.ndim != 2 or b.shape[1] > b.shape[0] or b.shape[1] == 0:
@@ -172,3 +176,13 @@ class Site:
         full = torch.zeros(width, inner.shape[1])
         full[self.head * d_head : (self.head + 1) * d_head] = inner
         return full
+
+
+def _integer(value: object) -> int | None:
+    """``value`` as a Python ``int`` if it is an integer of any type (``bool`` included, as
+    ``isinstance(value, int)`` has it; NumPy's integers; anything with ``__index__``),
+    else ``None``."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
