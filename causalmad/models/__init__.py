@@ -95,7 +95,8 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     Raises:
         InputError: if ``model`` is not an ``nn.Module``, or is a Hugging Face model that
             is neither a BERT-style encoder nor a decoder-only language model, or whose
-            encoder's config has no pad id.
+            encoder's config has no pad id, or is a plain module with no submodule to hook
+            (a bare ``nn.Linear``).
 
     Example:
         >>> type(adapt(nn.Sequential(nn.Linear(4, 2)))).__name__

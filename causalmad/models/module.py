@@ -31,6 +31,8 @@ class ModuleAdapter(ModelAdapter):
     Raises:
         SiteError: if a name in ``hooks`` is not a module of the model (close matches
             suggested).
+        InputError: if there is no hook at all: ``hooks`` is an empty list, or the model
+            has no submodule (a bare ``nn.Linear``; wrap it in an ``nn.Sequential``).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -49,6 +51,17 @@ class ModuleAdapter(ModelAdapter):
         self._names = [n for n in modules if n]
         leaves = [n for n, m in modules.items() if n and not list(m.children())]
         self._hooks = list(hooks) if hooks is not None else leaves
+        if hooks is not None and not self._hooks:
+            raise InputError(
+                "ModuleAdapter: hooks is an empty list; expected at least one module path of the "
+                "model (such as '0' or 'net.1'), or hooks=None for every leaf module."
+            )
+        if not self._hooks:  # checked here, before final_hook() fails on an empty list
+            raise InputError(
+                f"ModuleAdapter: the model ({type(model).__name__}) has no submodule to hook; expected "
+                "a model with at least one (hooks are module paths such as '0' or 'net.1'). "
+                "Wrap a single layer: nn.Sequential(model)."
+            )
         for h in self._hooks:
             if h not in modules:
                 raise SiteError(f"The model has no module named {h!r}.{close_matches(h, self._names)}")
