@@ -113,7 +113,7 @@ def predicted_outputs(hypothesis: Hypothesis, logits: torch.Tensor) -> dict[str,
 
 def readout_logits(hypothesis: Hypothesis, output: str, logits: torch.Tensor) -> torch.Tensor:
     """``[n, classes]`` logits an output variable reads."""
-    return hypothesis.readout(output).select(logits)
+    return hypothesis.readouts[output].select(logits)
 
 
 def counterfactual_targets(
@@ -172,7 +172,7 @@ def interchange_accuracy(
     sites = [site] if isinstance(site, Site) else list(site)
     # the engine's windowed run where the model has one, pyvene otherwise
     if runner is None:
-        runner = Interchanges(adapter, base, source, [hypothesis.readout(o) for o in hypothesis.outputs])
+        runner = Interchanges(adapter, base, source, list(hypothesis.readouts.values()))
     logits = runner.logits(sites)
     if logits is None:
         logits = interchange_pyvene(adapter, base, source, site)
@@ -195,7 +195,7 @@ def candidate_sites(adapter: ModelAdapter, hypothesis: Hypothesis, variable: str
         return [Site(h.name) for h in adapter.candidate_hooks()]
     positions = []
     for out in hypothesis.outputs_affected_by(variable):
-        p = hypothesis.readout(out).position
+        p = hypothesis.readouts[out].position
         if p is not None:
             positions.append(p % seq_len)
     position_sets: list[tuple[int, ...]] = [(p,) for p in sorted(set(positions))]
@@ -262,7 +262,7 @@ def search(
     """
     rng = np.random.default_rng(random_state)
     seq_len = int(align[0].shape[1]) if align[0].ndim > 1 else 1
-    readouts = [hypothesis.readout(o) for o in hypothesis.outputs]
+    readouts = list(hypothesis.readouts.values())
     alignment = Alignment()
     for var in variables:
         grid = (sites or {}).get(var) or candidate_sites(adapter, hypothesis, var, seq_len)

@@ -98,7 +98,7 @@ def hypothesis_explanations(
         final = adapter.final_hook()
         rules = []
         for out in hypothesis.outputs:
-            pos = hypothesis.readout(out).position
+            pos = hypothesis.readouts[out].position
             if pos is None:
                 continue
             parents = tuple(hypothesis.parents(out))

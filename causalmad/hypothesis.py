@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,8 +51,9 @@ class Readout:
             and the value is the logit index itself.
 
     Raises:
-        HypothesisError: if ``position`` is neither an ``int`` nor ``None``, or ``logits``
-            lists fewer than two indices or repeats one.
+        HypothesisError: if ``position`` is neither an integer (a Python ``int`` or any
+            integral type, NumPy's included; stored as an ``int``) nor ``None``, or
+            ``logits`` lists fewer than two indices or repeats one.
 
     Example:
         >>> Readout(position=-1, logits=range(10, 13)).logits
@@ -62,8 +64,14 @@ class Readout:
     logits: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.position is not None and not isinstance(self.position, int):
-            raise HypothesisError(f"Readout.position must be an int or None, got {self.position!r}.")
+        if self.position is not None:
+            try:
+                position = operator.index(self.position)  # NumPy's integers too, stored as an int
+            except TypeError:
+                raise HypothesisError(
+                    f"Readout.position must be an int or None, got {self.position!r}."
+                ) from None
+            object.__setattr__(self, "position", position)
         if self.logits is not None:
             logits = tuple(int(i) for i in self.logits)
             if len(logits) < 2 or len(set(logits)) != len(logits):
@@ -304,6 +312,11 @@ class Hypothesis:
         return self._of_kind(OUTPUT)
 
     @property
+    def readouts(self) -> dict[str, Readout]:
+        """Each output variable's readout, the outputs in declaration order."""
+        return {o: self._graph.nodes[o]["readout"] for o in self.outputs}
+
+    @property
     def variables(self) -> list[str]:
         """Every variable, in declaration order."""
         return list(self._graph.nodes)
@@ -390,7 +403,7 @@ class Hypothesis:
 
         Returns:
             The :class:`Readout` it was declared with (``None`` if ``output`` names an
-            input or inner variable).
+            input or inner variable; ``readouts`` maps only the outputs).
 
         Raises:
             HypothesisError: if there is no variable ``output`` (close matches suggested).

@@ -216,7 +216,9 @@ def hypothesis_fingerprint(hypothesis: Hypothesis | None) -> dict[str, Any] | No
             v: {
                 "kind": hypothesis.kind(v),
                 "parents": hypothesis.parents(v),
-                **({"readout": dataclasses.asdict(hypothesis.readout(v))} if v in hypothesis.outputs else {}),
+                **(
+                    {"readout": dataclasses.asdict(hypothesis.readouts[v])} if v in hypothesis.outputs else {}
+                ),
             }
             for v in hypothesis.variables
         },

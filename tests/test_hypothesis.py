@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -81,3 +82,21 @@ def test_unhashable_values_and_missing_output_are_reported():
 def test_hypothesis_errors_are_value_errors():
     assert issubclass(cm.HypothesisError, ValueError)
     assert issubclass(cm.HypothesisError, cm.CausalMADError)
+
+
+def test_readout_position_of_any_integer_type_is_stored_as_an_int():
+    r = cm.Readout(position=np.int64(-1))
+    assert (
+        type(r.position) is int and r == cm.Readout(position=-1) and hash(r) == hash(cm.Readout(position=-1))
+    )
+    with pytest.raises(cm.HypothesisError, match="must be an int or None"):
+        cm.Readout(position=1.0)
+
+
+def test_readout_is_none_for_inputs_and_inner_variables_and_readouts_maps_the_outputs():
+    h = cm.Hypothesis()
+    h.add_input("a", lambda ex: int(ex))
+    h.add_variable("b", lambda a: a, parents=["a"])
+    h.add_output("y", lambda b: b % 2, parents=["b"], readout=cm.Readout(position=-1))
+    assert h.readout("a") is None and h.readout("b") is None
+    assert h.readout("y") == cm.Readout(position=-1) and h.readouts == {"y": cm.Readout(position=-1)}

@@ -224,6 +224,18 @@ def test_encode_decode_round_trips_plain_values_and_records():
         persistence.encode(cm.Site("h", positions=lambda ex: [0]))
 
 
+def test_numpy_integer_positions_save_and_load_as_python_ints():
+    value = [cm.Site("h", (np.int64(3),)), cm.Readout(np.int64(-1))]
+    encoded, tensors = persistence.encode(value)
+    back = persistence.decode(json.loads(json.dumps(encoded)), tensors)
+    assert back[0].positions == (3,) and back[0].key == cm.Site("h", (3,)).key
+    assert back[1] == cm.Readout(-1) and type(back[1].position) is int
+    h = cm.Hypothesis()
+    h.add_input("a", lambda ex: int(ex))
+    h.add_output("y", lambda a: a, parents=["a"], readout=cm.Readout(position=np.int64(-1)))
+    json.dumps(persistence.hypothesis_fingerprint(h))  # a NumPy int would not serialise
+
+
 def test_every_detector_explains_an_input_as_json(saved, data):
     _, untrusted = data
     for name, (folder, scores) in saved.items():

@@ -70,7 +70,7 @@ class OutputDisagreementDetector(Detector):
         h = self._hypothesis()
         seq_len = int(trusted.shape[1]) if self.adapter_.has_positions else 1
         self.outputs_ = list(h.outputs)
-        self.readouts_: list[Readout] = [h.readout(o) for o in self.outputs_]
+        self.readouts_: list[Readout] = [h.readouts[o] for o in self.outputs_]
         for o, r in zip(self.outputs_, self.readouts_):
             if r.position is not None and not (
                 self.adapter_.has_positions and -seq_len <= r.position < seq_len
