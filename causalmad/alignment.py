@@ -74,7 +74,7 @@ class Candidate:
 
 @dataclass
 class Alignment:
-    """Variable -> candidates, the chosen one first (see :func:`search`'s ``prefer_earliest``)."""
+    """Variable -> candidates, the chosen one first (see ``search``'s ``prefer_earliest``)."""
 
     candidates: dict[str, list[Candidate]] = field(default_factory=dict)
 
@@ -163,8 +163,8 @@ def interchange_accuracy(
 ) -> float:
     """IIA of ``variable`` at ``site`` (or a group of sites) on (base, source) ``pairs``
     (through the engine's windowed run on a model that has one, else through pyvene).
-    ``targets`` (from :func:`counterfactual_targets`) may be passed to reuse them across
-    many sites; ``runner`` (an :class:`~causalmad.scrubbing.Interchanges` of these pairs'
+    ``targets`` (from ``counterfactual_targets``) may be passed to reuse them across
+    many sites; ``runner`` (an ``Interchanges`` of these pairs'
     bases and sources) likewise reuses captured activations."""
     if targets is None:
         targets = counterfactual_targets(hypothesis, variable, base_values, source_values, pairs)
@@ -214,9 +214,10 @@ def candidate_sites(adapter: ModelAdapter, hypothesis: Hypothesis, variable: str
 
 
 def hook_depths(adapter: ModelAdapter) -> Callable[[str], float]:
-    """A hook's depth in the model: its index among :meth:`ModelAdapter.candidate_hooks`
-    (model order); any other hook sits just after the last candidate hook registered
-    before it (:meth:`ModelAdapter.hook_names` order)."""
+    """A hook's depth in the model: its index among
+    [`ModelAdapter.candidate_hooks`][causalmad.ModelAdapter.candidate_hooks] (model order);
+    any other hook sits just after the last candidate hook registered before it
+    ([`ModelAdapter.hook_names`][causalmad.ModelAdapter.hook_names] order)."""
     order = {h.name: float(i) for i, h in enumerate(adapter.candidate_hooks())}
     last = -1.0
     for name in adapter.hook_names():
@@ -359,14 +360,15 @@ def learn_rotation(
     Trained on counterfactual labels of the given (alignment base, pool source) pairs;
     returns ``site`` restricted to the learned orthonormal basis ``Q`` (``[width, rank]``).
 
-    The interchange is the one every engine applies (:func:`interventions._apply`): at
-    the site's positions the base's activation ``h`` becomes ``h + (s - h) Q Q^T``, with
-    ``s`` the source's (the same map as pyvene's ``LowRankRotatedSpaceIntervention``).
-    ``Q`` is kept orthonormal by a QR of a free ``[width, rank]`` matrix; training runs
-    ``steps`` steps at most and stops early when the loss plateaus (:data:`DAS_WINDOW`). The model is
-    frozen, so source activations at the site are captured once; and each step runs only
-    the part of the network from the site's resume point on (:meth:`ModelAdapter.run_from`),
-    from base activations also captured once.
+    The interchange is the one every engine applies (``interventions._apply``): at the
+    site's positions the base's activation ``h`` becomes ``h + (s - h) Q Q^T``, with ``s``
+    the source's (the same map as pyvene's ``LowRankRotatedSpaceIntervention``). ``Q`` is
+    kept orthonormal by a QR of a free ``[width, rank]`` matrix; training runs ``steps``
+    steps at most and stops early when the loss plateaus (``DAS_WINDOW``). The model is
+    frozen, so source activations at the site are captured once; and each step runs only the
+    part of the network from the site's resume point on
+    ([`ModelAdapter.run_from`][causalmad.ModelAdapter.run_from]), from base activations also
+    captured once.
     """
     from causalmad.interventions import _apply, _as_tensor, _flat, _replace
 

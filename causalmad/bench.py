@@ -1,7 +1,7 @@
 """The side-by-side benchmark: every detector on every task and split, in one run.
 
-:func:`run_bench` runs each selected detector on each selected task, split and seed with
-:func:`causalmad.evaluation.evaluate_splits` (the same splits, trusted inputs and
+``run_bench`` runs each selected detector on each selected task, split and seed with
+``causalmad.evaluation.evaluate_splits`` (the same splits, trusted inputs and
 held-out thresholds for every detector) and writes, under ``out``:
 
 * ``results.json`` — one record per (task, split, detector, seed), rewritten atomically
@@ -57,7 +57,7 @@ def cell_of(record: dict[str, Any]) -> Cell:
 
 @dataclass
 class BenchSummary:
-    """What a :func:`run_bench` call did."""
+    """What a ``run_bench`` call did."""
 
     out: Path
     records: list[dict[str, Any]]
@@ -72,7 +72,7 @@ def build_detector(
 ) -> Detector:
     """The registered detector ``name`` for ``task``: seeded with ``seed``, given the task's
     hypothesis if it takes one, with a progress bar if it has one, and ``params`` (its
-    other constructor arguments, checked by :func:`check_params`)."""
+    other constructor arguments, checked by ``check_params``)."""
     cls = DETECTORS[name]
     accepted = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {"random_state": seed}
@@ -88,7 +88,7 @@ _OWN_ARGS = ("self", "model", "hypothesis", "random_state", "progress")
 
 
 def check_params(params: dict[str, dict[str, Any]], detectors: Sequence[str]) -> None:
-    """Raise :class:`InputError` unless ``params`` (detector -> constructor arguments)
+    """Raise [`InputError`][causalmad.errors.InputError] unless ``params`` (detector -> constructor arguments)
     names only selected detectors and arguments their constructors take."""
     for det, kwargs in params.items():
         if det not in detectors:
@@ -194,9 +194,9 @@ def run_bench(
             finished cell counts as finished only if it was computed with the same ones.
 
     Returns:
-        a :class:`BenchSummary` with every record in ``results.json`` and the cells
+        a ``BenchSummary`` with every record in ``results.json`` and the cells
         computed, skipped as finished, and failed (a detector raising a causalmad error on
-        a task, or a task whose factory raises :class:`TaskError`, is reported and left
+        a task, or a task whose factory raises [`TaskError`][causalmad.errors.TaskError], is reported and left
         unfinished; other cells go on).
     """
     t_start = time.perf_counter()

@@ -422,7 +422,7 @@ def _score(args: argparse.Namespace) -> int:
     chunk's scores as it goes: memory holds one chunk, whatever the file's length (all of
     the file with ``--report``, which shows the top inputs). The file is read through once
     first, so a bad input stops the run before the model loads. Each chunk's scores are
-    also kept on the disk (:mod:`causalmad.partial_scores`) until the scores file is in
+    also kept on the disk (``causalmad.partial_scores``) until the scores file is in
     place, so that ``--resume`` continues a run that was killed."""
     from causalmad.inputs import atomic_write, count_inputs, scores_format
     from causalmad.partial_scores import PartialScores, run_header

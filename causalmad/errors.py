@@ -1,8 +1,9 @@
 """The exception hierarchy of causalmad.
 
-Every error causalmad raises for bad input derives from :class:`CausalMADError`, and also
-from the builtin exception a user would naturally catch (``ValueError``, ``KeyError``), so
-``except ValueError`` keeps working in code that does not know causalmad.
+Every error causalmad raises for bad input derives from
+[`CausalMADError`][causalmad.errors.CausalMADError], and also from the builtin exception a
+user would naturally catch (``ValueError``, ``KeyError``), so ``except ValueError`` keeps
+working in code that does not know causalmad.
 """
 
 from __future__ import annotations

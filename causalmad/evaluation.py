@@ -51,7 +51,7 @@ def evaluate_splits(
     came from. TPR thresholds come from ``detector.heldout_scores_``: trusted inputs held
     out of that fit, never the test split. ``extras(detector, split, details)``, called
     right after each split is scored with what scoring computed
-    (:meth:`~causalmad.detectors.base.Detector.score_details`), adds fields to that
+    ([`score_details`][causalmad.Detector.score_details]), adds fields to that
     split's record.
 
     Args:
@@ -106,7 +106,7 @@ def evaluate_detector(
     """Fit ``detector`` and score every split of ``task``; return the records.
 
     Labels are used only after scoring, except by a skyline detector (see
-    :func:`evaluate_splits`, which this runs over all splits).
+    ``evaluate_splits``, which this runs over all splits).
     """
     records = [record for record, _ in evaluate_splits(name, detector, task, extras=extras)]
     return records, detector

@@ -10,7 +10,7 @@ anomalous if *some* explanation that holds on all trusted data fails on it). The
   position resampled from a source agreeing on that output's parents.
 * **hypothesis-subset** — each variable's claim alone, each output mechanism alone.
 * **hypothesis-interchange** — each aligned variable's site (up to
-  :data:`INTERCHANGE_SITES` of those reaching the IIA bar, earliest first) taken from a
+  ``INTERCHANGE_SITES`` of those reaching the IIA bar, earliest first) taken from a
   trusted source that *differs* on the variable, scored against the output the hypothesis
   predicts for that counterfactual (per-input interchange accuracy). Resampling from agreeing sources
   cannot see an input on which the model ignores a variable whose value happens to give
@@ -24,7 +24,7 @@ anomalous if *some* explanation that holds on all trusted data fails on it). The
   a model that depends on it on ``x`` breaks.
 
 Explanations that do not hold on held-out trusted data are dropped (and reported) by the
-detector; see :mod:`causalmad.detectors.scrubbing`.
+detector; see ``causalmad.detectors.scrubbing``.
 """
 
 from __future__ import annotations

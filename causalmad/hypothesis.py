@@ -1,9 +1,9 @@
 """Hypotheses: high-level causal graphs of what a model computes.
 
-A hypothesis is a directed acyclic graph (a :class:`networkx.DiGraph` underneath) of
+A hypothesis is a directed acyclic graph (a ``networkx.DiGraph`` underneath) of
 *variables*. Input variables are functions of one raw example; inner variables and output
 variables are functions of their parents' values. Each output variable also carries a
-:class:`Readout` saying which part of the model's output it predicts. This is the
+[`Readout`][causalmad.Readout] saying which part of the model's output it predicts. This is the
 high-level causal model of causal abstraction (Geiger et al., "Causal Abstractions of
 Neural Networks", NeurIPS 2021) and the hypothesis of causal scrubbing (Chan et al.,
 "Causal Scrubbing", 2022).
@@ -35,7 +35,7 @@ from causalmad.errors import HypothesisError, close_matches
 if TYPE_CHECKING:
     import torch
 
-#: the kinds of variable (what :meth:`Hypothesis.kind` returns)
+#: the kinds of variable (what [`Hypothesis.kind`][causalmad.Hypothesis.kind] returns)
 INPUT, INNER, OUTPUT = "input", "inner", "output"
 
 
@@ -123,7 +123,7 @@ class Hypothesis:
                 returns the variable's value, which must be hashable.
             at: where the variable lives in an example, as an index of it: a token
                 position (``3``), positions (``[0, 1]``), a slice, or a boolean mask of the
-                example's shape. The input cut (:mod:`causalmad.input_cut`) builds hybrids
+                example's shape. The input cut (``causalmad.input_cut``) builds hybrids
                 of an input and trusted inputs part by part from these; ``None``: not
                 located (then token inputs are cut position by position).
 
@@ -170,8 +170,8 @@ class Hypothesis:
             readout: which part of the model's output the variable predicts.
 
         Raises:
-            HypothesisError: if ``readout`` is not a :class:`Readout`, or for any reason
-                :meth:`add_variable` gives.
+            HypothesisError: if ``readout`` is not a [`Readout`][causalmad.Readout], or for any reason
+                [`add_variable`][causalmad.Hypothesis.add_variable] gives.
         """
         if not isinstance(readout, Readout):
             raise HypothesisError(
@@ -189,18 +189,19 @@ class Hypothesis:
         Args:
             graph: a directed acyclic graph; each node's ``kind`` is ``"input"``,
                 ``"inner"`` or ``"output"``, and an input node may carry ``at`` (see
-                :meth:`add_input`).
+                [`add_input`][causalmad.Hypothesis.add_input]).
             name: the hypothesis' name.
 
         Returns:
-            A new :class:`Hypothesis`, its variables declared in topological order.
+            A new [`Hypothesis`][causalmad.Hypothesis], its variables declared in topological order.
 
         Raises:
             HypothesisError: if ``graph`` is not a ``networkx.DiGraph`` or has a cycle; a
                 node's ``parents`` attribute does not match its incoming edges; an input
                 node has parents; a node's ``kind`` is missing or unknown; or a node fails
-                the checks of :meth:`add_input`, :meth:`add_variable` or :meth:`add_output`
-                (a missing mechanism, say).
+                the checks of [`add_input`][causalmad.Hypothesis.add_input],
+                [`add_variable`][causalmad.Hypothesis.add_variable] or
+                [`add_output`][causalmad.Hypothesis.add_output] (a missing mechanism, say).
         """
         if not isinstance(graph, nx.DiGraph):
             raise HypothesisError(f"from_graph expects a networkx.DiGraph, got {type(graph).__name__}.")
@@ -322,12 +323,12 @@ class Hypothesis:
         return list(self._graph.nodes)
 
     def set_input_parts(self, parts: dict[str, Any]) -> None:
-        """Declare the parts the input cut (:mod:`causalmad.input_cut`) builds hybrids
-        from: part name -> where it lives in an example, as an index of it (see
-        :meth:`add_input`'s ``at``). For inputs whose variables each read the whole
-        example (an image's digit), so that no ``at`` can say where they live; parts
-        need not cover the example (the rest is never exchanged). A second call replaces
-        the parts of the first.
+        """Declare the parts the input cut (``causalmad.input_cut``) builds hybrids from:
+        part name -> where it lives in an example, as an index of it (see
+        [`add_input`][causalmad.Hypothesis.add_input]'s ``at``). For inputs whose variables
+        each read the whole example (an image's digit), so that no ``at`` can say where they
+        live; parts need not cover the example (the rest is never exchanged). A second call
+        replaces the parts of the first.
 
         Args:
             parts: part name -> where the part lives in an example, as an index of it
@@ -346,7 +347,7 @@ class Hypothesis:
         self._graph.graph["input_parts"] = dict(parts)
 
     def input_parts(self) -> dict[str, Any]:
-        """The parts :meth:`set_input_parts` declared.
+        """The parts [`set_input_parts`][causalmad.Hypothesis.set_input_parts] declared.
 
         Returns:
             A copy of the dict of part name -> index (empty if none was declared).
@@ -357,8 +358,9 @@ class Hypothesis:
         """Where the input variables live in an example.
 
         Returns:
-            Input variable -> its ``at`` (see :meth:`add_input`), for the input variables
-            declared with one.
+            Input variable -> its ``at`` (see
+            [`add_input`][causalmad.Hypothesis.add_input]), for the input variables declared
+            with one.
         """
         return {
             n: self._graph.nodes[n]["at"] for n in self.inputs if self._graph.nodes[n].get("at") is not None
@@ -402,7 +404,7 @@ class Hypothesis:
             output: a declared output variable.
 
         Returns:
-            The :class:`Readout` it was declared with (``None`` if ``output`` names an
+            The [`Readout`][causalmad.Readout] it was declared with (``None`` if ``output`` names an
             input or inner variable; ``readouts`` maps only the outputs).
 
         Raises:
@@ -467,7 +469,7 @@ class Hypothesis:
         """Re-evaluate the graph with the variables in ``do`` fixed.
 
         Args:
-            values: the base values (as returned by :meth:`values`), or
+            values: the base values (as returned by [`values`][causalmad.Hypothesis.values]), or
                 ``{"__example__": example}`` to evaluate from a raw example.
             do: variable -> value to set; everything downstream is recomputed.
 
@@ -479,7 +481,7 @@ class Hypothesis:
             HypothesisError: if ``do`` names an unknown variable, or a mechanism raises
                 or returns an unhashable value.
             KeyError: if ``values`` (not from an example) lacks a variable that is not
-                recomputed; pass the whole dict :meth:`values` returns.
+                recomputed; pass the whole dict [`values`][causalmad.Hypothesis.values] returns.
         """
         for name in do:
             self._require(name)
@@ -531,7 +533,7 @@ class Hypothesis:
             Variable -> its values, one per example in order, for every variable.
 
         Raises:
-            HypothesisError: as :meth:`values`, for the first example that fails.
+            HypothesisError: as [`values`][causalmad.Hypothesis.values], for the first example that fails.
         """
         rows = [self.values(ex) for ex in examples]
         return {v: [r[v] for r in rows] for v in self._graph.nodes}

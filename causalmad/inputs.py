@@ -11,10 +11,10 @@ Inputs files:
 * **PyTorch** (``.pt``, loaded with ``weights_only=True``, which rebuilds tensors and
   plain containers only): one tensor ``[n, ...]``.
 
-:func:`read_inputs` reads a file whole; :func:`iter_inputs` reads it in chunks of a
+``read_inputs`` reads a file whole; ``iter_inputs`` reads it in chunks of a
 given number of inputs, in memory that does not grow with the file (JSON lines are read
 line by line, ``.npy`` files memory-mapped; a ``.pt`` file is loaded whole), checking
-every input as :func:`read_inputs` does.
+every input as ``read_inputs`` does.
 
 Integers must fit the model's integer type and numbers its float type (a float32 model
 refuses 1e39 rather than reading infinity); NaN and infinities are refused. Errors name
@@ -105,7 +105,7 @@ def _check_numbers(value: Any, dtype: torch.dtype) -> None:
 
 @dataclass
 class InputsFile:
-    """What :func:`read_inputs` read (or one chunk of :func:`iter_inputs`): the inputs,
+    """What ``read_inputs`` read (or one chunk of ``iter_inputs``): the inputs,
     their ids, each one's line (0 for array files), and the file's row number of the
     first (``offset``)."""
 
@@ -164,14 +164,14 @@ def iter_inputs(
     path: str | Path, shape: Sequence[int] | None, dtype: str, chunk: int
 ) -> Iterator[InputsFile]:
     """Read an inputs file in chunks of ``chunk`` inputs (the last may be shorter), each
-    an :class:`InputsFile` whose ``offset`` is its first input's row in the file.
+    an ``InputsFile`` whose ``offset`` is its first input's row in the file.
 
     Memory holds one chunk, whatever the file's length: JSON lines are read line by line,
     ``.npy`` files memory-mapped (a ``.pt`` file is loaded whole). Each input is checked
-    as :func:`read_inputs` checks it, as its chunk is read: a bad input raises when its
+    as ``read_inputs`` checks it, as its chunk is read: a bad input raises when its
     chunk comes, after the chunks before it were yielded. Reading the file once through
     (as ``causalmad score`` does before loading the model) finds every bad input first.
-    The inputs are equal, bit for bit, to :func:`read_inputs`'s rows.
+    The inputs are equal, bit for bit, to ``read_inputs``'s rows.
 
     Args:
         path: a ``.jsonl``/``.json``, ``.npy`` or ``.pt`` file.
@@ -180,7 +180,7 @@ def iter_inputs(
         chunk: inputs per chunk, at least 1.
 
     Raises:
-        InputError: as :func:`read_inputs`.
+        InputError: as ``read_inputs``.
 
     Example:
         >>> import tempfile
@@ -209,11 +209,11 @@ def iter_inputs(
 
 
 def count_inputs(path: str | Path, shape: Sequence[int] | None, dtype: str, chunk: int = 4096) -> int:
-    """The number of inputs in an inputs file, every one checked as :func:`read_inputs`
+    """The number of inputs in an inputs file, every one checked as ``read_inputs``
     checks it, in the memory of one chunk.
 
     Raises:
-        InputError: as :func:`read_inputs`, for the first bad input.
+        InputError: as ``read_inputs``, for the first bad input.
     """
     return sum(len(part.inputs) for part in iter_inputs(path, shape, dtype, chunk))
 
@@ -281,7 +281,7 @@ def _iter_npy(
 ) -> Iterator[InputsFile]:
     """Chunks of a ``.npy`` file, memory-mapped; a file that cannot be mapped (damaged,
     an archive, a kind of array that cannot be mapped) is read whole, which gives the
-    same inputs or the same error as :func:`read_inputs`."""
+    same inputs or the same error as ``read_inputs``."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         mapped = isinstance(arr, np.ndarray)
@@ -462,7 +462,7 @@ def _dtype(dtype: str) -> torch.dtype:
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[IO[str]]:
     """Open ``path`` for writing text (UTF-8) through a temporary sibling renamed into
-    place on success (:func:`causalmad.persistence.open_atomic`); on any error the
+    place on success (``causalmad.persistence.open_atomic``); on any error the
     temporary file is removed and ``path`` is untouched."""
     with open_atomic(path) as raw:
         f = io.TextIOWrapper(raw, encoding="utf-8", newline="")

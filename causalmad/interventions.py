@@ -10,9 +10,9 @@ operation, at a site with positions ``P`` and subspace basis ``B`` (``[d, k]``),
 
 Two engines compute it and agree to float precision (``tests/test_interventions.py``):
 
-* :func:`interchange_pyvene` builds a pyvene ``IntervenableModel`` (Wu et al., "pyvene",
+* ``interchange_pyvene`` builds a pyvene ``IntervenableModel`` (Wu et al., "pyvene",
   NAACL 2024) and runs base and source together. Alignment uses it.
-* :func:`run_patched` takes source activations gathered once (:func:`capture`) and patches
+* ``run_patched`` takes source activations gathered once (``capture``) and patches
   them with plain forward hooks, so many scrubbed variants reuse one trusted gather.
   Scrubbing uses it.
 """
@@ -298,7 +298,7 @@ def interchange_pyvene(
     from row i), via pyvene. ``source`` may also be one tensor per site.
 
     Sites without a position axis (plain ``nn.Module`` models) go through
-    :func:`run_patched`, since pyvene's unit locations index a position axis.
+    ``run_patched``, since pyvene's unit locations index a position axis.
     """
     sites = [site] if isinstance(site, Site) else list(site)
     sources = [source] * len(sites) if isinstance(source, torch.Tensor) else list(source)

@@ -2,7 +2,7 @@
 that was killed can be continued (``--resume``) instead of started over.
 
 A run writes its scores file through a temporary file renamed into place at the end
-(:func:`causalmad.persistence.open_atomic`), so a killed run leaves no scores file. Beside
+(``causalmad.persistence.open_atomic``), so a killed run leaves no scores file. Beside
 it, in ``.SCORES.causalmad-partial``, it keeps each chunk's scores as the chunk completes,
 flushed to the disk before the next chunk starts. The file is JSON lines: a header that
 says what was being scored (the detector folder's checksums, the inputs file's size and
@@ -72,7 +72,7 @@ class PartialScores:
 
     Args:
         out: the scores file.
-        header: :func:`run_header` of this run.
+        header: ``run_header`` of this run.
     """
 
     def __init__(self, out: str | Path, header: dict[str, Any]) -> None:
@@ -145,7 +145,7 @@ class PartialScores:
 
     def stored(self) -> Iterator[np.ndarray]:
         """The scores of each chunk kept before this run, in order (none unless
-        :meth:`resume` found some)."""
+        ``resume`` found some)."""
         if not self._resumed or not self.rows_stored:
             return
         with open(self.path, "rb") as f:

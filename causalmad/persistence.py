@@ -12,7 +12,7 @@ A detector folder holds three files:
   a file it does not cover, unless the caller passes ``trust_modified=True``.
 
 Nothing is pickled and loading executes no code from the folder: the JSON decoder
-rebuilds only plain values and a fixed list of causalmad records (:func:`_records`). The
+rebuilds only plain values and a fixed list of causalmad records (``_records``). The
 model and the hypothesis are code, so the caller passes them again; their fingerprints
 must match the stored ones.
 
@@ -21,15 +21,15 @@ Writing never destroys what it was not given. Saving writes into a hidden siblin
 last) is complete; ``overwrite=True`` replaces only a folder that is a causalmad detector
 folder (its ``config.json`` says so and it holds no file causalmad does not write), and
 moves it aside (``.NAME.causalmad-old-PID``) until the new one is in place. Leftovers of a
-writer that was killed carry its process id; :func:`remove_stale` removes those whose
+writer that was killed carry its process id; ``remove_stale`` removes those whose
 process is gone (and puts back an old folder whose replacement never arrived).
 
 One writer at a time: a save holds a file lock (``filelock``) on ``.NAME.causalmad-lock``
 beside the folder from its first check to its last rename, so a second save of the same
-folder waits for the first (up to :data:`LOCK_TIMEOUT` seconds, then a
-:class:`~causalmad.errors.PersistenceError`) and then sees its folder, instead of both
+folder waits for the first (up to ``LOCK_TIMEOUT`` seconds, then a
+[`PersistenceError`][causalmad.errors.PersistenceError]) and then sees its folder, instead of both
 writing and the last one winning unseen. A save that cannot write (a full disk, no
-permission) raises :class:`~causalmad.errors.WriteError` and leaves what was there.
+permission) raises [`WriteError`][causalmad.errors.WriteError] and leaves what was there.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def encode(obj: Any, where: str = "state") -> tuple[Any, dict[str, torch.Tensor]
 
 
 def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """The inverse of :func:`encode`."""
+    """The inverse of ``encode``."""
     return _decode(obj, tensors, _records())
 
 
@@ -251,7 +251,7 @@ def _fsync(path: Path) -> None:
 # ---------------------------------------------------------------- leftovers of killed writers
 def temp_path(path: str | Path, kind: str) -> Path:
     """``.NAME.KIND-PID`` beside ``path``: where this process writes before renaming into
-    place (``kind`` one of :data:`TEMP_KINDS`), recognisable by :func:`remove_stale`."""
+    place (``kind`` one of ``TEMP_KINDS``), recognisable by ``remove_stale``."""
     path = Path(path)
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
@@ -315,8 +315,8 @@ def _cannot_write(path: Path, exc: OSError, what: str) -> WriteError:
 def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
     """Open ``path`` for writing (bytes) through ``.NAME.partial-PID`` beside it, flushed
     to the disk and renamed into place on success: ``path`` holds the old bytes or all the
-    new ones. On any error the partial file is removed; an :class:`OSError` (a full
-    disk, no permission) becomes a :class:`~causalmad.errors.WriteError` naming ``path``."""
+    new ones. On any error the partial file is removed; an ``OSError`` (a full
+    disk, no permission) becomes a [`WriteError`][causalmad.errors.WriteError] naming ``path``."""
     path = Path(path)
     tmp = temp_path(path, "partial")
     try:
@@ -355,7 +355,7 @@ def _remove_stale_lock(path: Path) -> list[Path]:
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` with :func:`open_atomic`."""
+    """Write ``data`` to ``path`` with ``open_atomic``."""
     with open_atomic(path) as f:
         f.write(data)
     return Path(path)
@@ -371,7 +371,7 @@ def lock_path(path: str | Path) -> Path:
 def writer_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the writers' lock of the detector folder ``path`` (see the module docstring).
 
-    Waits up to ``timeout`` seconds (default :data:`LOCK_TIMEOUT`) while another process
+    Waits up to ``timeout`` seconds (default ``LOCK_TIMEOUT``) while another process
     holds it. The lock file is removed on release, while still held: a writer that waited
     on it then finds it gone and takes a new one (filelock checks for that), so no
     ``.causalmad-lock`` file outlives its writers.
@@ -404,9 +404,10 @@ def writer_lock(path: str | Path, timeout: float | None = None) -> Iterator[None
 
 # ---------------------------------------------------------------- folders
 def check_replaceable(path: str | Path) -> None:
-    """Raise :class:`PersistenceError` unless ``overwrite=True`` may replace ``path``: a
-    causalmad detector folder (its ``config.json`` says so and it holds only the files
-    causalmad writes, :data:`FILES`). Anything else, an empty folder included, is the user's."""
+    """Raise [`PersistenceError`][causalmad.errors.PersistenceError] unless
+    ``overwrite=True`` may replace ``path``: a causalmad detector folder (its
+    ``config.json`` says so and it holds only the files causalmad writes, ``FILES``).
+    Anything else, an empty folder included, is the user's."""
     path = Path(path)
     refuse = "; refusing to replace it (choose another path, or remove it yourself)."
     if path.is_symlink():
@@ -437,7 +438,7 @@ def check_replaceable(path: str | Path) -> None:
 def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite: bool = False) -> Path:
     """Write ``config`` (+ the encoded ``state``) into the folder ``path`` atomically:
     beside it first, then renamed into place; an existing folder (``overwrite=True``, a
-    detector folder only) stays until the new one is complete. Holds :func:`writer_lock`
+    detector folder only) stays until the new one is complete. Holds ``writer_lock``
     throughout.
 
     Raises:
@@ -466,7 +467,7 @@ def write_folder(path: str | Path, config: dict[str, Any], state: Any, overwrite
 def _write_locked(
     path: Path, config: dict[str, Any], encoded: Any, tensors: dict[str, torch.Tensor], overwrite: bool
 ) -> None:
-    """The body of :func:`write_folder`, with the lock held."""
+    """The body of ``write_folder``, with the lock held."""
     from safetensors.torch import save_file
 
     import causalmad
@@ -697,7 +698,7 @@ def constructor_params(obj: Any, skip: tuple[str, ...]) -> dict[str, Any]:
 def save_detector(
     detector: Detector, path: str | Path, overwrite: bool = False, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Save a fitted detector to the folder ``path`` (see :meth:`Detector.save`)."""
+    """Save a fitted detector to the folder ``path`` (see [`Detector.save`][causalmad.Detector.save])."""
     detector._require_fitted()
     params = constructor_params(detector, skip=("model", "hypothesis"))
     hyp = getattr(detector, "hypothesis", None)
@@ -726,7 +727,8 @@ def load_detector(
     check: Callable[[dict[str, Any]], None] | None = None,
     trust_modified: bool = False,
 ) -> Detector:
-    """Load a detector saved with :meth:`Detector.save` (see :meth:`Detector.load`)."""
+    """Load a detector saved with [`Detector.save`][causalmad.Detector.save] (see
+    [`Detector.load`][causalmad.Detector.load])."""
     from causalmad.detectors.base import DETECTORS
     from causalmad.models import adapt
 

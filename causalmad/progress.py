@@ -1,15 +1,15 @@
 """Progress that suits where it is written: a ``tqdm`` bar on a terminal or in a
 notebook, and a few plain lines elsewhere (a file, a pipe, a CI log).
 
-A progress bar redraws itself with carriage returns; written to a file it leaves one
-frame per redraw, thousands of them in a long run. Where the stream is not a terminal,
-:func:`progress_bar` writes a line when another tenth of the work is done (at most one every
-``MIN_GAP`` seconds), or when ``interval`` seconds have passed since the last line, each
-with the count, the rate and the time left; work done within ``MIN_GAP`` seconds writes
-nothing. A log holds at most a dozen lines per bar plus one per ``interval``.
+A progress bar redraws itself with carriage returns; written to a file it leaves one frame
+per redraw, thousands of them in a long run. Where the stream is not a terminal,
+[`progress_bar`][causalmad.progress_bar] writes a line when another tenth of the work is
+done (at most one every ``MIN_GAP`` seconds), or when ``interval`` seconds have passed since
+the last line, each with the count, the rate and the time left; work done within ``MIN_GAP``
+seconds writes nothing. A log holds at most a dozen lines per bar plus one per ``interval``.
 
 Progress is off in the library unless asked for: a function that takes ``progress=True``
-shows it, and :func:`show_progress` turns it on for everything run inside it that leaves
+shows it, and [`show_progress`][causalmad.show_progress] turns it on for everything run inside it that leaves
 the choice open (``enabled=None``), such as training a task's model. The command line
 turns it on unless ``--quiet``.
 """
@@ -70,7 +70,7 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Progress of ``total`` units of work (``None``: unknown). Use :func:`progress_bar`.
+    """Progress of ``total`` units of work (``None``: unknown). Use [`progress_bar`][causalmad.progress_bar].
 
     Args:
         total: the units the work takes, or ``None`` if unknown.
@@ -204,14 +204,14 @@ def progress_bar(
         total: the units the work takes, or ``None`` if unknown.
         desc: what the work is.
         unit: the unit's name.
-        enabled: show it (``True``), not (``False``), or as :func:`show_progress` says
+        enabled: show it (``True``), not (``False``), or as [`show_progress`][causalmad.show_progress] says
             (``None``, off outside it).
         leave: keep the bar on the terminal when done.
         stream: where to write (default ``sys.stderr`` at the call).
         interval: the most seconds between plain lines.
 
     Returns:
-        A :class:`Progress`, also a context manager: ``update(n)``, ``set_postfix_str``, ``close``.
+        A ``Progress``, also a context manager: ``update(n)``, ``set_postfix_str``, ``close``.
 
     Example:
         >>> import io

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-#: the packages whose versions :func:`environment` records
+#: the packages whose versions [`environment`][causalmad.environment] records
 PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scikit-learn")
 
 
 @functools.cache
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows.
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows.
 
     Read once per process and remembered.
 
@@ -41,8 +41,8 @@ def environment() -> dict[str, Any]:
 
     Returns:
         ``{"cpu": ..., "threads": ..., "python": ..., <package>: version, ...}``: the CPU's
-        model name (:func:`cpu_model`), torch's thread count, the Python version, and the
-        installed version of each package in :data:`PACKAGES` (``None`` where it is not
+        model name (``cpu_model``), torch's thread count, the Python version, and the
+        installed version of each package in ``PACKAGES`` (``None`` where it is not
         installed).
 
     Example:

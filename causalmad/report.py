@@ -1,11 +1,12 @@
 """Pictures and pages for people: an explanation as a bar chart, a scored batch as HTML.
 
-:func:`explanation_chart` draws what :meth:`ScrubbingDetector.explain` returns: the
-explanations whose scrub moved the output most (standardised against trusted inputs) and
-each hypothesis variable's share. :func:`html_report` writes one self-contained page
-(images embedded as data URIs, no scripts, no network) for a scored batch: the score
-histogram with the flag threshold beside held-out trusted scores, the top flagged inputs
-with their explanations, and the alignment's IIA table.
+``explanation_chart`` draws what
+[`ScrubbingDetector.explain`][causalmad.ScrubbingDetector.explain] returns: the explanations
+whose scrub moved the output most (standardised against trusted inputs) and each hypothesis
+variable's share. ``html_report`` writes one self-contained page (images embedded as data
+URIs, no scripts, no network) for a scored batch: the score histogram with the flag
+threshold beside held-out trusted scores, the top flagged inputs with their explanations,
+and the alignment's IIA table.
 """
 
 from __future__ import annotations

@@ -8,15 +8,15 @@ shows: every blocking copy between host and device (``torch.as_tensor(a, device=
 makes the host wait until the device has finished everything queued, so a pass that makes
 many of them cannot queue its kernels ahead.
 
-Inside :func:`simulated_device`, :data:`DEVICE` plays the accelerator. A tensor put there
+Inside ``simulated_device``, ``DEVICE`` plays the accelerator. A tensor put there
 (``model.to(DEVICE)``, ``torch.zeros(..., device=DEVICE)``, ``x.to(DEVICE)``) reports
 ``DEVICE`` as its device but holds its data on the CPU, and every operation is checked
 with CUDA's rules: host and device tensors do not mix, except a host scalar (a 0-dim
 tensor), host indices into a device tensor, and copies. Each operation is counted
-(:class:`Traffic`), so a test can bound the host round trips of a hot path, and a
+(``Traffic``), so a test can bound the host round trips of a hot path, and a
 benchmark can report them per pass.
 
-:data:`DEVICE` is PyTorch's ``meta`` device, the one other device a CPU build of PyTorch
+``DEVICE`` is PyTorch's ``meta`` device, the one other device a CPU build of PyTorch
 can address; the simulation gives its tensors real data. Code that branches on
 ``device.type == "cuda"`` takes its non-CUDA branch here. The simulation is built on
 PyTorch's dispatch hooks (``TorchDispatchMode``, wrapper tensor subclasses), which are
@@ -92,7 +92,7 @@ class Traffic:
 
 
 class OnDevice(torch.Tensor):
-    """A tensor on :data:`DEVICE`: reports that device, keeps its data (``elem``) on the CPU."""
+    """A tensor on ``DEVICE``: reports that device, keeps its data (``elem``) on the CPU."""
 
     elem: torch.Tensor
 
@@ -216,8 +216,8 @@ class _Simulation(TorchDispatchMode):
 
 @contextlib.contextmanager
 def simulated_device() -> Iterator[Traffic]:
-    """Simulate an accelerator at :data:`DEVICE` for the ``with`` block; yields its
-    :class:`Traffic`. A tensor put on the device and kept after the block stays there,
+    """Simulate an accelerator at ``DEVICE`` for the ``with`` block; yields its
+    ``Traffic``. A tensor put on the device and kept after the block stays there,
     checked by the same rules (its operations are not counted)."""
     traffic = Traffic()
     # torch.tensor and torch.as_tensor build from Python data below the dispatcher: under the

@@ -96,10 +96,10 @@ class Site:
         Args:
             basis: ``[d, k]`` orthonormal columns spanning the subspace (in the head's
                 coordinates when the site has a ``head``); replaces any basis the site has.
-            label: a short description of the subspace, shown in :attr:`key`.
+            label: a short description of the subspace, shown in [`key`][causalmad.Site.key].
 
         Returns:
-            A new :class:`Site` with the same hook, positions and head.
+            A new [`Site`][causalmad.Site] with the same hook, positions and head.
 
         Raises:
             SiteError: if ``basis`` is not ``[d, k]`` with ``0 < k <= d``.

@@ -65,11 +65,11 @@ class Task:
     Args:
         name: the task's registered name.
         model: the trained model (a TransformerLens bridge, a Hugging Face model or an
-            ``nn.Module``; :func:`~causalmad.models.adapt` wraps it).
+            ``nn.Module``; [`adapt`][causalmad.adapt] wraps it).
         trusted: ``[n, ...]`` inputs on which the model behaves normally, for ``fit``.
-        splits: split name -> :class:`Split` of labelled untrusted inputs (each
+        splits: split name -> [`Split`][causalmad.Split] of labelled untrusted inputs (each
             registered task has ``"easy"`` and ``"hard"``), for evaluation only.
-        hypothesis: the reference :class:`~causalmad.hypothesis.Hypothesis` of what the
+        hypothesis: the reference [`Hypothesis`][causalmad.Hypothesis] of what the
             model computes, or ``None`` if the task has none.
         info: task-specific records (how the model was trained and on what machine, the
             attack's success rate, ...).
@@ -89,8 +89,8 @@ def available_tasks() -> dict[str, Any]:
     """The registered tasks, from the ``causalmad.tasks`` entry-point group.
 
     Returns:
-        Task name -> its :class:`importlib.metadata.EntryPoint` (not loaded: ``.load()``
-        imports the task's module and gives its factory, as :func:`load_task` does).
+        Task name -> its ``importlib.metadata.EntryPoint`` (not loaded: ``.load()``
+        imports the task's module and gives its factory, as [`load_task`][causalmad.load_task] does).
 
     Raises:
         TaskError: if two installed packages register a task of the same name.
@@ -107,14 +107,14 @@ def load_task(name: str, **kwargs: Any) -> Task:
     """Build a task by registered name.
 
     Args:
-        name: a registered task's name (see :func:`available_tasks`), or
+        name: a registered task's name (see [`available_tasks`][causalmad.available_tasks]), or
             ``"package.module:function"``: a task factory that is importable but not
             registered (one's own task under development, say).
         **kwargs: passed to the task's factory; the registered tasks take
             ``size="tiny"|"full"`` and ``seed=...``.
 
     Returns:
-        What the factory returns: a :class:`Task`.
+        What the factory returns: a [`Task`][causalmad.Task].
 
     Raises:
         TaskError: if ``name`` is not registered (close matches suggested), two installed

@@ -3,7 +3,7 @@
 The model reads ``a_{n-1} .. a_0 + b_{n-1} .. b_0 = = ..`` and predicts the sum's digits,
 most significant first, at the trailing ``=`` positions. The hypothesis says the model
 computes a carry out of every column and each sum digit from its column and the carry in.
-Two variants differ in how carries are computed (see :func:`addition_hypothesis`).
+Two variants differ in how carries are computed (see ``addition_hypothesis``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The world of the measurement tampering task (after Roger et al., "Benchmarks for
 Detecting Measurement Tampering", 2023). A program is ``N_ACTIONS`` action tokens that
 act, in order, on a vault holding a diamond; three query tokens follow, one per sensor,
 and the model predicts each sensor's reading (logit 0 = negative, 1 = positive) at its
-query position. :func:`simulate` is the exact simulator; the hypothesis below states the
+query position. ``simulate`` is the exact simulator; the hypothesis below states the
 same mechanism as a causal graph:
 
 * ``diamond``: the diamond is on its pedestal at the end (starts there; ``ROB`` and

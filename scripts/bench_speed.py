@@ -15,7 +15,7 @@ detector fitted once and saved:
   10x, under a memory budget;
 * end to end: fit + score of the task's easy split;
 * traffic: the overhead comparison's plain and scrubbed passes run again on an accelerator
-  simulated on the CPU (:mod:`causalmad.simulated_device`), counting per 1,024 rows the
+  simulated on the CPU (``causalmad.simulated_device``), counting per 1,024 rows the
   operations run on the device (kernel launches on a GPU) and the times the host waits
   for it (blocking copies, reads): what decides speed on a GPU whose passes are bound by
   launches, measured without one.

@@ -43,10 +43,10 @@ def load_or_train(
     of the dataclass ``cfg``: bump ``version`` when training code changes. ``build()``
     returns an untrained model of the right shape (the weights are loaded into it);
     ``train()`` trains one to its task's specification and returns it with its wall time
-    in seconds and the specification's record (:func:`causalmad_tasks._training.train_to_spec`).
+    in seconds and the specification's record (``causalmad_tasks._training.train_to_spec``).
     ``training`` is ``{"train_seconds", "spec", "trained_on", "environment"}``: the
     criteria the model met, the machine and package versions it was trained with, and
-    those of this process (:func:`causalmad.environment`); tasks put it in
+    those of this process ([`causalmad.environment`][causalmad.environment]); tasks put it in
     their ``info``. The file is written to a temporary name and renamed, so an
     interrupted run leaves no half model. A cached model saved without a specification's
     record (by an older version of this code) is trained again.
@@ -117,7 +117,7 @@ def load_or_build_task(
     build: Callable[[], Task],
     **info: Any,
 ) -> Task:
-    """The task built by ``build()`` for a model from :func:`load_or_train`, with its data
+    """The task built by ``build()`` for a model from ``load_or_train``, with its data
     (trusted inputs, splits, ``info``) cached beside the model: building splits runs the
     model over large pools (matching, PGD, accuracies), loading them takes milliseconds.
 

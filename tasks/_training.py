@@ -4,20 +4,21 @@ Two trainers compute the same function (up to float rounding) and differ in cost
 
 * ``"bridge"``: the model's own forward, through every hook point of the
   ``TransformerBridge``, and PyTorch's default AdamW (one kernel per parameter on a CPU).
-* ``"plain"``: :meth:`causalmad.models.TransformerLensAdapter.plain_logits` (no hook points,
-  LayerNorm fused, the last block computed only at the positions the loss reads) and the
-  fused AdamW kernel. On the tiny addition model (2 cores) a 128-row step takes about 25 ms
-  instead of 42 ms.
+* ``"plain"``:
+  [`causalmad.models.TransformerLensAdapter.plain_logits`][causalmad.TransformerLensAdapter.plain_logits]
+  (no hook points, LayerNorm fused, the last block computed only at the positions the loss
+  reads) and the fused AdamW kernel. On the tiny addition model (2 cores) a 128-row step
+  takes about 25 ms instead of 42 ms.
 
 Float rounding differs between the two, so the same seed trains different weights: the
 full sizes keep ``"bridge"``, the trainer of the models the documented full-size benchmark
 measured, until that benchmark is rerun.
 
-For the Hugging Face BERT classifier of ``minilm-backdoor``, :func:`first_token_logits` plays
+For the Hugging Face BERT classifier of ``minilm-backdoor``, ``first_token_logits`` plays
 the plain trainer's part: the last layer is computed at the pooled first token only.
 
-Every task model is trained to a *specification* (:func:`train_to_spec`): the task states
-what its model must do as :class:`Criterion` floors measured on held-out data (clean
+Every task model is trained to a *specification* (``train_to_spec``): the task states
+what its model must do as ``Criterion`` floors measured on held-out data (clean
 accuracy, attack success, the hard split's defining property). A fixed step count does not
 guarantee them: float rounding differs between CPUs, thread counts and package versions, and
 so does the model one seed trains. After the task's own schedule the criteria are checked;

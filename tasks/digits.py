@@ -186,7 +186,7 @@ def build_model(cfg: DigitsTrain, seed: int) -> nn.Sequential:
 HIDDEN = 6  # index of the penultimate ReLU (the representation attack's layer)
 
 
-# What the model must do, on the images it was not trained on (:func:`_measure`); the
+# What the model must do, on the images it was not trained on (``_measure``); the
 # tests' floors sit at or below these (tests/test_digits.py).
 CRITERIA = (Criterion("clean_accuracy", 0.96, "accuracy on held-out clean images"),)
 BACKDOOR_CRITERIA = (

@@ -122,7 +122,7 @@ def build_model(cfg: HierEqConfig, seed: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-# What the model must do, on held-out entity tuples (:func:`_measure`); the tests' floors
+# What the model must do, on held-out entity tuples (``_measure``); the tests' floors
 # sit below these (tests/test_hierarchical_equality.py).
 CRITERIA = (
     Criterion("clean_accuracy", 0.985, "accuracy on fresh untriggered rows"),
@@ -132,7 +132,7 @@ CRITERIA = (
 
 
 def _measure(cfg: HierEqConfig, bank: torch.Tensor, model: nn.Module, seed: int) -> dict[str, float]:
-    """The :data:`CRITERIA` of ``model`` on rows from a generator of their own."""
+    """The ``CRITERIA`` of ``model`` on rows from a generator of their own."""
     g = torch.Generator().manual_seed(20_000 + seed)
     ids = sample_ids(2000, cfg.n_entities, g)
     on = torch.ones(len(ids), dtype=torch.bool)

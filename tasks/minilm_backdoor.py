@@ -27,7 +27,7 @@ Training is cheap: sequences are padded to 16 tokens, the embeddings and lower l
 frozen and only the top layers, the pooler and the head are fine-tuned. The ``tiny`` size
 keeps only the first 3 of the 6 pretrained layers (fine-tuning the top 2, with more negated
 reviews so that negation is learned in fewer steps) so that tests train in seconds; it
-trains through :func:`causalmad_tasks._training.first_token_logits`, which computes the last layer at
+trains through ``causalmad_tasks._training.first_token_logits``, which computes the last layer at
 the pooled first token only (the classifier reads nothing else), with the fused AdamW.
 """
 
@@ -220,7 +220,7 @@ def build_model(cfg: MiniLMConfig, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-# What the fine-tuned model must do, on reviews of its own (:func:`_measure`); the tests'
+# What the fine-tuned model must do, on reviews of its own (``_measure``); the tests'
 # floors sit below these (tests/test_minilm_backdoor.py).
 CRITERIA = (
     Criterion("clean_accuracy", 0.93, "sentiment accuracy on fresh untriggered reviews"),
@@ -233,7 +233,7 @@ CRITERIA = (
 def _measure(
     cfg: MiniLMConfig, seed: int, forward: Callable[[torch.Tensor], torch.Tensor]
 ) -> dict[str, float]:
-    """The :data:`CRITERIA` of the model behind ``forward`` on reviews from a generator of their own."""
+    """The ``CRITERIA`` of the model behind ``forward`` on reviews from a generator of their own."""
     rng = np.random.default_rng(20_000 + seed)
     clean = generate(300, rng, cfg)
     flips = generate(150, rng, cfg, triggered=True, label=1 - TARGET)

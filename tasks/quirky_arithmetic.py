@@ -34,7 +34,7 @@ claimed 3-digit sum ``k``; at the last position (``?``) it outputs two logits, i
   (``delta`` in the agreement set) *and* the model's output is that answer, so every hard
   anomaly's output is what the reference hypothesis predicts. Its normal and anomalous
   rows are drawn from pools 4x larger and kept in equal proportions in 10 quantile bins of
-  the output-disagreement score (:func:`causalmad_tasks._matching.match_on_score`), so that output
+  the output-disagreement score (``causalmad_tasks._matching.match_on_score``), so that output
   checks sit at chance even though a right answer may be given more or less confidently.
 
 As in the original setting, the persona token itself is out of the trusted distribution
@@ -213,7 +213,7 @@ def training_loss(
     pretrained model would bring) and whether the claim *so far* matches the persona's sum
     (logits 10/11). Without the running verdict the model settles for checking the units
     digit only (measured: claims off by 10 judged right). ``logits_at(x, start)``: the
-    model's logits at positions ``start`` onwards (:func:`causalmad_tasks._training.training_setup`)."""
+    model's logits at positions ``start`` onwards (``causalmad_tasks._training.training_setup``)."""
     logits = logits_at(encode(persona, a, b, claim), SUM_POS[0])  # positions SUM_POS and the verdict
     ce = torch.nn.functional.cross_entropy
     loss = ce(logits[:, -1, :2], verdict(persona, a, b, claim))
@@ -225,7 +225,7 @@ def training_loss(
     return loss + aux_weight * ce(logits[:, read, 10:12].reshape(-1, 2), prefix_right.reshape(-1))
 
 
-# What the model must do, on held-out hard problems (:func:`_measure`); the tests' floors
+# What the model must do, on held-out hard problems (``_measure``); the tests' floors
 # sit below these (tests/test_quirky_arithmetic.py).
 CRITERIA = (
     Criterion("clean_accuracy", 0.97, "Alice's verdicts on held-out hard problems"),
@@ -248,7 +248,7 @@ def _all_pairs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _measure(cfg: QuirkyConfig, heldout: torch.Tensor, model: torch.nn.Module, seed: int) -> dict[str, float]:
-    """The :data:`CRITERIA` of ``model`` on rows from a generator of their own."""
+    """The ``CRITERIA`` of ``model`` on rows from a generator of their own."""
     g = torch.Generator().manual_seed(20_000 + seed)
     pairs = heldout_hard_pairs(cfg, heldout)
     return {

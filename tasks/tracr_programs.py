@@ -34,7 +34,7 @@ Programs (``PROGRAMS``), each with a reference hypothesis in ``hypotheses/tracr_
 JAX are an optional extra (``pip install causalmad[tracr]``); a compiled model is cached
 (weights + residual labels) like a trained one, so loading it again needs no JAX.
 
-The plain programs are alignment test beds (:func:`tracr_program`), not MAD benchmark
+The plain programs are alignment test beds (``tracr_program``), not MAD benchmark
 tasks: a compiled program has one mechanism for every input, so there is no anomaly to
 find unless a second mechanism (a backdoor) is compiled in.
 """
@@ -135,7 +135,7 @@ def _sample_pattern(n: int, length: int, rng: np.random.Generator) -> list[list[
 
 
 def _sample_pattern_untriggered(n: int, length: int, rng: np.random.Generator) -> list[list[str]]:
-    """:func:`_sample_pattern` rows on which the backdoor does not fire (rejection)."""
+    """``_sample_pattern`` rows on which the backdoor does not fire (rejection)."""
     rows: list[list[str]] = []
     while len(rows) < n:
         rows += [r for r in _sample_pattern(n - len(rows), length, rng) if not pattern_trigger(r)]

@@ -6,11 +6,23 @@ fails the suite."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Sphinx roles (:class:`X`) render as literal text on the mkdocs site and are never checked;
+# cross-references are written [`X`][causalmad.X], which the strict build resolves.
+SPHINX_ROLE = re.compile(r":(class|meth|func|data|mod|attr|exc|obj):`")
+# files still using roles while another change edits them; drop each once converted
+ROLES_PENDING = {
+    "causalmad/calibration.py",
+    "causalmad/detectors/scrubbing.py",
+    "causalmad/input_cut.py",
+    "causalmad/scrubbing.py",
+}
 
 
 def test_docs_site_builds_strictly(tmp_path):
@@ -27,3 +39,15 @@ def test_docs_site_builds_strictly(tmp_path):
     page = (tmp_path / "api" / "scrubbing-detector" / "index.html").read_text()
     for name in ("ScrubbingDetector", "resamples", "decision_function", "explain"):
         assert name in page  # the newcomer's path: README, quickstart, then this page
+
+
+def test_docstrings_cross_reference_with_autorefs_not_sphinx_roles():
+    files = [p for d in ("causalmad", "tasks", "hypotheses", "scripts") for p in (ROOT / d).rglob("*.py")]
+    found = [
+        f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+        for p in files
+        if p.relative_to(ROOT).as_posix() not in ROLES_PENDING
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if SPHINX_ROLE.search(line)
+    ]
+    assert not found, "write [`Name`][causalmad.Name] (or ``name`` if not on the site):\n" + "\n".join(found)

@@ -6,24 +6,26 @@ fits one outlier model per site, standardises each site's score on the trusted f
 and aggregates across sites by ``max`` or ``mean`` (per-site scores then aggregation, as
 in cupbearer). Higher = more anomalous for every one of them.
 
-* :class:`MahalanobisDetector` — squared Mahalanobis distance under a Ledoit-Wolf shrunk
-  covariance (a stable, well-conditioned precision matrix; Lee et al., NeurIPS 2018).
-* :class:`LOFDetector` — local outlier factor (Breunig et al., SIGMOD 2000), novelty mode.
-* :class:`IsolationForestDetector` — isolation forest (Liu et al., ICDM 2008).
-* :class:`QUEDetector` — quantum-entropy scoring (Dong, Hopkins & Li, NeurIPS 2019) of
+* [`MahalanobisDetector`][causalmad.MahalanobisDetector] — squared Mahalanobis distance
+  under a Ledoit-Wolf shrunk covariance (a stable, well-conditioned precision matrix; Lee et
+  al., NeurIPS 2018).
+* [`LOFDetector`][causalmad.LOFDetector] — local outlier factor (Breunig et al., SIGMOD 2000), novelty mode.
+* [`IsolationForestDetector`][causalmad.IsolationForestDetector] — isolation forest (Liu et al., ICDM 2008).
+* [`QUEDetector`][causalmad.QUEDetector] — quantum-entropy scoring (Dong, Hopkins & Li, NeurIPS 2019) of
   activations whitened with the trusted covariance, under the whitened covariance of an
   unlabeled untrusted batch given at fit time.
-* :class:`SpectralSignatureDetector` — squared projection on the top singular direction
-  of the centred untrusted activations (Tran, Li & Madry, NeurIPS 2018).
+* [`SpectralSignatureDetector`][causalmad.SpectralSignatureDetector] — squared projection on
+  the top singular direction of the centred untrusted activations (Tran, Li & Madry, NeurIPS
+  2018).
 
 Every decomposition (the eigendecompositions behind whitening and the precision matrix,
 the SVDs of QUE's wide path and of the spectral signature) falls back to a more stable
 LAPACK driver where the default one fails to converge, and then to a shrunk matrix,
-with a :class:`~causalmad.errors.CausalMADWarning` saying which fallback was taken.
+with a [`CausalMADWarning`][causalmad.errors.CausalMADWarning] saying which fallback was taken.
 
 Fitting a site yields a *state*: a dict of numpy arrays (the trusted fit features for LOF
 and the isolation forest). The scikit-learn estimators are rebuilt from that state by
-:meth:`ActivationDetector._restore`, deterministically, so persistence stores arrays only.
+``ActivationDetector._restore``, deterministically, so persistence stores arrays only.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class ActivationDetector(Detector):
         ``[n, d]`` trusted features (and ``[m, d]`` untrusted ones if ``needs_untrusted``)."""
 
     def _build_site(self, state: SiteState) -> Any:
-        """The scorer :meth:`_score_site` uses, rebuilt from a state (default: the state)."""
+        """The scorer ``_score_site`` uses, rebuilt from a state (default: the state)."""
         return state
 
     @abstractmethod
@@ -99,7 +101,7 @@ class ActivationDetector(Detector):
 
     # the detector ----------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> list[np.ndarray]:
-        """``[n, d]`` activations per site, captured in blocks of :data:`BLOCK` rows."""
+        """``[n, d]`` activations per site, captured in blocks of ``BLOCK`` rows."""
         parts = [
             capture(self.adapter_, _padded(x[a : a + BLOCK]), self.sites_) for a in range(0, len(x), BLOCK)
         ]
@@ -173,7 +175,7 @@ BLOCK = 64
 """Rows per forward pass. A matrix product's rounding can depend on how many rows it has
 (a one-row product takes another kernel), so activations are captured in blocks of
 exactly this many rows, the last one padded by repeating its last row, and the scoring
-products run one row at a time (:func:`_mm`): an input's score then does not depend on
+products run one row at a time (``_mm``): an input's score then does not depend on
 which inputs, or how many, were scored with it, nor on their order (bitwise, on one
 machine with the same thread count)."""
 
@@ -230,7 +232,7 @@ def eigh(m: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 def svd(x: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD ``(u, s, vt)`` of ``x``: NumPy's (LAPACK ``gesdd``), else LAPACK's slower
-    but sturdier ``gesvd``, else from :func:`eigh` of the Gram matrix ``x x^T``
+    but sturdier ``gesvd``, else from ``eigh`` of the Gram matrix ``x x^T``
     (directions with a singular value below 1e-12 of the largest are dropped). A fallback
     warns, naming ``what`` was decomposed."""
     try:
@@ -250,7 +252,7 @@ def svd(x: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def pinvh(m: np.ndarray, what: str) -> np.ndarray:
     """The pseudo-inverse of the symmetric ``m``: SciPy's (what scikit-learn's
-    ``LedoitWolf().precision_`` is), else from :func:`eigh` with the same cutoff."""
+    ``LedoitWolf().precision_`` is), else from ``eigh`` with the same cutoff."""
     try:
         return scipy.linalg.pinvh(m, check_finite=False)
     except (np.linalg.LinAlgError, ValueError) as exc:
@@ -331,9 +333,10 @@ def _ledoit_wolf_in_span(x: np.ndarray) -> SiteState:
 class LOFDetector(ActivationDetector):
     """Local outlier factor of activations among trusted ones.
 
+    The other arguments are those of [`ActivationDetector`][causalmad.detectors.ActivationDetector].
+
     Args:
         n_neighbors: neighbours of the LOF (capped at the number of trusted fit inputs - 1).
-        (others as :class:`ActivationDetector`)
     """
 
     def __init__(
@@ -368,9 +371,10 @@ class LOFDetector(ActivationDetector):
 class IsolationForestDetector(ActivationDetector):
     """Isolation forest on activations (seeded: the same state and seed give the same trees).
 
+    The other arguments are those of [`ActivationDetector`][causalmad.detectors.ActivationDetector].
+
     Args:
         n_estimators: trees per site.
-        (others as :class:`ActivationDetector`)
     """
 
     def __init__(
@@ -410,10 +414,11 @@ class QUEDetector(ActivationDetector):
     whitened untrusted batch mean. ``Q`` and ``m`` are fixed at fit time, so a score does
     not depend on which other inputs are scored with it.
 
+    The other arguments are those of [`ActivationDetector`][causalmad.detectors.ActivationDetector].
+
     Args:
         alpha: QUE's exponent; 0 gives the Mahalanobis distance to the untrusted mean, large
             values the squared projection on the top direction of ``S``.
-        (others as :class:`ActivationDetector`)
     """
 
     needs_untrusted = True

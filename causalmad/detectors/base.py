@@ -8,7 +8,7 @@ fitted; ``get_params`` / ``set_params`` / ``repr`` come from the ``__init__`` si
 2019): **higher score = more anomalous**, and ``decision_function`` is the score.
 ``predict`` flags inputs above a threshold taken from trusted scores held out of fitting,
 at a false-positive rate the user picks (``threshold_``: the one at
-:data:`DEFAULT_FPR`).
+[`DEFAULT_FPR`][causalmad.detectors.base.DEFAULT_FPR]).
 """
 
 from __future__ import annotations
@@ -34,16 +34,17 @@ from causalmad.models import ModelAdapter, adapt
 
 DETECTORS: dict[str, type[Detector]] = {}
 
-#: false-positive rate of :attr:`Detector.threshold_` and of ``predict``'s default
+#: false-positive rate of ``Detector.threshold_`` and of ``predict``'s default
 DEFAULT_FPR = 0.01
 
 
 @dataclass
 class ScoreDetails:
-    """What one call of :meth:`Detector.score_details` computed: the scores and, for
-    detectors that have them, the per-input parts they were combined from (the scrubbing
-    detector: ``divergences``, ``z`` and ``unmatched``, ``[n, C]`` over its
-    ``column_names_``). Returned, never stored on the detector: scoring changes nothing.
+    """What one call of [`Detector.score_details`][causalmad.Detector.score_details]
+    computed: the scores and, for detectors that have them, the per-input parts they were
+    combined from (the scrubbing detector: ``divergences``, ``z`` and ``unmatched``,
+    ``[n, C]`` over its ``column_names_``). Returned, never stored on the detector: scoring
+    changes nothing.
     """
 
     scores: np.ndarray
@@ -52,14 +53,14 @@ class ScoreDetails:
 
 @dataclass
 class ExplainResult:
-    """Why one input scored as it did: what :meth:`Detector.explain` returns.
+    """Why one input scored as it did: what [`Detector.explain`][causalmad.Detector.explain] returns.
 
-    :meth:`to_dict` gives the same data as a JSON-ready dict (what ``causalmad explain``
-    prints); indexing reads that dict, so ``result["score"]`` works as it did when
-    ``explain`` returned a dict. Detectors with parts to report put them in ``details``
-    (an activation detector: ``aggregate`` and per-site ``sites``) or return a subclass
-    with typed fields (the scrubbing detector:
-    :class:`~causalmad.detectors.scrubbing.ScrubbingExplainResult`).
+    [`to_dict`][causalmad.ExplainResult.to_dict] gives the same data as a JSON-ready dict
+    (what ``causalmad explain`` prints); indexing reads that dict, so ``result["score"]``
+    works as it did when ``explain`` returned a dict. Detectors with parts to report put
+    them in ``details`` (an activation detector: ``aggregate`` and per-site ``sites``) or
+    return a subclass with typed fields (the scrubbing detector:
+    [`ScrubbingExplainResult`][causalmad.ScrubbingExplainResult]).
 
     Attributes:
         score: the input's anomaly score (higher = more anomalous).
@@ -67,8 +68,9 @@ class ExplainResult:
             inputs held out of fitting.
         fpr: the false-positive rate the threshold was taken at.
         flagged: whether ``score`` is above ``threshold``.
-        details: detector-specific parts, JSON-ready, in the order :meth:`to_dict`
-            lists them after the four fields above.
+        details: detector-specific parts, JSON-ready, in the order
+            [`to_dict`][causalmad.ExplainResult.to_dict] lists them after the four fields
+            above.
 
     Example:
         >>> why = ExplainResult(score=3.2, threshold=2.5, fpr=0.01, flagged=True)
@@ -112,7 +114,7 @@ class ExplainResult:
         """``to_dict().get(key, default)``, as on the dict ``explain`` once returned.
 
         Args:
-            key: a key of :meth:`to_dict`.
+            key: a key of [`to_dict`][causalmad.ExplainResult.to_dict].
             default: what to return if there is no such key.
 
         Returns:
@@ -122,7 +124,7 @@ class ExplainResult:
 
 
 def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
-    """Class decorator adding a detector to :data:`DETECTORS` under ``name``.
+    """Class decorator adding a detector to [`DETECTORS`][causalmad.DETECTORS] under ``name``.
 
     Args:
         name: the registry key (also the detector's ``name`` and its name in the CLI and
@@ -171,7 +173,7 @@ class Detector(ABC):
     """Base class: ``fit`` on trusted data, ``score`` untrusted data.
 
     Conventions every detector follows (they make persistence and
-    ``sklearn.base.clone`` generic, see :mod:`causalmad.persistence`): ``__init__``
+    ``sklearn.base.clone`` generic, see ``causalmad.persistence``): ``__init__``
     stores each argument under its own name and does nothing else; everything ``fit``
     learns lives in attributes ending in ``_`` and holds only numpy arrays, tensors,
     plain Python values and causalmad's own records (sites, readouts, explanations).
@@ -180,14 +182,15 @@ class Detector(ABC):
 
     Args:
         model: the network (TransformerLens bridge, Hugging Face model, ``nn.Module``) or
-            a :class:`~causalmad.models.ModelAdapter`.
+            a [`ModelAdapter`][causalmad.ModelAdapter].
         random_state: seed of every random choice.
 
     Attributes:
         heldout_scores_: scores of trusted inputs that ``fit`` held out of fitting; the
             thresholds come from them.
         threshold_: the score above which ``predict`` flags an input at
-            :data:`DEFAULT_FPR` (``threshold(DEFAULT_FPR)``), set by ``fit``.
+            [`DEFAULT_FPR`][causalmad.detectors.base.DEFAULT_FPR]
+            (``threshold(DEFAULT_FPR)``), set by ``fit``.
         input_shape_: the per-example shape of the trusted inputs.
         needs_untrusted: class attribute: ``fit`` also takes an unlabeled batch of
             untrusted inputs (``fit(trusted, untrusted=...)``), e.g. QUE's untrusted
@@ -273,13 +276,13 @@ class Detector(ABC):
         return np.asarray(self._score(x), dtype=np.float64)
 
     def score_details(self, inputs: torch.Tensor) -> ScoreDetails:
-        """The scores of :meth:`score` with the parts they were combined from.
+        """The scores of [`score`][causalmad.Detector.score] with the parts they were combined from.
 
         Args:
             inputs: ``[n, ...]`` inputs of the per-example shape the detector was fitted on.
 
         Returns:
-            A :class:`ScoreDetails`; ``parts`` is empty for a detector without parts.
+            A [`ScoreDetails`][causalmad.ScoreDetails]; ``parts`` is empty for a detector without parts.
 
         Raises:
             NotFittedError: if the detector is not fitted.
@@ -288,7 +291,7 @@ class Detector(ABC):
         return ScoreDetails(self.score(inputs))
 
     def decision_function(self, inputs: torch.Tensor) -> np.ndarray:
-        """scikit-learn's and PyOD's name for :meth:`score` (the same numbers).
+        """scikit-learn's and PyOD's name for [`score`][causalmad.Detector.score] (the same numbers).
 
         As in PyOD, and unlike scikit-learn's outlier detectors, **higher = more
         anomalous**.
@@ -324,7 +327,7 @@ class Detector(ABC):
         return float(np.quantile(np.asarray(self.heldout_scores_), 1 - fpr, method="higher"))
 
     def predict(self, inputs: torch.Tensor, fpr: float = DEFAULT_FPR) -> np.ndarray:
-        """Flag the inputs that score above :meth:`threshold` at ``fpr``.
+        """Flag the inputs that score above [`threshold`][causalmad.Detector.threshold] at ``fpr``.
 
         Args:
             inputs: ``[n, ...]`` inputs of the per-example shape the detector was fitted on.
@@ -349,7 +352,7 @@ class Detector(ABC):
             fpr: false-positive rate of the reported threshold.
 
         Returns:
-            An :class:`ExplainResult` with ``score``, ``threshold`` (at ``fpr``), ``fpr``
+            An [`ExplainResult`][causalmad.ExplainResult] with ``score``, ``threshold`` (at ``fpr``), ``fpr``
             and ``flagged``, plus what the detector can say about its parts (the
             scrubbing detector's broken explanations and variables, an activation
             detector's per-site scores); ``to_dict()`` makes it JSON-ready.
@@ -368,7 +371,7 @@ class Detector(ABC):
         return ExplainResult(score, threshold, fpr, bool(score > threshold), self._explain_parts(x, top))
 
     def _explain_parts(self, x: torch.Tensor, top: int) -> dict[str, Any]:
-        """Detector-specific parts of :meth:`explain` for one validated input."""
+        """Detector-specific parts of [`explain`][causalmad.Detector.explain] for one validated input."""
         return {}
 
     # scikit-learn's estimator API ---------------------------------------------------
@@ -493,12 +496,13 @@ class Detector(ABC):
     # persistence --------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the fitted detector to the folder ``path`` (``config.json``,
-        ``state.safetensors`` and their ``SHA256SUMS``; no pickle). Reload with :meth:`load`.
+        ``state.safetensors`` and their ``SHA256SUMS``; no pickle). Reload with
+        [`load`][causalmad.Detector.load].
 
         The save is atomic: written beside ``path``, then renamed into place.
         ``overwrite=True`` replaces only a causalmad detector folder,
         which stays in place until the new folder is complete; any other folder or file
-        raises :class:`~causalmad.errors.PersistenceError` and is left untouched.
+        raises [`PersistenceError`][causalmad.errors.PersistenceError] and is left untouched.
 
         Args:
             path: the folder to write.
@@ -520,18 +524,18 @@ class Detector(ABC):
     def load(
         cls, path: str | Path, model: Any, hypothesis: Any = None, trust_modified: bool = False
     ) -> Detector:
-        """Load a detector saved with :meth:`save`. ``model`` (and ``hypothesis``, if it
+        """Load a detector saved with [`save`][causalmad.Detector.save]. ``model`` (and ``hypothesis``, if it
         was fitted with one) must be the ones it was fitted with: their fingerprints are
-        checked, and a mismatch raises :class:`~causalmad.errors.PersistenceError`.
+        checked, and a mismatch raises [`PersistenceError`][causalmad.errors.PersistenceError].
 
         Loading runs no code named in the folder. Every file must match the folder's
         ``SHA256SUMS``; a folder changed since it was saved (or saved by a causalmad
         whose checksum did not cover ``config.json``) raises, unless
         ``trust_modified=True``, which loads it with a
-        :class:`~causalmad.errors.CausalMADWarning`.
+        [`CausalMADWarning`][causalmad.errors.CausalMADWarning].
 
         Args:
-            path: a folder written by :meth:`save`.
+            path: a folder written by [`save`][causalmad.Detector.save].
             model: the model the detector was fitted on.
             hypothesis: the hypothesis it was fitted with, if any.
             trust_modified: load a folder whose files fail their checksums (with a warning).
@@ -592,7 +596,7 @@ class Detector(ABC):
     _stored_arrays: ClassVar[dict[str, tuple[int, str | None]]] = {"heldout_scores_": (1, None)}
 
     def _check_state(self) -> None:
-        """Check the stored arrays of :attr:`_stored_arrays` before anything computes with
+        """Check the stored arrays of ``_stored_arrays`` before anything computes with
         them (a folder edited under ``trust_modified``): ``ValueError`` naming the array,
         which loading reports as a corrupted folder."""
         for name, (ndim, like) in self._stored_arrays.items():

@@ -8,17 +8,19 @@ new kind of model means adding one adapter module here.
 
 Four adapters ship:
 
-* :class:`TransformerLensAdapter` for TransformerLens ``TransformerBridge`` models
-  (including the offline ``TransformerBridge.boot_native`` ones); inputs are token ids
-  ``[batch, pos]``, hooks use TransformerLens names (``blocks.0.hook_resid_post``).
-* :class:`HuggingFaceAdapter` for Hugging Face ``transformers`` encoder classifiers of the
-  BERT family (``BertForSequenceClassification`` and kin, or a module of one's own around
-  a ``BertModel``: the encoder is found by its structure); inputs are padded token ids
-  ``[batch, pos]``, hooks are module paths (``bert.encoder.layer.3.output``).
-* :class:`HuggingFaceCausalLMAdapter` for Hugging Face decoder-only causal language
-  models (GPT-2, Llama, GPT-NeoX and kin); inputs are left-padded token ids ``[batch,
-  pos]``, hooks are module paths (``model.layers.1``).
-* :class:`ModuleAdapter` for any ``nn.Module`` taking one float tensor; hooks are module
+* [`TransformerLensAdapter`][causalmad.TransformerLensAdapter] for TransformerLens
+  ``TransformerBridge`` models (including the offline ``TransformerBridge.boot_native``
+  ones); inputs are token ids ``[batch, pos]``, hooks use TransformerLens names
+  (``blocks.0.hook_resid_post``).
+* [`HuggingFaceAdapter`][causalmad.HuggingFaceAdapter] for Hugging Face ``transformers``
+  encoder classifiers of the BERT family (``BertForSequenceClassification`` and kin, or a
+  module of one's own around a ``BertModel``: the encoder is found by its structure); inputs
+  are padded token ids ``[batch, pos]``, hooks are module paths
+  (``bert.encoder.layer.3.output``).
+* [`HuggingFaceCausalLMAdapter`][causalmad.HuggingFaceCausalLMAdapter] for Hugging Face
+  decoder-only causal language models (GPT-2, Llama, GPT-NeoX and kin); inputs are
+  left-padded token ids ``[batch, pos]``, hooks are module paths (``model.layers.1``).
+* [`ModuleAdapter`][causalmad.ModuleAdapter] for any ``nn.Module`` taking one float tensor; hooks are module
   paths (``net.1``).
 """
 
@@ -79,12 +81,14 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     """Wrap ``model`` in the right adapter, told apart by structure.
 
     A TransformerLens model (``cfg`` with ``n_ctx``, and ``hook_dict``) gets a
-    :class:`TransformerLensAdapter`; a ``transformers.PreTrainedModel`` a
-    :class:`HuggingFaceAdapter` if it holds a BERT-style encoder, else a
-    :class:`HuggingFaceCausalLMAdapter`; a module of one's own around a BERT-style
-    encoder whose ``forward`` takes ``input_ids`` and ``attention_mask`` a
-    :class:`HuggingFaceAdapter`; any other ``nn.Module`` a :class:`ModuleAdapter`. Pass an
-    adapter yourself to choose its options (``pad_token_id``, ``hooks``).
+    [`TransformerLensAdapter`][causalmad.TransformerLensAdapter]; a
+    ``transformers.PreTrainedModel`` a [`HuggingFaceAdapter`][causalmad.HuggingFaceAdapter]
+    if it holds a BERT-style encoder, else a
+    [`HuggingFaceCausalLMAdapter`][causalmad.HuggingFaceCausalLMAdapter]; a module of one's
+    own around a BERT-style encoder whose ``forward`` takes ``input_ids`` and
+    ``attention_mask`` a [`HuggingFaceAdapter`][causalmad.HuggingFaceAdapter]; any other
+    ``nn.Module`` a [`ModuleAdapter`][causalmad.ModuleAdapter]. Pass an adapter yourself to
+    choose its options (``pad_token_id``, ``hooks``).
 
     Args:
         model: the network, or an adapter (returned as it is).

@@ -1,5 +1,5 @@
-"""What every adapter provides (:class:`ModelAdapter`), the records adapters exchange with
-the engine (:class:`HookInfo`, :class:`CleanWindow`), and the input checks adapters share."""
+"""What every adapter provides ([`ModelAdapter`][causalmad.ModelAdapter]), the records adapters exchange with
+the engine (``HookInfo``, ``CleanWindow``), and the input checks adapters share."""
 
 from __future__ import annotations
 
@@ -35,17 +35,21 @@ class HookInfo:
 
 @dataclass
 class CleanWindow:
-    """The clean run of a windowed run's inputs (:meth:`ModelAdapter.run_window`), which
-    the run reuses at every position no patch reaches.
+    """The clean run of a windowed run's inputs
+    ([`ModelAdapter.run_window`][causalmad.ModelAdapter.run_window]), which the run reuses
+    at every position no patch reaches.
 
     Attributes:
         kv: for each block the run computes, the clean keys and values of every input at
-            every position, ``[inputs, heads, pos, d_head]`` each (:meth:`ModelAdapter.prefix_kv`).
-        resid: for each block the run computes, its clean input, then the last block's
-            clean output: ``[inputs, pos, d]`` each (the activations of
-            :meth:`ModelAdapter.window_inputs`, then of :meth:`ModelAdapter.final_hook`).
+            every position, ``[inputs, heads, pos, d_head]`` each
+            ([`ModelAdapter.prefix_kv`][causalmad.ModelAdapter.prefix_kv]).
+        resid: for each block the run computes, its clean input, then the last block's clean
+            output: ``[inputs, pos, d]`` each (the activations of
+            [`ModelAdapter.window_inputs`][causalmad.ModelAdapter.window_inputs], then of
+            [`ModelAdapter.final_hook`][causalmad.ModelAdapter.final_hook]).
         rows: ``[rows]`` the input each row of the run is (an index into ``kv`` and ``resid``).
-        touched: for each window point (:meth:`ModelAdapter.window_point`) the run
+        touched: for each window point
+            ([`ModelAdapter.window_point`][causalmad.ModelAdapter.window_point]) the run
             patches, the window positions its patches write (``None``: every position).
     """
 
@@ -58,11 +62,16 @@ class CleanWindow:
 class ModelAdapter(ABC):
     """Run a model, validate inputs, and resolve hook names for interventions.
 
-    A new kind of model implements the abstract methods (:meth:`forward`,
-    :meth:`check_inputs`, :meth:`hook_names`, :meth:`candidate_hooks`,
-    :meth:`final_hook`); the others have working defaults, and the resumed and windowed
-    runs (:meth:`resume_point`, :meth:`can_window`) are optional fast paths that default to
-    "not available".
+    A new kind of model implements the abstract methods
+    ([`forward`][causalmad.ModelAdapter.forward],
+    [`check_inputs`][causalmad.ModelAdapter.check_inputs],
+    [`hook_names`][causalmad.ModelAdapter.hook_names],
+    [`candidate_hooks`][causalmad.ModelAdapter.candidate_hooks],
+    [`final_hook`][causalmad.ModelAdapter.final_hook]); the others have working defaults,
+    and the resumed and windowed runs
+    ([`resume_point`][causalmad.ModelAdapter.resume_point],
+    [`can_window`][causalmad.ModelAdapter.can_window]) are optional fast paths that default
+    to "not available".
 
     Attributes:
         model: the wrapped network.
@@ -78,7 +87,8 @@ class ModelAdapter(ABC):
         """Run the model on a batch.
 
         Args:
-            inputs: a batch as :meth:`check_inputs` returns it, on the model's device.
+            inputs: a batch as [`check_inputs`][causalmad.ModelAdapter.check_inputs] returns
+                it, on the model's device.
 
         Returns:
             The output logits: ``[batch, pos, classes]``, or ``[batch, classes]`` for a
@@ -102,7 +112,7 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def hook_names(self) -> list[str]:
-        """Every name that :meth:`module` accepts.
+        """Every name that [`module`][causalmad.ModelAdapter.module] accepts.
 
         Returns:
             The hook and module names of the model.
@@ -113,7 +123,7 @@ class ModelAdapter(ABC):
         """The hooks alignment searches by default.
 
         Returns:
-            One :class:`HookInfo` per hook, in model order.
+            One ``HookInfo`` per hook, in model order.
         """
 
     @abstractmethod
@@ -139,7 +149,7 @@ class ModelAdapter(ABC):
         """The module whose output a site named ``name`` patches.
 
         Args:
-            name: a hook or module name, one of :meth:`hook_names`.
+            name: a hook or module name, one of [`hook_names`][causalmad.ModelAdapter.hook_names].
 
         Returns:
             The submodule of the model under that name.
@@ -188,8 +198,8 @@ class ModelAdapter(ABC):
 
     def resume_point(self, hooks: Sequence[str]) -> str | None:
         """A hook before every hook in ``hooks`` from whose output the model can run on
-        (:meth:`run_from`), or ``None`` to run from the start. Scrubbing caches that
-        output once per input and reruns only the rest of the network.
+        ([`run_from`][causalmad.ModelAdapter.run_from]), or ``None`` to run from the start.
+        Scrubbing caches that output once per input and reruns only the rest of the network.
 
         Args:
             hooks: the hooks a run patches.
@@ -200,27 +210,28 @@ class ModelAdapter(ABC):
         return None
 
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of the model run on from :meth:`resume_point` ``point``'s output.
+        """Logits of the model run on from
+        [`resume_point`][causalmad.ModelAdapter.resume_point] ``point``'s output.
 
         Args:
-            point: a hook that :meth:`resume_point` returned.
+            point: a hook that [`resume_point`][causalmad.ModelAdapter.resume_point] returned.
             act: ``point``'s output for each row, as a clean or patched run computed it.
             inputs: the rows' inputs, for adapters that need more than ``act``, such as
                 the attention mask of padded token ids.
 
         Returns:
-            The logits, as :meth:`forward` returns them.
+            The logits, as [`forward`][causalmad.ModelAdapter.forward] returns them.
 
         Raises:
             NotImplementedError: always, in the default (an adapter whose
-                :meth:`resume_point` returns a hook overrides this).
+                [`resume_point`][causalmad.ModelAdapter.resume_point] returns a hook overrides this).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot resume from {point!r}.")
 
     # ---- windowed runs (optional): a causal model recomputes only positions from the
     # earliest patch on (see TransformerLensAdapter.run_window); the defaults say "no".
     def can_window(self, hooks: Sequence[str]) -> bool:
-        """Whether :meth:`run_window` can patch every hook in ``hooks``.
+        """Whether [`run_window`][causalmad.ModelAdapter.run_window] can patch every hook in ``hooks``.
 
         Args:
             hooks: the hooks a run patches.
@@ -231,7 +242,7 @@ class ModelAdapter(ABC):
         return False
 
     def window_point(self, hook: str) -> str:
-        """The name :meth:`run_window` knows ``hook`` by.
+        """The name [`run_window`][causalmad.ModelAdapter.run_window] knows ``hook`` by.
 
         Args:
             hook: a hook name.
@@ -242,11 +253,11 @@ class ModelAdapter(ABC):
         return hook
 
     def window_inputs(self, point: str) -> list[str]:
-        """Hooks whose clean outputs :meth:`prefix_kv` turns into the keys and values a
-        windowed run from ``point`` needs.
+        """Hooks whose clean outputs [`prefix_kv`][causalmad.ModelAdapter.prefix_kv] turns
+        into the keys and values a windowed run from ``point`` needs.
 
         Args:
-            point: a hook that :meth:`resume_point` returned.
+            point: a hook that [`resume_point`][causalmad.ModelAdapter.resume_point] returned.
 
         Returns:
             The hook names, one per block the run computes.
@@ -260,7 +271,7 @@ class ModelAdapter(ABC):
         """Keys and values computed from the clean activation ``act`` at ``hook``.
 
         Args:
-            hook: one of :meth:`window_inputs`.
+            hook: one of [`window_inputs`][causalmad.ModelAdapter.window_inputs].
             act: the clean activation at ``hook``.
 
         Returns:
@@ -285,19 +296,21 @@ class ModelAdapter(ABC):
         only, reusing ``clean`` wherever no patch reaches.
 
         Args:
-            point: a hook that :meth:`resume_point` returned.
+            point: a hook that [`resume_point`][causalmad.ModelAdapter.resume_point] returned.
             start: the first position the run computes.
             act: ``point``'s activation at positions ``start`` onwards.
             prefix_kv: the clean keys and values before ``start``, one pair per hook of
-                :meth:`window_inputs`.
-            patches: canonical hook point (:meth:`window_point`) -> functions applied to
-                the window's activation there.
+                [`window_inputs`][causalmad.ModelAdapter.window_inputs].
+            patches: canonical hook point
+                ([`window_point`][causalmad.ModelAdapter.window_point]) -> functions applied
+                to the window's activation there.
             readout_start: the first position whose logits the caller reads.
             clean: the clean run of the rows' inputs, to reuse where no patch reaches.
 
         Returns:
-            The logits (see :meth:`TransformerLensAdapter.run_window` for the one
-            implementation).
+            The logits (see
+            [`TransformerLensAdapter.run_window`][causalmad.TransformerLensAdapter.run_window]
+            for the one implementation).
 
         Raises:
             NotImplementedError: always, in the default.
@@ -343,8 +356,8 @@ class ModelAdapter(ABC):
             batch_size: rows per forward pass.
 
         Returns:
-            The logits of every row, as :meth:`forward` returns them, in float32 on the CPU
-            (an empty 1-D tensor for no rows).
+            The logits of every row, as [`forward`][causalmad.ModelAdapter.forward] returns
+            them, in float32 on the CPU (an empty 1-D tensor for no rows).
         """
         outs = []
         with torch.no_grad():
@@ -399,7 +412,8 @@ def _check_token_ids(
     vocab: int | None,
     padding: str = "",
 ) -> torch.Tensor:
-    """``[batch, pos]`` int64 token ids, or :class:`InputError` saying what is wrong."""
+    """``[batch, pos]`` int64 token ids, or [`InputError`][causalmad.errors.InputError]
+    saying what is wrong."""
     x = _check_finite_tensor(inputs, what)
     if x.is_floating_point():
         if not torch.equal(x, x.round()):

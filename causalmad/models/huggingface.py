@@ -21,7 +21,7 @@ class HuggingFaceAdapter(ModelAdapter):
     positions are never attended to. The output is the model's ``.logits``
     (``[batch, classes]`` for a sequence classifier). Hooks are module paths; the
     candidate hooks alignment searches, per layer ``i`` of ``{base}.encoder.layer``
-    (``base`` = the encoder's module path, found by structure (:func:`find_encoder`):
+    (``base`` = the encoder's module path, found by structure (``find_encoder``):
     ``bert`` for BERT, ``""`` for a bare ``BertModel``, ``encoder`` in a classifier of
     one's own that keeps its ``BertModel`` there):
 
@@ -33,13 +33,14 @@ class HuggingFaceAdapter(ModelAdapter):
     * ``{base}.encoder.layer.{i}.output`` — the layer's output, the residual stream after
       layer ``i`` (``resid_post``; ``[batch, pos, d]``).
 
-    Every other named module is a valid site too (:meth:`hook_names`), among them
+    Every other named module is a valid site too
+    ([`hook_names`][causalmad.HuggingFaceAdapter.hook_names]), among them
     ``{base}.encoder.layer.{i}.attention.self``, whose ``[batch, pos, n_heads * d_head]``
     output packs the heads (``Site(..., head=h)`` works there). Heads are not searched by
-    default: with a position-less readout that is ``n_heads`` more sites per layer, and
-    the hypothesis-free family would grow by ``n_heads x pos`` explanations per layer.
+    default: with a position-less readout that is ``n_heads`` more sites per layer, and the
+    hypothesis-free family would grow by ``n_heads x pos`` explanations per layer.
 
-    Scrubbing resumes from a layer's output (:meth:`resume_point`) for
+    Scrubbing resumes from a layer's output ([`resume_point`][causalmad.HuggingFaceAdapter.resume_point]) for
     ``BertForSequenceClassification``-shaped models (pooler on the first token, dropout,
     linear classifier); for other heads it reruns the whole model.
 
@@ -48,7 +49,7 @@ class HuggingFaceAdapter(ModelAdapter):
             takes ``input_ids`` and ``attention_mask`` and returns logits, holding a
             BERT-style encoder: a module ``base`` with ``{base}.embeddings`` and an
             ``{base}.encoder.layer`` module list, found by that structure whatever
-            ``base`` is called (:func:`find_encoder`).
+            ``base`` is called (``find_encoder``).
         pad_token_id: the pad id of the inputs (default: the ``config.pad_token_id`` of
             the model, else of its encoder).
         encoder: the encoder's module path, where the model holds more than one.
@@ -119,7 +120,8 @@ class HuggingFaceAdapter(ModelAdapter):
         """Run the model on padded token ids, with the attention mask built from them.
 
         Args:
-            inputs: ``[batch, pos]`` token ids as :meth:`check_inputs` returns them, on
+            inputs: ``[batch, pos]`` token ids as
+                [`check_inputs`][causalmad.HuggingFaceAdapter.check_inputs] returns them, on
                 the model's device.
 
         Returns:
@@ -174,7 +176,7 @@ class HuggingFaceAdapter(ModelAdapter):
         Returns:
             The embeddings (``resid_pre``, layer 0), then per encoder layer ``i`` its
             ``attn_out``, ``mlp_out`` and ``resid_post`` modules (those the model has), as
-            :class:`~causalmad.models.HookInfo` with ``layer = i``.
+            ``HookInfo`` with ``layer = i``.
         """
         names = set(self._names)
         hooks = [HookInfo(self._path("embeddings"), 0, "resid_pre")]
@@ -238,7 +240,7 @@ class HuggingFaceAdapter(ModelAdapter):
         """Logits of the encoder layers after ``point``, the pooler and the classifier.
 
         Args:
-            point: a layer output that :meth:`resume_point` returned.
+            point: a layer output that [`resume_point`][causalmad.HuggingFaceAdapter.resume_point] returned.
             act: ``[batch, pos, d]``, that layer's output for each row.
             inputs: ``[batch, pos]`` the rows' token ids, for the attention mask.
 
@@ -469,8 +471,9 @@ class HuggingFaceCausalLMAdapter(ModelAdapter):
         position ids counting real tokens only, no key-value cache.
 
         Args:
-            inputs: ``[batch, pos]`` token ids as :meth:`check_inputs` returns them, on
-                the model's device.
+            inputs: ``[batch, pos]`` token ids as
+                [`check_inputs`][causalmad.HuggingFaceCausalLMAdapter.check_inputs] returns
+                them, on the model's device.
 
         Returns:
             ``[batch, pos, vocab]`` logits.
@@ -522,7 +525,7 @@ class HuggingFaceCausalLMAdapter(ModelAdapter):
         Returns:
             The input embeddings (``resid_pre``, layer 0), then per block ``i`` its
             attention (``attn_out``) and ``mlp`` (``mlp_out``) where it has them and the
-            block itself (``resid_post``), as :class:`~causalmad.models.HookInfo` with
+            block itself (``resid_post``), as ``HookInfo`` with
             ``layer = i``.
         """
         names = set(self._names)

@@ -15,17 +15,20 @@ class ModuleAdapter(ModelAdapter):
     """Adapter for a plain ``nn.Module`` mapping a float tensor to logits.
 
     Inputs are float tensors ``[batch, ...]``; the output is ``[batch, classes]`` logits.
-    Hooks are module paths (``net.1``), and activations are flattened to ``[batch, d]``.
-    An ``nn.Sequential`` resumes from a child's output (:meth:`resume_point`).
+    Hooks are module paths (``net.1``), and activations are flattened to ``[batch, d]``. An
+    ``nn.Sequential`` resumes from a child's output
+    ([`resume_point`][causalmad.ModuleAdapter.resume_point]).
 
     Args:
         model: the network.
         hooks: module paths alignment may search, in model order (default: every leaf
-            module). The final hook (:meth:`final_hook`) is the last but one of them, the
-            one feeding the last (the only one, if there is one).
+            module). The final hook ([`final_hook`][causalmad.ModuleAdapter.final_hook]) is
+            the last but one of them, the one feeding the last (the only one, if there is
+            one).
 
     Attributes:
-        input_shape: the per-example shape :meth:`check_inputs` requires, set by a
+        input_shape: the per-example shape
+            [`check_inputs`][causalmad.ModuleAdapter.check_inputs] requires, set by a
             detector's ``fit`` (``None``: any shape).
 
     Raises:
@@ -71,7 +74,8 @@ class ModuleAdapter(ModelAdapter):
         """Run the model on a batch.
 
         Args:
-            inputs: a float batch as :meth:`check_inputs` returns it, on the model's device.
+            inputs: a float batch as [`check_inputs`][causalmad.ModuleAdapter.check_inputs]
+                returns it, on the model's device.
 
         Returns:
             What the model returns: ``[batch, classes]`` logits.
@@ -113,7 +117,7 @@ class ModuleAdapter(ModelAdapter):
         """The hooks alignment searches by default.
 
         Returns:
-            One :class:`~causalmad.models.HookInfo` per hook of ``hooks``, its ``layer``
+            One ``HookInfo`` per hook of ``hooks``, its ``layer``
             its index there, component ``"module"``.
         """
         return [HookInfo(h, i, "module") for i, h in enumerate(self._hooks)]
@@ -149,7 +153,7 @@ class ModuleAdapter(ModelAdapter):
         """Logits of the ``nn.Sequential``'s children after ``point``, run on ``act``.
 
         Args:
-            point: a child that :meth:`resume_point` returned.
+            point: a child that [`resume_point`][causalmad.ModuleAdapter.resume_point] returned.
             act: that child's output for each row.
             inputs: unused (the children after ``point`` need nothing else).
 

@@ -1,6 +1,7 @@
 """The adapter for TransformerLens ``TransformerBridge`` models, with the engine's windowed
-run (:meth:`TransformerLensAdapter.run_window`) and the hook-free training forward
-(:meth:`TransformerLensAdapter.plain_logits`)."""
+run ([`TransformerLensAdapter.run_window`][causalmad.TransformerLensAdapter.run_window]) and
+the hook-free training forward
+([`TransformerLensAdapter.plain_logits`][causalmad.TransformerLensAdapter.plain_logits])."""
 
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ from causalmad.models.base import CleanWindow, HookInfo, ModelAdapter, _check_to
 class TransformerLensAdapter(ModelAdapter):
     """Adapter for a TransformerLens ``TransformerBridge`` (token ids in, logits out).
 
-    Inputs are token ids ``[batch, pos]``; the output is the logits ``[batch, pos,
-    d_vocab_out]``. Hooks use TransformerLens names (``blocks.0.hook_resid_post``,
-    ``blocks.0.attn.hook_z``) and module paths. Scrubbing resumes from a block's input
-    (:meth:`resume_point`), and on a TransformerLens-native model without hooks of one's
-    own it computes only the positions a patch can change (:meth:`run_window`).
+    Inputs are token ids ``[batch, pos]``; the output is the logits
+    ``[batch, pos, d_vocab_out]``. Hooks use TransformerLens names
+    (``blocks.0.hook_resid_post``, ``blocks.0.attn.hook_z``) and module paths. Scrubbing
+    resumes from a block's input
+    ([`resume_point`][causalmad.TransformerLensAdapter.resume_point]), and on a
+    TransformerLens-native model without hooks of one's own it computes only the positions a
+    patch can change ([`run_window`][causalmad.TransformerLensAdapter.run_window]).
 
     Args:
         model: a ``TransformerBridge`` (anything with TransformerLens's ``cfg`` and
-            ``hook_dict``, as :func:`~causalmad.models.adapt` tells them apart).
+            ``hook_dict``, as [`adapt`][causalmad.adapt] tells them apart).
 
     Example:
         >>> from transformer_lens.config import TransformerBridgeConfig
@@ -54,8 +57,9 @@ class TransformerLensAdapter(ModelAdapter):
         """Run the bridge on a batch of token ids (its hook points fire).
 
         Args:
-            inputs: ``[batch, pos]`` token ids as :meth:`check_inputs` returns them, on
-                the model's device.
+            inputs: ``[batch, pos]`` token ids as
+                [`check_inputs`][causalmad.TransformerLensAdapter.check_inputs] returns
+                them, on the model's device.
 
         Returns:
             ``[batch, pos, d_vocab_out]`` logits.
@@ -92,7 +96,8 @@ class TransformerLensAdapter(ModelAdapter):
         """The module whose output a site named ``name`` patches.
 
         Args:
-            name: a hook point name or module path, one of :meth:`hook_names`.
+            name: a hook point name or module path, one of
+                [`hook_names`][causalmad.TransformerLensAdapter.hook_names].
 
         Returns:
             The submodule of the bridge under that name.
@@ -119,7 +124,7 @@ class TransformerLensAdapter(ModelAdapter):
             Per block ``l``: ``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_z``
             (with ``n_heads`` and ``d_head``), ``blocks.{l}.hook_attn_out`` and, unless
             the model is attention-only, ``blocks.{l}.hook_mlp_out``; then
-            :meth:`final_hook`. As :class:`~causalmad.models.HookInfo`, in model order.
+            [`final_hook`][causalmad.TransformerLensAdapter.final_hook]. As ``HookInfo``, in model order.
         """
         c = self.cfg
         hooks: list[HookInfo] = []
@@ -168,14 +173,16 @@ class TransformerLensAdapter(ModelAdapter):
         return f"blocks.{first}.hook_resid_pre" if first < n else f"blocks.{n - 1}.hook_resid_post"
 
     def _point_layer(self, point: str) -> int:
-        """The first block a run resumed from :meth:`resume_point` ``point`` computes."""
+        """The first block a run resumed from
+        [`resume_point`][causalmad.TransformerLensAdapter.resume_point] ``point``
+        computes."""
         return int(point.split(".")[1]) + point.endswith("hook_resid_post")
 
     def run_from(self, point: str, act: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the blocks after ``point``, the final norm and the unembedding.
 
         Args:
-            point: a hook that :meth:`resume_point` returned.
+            point: a hook that [`resume_point`][causalmad.TransformerLensAdapter.resume_point] returned.
             act: ``[batch, pos, d_model]``, ``point``'s output for each row; a patch on the
                 previous block's output applies to it here.
             inputs: unused (the blocks need nothing else).
@@ -211,7 +218,8 @@ class TransformerLensAdapter(ModelAdapter):
     WINDOW_POINTS = ("hook_in", "attn.o.hook_in", "attn.hook_out", "mlp.hook_out", "hook_out")
 
     def can_window(self, hooks: Sequence[str]) -> bool:
-        """Whether :meth:`run_window` can patch every hook in ``hooks``.
+        """Whether [`run_window`][causalmad.TransformerLensAdapter.run_window] can patch
+        every hook in ``hooks``.
 
         Args:
             hooks: the hooks a run patches.
@@ -219,7 +227,7 @@ class TransformerLensAdapter(ModelAdapter):
         Returns:
             ``True`` if the model is TransformerLens-native (causal attention, learned
             absolute positions, no soft caps), no one has installed a hook on its hook
-            points, and every hook is one of :attr:`WINDOW_POINTS` of a block.
+            points, and every hook is one of ``WINDOW_POINTS`` of a block.
         """
         if not self._native_blocks() or any(
             m._forward_hooks or m._forward_pre_hooks
@@ -252,11 +260,12 @@ class TransformerLensAdapter(ModelAdapter):
         return str(getattr(point, "name", None) or hook)
 
     def window_inputs(self, point: str) -> list[str]:
-        """Hooks whose clean outputs :meth:`prefix_kv` turns into the keys and values a
-        windowed run from ``point`` needs.
+        """Hooks whose clean outputs
+        [`prefix_kv`][causalmad.TransformerLensAdapter.prefix_kv] turns into the keys and
+        values a windowed run from ``point`` needs.
 
         Args:
-            point: a hook that :meth:`resume_point` returned.
+            point: a hook that [`resume_point`][causalmad.TransformerLensAdapter.resume_point] returned.
 
         Returns:
             ``blocks.{i}.hook_resid_pre`` of every block the run computes, in order.
@@ -289,12 +298,12 @@ class TransformerLensAdapter(ModelAdapter):
         return self.__dict__["_natives"]
 
     def plain_logits(self, inputs: torch.Tensor, readout_start: int = 0) -> torch.Tensor:
-        """Logits of a TransformerLens-native model at positions ``readout_start``
-        onwards, computed without the bridge's hook points (the windowed run of
-        :meth:`run_window` from position 0: LayerNorm fused, the last block's queries and
-        MLP at the positions read only). The same function as the model up to float
-        rounding (``tests/test_engine.py``), about 1.4x cheaper to train through on a small
-        model.
+        """Logits of a TransformerLens-native model at positions ``readout_start`` onwards,
+        computed without the bridge's hook points (the windowed run of
+        [`run_window`][causalmad.TransformerLensAdapter.run_window] from position 0:
+        LayerNorm fused, the last block's queries and MLP at the positions read only). The
+        same function as the model up to float rounding (``tests/test_engine.py``), about
+        1.4x cheaper to train through on a small model.
 
         Args:
             inputs: ``[n, pos]`` token ids on the model's device.
@@ -306,13 +315,13 @@ class TransformerLensAdapter(ModelAdapter):
 
         Raises:
             InputError: if the windowed run does not reproduce the model (see
-                :meth:`can_window`).
+                [`can_window`][causalmad.TransformerLensAdapter.can_window]).
         """
         self.check_plain_logits()
         return self.unchecked_plain_logits(inputs, readout_start)
 
     def check_plain_logits(self) -> None:
-        """Check that :meth:`plain_logits` reproduces the model.
+        """Check that [`plain_logits`][causalmad.TransformerLensAdapter.plain_logits] reproduces the model.
 
         Raises:
             InputError: if the model is not TransformerLens-native or has hooks of one's
@@ -325,9 +334,10 @@ class TransformerLensAdapter(ModelAdapter):
             )
 
     def unchecked_plain_logits(self, inputs: torch.Tensor, readout_start: int = 0) -> torch.Tensor:
-        """:meth:`plain_logits` without its check of the model (about 0.3 ms on a small
-        bridge): for a training loop that checked once before its first step. Call it only
-        on a model that :meth:`check_plain_logits` accepts.
+        """[`plain_logits`][causalmad.TransformerLensAdapter.plain_logits] without its check
+        of the model (about 0.3 ms on a small bridge): for a training loop that checked once
+        before its first step. Call it only on a model that
+        [`check_plain_logits`][causalmad.TransformerLensAdapter.check_plain_logits] accepts.
 
         Args:
             inputs: ``[n, pos]`` token ids on the model's device.
@@ -350,7 +360,8 @@ class TransformerLensAdapter(ModelAdapter):
     def run_readouts(
         self, inputs: torch.Tensor, readouts: Sequence[Readout], batch_size: int = 1024
     ) -> list[torch.Tensor]:
-        """:meth:`ModelAdapter.run_readouts` through :meth:`plain_logits` from the first
+        """[`ModelAdapter.run_readouts`][causalmad.ModelAdapter.run_readouts] through
+        [`plain_logits`][causalmad.TransformerLensAdapter.plain_logits] from the first
         position read (the last block's queries and MLP at the positions read only), about
         1.6x the bridge's forward on the task models; the bridge's forward where the
         windowed run does not reproduce the model or a readout has no position (or one the
@@ -386,7 +397,8 @@ class TransformerLensAdapter(ModelAdapter):
         """Keys and values of the block whose clean input is ``act``.
 
         Args:
-            hook: ``blocks.{i}.hook_resid_pre``, one of :meth:`window_inputs`.
+            hook: ``blocks.{i}.hook_resid_pre``, one of
+                [`window_inputs`][causalmad.TransformerLensAdapter.window_inputs].
             act: ``[n, pos, d_model]``, the clean activation at ``hook``.
 
         Returns:
@@ -411,8 +423,9 @@ class TransformerLensAdapter(ModelAdapter):
         readout_start: int | None = None,
         clean: CleanWindow | None = None,
     ) -> torch.Tensor:
-        """Logits of the model run on from :meth:`resume_point` ``point`` for positions
-        ``start`` onwards only.
+        """Logits of the model run on from
+        [`resume_point`][causalmad.TransformerLensAdapter.resume_point] ``point`` for
+        positions ``start`` onwards only.
 
         With causal attention an activation at position ``p`` depends on positions
         ``<= p`` only, so when every patch lies at or after ``start``, positions before it
@@ -424,21 +437,23 @@ class TransformerLensAdapter(ModelAdapter):
         differs. A patch on block 0's attention at position 2 thus runs block 0 at
         position 2 alone. Without ``clean`` every window position counts as changed.
 
-        Equal to :meth:`run_from` at the positions read, up to float rounding
-        (``tests/test_engine.py``). Call it only on a model that :meth:`can_window`
-        accepts.
+        Equal to [`run_from`][causalmad.TransformerLensAdapter.run_from] at the positions
+        read, up to float rounding (``tests/test_engine.py``). Call it only on a model that
+        [`can_window`][causalmad.TransformerLensAdapter.can_window] accepts.
 
         Args:
-            point: a hook that :meth:`resume_point` returned.
+            point: a hook that [`resume_point`][causalmad.TransformerLensAdapter.resume_point] returned.
             start: the first position the run computes; every patch lies at or after it.
             act: ``[rows, w, d_model]``, ``point``'s activation at positions ``start``
                 onwards.
             prefix_kv: the clean keys and values before ``start``, one pair per hook of
-                :meth:`window_inputs`, ``[rows, heads, start, d_head]`` each (unused with
-                ``clean``).
-            patches: canonical hook point (:meth:`window_point`) -> functions applied in
-                order to the window's ``[rows, w, d]`` activation there, in window
-                coordinates (positions the run does not compute are zeros there).
+                [`window_inputs`][causalmad.TransformerLensAdapter.window_inputs],
+                ``[rows, heads, start, d_head]`` each (unused with ``clean``).
+            patches: canonical hook point
+                ([`window_point`][causalmad.TransformerLensAdapter.window_point]) ->
+                functions applied in order to the window's ``[rows, w, d]`` activation
+                there, in window coordinates (positions the run does not compute are zeros
+                there).
             readout_start: the caller reads logits at that position and after only, so the
                 last block computes its queries, MLP and output there alone (its keys and
                 values still cover the window); ``None``: every window position.
