@@ -9,7 +9,7 @@ divergence on an input becomes a p-value against the same explanation's divergen
 held-out trusted inputs:
 
 * the empirical tail, ``(1 + #{trusted >= d}) / (m + 1)``, and beyond the top
-  :data:`TAIL` share of trusted values an exponential tail fitted to their excesses (the
+  ``TAIL`` share of trusted values an exponential tail fitted to their excesses (the
   peaks-over-threshold model with shape 0), so that values past every trusted one keep
   their order instead of tying at ``1 / (m + 1)``;
 * two-sided: an input whose scrub moves the output far *less* than trusted inputs ever do
@@ -36,7 +36,7 @@ TAIL = 0.1  # share of the largest (smallest) trusted values the exponential tai
 
 def sorted_columns(trusted: np.ndarray) -> np.ndarray:
     """``[m, E]`` trusted divergences sorted within each column, NaN last (what
-    :func:`p_values` reads; the state a detector stores)."""
+    ``p_values`` reads; the state a detector stores)."""
     return np.sort(np.asarray(trusted, dtype=np.float64), axis=0)
 
 
@@ -60,7 +60,7 @@ def log_p_values(
 ) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
     under each column's trusted distribution (``trusted_sorted`` from
-    :func:`sorted_columns`); logs, because past every trusted value the tail probability
+    ``sorted_columns``); logs, because past every trusted value the tail probability
     falls exponentially and would underflow.
 
     ``floor`` is the resolution of a divergence (in its units): divergences are compared

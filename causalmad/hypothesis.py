@@ -397,7 +397,7 @@ class Hypothesis:
         self._require(name)
         return list(self._graph.nodes[name].get("parents") or [])
 
-    def readout(self, output: str) -> Readout:
+    def readout(self, output: str) -> Readout | None:
         """The readout of an output variable.
 
         Args:

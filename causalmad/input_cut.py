@@ -5,7 +5,7 @@ The earliest place to test a hypothesis is the input. Its input variables say wh
 live in the input (``Hypothesis.add_input(..., at=...)``: token positions, or an index
 into a tensor example), or the hypothesis declares the input's parts
 (``Hypothesis.set_input_parts``); for token inputs that say nothing, every position is a
-part, and an image is cut into a grid of blocks (:func:`part_masks`). A *subset* of parts
+part, and an image is cut into a grid of blocks (``part_masks``). A *subset* of parts
 is tested in two directions (Chan et al., "Causal Scrubbing", 2022: resampling part of the
 input with every downstream hypothesis value fixed is the sharpest test of a hypothesis):
 
@@ -25,7 +25,7 @@ input with every downstream hypothesis value fixed is the sharpest test of a hyp
   (input-level versions of this are how STRIP and SentiNet catch backdoored images).
 
 Subsets: every singleton, every complement of one part, every pair, then seeded random
-larger subsets, up to a budget (:func:`subsets`). Every source or base is drawn from the
+larger subsets, up to a budget (``subsets``). Every source or base is drawn from the
 pool with a seed that depends only on the input's bytes, so a score does not depend on the
 batch it is computed in.
 """
@@ -69,11 +69,12 @@ def part_masks(hypothesis: Hypothesis | None, example: torch.Tensor) -> tuple[li
     """The input's parts: names and ``[P, *example.shape]`` boolean masks, from the first
     of these that applies:
 
-    1. the parts the hypothesis declares (:meth:`Hypothesis.set_input_parts`);
-    2. its input variables, when every one says where it lives (``at``), plus a part
+    1. the parts the hypothesis declares
+    ([`Hypothesis.set_input_parts`][causalmad.Hypothesis.set_input_parts]); 2. its input
+    variables, when every one says where it lives (``at``), plus a part
        ``"rest"`` for what none of them reads;
     3. token ids (a 1-D integer example): one part per position;
-    4. a float example of two or more axes (an image): a :data:`GRID` x :data:`GRID`
+    4. a float example of two or more axes (an image): a ``GRID`` x ``GRID``
        grid of blocks over its last two axes (all leading axes, such as channels, in
        every block);
 
@@ -181,14 +182,14 @@ def scrub_input_cut(
     Args:
         masks: ``[S, *example shape]`` the parts each scrub takes from the other input.
         directions: ``"base"`` or ``"dual"`` per scrub (see the module docstring).
-        values: each input's hypothesis values; ``keys``: :func:`causalmad.scrubbing.row_keys`.
+        values: each input's hypothesis values; ``keys``: ``causalmad.scrubbing.row_keys``.
         pool_inputs, pool_keys: the trusted inputs sources and bases are drawn from.
         resamples: ``K``, sources (base) or bases (dual) per input and scrub.
         candidates: a base scrub tries ``candidates * K`` sources for ``K`` that keep
             every hypothesis value of the input.
         dual_resamples: bases per input and dual scrub (default ``resamples``).
         statistic: how an input's hybrids' divergences are reduced to one
-            (:func:`causalmad.scrubbing.reduce_resamples`; default the mean).
+            (``causalmad.scrubbing.reduce_resamples``; default the mean).
 
     Returns:
         ``[n, S]`` divergences (NaN where a base scrub found no source keeping the values)
@@ -354,7 +355,7 @@ def build(
     directions_wanted: Sequence[str] = DIRECTIONS,
 ) -> dict[str, Any]:
     """The input-cut scrubs to search: ``{"names", "masks", "directions"}`` (each of
-    ``directions_wanted`` for each subset of :func:`subsets`; empty when the input has no
+    ``directions_wanted`` for each subset of ``subsets``; empty when the input has no
     parts)."""
     part_names, parts = part_masks(hypothesis, example)
     chosen = subsets(len(part_names), budget, seed)

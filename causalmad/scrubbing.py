@@ -9,7 +9,7 @@ its output on ``x``. The divergence is the KL divergence ``KL(f(x) || f_scrubbed
 the readout, summed over readouts and averaged over ``K`` resampled sources.
 
 Sources come from a pool of trusted inputs whose activations are gathered once
-(:class:`SourcePool`); an input is never its own source: pooled rows identical to it are
+(``SourcePool``); an input is never its own source: pooled rows identical to it are
 excluded unless they are the only trusted inputs that agree with it. When no pooled input
 shares ``x``'s values, two cases differ. If some variable's value on ``x`` never occurs in
 trusted data, that novelty is itself a signal: the site is scrubbed from a random trusted
@@ -162,7 +162,7 @@ class SourcePool:
         return self._ids[place]
 
     def state(self) -> dict[str, object]:
-        """The pool as plain values and tensors, for saving (see :mod:`causalmad.persistence`)."""
+        """The pool as plain values and tensors, for saving (see ``causalmad.persistence``)."""
         return {
             "inputs": self.inputs,
             "values": self.values,
@@ -173,7 +173,7 @@ class SourcePool:
     def from_state(
         cls, adapter: ModelAdapter, state: dict[str, object], seen: dict[str, set[Hashable]] | None = None
     ) -> SourcePool:
-        """A pool rebuilt from :meth:`state` without running the model."""
+        """A pool rebuilt from ``state`` without running the model."""
         pool = cls(adapter, state["inputs"], state["values"], seen)  # type: ignore[arg-type]
         for hook, pos, a in state["acts"]:  # type: ignore[attr-defined]
             pool._acts[(hook, pos)] = a
@@ -197,7 +197,7 @@ class SourcePool:
         differ: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[n, k]`` source indices agreeing with each input on ``match``, drawn with
-        replacement by :func:`draws` from the input's ``keys`` and ``salt``; an ``[n]``
+        replacement by ``draws`` from the input's ``keys`` and ``salt``; an ``[n]``
         mask of inputs no pooled source agreed with (scrubbed from random sources); and an
         ``[n]`` mask of those whose values all occur in trusted data (a coverage gap).
         ``differ``: sources whose values on ``match`` *differ* from the input's instead."""
@@ -260,7 +260,7 @@ def explanation_sources(
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """``[n, k]`` source indices per rule of ``explanation``, the ``[n]`` mask of inputs
     some rule found no agreeing source for, and the ``[n]`` coverage-gap mask (see
-    :meth:`SourcePool.sample`). An interchange explanation draws one source per row,
+    ``SourcePool.sample``). An interchange explanation draws one source per row,
     differing on its target, shared by all its rules."""
     n = len(values)
     unmatched, gap = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
@@ -316,7 +316,7 @@ def counterfactual_classes(
 
 def counterfactual_nll(scrubbed: Sequence[torch.Tensor], classes: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``sum_r -log q_r[class_r]`` per row (``classes``: ``[rows, outputs]``) over the
-    outputs whose class is not :data:`UNSCORED`."""
+    outputs whose class is not ``UNSCORED``."""
     total = torch.zeros(len(scrubbed[0]), device=scrubbed[0].device)
     for r, q in enumerate(scrubbed):
         cls = torch.as_tensor(classes[:, r], device=q.device)
@@ -364,12 +364,12 @@ def scrub(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergence of each input under one explanation, every row through the whole model.
 
-    The straightforward implementation: :func:`scrub_many` (what detectors use) must
+    The straightforward implementation: ``scrub_many`` (what detectors use) must
     agree with it, and ``tests/test_engine.py`` checks that it does.
 
     Returns:
         ``[n]`` divergences (the ``statistic`` over ``resamples`` sources,
-        :func:`reduce_resamples`; NaN where a rule found no agreeing source although every
+        ``reduce_resamples``; NaN where a rule found no agreeing source although every
         value occurs in trusted data) and an ``[n]`` mask of inputs on which some rule
         found no agreeing trusted source.
     """
@@ -403,7 +403,7 @@ def scrub(
 
 
 #: how a cell's divergences under its resampled sources are reduced to one
-#: (:func:`reduce_resamples`)
+#: (``reduce_resamples``)
 STATISTICS = ("median", "mean")
 
 
@@ -486,32 +486,33 @@ def scrub_many(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divergence of every input under every explanation, in large batched passes.
 
-    The same numbers as calling :func:`scrub` once per explanation (the same sources, the
+    The same numbers as calling ``scrub`` once per explanation (the same sources, the
     same divergences up to float rounding; ``tests/test_engine.py``), computed faster:
 
-    * explanations are grouped by the point the model can resume from before all their
-      sites (:meth:`ModelAdapter.resume_point`); that point's activation is computed once
-      per input, and each scrubbed variant runs only the rest of the network;
-    * on a causal model (:meth:`ModelAdapter.run_window`) a row computes only the
-      positions its patches can have changed, the clean pass giving the rest
-      (:class:`~causalmad.models.CleanWindow`); explanations that patch the same places
-      share passes, and small groups of one resume point are packed into full passes;
+    * explanations are grouped by the point the model can resume from before all their sites
+      ([`ModelAdapter.resume_point`][causalmad.ModelAdapter.resume_point]); that point's
+      activation is computed once per input, and each scrubbed variant runs only the rest of
+      the network;
+    * on a causal model ([`ModelAdapter.run_window`][causalmad.ModelAdapter.run_window]) a
+      row computes only the positions its patches can have changed, the clean pass giving
+      the rest (``CleanWindow``); explanations that patch the same places share passes, and
+      small groups of one resume point are packed into full passes;
     * the ``n × k`` rows of many explanations share one forward pass: each hook patches
       each explanation's contiguous block of rows with its own sources and subspace;
     * rows of one explanation with the same input and byte-identical source activations
       run once and count for all of them (rows compared by input and the pool's
-      activation ids, :meth:`SourcePool.ids`);
+      activation ids, ``SourcePool.ids``);
     * trusted source activations come from the pool, gathered once at fit time (on a
       GPU they are copied to it once per call, outside ``memory_mb``'s plan);
     * inputs are processed in chunks, and rows per pass are capped, so that a chunk's
       cached activations and source indices plus one pass stay under ``memory_mb``
       whatever ``n``, ``E`` and ``k`` are;
-    * ``clean_logprobs=None``: the unscrubbed readouts (:func:`clean_log_probs`) come from
+    * ``clean_logprobs=None``: the unscrubbed readouts (``clean_log_probs``) come from
       the same clean pass that caches the resume activations, not from a pass of their own.
 
     Returns:
         ``[n, E]`` divergences (the ``statistic`` of the ``resamples`` rows' divergences,
-        :func:`reduce_resamples`, one for all explanations or one per explanation; NaN
+        ``reduce_resamples``, one for all explanations or one per explanation; NaN
         where a rule found no agreeing source although every value occurs in trusted data)
         and the ``[n, E]`` mask of inputs on which some rule found no agreeing trusted
         source.
@@ -722,10 +723,10 @@ def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
 class Interchanges:
     """Interchange interventions of one batch of ``base`` inputs with one batch of
     ``source`` inputs (row i from row i) at many sites, through the engine's windowed run
-    (:meth:`ModelAdapter.run_window`): what alignment measures IIA with. The base's clean
-    run and the sources' activations are captured once per hook and reused for every
-    site. The same interchange as :func:`~causalmad.interventions.interchange_pyvene` up
-    to float rounding (``tests/test_engine.py``), several times cheaper per site."""
+    ([`ModelAdapter.run_window`][causalmad.ModelAdapter.run_window]): what alignment
+    measures IIA with. The base's clean run and the sources' activations are captured once
+    per hook and reused for every site. The same interchange as ``interchange_pyvene`` up to
+    float rounding (``tests/test_engine.py``), several times cheaper per site."""
 
     def __init__(
         self,
@@ -813,7 +814,7 @@ def _capture_raw(
 ) -> list[torch.Tensor]:
     """Outputs of ``hooks`` exactly as the model produced them (shape, dtype, device),
     followed by the unscrubbed log-probabilities of each of ``readouts`` from the same
-    passes (as :func:`clean_log_probs` computes them, on the model's device)."""
+    passes (as ``clean_log_probs`` computes them, on the model's device)."""
     from causalmad.interventions import _as_tensor, _hooks
 
     out: list[list[torch.Tensor]] = [[] for _ in range(len(hooks) + len(readouts))]
@@ -867,10 +868,11 @@ def _merge_small_windows(
 def _window_start(
     adapter: ModelAdapter, sites: Sequence[Site], readouts: Sequence[Readout], seq: int
 ) -> int | None:
-    """The first position rows patching ``sites`` must recompute when the adapter can run
-    a window (:meth:`ModelAdapter.run_window`): the earliest patched position (or the
-    earliest readout, if before); 0 when a site has no fixed positions. ``None``: the
-    adapter cannot (the rows run whole, :meth:`ModelAdapter.run_from`)."""
+    """The first position rows patching ``sites`` must recompute when the adapter can run a
+    window ([`ModelAdapter.run_window`][causalmad.ModelAdapter.run_window]): the earliest
+    patched position (or the earliest readout, if before); 0 when a site has no fixed
+    positions. ``None``: the adapter cannot (the rows run whole,
+    [`ModelAdapter.run_from`][causalmad.ModelAdapter.run_from])."""
     if (
         not adapter.can_window([s.hook for s in sites])
         or not readouts
@@ -898,9 +900,9 @@ def _run_segments(
     readout_start: int | None = None,
 ) -> torch.Tensor:
     """One forward pass in which each hook patches each segment of rows its own way
-    (``start`` set: positions ``start`` onwards only, positions in ``by_hook`` counted
-    from ``start``; see :meth:`ModelAdapter.run_window`). ``rows``: the input each row
-    is (an index into ``cache``), on the model's device."""
+    (``start`` set: positions ``start`` onwards only, positions in ``by_hook`` counted from
+    ``start``; see [`ModelAdapter.run_window`][causalmad.ModelAdapter.run_window]).
+    ``rows``: the input each row is (an index into ``cache``), on the model's device."""
     from causalmad.interventions import _apply, _as_tensor, _flat, _hooks, _replace
 
     # every patch's positions reach the model's device in one copy; which window positions

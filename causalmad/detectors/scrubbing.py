@@ -2,13 +2,13 @@
 
 ``fit`` splits the trusted inputs into four disjoint parts — a source pool (activations
 to patch in), an alignment split, a calibration split and a threshold split — aligns the
-hypothesis' inner variables (:mod:`causalmad.alignment`), builds the explanation family
-(:mod:`causalmad.explanations`), keeps the explanations whose mean divergence on the
+hypothesis' inner variables (``causalmad.alignment``), builds the explanation family
+(``causalmad.explanations``), keeps the explanations whose mean divergence on the
 calibration split stays within ``tolerance`` and stores each valid one's trusted
 divergence distribution. ``score`` scrubs each input under every valid explanation and
-every valid input-cut scrub (:mod:`causalmad.input_cut`: hybrids of the input and trusted
+every valid input-cut scrub (``causalmad.input_cut``: hybrids of the input and trusted
 inputs, in both directions) and combines their two-sided tail probabilities under the
-trusted divergences (:mod:`causalmad.calibration`; ``aggregation="max-z"``: the largest
+trusted divergences (``causalmad.calibration``; ``aggregation="max-z"``: the largest
 standardised divergence instead): an input is anomalous
 if *some* explanation that holds on trusted data breaks on it (Christiano et al.,
 "Formalizing the presumption of independence" / ARC's MAD agenda; causal scrubbing, Chan
@@ -83,8 +83,8 @@ def nan_max(z: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ScrubbingExplainResult(ExplainResult):
-    """What :meth:`ScrubbingDetector.explain` returns: the common fields of
-    :class:`~causalmad.detectors.base.ExplainResult` (``details`` stays empty) and which
+    """What [`ScrubbingDetector.explain`][causalmad.ScrubbingDetector.explain] returns: the common fields of
+    [`ExplainResult`][causalmad.ExplainResult] (``details`` stays empty) and which
     explanations broke on the input.
 
     Attributes:
@@ -144,7 +144,7 @@ class ScrubbingDetector(Detector):
         hypothesis_statistic: how an input's divergences under the sources of an
             explanation built from the hypothesis (families ``hypothesis``,
             ``hypothesis-subset``, ``hypothesis-interchange``) become one: ``"median"``
-            (default) or ``"mean"`` (:func:`causalmad.scrubbing.reduce_resamples`). Such an
+            (default) or ``"mean"`` (``causalmad.scrubbing.reduce_resamples``). Such an
             explanation claims the output follows the hypothesis under *every* source that
             agrees (or, for an interchange, differs) on its variables; a few sources break
             any input's output, trusted or not, by orders of magnitude more than the rest
@@ -196,13 +196,13 @@ class ScrubbingDetector(Detector):
         aggregation: how the divergences become one score: ``"calibrated"`` (default):
             two-sided tail probabilities under each explanation's trusted divergences,
             combined by Simes' test within and across families
-            (:mod:`causalmad.calibration`), score ``-log p``; ``"max-z"``: the largest
+            (``causalmad.calibration``), score ``-log p``; ``"max-z"``: the largest
             standardised divergence (many noisy columns bury the few that carry signal).
-        input_cut: directions of the input-cut scrubs (:mod:`causalmad.input_cut`):
+        input_cut: directions of the input-cut scrubs (``causalmad.input_cut``):
             ``"base"`` (trusted parts into ``x``, every hypothesis value kept) and
             ``"dual"`` (``x``'s parts into trusted inputs, scored against the hypothesis'
             prediction for the hybrid); default both; ``()`` for none. Without a
-            hypothesis, or without parts (:func:`causalmad.input_cut.part_masks`), none.
+            hypothesis, or without parts (``causalmad.input_cut.part_masks``), none.
         input_cut_budget: at most this many subsets of input parts, each tested in every
             direction of ``input_cut``.
         batch_size: most rows per scrubbed forward pass (fewer if ``memory_mb`` says so).
@@ -567,7 +567,7 @@ class ScrubbingDetector(Detector):
 
     def _readouts(self, seq_len: int) -> list[Readout]:
         if self.hypothesis is not None:
-            rs = [self.hypothesis.readout(o) for o in self.hypothesis.outputs]
+            rs = list(self.hypothesis.readouts.values())
         else:
             rs = self.readouts or [Readout(position=-1 if self.adapter_.has_positions else None)]
         for r in rs:
@@ -619,7 +619,7 @@ class ScrubbingDetector(Detector):
     def _counterfactual(self, values: dict[str, Hashable], variable: str, value: Hashable) -> list[int]:
         """The classes the hypothesis predicts with ``variable`` set to ``value``, for the
         outputs downstream of it (``interchange_outputs="downstream"``);
-        :data:`~causalmad.scrubbing.UNSCORED` for the others. An
+        ``UNSCORED`` for the others. An
         interchange claims how the outputs that depend on its variable change; scoring
         the outputs that cannot change too adds their noise to every row, which buries a
         small but systematic departure (on the addition backdoor's hard split, the final
@@ -702,9 +702,10 @@ class ScrubbingDetector(Detector):
         )
 
     def combine(self, divergences: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-        """``[n]`` scores from ``[n, C]`` divergences (:meth:`divergences`), combined as
-        ``score`` combines them, over the ``columns`` mask only (default: all): what the
-        detector would score with only those explanations and scrubs."""
+        """``[n]`` scores from ``[n, C]`` divergences
+        ([`divergences`][causalmad.ScrubbingDetector.divergences]), combined as ``score``
+        combines them, over the ``columns`` mask only (default: all): what the detector
+        would score with only those explanations and scrubs."""
         keep = (
             np.ones(len(self.column_names_), dtype=bool)
             if columns is None
@@ -791,11 +792,12 @@ class ScrubbingDetector(Detector):
                 inputs).
 
         Returns:
-            A :class:`ScrubbingExplainResult`: ``score``, ``threshold``, ``fpr`` and
-            ``flagged``; ``broken``, the ``top`` valid explanations whose scrub moved the
-            output most; ``variables``, each hypothesis variable scrubbed alone and its
-            share of the excess divergence; ``values``, the input's hypothesis values;
-            ``values_unseen_in_trusted``. ``to_dict()`` makes it JSON-ready.
+            A [`ScrubbingExplainResult`][causalmad.ScrubbingExplainResult]: ``score``,
+            ``threshold``, ``fpr`` and ``flagged``; ``broken``, the ``top`` valid
+            explanations whose scrub moved the output most; ``variables``, each hypothesis
+            variable scrubbed alone and its share of the excess divergence; ``values``, the
+            input's hypothesis values; ``values_unseen_in_trusted``. ``to_dict()`` makes it
+            JSON-ready.
 
         Raises:
             NotFittedError: if the detector is not fitted.
@@ -896,7 +898,7 @@ def _conditions(
     different values of ``v`` (on a carry of 0 it claims that setting it to 1 changes the
     answer, and the other way round), and the two can fail on trusted inputs at very
     different rates. So its column splits into one per value of ``v`` that at least
-    :data:`MIN_GROUP` calibration inputs take (condition ``(v, (value,), True)``), each
+    ``MIN_GROUP`` calibration inputs take (condition ``(v, (value,), True)``), each
     calibrated on those inputs alone, plus one for the other values (``(v, values,
     False)``). An input is tested in exactly one of them. Other columns: ``(j, None)``."""
     out: list[tuple[int, Condition]] = []
@@ -942,7 +944,7 @@ def _calibration_columns(
     raw: np.ndarray, values: list[dict[str, Hashable]], columns: list[tuple[int, Condition]]
 ) -> np.ndarray:
     """``[m, C]`` each column's trusted divergences: those of the calibration inputs it
-    tests (all of them for a column of other values that fewer than :data:`MIN_GROUP`
+    tests (all of them for a column of other values that fewer than ``MIN_GROUP``
     calibration inputs fall in)."""
     out = _expand(raw, values, columns)
     for c, (j, _) in enumerate(columns):
