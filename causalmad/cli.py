@@ -120,7 +120,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from causalmad.bench import run_bench
 
-    device = _device(args.device)  # checked before any task is loaded
+    if args.ray is not None:
+        from causalmad.distributed import require_ray
+
+        require_ray("causalmad bench --ray")
+    # checked before any task is loaded (with --ray, CUDA is the cluster's, not this machine's)
+    device = _device(args.device) if args.ray is None else _device_name(args.device)
     params: dict[str, dict[str, Any]] = {}
     for key, value in _params(args.param).items():
         det, dot, name = key.partition(".")
@@ -137,6 +142,7 @@ def _bench(args: argparse.Namespace) -> int:
         max_inputs=args.max_inputs,
         device=device,
         params=params,
+        ray=False if args.ray is None else args.ray or True,
     )
     print(
         f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
@@ -896,6 +902,15 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DETECTOR.NAME=VALUE",
         help="a detector argument, value as JSON (repeatable), e.g. --param scrubbing.resamples=8",
+    )
+    bench.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run each (task, detector, seed) cell as a Ray task (the ray extra): on the cluster at "
+        "ADDRESS, or a local instance without one",
     )
     bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")

@@ -129,3 +129,24 @@ def test_a_folder_fitted_on_a_model_needs_the_model(fitted):
     root, _, _ = fitted
     with pytest.raises(cm.InputError, match="not fitted on a registered task"):
         score_with_ray(root / "det", root / "inputs.jsonl")
+
+
+def test_bench_runs_each_cell_as_a_ray_task_with_the_records_of_a_run_here_and_resumes(
+    cluster, tmp_path, capsys
+):
+    argv = ["bench", "--tasks", "conftest:planted_task", "--detectors", "mahalanobis", "output-disagreement"]
+    argv += ["--size", "tiny", "--seeds", "0", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "here")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--ray"]) == 0
+    assert "2 cell(s) computed, 0 finished cell(s) skipped, 0 failed" in capsys.readouterr().out
+
+    def records(folder):
+        found = json.loads((tmp_path / folder / "results.json").read_text())
+        timing = ("fit_seconds", "score_seconds")
+        return sorted(({k: v for k, v in r.items() if k not in timing} for r in found), key=str)
+
+    assert records("ray") == records("here")
+    for name in ("scores", "tasks.json", "results.md", "tasks.md"):
+        assert (tmp_path / "ray" / name).exists()
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--ray"]) == 0  # resumed: nothing left to do
+    assert "0 cell(s) computed, 2 finished cell(s) skipped" in capsys.readouterr().out
