@@ -413,7 +413,7 @@ def _score_dataset(
             fn_constructor_args=(loader,),
             batch_size=chunk or MAX_CHUNK,
             batch_format="numpy",
-            concurrency=n_actors,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
             **options,
         )
         batches = [b["score"] for b in scored.iter_batches(batch_size=None, batch_format="numpy")]
