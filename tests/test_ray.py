@@ -71,11 +71,12 @@ def test_the_function_gives_single_process_scores_bit_for_bit(cluster, fitted, a
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
-def test_the_command_line_with_four_actors_writes_the_single_process_scores_file(cluster, fitted, tmp_path):
+@pytest.mark.parametrize("actors", [1, 2, 4])
+def test_the_command_line_writes_the_single_process_scores_file(cluster, fitted, tmp_path, actors):
     root, _, _ = fitted
     out = tmp_path / "ray.jsonl"
     argv = ["score", str(root / "det"), str(root / "inputs.jsonl"), *MODEL, "--out", str(out), "--quiet"]
-    assert main([*argv, "--ray", "--ray-actors", "4"]) == 0
+    assert main([*argv, "--ray", "--ray-actors", str(actors)]) == 0
     assert out.read_bytes() == (root / "single.jsonl").read_bytes()
     assert not list(tmp_path.glob(".*partial*"))  # the partial scores went with the run
 
