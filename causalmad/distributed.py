@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -95,6 +96,8 @@ def ray_session(address: str | None = None, what: str = "this") -> Iterator[Any]
     if ray.is_initialized():
         yield ray
         return
+    if address:
+        check_reachable(address, what)
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -104,6 +107,25 @@ def ray_session(address: str | None = None, what: str = "this") -> Iterator[Any]
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, what: str = "this", timeout: float = 10.0) -> None:
+    """Refuse, in one line, a ``host:port`` (or ``ray://host:port``) address where nothing
+    answers, rather than let Ray retry it for minutes. ``"auto"`` and other forms pass.
+
+    Raises:
+        InputError: nothing accepts a connection at the address within ``timeout`` seconds.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(
+            f"{what}: no Ray cluster answers at {address!r} ({exc.strerror or exc}); start one there "
+            "(ray start --head) or give its address."
+        ) from None
 
 
 def unwrap(ray: Any, exc: BaseException) -> BaseException:

@@ -151,3 +151,14 @@ def test_bench_runs_each_cell_as_a_ray_task_with_the_records_of_a_run_here_and_r
         assert (tmp_path / "ray" / name).exists()
     assert main([*argv, "--out", str(tmp_path / "ray"), "--ray"]) == 0  # resumed: nothing left to do
     assert "0 cell(s) computed, 2 finished cell(s) skipped" in capsys.readouterr().out
+
+
+def test_an_actor_s_loading_error_comes_back_as_itself(cluster, fitted):
+    root, _, _ = fitted
+    with pytest.raises(cm.PersistenceError, match="fitted on a different model"):
+        score_with_ray(root / "det", root / "inputs.jsonl", model=torch.nn.Linear(3, 23), actors=1)
+
+
+def test_an_address_where_no_cluster_answers_is_refused_at_once():
+    with pytest.raises(cm.InputError, match="no Ray cluster answers at '127.0.0.1:1'"):
+        distributed.check_reachable("127.0.0.1:1", timeout=5)
