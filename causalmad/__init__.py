@@ -17,11 +17,13 @@ from causalmad.detectors import (
     SpectralSignatureDetector,
     SupervisedProbeDetector,
 )
+from causalmad.distributed import score_with_ray
 from causalmad.errors import (
     AlignmentError,
     CausalMADError,
     HypothesisError,
     InputError,
+    MissingExtraError,
     NotFittedError,
     PersistenceError,
     SiteError,
@@ -59,6 +61,7 @@ __all__ = [
     "IsolationForestDetector",
     "LOFDetector",
     "MahalanobisDetector",
+    "MissingExtraError",
     "ModelAdapter",
     "ModuleAdapter",
     "NotFittedError",
@@ -84,5 +87,6 @@ __all__ = [
     "load_detector",
     "load_task",
     "progress_bar",
+    "score_with_ray",
     "show_progress",
 ]

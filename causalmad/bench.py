@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,7 @@ def run_bench(
     max_inputs: int | None = None,
     device: torch.device | str = "cpu",
     params: dict[str, dict[str, Any]] | None = None,
+    ray: bool | str = False,
 ) -> BenchSummary:
     """Run every selected detector on every selected task, split and seed.
 
@@ -192,6 +193,13 @@ def run_bench(
         params: detector -> constructor arguments other than the defaults (e.g.
             ``{"scrubbing": {"resamples": 8}}``). Records note them under ``params``, and a
             finished cell counts as finished only if it was computed with the same ones.
+        ray: run each (task, detector, seed) cell as a Ray task (the ray extra): ``True``
+            on a local Ray instance (started if none runs), a string on the cluster at that
+            address. Each task is first loaded once by a Ray task of its own (training it
+            into that node's cache if needed), then its cells run side by side, one CPU
+            (or, with a CUDA ``device``, one GPU) each; this process writes every file, as
+            each cell returns. The records are those of a run here, in the order the cells
+            finished.
 
     Returns:
         a ``BenchSummary`` with every record in ``results.json`` and the cells
@@ -214,60 +222,13 @@ def run_bench(
     summary = BenchSummary(out=out, records=records)
     recorded = set(task_names)
     bar = progress_bar(len(seeds) * len(task_names) * len(det_names), "bench", unit="cell", enabled=progress)
-    for seed in seeds:
-        for task_name in task_names:
-            # the splits a task has, as far as earlier runs wrote them: all finished => no load
-            known_splits = sorted(
-                {
-                    r["split"]
-                    for r in records
-                    if r["task"] == task_name and r.get("size") == size and int(r["seed"]) == seed
-                }
-            )
-            if known_splits and all(
-                (task_name, size, s, d, seed) in done for s in known_splits for d in det_names
-            ):
-                summary.skipped += [(task_name, size, s, d, seed) for s in known_splits for d in det_names]
-                bar.update(len(det_names))
-                continue
-            bar.set_postfix_str(f"{task_name} seed {seed}: loading task")
-            torch.manual_seed(seed)
-            try:
-                with show_progress(progress):  # the task's training, if it is not cached
-                    task = load_task(task_name, size=size, seed=seed)
-            except TaskError as exc:  # a task that cannot be built here (an optional extra missing, say)
-                logger.error(
-                    "task %s (seed %d) could not be loaded, its cells are skipped: %s", task_name, seed, exc
-                )
-                summary.failed.append((task_name, "(loading the task)", seed, str(exc)))
-                bar.update(len(det_names))
-                continue
-            if max_inputs is not None:
-                task = limit_task(task, max_inputs)
-            move_model(task.model, device)
-            recorded.add(task.name)  # records go by the task's name ("module:function" factories too)
-            _record_task_info(out, task, size)
-            for det_name in det_names:
-                cells = [(task.name, size, s, det_name, seed) for s in task.splits]
-                todo = [c[2] for c in cells if c not in done]
-                summary.skipped += [c for c in cells if c in done]
-                if todo:
-                    bar.set_postfix_str(f"{task_name} seed {seed}: {det_name}")
-                    _run_cells(
-                        out,
-                        task,
-                        det_name,
-                        todo,
-                        size,
-                        seed,
-                        progress,
-                        records,
-                        done,
-                        summary,
-                        str(torch.device(device)),
-                        params.get(det_name, {}),
-                    )
-                bar.update(1)
+    run = _RunState(
+        out, size, det_names, str(torch.device(device)), params, records, done, summary, bar, recorded
+    )
+    if ray is False:
+        _run_here(run, task_names, seeds, max_inputs, device, progress)
+    else:
+        _run_on_ray(run, task_names, seeds, max_inputs, None if ray is True else str(ray))
     bar.close()
     write_atomic(out / "results.md", results_markdown(records))
     infos = json.loads((out / "tasks.json").read_text()) if (out / "tasks.json").exists() else {}
@@ -276,6 +237,57 @@ def run_bench(
     plot_all(out, [r for r in records if r.get("size") == size and r["task"] in recorded], only=computed)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _run_here(
+    run: _RunState,
+    task_names: list[str],
+    seeds: Sequence[int],
+    max_inputs: int | None,
+    device: torch.device | str,
+    progress: bool,
+) -> None:
+    """Every unfinished cell in this process, a task loaded once for all its detectors."""
+    for seed in seeds:
+        for task_name in task_names:
+            if run.finished(task_name, seed):
+                continue
+            run.bar.set_postfix_str(f"{task_name} seed {seed}: loading task")
+            torch.manual_seed(seed)
+            try:
+                with show_progress(progress):  # the task's training, if it is not cached
+                    task = load_task(task_name, size=run.size, seed=seed)
+            except TaskError as exc:  # a task that cannot be built here (an optional extra missing, say)
+                logger.error(
+                    "task %s (seed %d) could not be loaded, its cells are skipped: %s", task_name, seed, exc
+                )
+                run.summary.failed.append((task_name, "(loading the task)", seed, str(exc)))
+                run.bar.update(len(run.det_names))
+                continue
+            if max_inputs is not None:
+                task = limit_task(task, max_inputs)
+            move_model(task.model, device)
+            run.recorded.add(task.name)  # records go by the task's name ("module:function" factories too)
+            _record_task_info(run.out, task.name, run.size, task.seed, task.info)
+            for det_name in run.det_names:
+                todo = run.todo(task.name, list(task.splits), det_name, seed)
+                if todo:
+                    run.bar.set_postfix_str(f"{task_name} seed {seed}: {det_name}")
+                    _run_cells(
+                        run.out,
+                        task,
+                        det_name,
+                        todo,
+                        run.size,
+                        seed,
+                        progress,
+                        run.records,
+                        run.done,
+                        run.summary,
+                        run.device,
+                        run.params.get(det_name, {}),
+                    )
+                run.bar.update(1)
 
 
 def limit_task(task: Task, max_inputs: int) -> Task:
@@ -293,11 +305,11 @@ def limit_task(task: Task, max_inputs: int) -> Task:
     return dataclasses.replace(task, trusted=task.trusted[: 8 * max_inputs], splits=splits)
 
 
-def _record_task_info(out: Path, task: Task, size: str) -> None:
+def _record_task_info(out: Path, name: str, size: str, seed: int, info: dict[str, Any]) -> None:
     """Keep each loaded task's ``info`` (accuracies, training time) in ``out/tasks.json``."""
     path = out / "tasks.json"
     infos = json.loads(path.read_text()) if path.exists() else {}
-    infos[f"{task.name}/{size}/seed{task.seed}"] = task.info
+    infos[f"{name}/{size}/seed{seed}"] = info
     write_atomic(path, json.dumps(infos, indent=1, default=str))
 
 
@@ -315,37 +327,182 @@ def _run_cells(
     device: str,
     params: dict[str, Any],
 ) -> None:
-    # seeded per cell, so a resumed run computes what an uninterrupted one would have
-    torch.manual_seed(seed)
-    np.random.seed(seed)
     try:
-        detector = build_detector(det_name, task, seed, progress, params)
-        for record, scores in evaluate_splits(det_name, detector, task, splits=splits, extras=extras):
-            record["size"] = size
-            record["device"] = device
-            if params:
-                record["params"] = params
-            cell = cell_of(record)
-            split = task.splits[record["split"]]
-            path = scores_path(out, cell)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, scores=scores, labels=split.labels, heldout=np.asarray(detector.heldout_scores_))
-            records[:] = [r for r in records if "size" not in r or cell_of(r) != cell] + [record]
-            write_atomic(out / "results.json", json.dumps(records, indent=1))
-            write_atomic(out / "results.md", results_markdown(records))
-            done.add(cell)
-            summary.computed.append(cell)
-            logger.info(
-                "%s / %s / %s / seed %d: AUROC %.3f",
-                task.name,
-                record["split"],
-                det_name,
-                seed,
-                record["auroc"],
-            )
+        for record, arrays in evaluate_cells(task, det_name, splits, size, seed, progress, device, params):
+            _store(out, record, arrays, records, done, summary)
     except CausalMADError as exc:
         logger.error("%s on %s (seed %d) failed: %s", det_name, task.name, seed, exc)
         summary.failed.append((task.name, det_name, seed, str(exc)))
+
+
+def evaluate_cells(
+    task: Task,
+    det_name: str,
+    splits: list[str],
+    size: str,
+    seed: int,
+    progress: bool,
+    device: str,
+    params: dict[str, Any],
+) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """Fit ``det_name`` on ``task`` and score ``splits``: each cell's record and its
+    arrays (scores, labels, held-out trusted scores), as each split is scored."""
+    # seeded per cell, so a resumed run computes what an uninterrupted one would have
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    detector = build_detector(det_name, task, seed, progress, params)
+    for record, scores in evaluate_splits(det_name, detector, task, splits=splits, extras=extras):
+        record["size"] = size
+        record["device"] = device
+        if params:
+            record["params"] = params
+        labels = task.splits[record["split"]].labels
+        yield record, {"scores": scores, "labels": labels, "heldout": np.asarray(detector.heldout_scores_)}
+
+
+def _store(
+    out: Path,
+    record: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    records: list[dict[str, Any]],
+    done: set[Cell],
+    summary: BenchSummary,
+) -> None:
+    """Write one finished cell: its scores file, ``results.json`` and ``results.md``."""
+    cell = cell_of(record)
+    path = scores_path(out, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, scores=arrays["scores"], labels=arrays["labels"], heldout=arrays["heldout"])
+    records[:] = [r for r in records if "size" not in r or cell_of(r) != cell] + [record]
+    write_atomic(out / "results.json", json.dumps(records, indent=1))
+    write_atomic(out / "results.md", results_markdown(records))
+    done.add(cell)
+    summary.computed.append(cell)
+    logger.info(
+        "%s / %s / %s / seed %d: AUROC %.3f", cell[0], record["split"], cell[3], cell[4], record["auroc"]
+    )
+
+
+# ----------------------------------------------------------------------------- on Ray
+@dataclass
+class _RunState:
+    """What one ``run_bench`` call writes to and keeps count in."""
+
+    out: Path
+    size: str
+    det_names: list[str]
+    device: str
+    params: dict[str, dict[str, Any]]
+    records: list[dict[str, Any]]
+    done: set[Cell]
+    summary: BenchSummary
+    bar: Any
+    recorded: set[str]
+
+    def finished(self, task_name: str, seed: int) -> bool:
+        """Whether every cell of a task and seed is finished, as far as earlier runs wrote
+        its splits (then it is not even loaded); counted as skipped if so."""
+        known_splits = sorted(
+            {
+                r["split"]
+                for r in self.records
+                if r["task"] == task_name and r.get("size") == self.size and int(r["seed"]) == seed
+            }
+        )
+        cells = [(task_name, self.size, s, d, seed) for s in known_splits for d in self.det_names]
+        if not known_splits or not all(c in self.done for c in cells):
+            return False
+        self.summary.skipped += cells
+        self.bar.update(len(self.det_names))
+        return True
+
+    def todo(self, task_name: str, splits: list[str], det_name: str, seed: int) -> list[str]:
+        """The splits of a (task, detector, seed) cell still to compute (the others skipped)."""
+        cells = [(task_name, self.size, s, det_name, seed) for s in splits]
+        self.summary.skipped += [c for c in cells if c in self.done]
+        return [c[2] for c in cells if c not in self.done]
+
+
+def prepare_task(task_name: str, size: str, seed: int) -> tuple[str, int, dict[str, Any], list[str]]:
+    """On a Ray worker: load ``task_name`` once (training it into that node's cache if it
+    is not there), so that its cells load it from the cache. Returns its name, seed, info
+    and split names."""
+    torch.manual_seed(seed)
+    task = load_task(task_name, size=size, seed=seed)
+    return task.name, task.seed, task.info, list(task.splits)
+
+
+def run_cell(
+    task_name: str,
+    size: str,
+    seed: int,
+    det_name: str,
+    splits: list[str],
+    max_inputs: int | None,
+    device: str,
+    params: dict[str, Any],
+) -> tuple[list[tuple[dict[str, Any], dict[str, np.ndarray]]], str | None]:
+    """On a Ray worker: one (task, detector, seed) cell, as ``run_bench`` computes it
+    here. Returns each split's record and arrays, and the causalmad error that stopped it
+    (or ``None``)."""
+    torch.manual_seed(seed)
+    task = load_task(task_name, size=size, seed=seed)
+    if max_inputs is not None:
+        task = limit_task(task, max_inputs)
+    move_model(task.model, device)
+    found: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
+    try:
+        for cell in evaluate_cells(task, det_name, splits, size, seed, False, device, params):
+            found.append(cell)
+    except CausalMADError as exc:
+        return found, str(exc)
+    return found, None
+
+
+def _run_on_ray(
+    run: _RunState, task_names: list[str], seeds: Sequence[int], max_inputs: int | None, address: str | None
+) -> None:
+    """Every unfinished cell as a Ray task; the files written here as each returns."""
+    from causalmad.distributed import get, ray_session
+
+    with ray_session(address, "causalmad bench --ray") as ray:
+        need = {"num_gpus": 1} if torch.device(run.device).type == "cuda" else {"num_cpus": 1}
+        prepare, cell = ray.remote(prepare_task).options(**need), ray.remote(run_cell).options(**need)
+        pending: dict[Any, tuple[str, int, str]] = {}  # ref -> task name, seed, detector ("" to load)
+        for seed in seeds:
+            for task_name in task_names:
+                if not run.finished(task_name, seed):
+                    pending[prepare.remote(task_name, run.size, seed)] = (task_name, seed, "")
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            task_name, seed, det_name = pending.pop(ref)
+            if det_name:
+                found, error = get(ray, ref)
+                for record, arrays in found:
+                    _store(run.out, record, arrays, run.records, run.done, run.summary)
+                if error is not None:
+                    logger.error("%s on %s (seed %d) failed: %s", det_name, task_name, seed, error)
+                    run.summary.failed.append((task_name, det_name, seed, error))
+                run.bar.update(1)
+                continue
+            try:
+                name, task_seed, info, splits = get(ray, ref)
+            except TaskError as exc:
+                logger.error(
+                    "task %s (seed %d) could not be loaded, its cells are skipped: %s", task_name, seed, exc
+                )
+                run.summary.failed.append((task_name, "(loading the task)", seed, str(exc)))
+                run.bar.update(len(run.det_names))
+                continue
+            run.recorded.add(name)
+            _record_task_info(run.out, name, run.size, task_seed, info)
+            for det in run.det_names:
+                todo = run.todo(name, splits, det, seed)
+                if not todo:
+                    run.bar.update(1)
+                    continue
+                args = (task_name, run.size, seed, det, todo, max_inputs, run.device, run.params.get(det, {}))
+                pending[cell.remote(*args)] = (name, seed, det)
 
 
 # ----------------------------------------------------------------------------- tables

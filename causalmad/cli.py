@@ -14,7 +14,9 @@ report); 130 interrupted. ``--debug`` adds the traceback to any error.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -23,13 +25,14 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from causalmad.errors import CausalMADError, CausalMADWarning, InputError, PersistenceError
+from causalmad.errors import CausalMADError, CausalMADWarning, InputError
 from causalmad.models import move_model
 from causalmad.progress import progress_bar, show_progress
 
@@ -117,7 +120,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from causalmad.bench import run_bench
 
-    device = _device(args.device)  # checked before any task is loaded
+    if args.ray is not None:
+        from causalmad.distributed import require_ray
+
+        require_ray("causalmad bench --ray")
+    # checked before any task is loaded (with --ray, CUDA is the cluster's, not this machine's)
+    device = _device(args.device) if args.ray is None else _device_name(args.device)
     params: dict[str, dict[str, Any]] = {}
     for key, value in _params(args.param).items():
         det, dot, name = key.partition(".")
@@ -134,6 +142,7 @@ def _bench(args: argparse.Namespace) -> int:
         max_inputs=args.max_inputs,
         device=device,
         params=params,
+        ray=False if args.ray is None else args.ray or True,
     )
     print(
         f"bench: {len(s.computed)} cell(s) computed, {len(s.skipped)} finished cell(s) skipped, "
@@ -186,12 +195,18 @@ def _import(spec: str, what: str) -> Any:
 
 def _device(name: str) -> torch.device:
     """The device the user chose (``--device``), checked before anything runs."""
+    device = _device_name(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu.")
+    return device
+
+
+def _device_name(name: str) -> torch.device:
+    """``--device`` as a device, its name checked (not whether this machine has it)."""
     try:
         device = torch.device(name)
     except RuntimeError as exc:
         raise InputError(f"--device {name!r}: not a device name (cpu, cuda, cuda:1, ...).") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu.")
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"--device {name}: causalmad runs on cpu or cuda.")
     return device
@@ -204,11 +219,11 @@ def _model_and_hypothesis(
     from the source a detector folder records when it is a registered task."""
     device = _device(args.device)  # checked before any expensive work
     from causalmad.hypothesis import Hypothesis
-    from causalmad.task import load_task
+    from causalmad.task import folder_task, load_task
 
     task_name = getattr(args, "task", None)
     if args.model is None and task_name is None and source and "task" in source:
-        task_name, args.size, args.seed = _folder_task(source, str(folder))
+        task_name, args.size, args.seed = folder_task(source, str(folder))
     if task_name is not None:
         if args.model is not None:
             raise InputError("give either --task or --model, not both.")
@@ -236,29 +251,6 @@ def _model_and_hypothesis(
         )
     move_model(model, device)
     return model, hypothesis, None, {"model": args.model, "hypothesis": args.hypothesis}
-
-
-def _folder_task(source: dict[str, Any], folder: str) -> tuple[str, str, int]:
-    """``(name, size, seed)`` of the task a detector folder was fitted on. A folder is
-    data, never code: its task must be a registered name (found through the
-    ``causalmad.tasks`` entry points); a ``module:function`` there is refused."""
-    from causalmad.task import available_tasks
-
-    name, size, seed = source.get("task"), source.get("size"), source.get("seed")
-    where = Path(folder) / "config.json"
-    known = available_tasks()
-    if not isinstance(name, str) or name not in known:
-        raise PersistenceError(
-            f"{where} names the task {name!r}, which is not a registered task here (known: "
-            f"{sorted(known)}); causalmad runs no code named in a detector folder: pass the "
-            "model with --model module:function (and --hypothesis) on the command line."
-        )
-    if size not in ("full", "tiny") or not isinstance(seed, int) or isinstance(seed, bool):
-        raise PersistenceError(
-            f"{where}: the task's size {size!r} and seed {seed!r} should be 'full' or 'tiny' "
-            "and an integer; the folder is corrupted."
-        )
-    return name, size, seed
 
 
 def _source(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -417,21 +409,32 @@ def _load(args: argparse.Namespace, config: dict[str, Any]) -> Any:
     return load_detector(args.detector_dir, model, hypothesis, trust_modified=args.trust_modified)
 
 
+CHUNK = 4096  # inputs scored per step (``--chunk``) in one process
+
+
 def _score(args: argparse.Namespace) -> int:
     """Score an inputs file chunk by chunk (``--chunk`` inputs at a time), writing each
     chunk's scores as it goes: memory holds one chunk, whatever the file's length (all of
     the file with ``--report``, which shows the top inputs). The file is read through once
     first, so a bad input stops the run before the model loads. Each chunk's scores are
     also kept on the disk (``causalmad.partial_scores``) until the scores file is in
-    place, so that ``--resume`` continues a run that was killed."""
-    from causalmad.inputs import atomic_write, count_inputs, scores_format
-    from causalmad.partial_scores import PartialScores, run_header
+    place, so that ``--resume`` continues a run that was killed. With ``--ray`` the chunks
+    are scored by Ray actors (``causalmad.distributed``), the scores file the same."""
+    from causalmad.inputs import count_inputs, scores_format
     from causalmad.persistence import read_config, remove_stale
 
-    if args.chunk < 1:
+    if args.chunk is not None and args.chunk < 1:
         raise InputError(f"--chunk {args.chunk}: give the number of inputs scored per step, at least 1.")
     if not 0 < args.fpr < 1:
         raise InputError(f"--fpr must be in (0, 1), got {args.fpr}.")
+    if args.ray_actors is not None and args.ray is None:
+        raise InputError(
+            "--ray-actors is the number of Ray actors: add --ray (and a cluster address if any)."
+        )
+    if args.ray is not None:
+        from causalmad.distributed import require_ray
+
+        require_ray("causalmad score --ray")  # the extra missing: one line before the file is read
     out = Path(args.out) if args.out else Path(args.inputs).with_suffix(".scores.jsonl")
     _check_outputs(
         {"--out": out, "--report": args.report},
@@ -442,13 +445,117 @@ def _score(args: argparse.Namespace) -> int:
         args.detector_dir, args.trust_modified
     )  # a bad folder fails here, before anything runs
     shape, dtype = config["input_shape"], config["input_dtype"]
-    n = count_inputs(args.inputs, shape, dtype, args.chunk)  # every input checked before the model loads
-    partial = PartialScores(
-        out, run_header(args.detector_dir, args.inputs, args.chunk, n, args.trust_modified)
-    )
-    done = (
-        partial.resume() if args.resume else 0
-    )  # another run's partial scores are refused before the model loads
+    # every input checked before the model loads
+    n = count_inputs(args.inputs, shape, dtype, args.chunk or CHUNK)
+    if args.ray is not None:
+        return _score_on_ray(args, config, out, fmt, n)
+    chunk = args.chunk or CHUNK
+    partial = _partial_scores(args, out, chunk, n)  # refused before the model loads
+    det = _load(args, config)
+    for target in (out, args.report):
+        if target:
+            remove_stale(target)
+    threshold = det.threshold(args.fpr)
+    if hasattr(det, "progress"):
+        det.progress = False
+    _say(args, f"scoring {n} inputs in chunks of {min(chunk, n)}")
+
+    def here(parts: Iterator[Any]) -> Iterator[tuple[Any, np.ndarray]]:
+        from causalmad.inputs import check_rows
+
+        for part in parts:
+            check_rows(det, part, args.inputs)
+            yield part, det.score(part.inputs)
+
+    flagged, kept = _write_scores(args, out, partial, fmt, config, n, chunk, threshold, here, eta=True)
+    return _scored(args, out, n, flagged, threshold, kept, lambda: det)
+
+
+def _score_on_ray(args: argparse.Namespace, config: dict[str, Any], out: Path, fmt: str, n: int) -> int:
+    """``score --ray``: the chunks scored by Ray actors, each holding the detector."""
+    from causalmad.distributed import actor_options, ray_chunk, ray_session, scoring_actors
+    from causalmad.persistence import remove_stale
+
+    loader = _ray_loader(args, config)  # a missing model is named before Ray starts
+    with ray_session(args.ray or None, "causalmad score --ray") as ray:
+        actors, options = actor_options(ray, args.ray_actors, args.device)
+        chunk = args.chunk or ray_chunk(n, actors)
+        partial = _partial_scores(args, out, chunk, n)
+        _say(args, f"starting {actors} Ray actor(s), each loading {args.detector_dir} ...")
+        with scoring_actors(ray, loader, actors, options) as pool:
+            for target in (out, args.report):
+                if target:
+                    remove_stale(target)
+            threshold = pool.threshold(args.fpr)
+            _say(args, f"scoring {n} inputs in chunks of {min(chunk, n)} on {actors} Ray actor(s)")
+            flagged, kept = _write_scores(
+                args,
+                out,
+                partial,
+                fmt,
+                config,
+                n,
+                chunk,
+                threshold,
+                lambda parts: pool.score_parts(parts, args.inputs),
+            )
+    return _scored(args, out, n, flagged, threshold, kept, lambda: _load(args, config))
+
+
+def _ray_loader(args: argparse.Namespace, config: dict[str, Any]) -> Any:
+    """What each Ray actor loads: the folder, with the registered task it records or the
+    ``--model`` / ``--hypothesis`` functions (imported on the actor, never from the folder)."""
+    from causalmad.distributed import FolderLoader
+    from causalmad.task import folder_task
+
+    device = torch.device(_device_name(args.device))  # CUDA is the actors', not this machine's
+    source = _source(config)
+    if args.model is None:
+        if source and "model" in source:
+            raise InputError(
+                f"this detector was fitted on --model {source['model']}"
+                + (f" --hypothesis {source['hypothesis']}" if source.get("hypothesis") else "")
+                + "; pass them again (causalmad runs no code named in a detector folder)."
+            )
+        if not source or "task" not in source:
+            raise InputError("say which model: --model module:function (with --hypothesis).")
+        folder_task(source, args.detector_dir)
+        return FolderLoader(args.detector_dir, None, None, args.trust_modified, str(device))
+    for flag in ("model", "hypothesis"):
+        spec = getattr(args, flag)
+        if spec and ":" not in spec:
+            raise InputError(f"--{flag} {spec!r}: use module:function or path/to/file.py:function.")
+    model = functools.partial(_actor_model, args.model)
+    hypothesis = functools.partial(_actor_hypothesis, args.hypothesis) if args.hypothesis else None
+    return FolderLoader(args.detector_dir, model, hypothesis, args.trust_modified, str(device))
+
+
+def _actor_model(spec: str) -> torch.nn.Module:
+    """``--model``, imported where it runs (a Ray actor)."""
+    model = _import(spec, "model")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"--model {spec}: expected a torch.nn.Module, got {type(model).__name__}.")
+    return model
+
+
+def _actor_hypothesis(spec: str) -> Any:
+    """``--hypothesis``, imported where it runs (a Ray actor)."""
+    from causalmad.hypothesis import Hypothesis
+
+    hypothesis = _import(spec, "hypothesis")
+    if not isinstance(hypothesis, Hypothesis):
+        raise InputError(
+            f"--hypothesis {spec}: expected a causalmad.Hypothesis, got {type(hypothesis).__name__}."
+        )
+    return hypothesis
+
+
+def _partial_scores(args: argparse.Namespace, out: Path, chunk: int, n: int) -> Any:
+    """This run's partial scores file; with ``--resume``, an earlier run's checked."""
+    from causalmad.partial_scores import PartialScores, run_header
+
+    partial = PartialScores(out, run_header(args.detector_dir, args.inputs, chunk, n, args.trust_modified))
+    done = partial.resume() if args.resume else 0  # another run's partial scores are refused here
     if args.resume:
         _say(
             args,
@@ -463,25 +570,53 @@ def _score(args: argparse.Namespace) -> int:
             CausalMADWarning,
             stacklevel=1,
         )
-    det = _load(args, config)
-    for target in (out, args.report):
-        if target:
-            remove_stale(target)
-    threshold = det.threshold(args.fpr)
-    if hasattr(det, "progress"):
-        det.progress = False
-    _say(args, f"scoring {n} inputs in chunks of {min(args.chunk, n)}")
+    return partial
+
+
+def _write_scores(
+    args: argparse.Namespace,
+    out: Path,
+    partial: Any,
+    fmt: str,
+    config: dict[str, Any],
+    n: int,
+    chunk: int,
+    threshold: float,
+    score: Callable[[Iterator[Any]], Iterator[tuple[Any, np.ndarray]]],
+    eta: bool = False,
+) -> tuple[int, list[Any]]:
+    """The scores file, written atomically; the partial file kept until it is in place."""
+    from causalmad.inputs import atomic_write
+
     try:
         with atomic_write(out) as f:
-            flagged, kept = _score_chunks(args, det, partial, f, fmt, shape, dtype, n, threshold)
+            found = _score_chunks(args, partial, f, fmt, config, n, chunk, threshold, score, eta)
     except BaseException as exc:
         partial.abandon(exc)
         raise
     partial.remove()
+    return found
+
+
+def _scored(
+    args: argparse.Namespace,
+    out: Path,
+    n: int,
+    flagged: int,
+    threshold: float,
+    kept: list[Any],
+    detector: Callable[[], Any],
+) -> int:
+    """Say what was written, write ``--report`` (with ``detector()``), return the exit code."""
+    from causalmad.inputs import atomic_write
+
     _say(args, f"wrote {out}: {n} inputs, {flagged} flagged at FPR {args.fpr} (threshold {threshold:.4g})")
     if args.report:
         from causalmad.report import html_report
 
+        det = detector()
+        if hasattr(det, "progress"):
+            det.progress = False
         inputs, ids = torch.cat([k[0] for k in kept]), [i for k in kept for i in k[1]]
         with atomic_write(args.report) as f:
             f.write(
@@ -501,32 +636,32 @@ def _score(args: argparse.Namespace) -> int:
 
 def _score_chunks(
     args: argparse.Namespace,
-    det: Any,
     partial: Any,
     f: Any,
     fmt: str,
-    shape: Any,
-    dtype: str,
+    config: dict[str, Any],
     n: int,
+    chunk: int,
     threshold: float,
+    score: Callable[[Iterator[Any]], Iterator[tuple[Any, np.ndarray]]],
+    eta: bool,
 ) -> tuple[int, list[Any]]:
     """Write the scores of every chunk to ``f``: those ``partial`` kept from an earlier
-    run as they were, the others scored now and kept too. Returns the number flagged and,
-    for ``--report``, the chunks (inputs, ids, scores)."""
+    run as they were, the others scored now by ``score`` (chunks in, each with its
+    scores out, in order) and kept too. Returns the number flagged and, for ``--report``,
+    the chunks (inputs, ids, scores)."""
     from causalmad.inputs import ScoresWriter, iter_inputs
 
     writer = ScoresWriter(f, fmt)
     stored = partial.stored()
+    parts = iter_inputs(args.inputs, config["input_shape"], config["input_dtype"], chunk)
     kept: list[Any] = []
     flagged, t0, timed = 0, time.perf_counter(), False
     with progress_bar(n, "scoring", unit="input", enabled=not args.quiet) as bar:
-        for part in iter_inputs(args.inputs, shape, dtype, args.chunk):
-            scores = next(stored, None)
-            if scores is None:
-                _check_rows(det, part, args.inputs)
-                scores = det.score(part.inputs)
+        for part, scores, fresh in _stored_then_scored(parts, stored, score):
+            if fresh:
                 partial.append(part.offset, scores)
-                if not timed and part.offset + len(part.inputs) < n:
+                if eta and not timed and part.offset + len(part.inputs) < n:
                     bar.note(_eta(len(part.inputs), n - part.offset, time.perf_counter() - t0))
                 timed = True
             for i, s in enumerate(scores):
@@ -536,6 +671,22 @@ def _score_chunks(
                 kept.append((part.inputs, part.ids, scores))
             bar.update(len(part.inputs))
     return flagged, kept
+
+
+def _stored_then_scored(
+    parts: Iterator[Any],
+    stored: Iterator[np.ndarray],
+    score: Callable[[Iterator[Any]], Iterator[tuple[Any, np.ndarray]]],
+) -> Iterator[tuple[Any, np.ndarray, bool]]:
+    """``(chunk, scores, scored now)`` in order: the first chunks' scores from an earlier
+    run (``stored``, a prefix), the rest scored by ``score``."""
+    for part in parts:
+        scores = next(stored, None)
+        if scores is None:
+            for fresh, computed in score(itertools.chain([part], parts)):
+                yield fresh, computed, True
+            return
+        yield part, scores, False
 
 
 def _eta(done: int, total: int, seconds: float) -> str:
@@ -553,21 +704,8 @@ def _duration(seconds: float) -> str:
     return f"{s} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def _check_rows(det: Any, data: Any, path: str) -> None:
-    """Validate inputs against the model; an error names the first bad line."""
-    try:
-        det._check(data.inputs)
-    except InputError:
-        for row in range(len(data.inputs)):
-            try:
-                det._check(data.inputs[row : row + 1])
-            except InputError as exc:
-                raise InputError(f"{data.where(row, path)}: {exc}") from None
-        raise
-
-
 def _explain(args: argparse.Namespace) -> int:
-    from causalmad.inputs import atomic_write, parse_input, read_inputs
+    from causalmad.inputs import atomic_write, check_rows, parse_input, read_inputs
     from causalmad.persistence import read_config, remove_stale, write_atomic
 
     if (args.input is None) == (args.inputs is None):
@@ -588,7 +726,7 @@ def _explain(args: argparse.Namespace) -> int:
     det = _load(args, config)
     if hasattr(det, "progress"):
         det.progress = False
-    _check_rows(det, data, args.inputs or "--input")
+    check_rows(det, data, args.inputs or "--input")
     if not hasattr(det, "explain"):
         raise InputError(f"a {det.name!r} detector does not explain inputs.")
     result = det.explain(data.inputs[row], top=args.top, fpr=args.fpr)
@@ -689,13 +827,35 @@ def parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--report", help="also write a self-contained HTML report here")
     score.add_argument("--top", type=int, default=10, help="flagged inputs explained in the report")
-    score.add_argument("--chunk", type=int, default=4096, help="inputs scored per step")
+    score.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help=f"inputs scored per step (default {CHUNK}; with --ray about 4 per actor, at most {CHUNK})",
+    )
     score.add_argument("--fail-on-flag", action="store_true", help="exit with code 3 if any input is flagged")
     score.add_argument("--trust-modified", action="store_true", help=TRUST_HELP)
     score.add_argument(
         "--resume",
         action="store_true",
         help="continue a run that was killed, from the chunks it kept in .OUT.causalmad-partial",
+    )
+    score.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="score on a Ray cluster (the ray extra): at ADDRESS, or a local instance without one "
+        "(put --ray after DETECTOR_DIR INPUTS, or write --ray=ADDRESS)",
+    )
+    score.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray actors, each loading the detector once (default: one per CPU of the cluster, "
+        "one per GPU with --device cuda)",
     )
     _add_model_args(score, fitting=False)
     score.set_defaults(func=_score)
@@ -742,6 +902,15 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DETECTOR.NAME=VALUE",
         help="a detector argument, value as JSON (repeatable), e.g. --param scrubbing.resamples=8",
+    )
+    bench.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run each (task, detector, seed) cell as a Ray task (the ray extra): on the cluster at "
+        "ADDRESS, or a local instance without one",
     )
     bench.set_defaults(func=_bench)
     tasks = sub.add_parser("tasks", help="list the registered tasks")

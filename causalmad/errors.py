@@ -56,6 +56,11 @@ class WriteError(CausalMADError, OSError):
     the destination before is left as it was."""
 
 
+class MissingExtraError(CausalMADError, ImportError):
+    """A feature needs an optional extra that is not installed (``ray``, ``tracr``); the
+    message names the ``pip install`` command that adds it."""
+
+
 class CausalMADWarning(UserWarning):
     """Something causalmad was told to do anyway, or did on its own, that the user should
     know of (a detector folder loaded with ``trust_modified=True`` despite a checksum

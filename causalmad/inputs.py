@@ -452,6 +452,24 @@ def parse_input(text: str, shape: Sequence[int], dtype: str) -> InputsFile:
     return InputsFile(torch.tensor([value], dtype=torch_dtype), [ident], [0])
 
 
+def check_rows(detector: Any, data: InputsFile, path: str | Path) -> None:
+    """Check ``data``'s inputs against ``detector``'s model (shape, token range) before
+    scoring; an error names the first bad input's line (or row) in ``path``.
+
+    Raises:
+        InputError: an input does not fit the model.
+    """
+    try:
+        detector._check(data.inputs)
+    except InputError:
+        for row in range(len(data.inputs)):
+            try:
+                detector._check(data.inputs[row : row + 1])
+            except InputError as exc:
+                raise InputError(f"{data.where(row, path)}: {exc}") from None
+        raise
+
+
 def _dtype(dtype: str) -> torch.dtype:
     found = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(found, torch.dtype):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from causalmad.errors import TaskError, close_matches
+from causalmad.errors import PersistenceError, TaskError, close_matches
 from causalmad.hypothesis import Hypothesis
 
 
@@ -137,3 +138,37 @@ def load_task(name: str, **kwargs: Any) -> Task:
         )
     factory = tasks[name].load()  # type: ignore[attr-defined]
     return factory(**kwargs)
+
+
+def folder_task(source: dict[str, Any], folder: str | Path) -> tuple[str, str, int]:
+    """``(name, size, seed)`` of the task a detector folder was fitted on.
+
+    A folder is data, never code: its task must be a registered name (found through the
+    ``causalmad.tasks`` entry points); a ``module:function`` there is refused.
+
+    Args:
+        source: the ``source`` record of the folder's ``config.json`` (its ``extra``).
+        folder: the detector folder, named in errors.
+
+    Returns:
+        the task's registered name, its size (``"full"`` or ``"tiny"``) and its seed.
+
+    Raises:
+        PersistenceError: the task is not registered here, or its size or seed is malformed.
+    """
+    name, size, seed = source.get("task"), source.get("size"), source.get("seed")
+    where = Path(folder) / "config.json"
+    known = available_tasks()
+    if not isinstance(name, str) or name not in known:
+        raise PersistenceError(
+            f"{where} names the task {name!r}, which is not a registered task here (known: "
+            f"{sorted(known)}); causalmad runs no code named in a detector folder: pass the "
+            "model with --model module:function (and --hypothesis) on the command line, or "
+            "model= (and hypothesis=) in Python."
+        )
+    if size not in ("full", "tiny") or not isinstance(seed, int) or isinstance(seed, bool):
+        raise PersistenceError(
+            f"{where}: the task's size {size!r} and seed {seed!r} should be 'full' or 'tiny' "
+            "and an integer; the folder is corrupted."
+        )
+    return name, size, seed

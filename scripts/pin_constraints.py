@@ -1,7 +1,7 @@
-"""Write ``constraints.txt``: the exact version of every package that ``causalmad[dev,tracr]``
+"""Write ``constraints.txt``: the exact version of every package that ``causalmad[dev,tracr,ray]``
 needs, directly or through another package, as installed in this environment now.
 
-    python scripts/pin_constraints.py            # after `pip install -e ".[dev,tracr]"`, on purpose
+    python scripts/pin_constraints.py            # after `pip install -e ".[dev,tracr,ray]"`, on purpose
 
 The package itself keeps ranges (``pyproject.toml``); CI and the README's commands install
 with ``-c constraints.txt``, so a task model trained on a fresh machine is trained with the
@@ -19,7 +19,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS = ("dev", "tracr")
+EXTRAS = ("dev", "tracr", "ray")
 
 
 def closure(root: str, extras: tuple[str, ...]) -> dict[str, str]:

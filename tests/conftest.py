@@ -107,3 +107,27 @@ def tiny_addition_task(task_cache):
     from floors import SEED
 
     return cm.load_task("addition-backdoor", size="tiny", seed=SEED)
+
+
+def planted_task(size: str = "full", seed: int = 0) -> cm.Task:
+    """The planted model as a task (``--tasks conftest:planted_task``): trusted inputs with
+    jitter and an ``easy`` split whose anomalies carry the backdoor's flag."""
+    x = planted_data(200, 0, seed, noise=0.3)
+    easy = torch.cat([planted_data(50, 0, seed + 1, noise=0.3), planted_data(50, 1, seed + 2, noise=0.3)])
+    labels = torch.cat([torch.zeros(50), torch.ones(50)]).numpy()
+    return cm.Task(
+        "planted", PlantedSum(), x, {"easy": cm.Split("easy", easy, labels)}, sum_hypothesis(), seed=seed
+    )
+
+
+class OtherSum(nn.Module):
+    """A model other than the planted one (another encoder width): a detector fitted on
+    ``PlantedSum`` refuses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 23)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(x))

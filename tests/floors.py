@@ -1,5 +1,5 @@
 """Every floor the tests assert on a trained task model's behaviour or on a detector's
-AUROC goes through :func:`floor`, so that ``scripts/floor_margins.py`` can rerun those tests
+AUROC goes through ``floor``, so that ``scripts/floor_margins.py`` can rerun those tests
 over seeds and thread counts and print each floor's worst observed value and margin.
 
 ``CAUSALMAD_TEST_SEED`` (default 0) is the seed the task tests train their tiny models

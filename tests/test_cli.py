@@ -178,7 +178,7 @@ def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
                 str(root / "det"),
                 inputs,
                 "--model",
-                f"{CONFTEST}:Readoff",
+                f"{CONFTEST}:OtherSum",
                 "--hypothesis",
                 f"{CONFTEST}:sum_hypothesis",
             ],
