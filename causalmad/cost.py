@@ -264,8 +264,9 @@ def _timing(detector: Any, adapter: Any, trusted: torch.Tensor, seq_len: int) ->
     draws), which the fit's large calls spread over many more rows, does not count."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(detector.random_state)
-    take = rng.permutation(len(trusted))[: TIMING_POOL + 2 * TIMING_INPUTS]
-    src, x = trusted[take[:TIMING_POOL]], trusted[take[TIMING_POOL:]]
+    n_x = min(2 * TIMING_INPUTS, len(trusted) // 2)  # few trusted inputs: half sources, half scrubbed
+    take = rng.permutation(len(trusted))[: min(len(trusted), TIMING_POOL + n_x)]
+    src, x = trusted[take[n_x:]], trusted[take[:n_x]]
     h = detector.hypothesis
     values = [h.values(r) for r in src] if h is not None else None
     pool = SourcePool(adapter, src, values, seen=seen_values(values) if values else None)
@@ -303,7 +304,7 @@ def _timing(detector: Any, adapter: Any, trusted: torch.Tensor, seq_len: int) ->
         return time.perf_counter() - t
 
     n = len(x) // 2
-    extra = (len(x) - n) * len(sample) * detector.resamples
+    extra = max((len(x) - n) * len(sample) * detector.resamples, 1)
     scrub_rate = extra / max(scrub(len(x)) - scrub(n), 1e-9)
     fwd_rate = extra / max(forward(n + extra) - forward(n), 1e-9)
     return scrub_rate, fwd_rate, time.perf_counter() - t0

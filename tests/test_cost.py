@@ -120,6 +120,11 @@ def test_a_budget_only_reduces_and_never_below_the_floors(trusted):
     assert det.resamples == 3  # the detector itself is left as it was
 
 
+def test_the_fewest_trusted_inputs_a_fit_takes_are_enough_to_estimate():
+    est = cm.estimate_fit_cost(detector(resamples=2), planted_data(40, 0, 0, 0.05))
+    assert est.rows > 0 and 0 < est.seconds < float("inf")
+
+
 def test_an_estimate_for_an_unknown_parameter_is_refused(trusted):
     with pytest.raises(cm.InputError, match="tolerance"):
         FitCost(detector(), trusted).estimate(tolerance=1.0)
