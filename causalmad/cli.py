@@ -499,6 +499,11 @@ def _score(args: argparse.Namespace) -> int:
         args.detector_dir, args.trust_modified
     )  # a bad folder fails here, before anything runs
     shape, dtype = config["input_shape"], config["input_dtype"]
+    if budget is not None and config.get("detector") != "scrubbing":
+        raise InputError(
+            f"--budget checks a scrubbing detector's scoring; {args.detector_dir} holds a "
+            f"{config.get('detector')!r} detector: drop --budget."
+        )
     # every input checked before the model loads
     n = count_inputs(args.inputs, shape, dtype, args.chunk or CHUNK)
     if args.ray is not None:

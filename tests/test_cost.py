@@ -187,3 +187,7 @@ def test_score_prints_the_estimate_and_refuses_a_run_over_budget(files, capsys):
     assert len(out.read_text().splitlines()) == 40
     assert main([*score, "--out", str(out), "--budget", "2 days"]) == 2
     assert "--budget '2 days'" in capsys.readouterr().err
+    fit = ["fit", *MODEL[:2], "--trusted", str(root / "trusted.jsonl"), "--detector", "mahalanobis"]
+    assert main([*fit, "--out", str(root / "m"), "--quiet"]) == 0
+    assert main(["score", str(root / "m"), str(root / "untrusted.jsonl"), *MODEL[:2], "--budget", "60s"]) == 2
+    assert "holds a 'mahalanobis' detector: drop --budget" in capsys.readouterr().err
