@@ -55,7 +55,7 @@ TIMING_INPUTS = 24
 #: times each timing pass runs (the least counts)
 TIMING_REPEATS = 2
 #: explanations the timing pass scrubs (spread over the hypothesis-free family)
-TIMING_EXPLANATIONS = 24
+TIMING_EXPLANATIONS = 12
 #: candidates each greedy grouping round of alignment tries (``alignment.search``'s ``group_from``)
 GROUP_FROM = 24
 
@@ -316,8 +316,9 @@ def _timing(detector: Any, adapter: Any, trusted: torch.Tensor, seq_len: int) ->
     # the least of TIMING_REPEATS times of each size: a shared machine only ever adds time
     small, big = (min(f(m) for _ in range(TIMING_REPEATS)) for f, m in ((scrub, n), (scrub, len(x))))
     scrub_rate = extra / max(big - small, 1e-9)
-    small, big = (min(forward(m) for _ in range(TIMING_REPEATS)) for m in (n, n + extra))
-    fwd_rate = extra / max(big - small, 1e-9)
+    # whole passes: a quarter of the inputs, then four times them
+    small, big = (min(forward(m) for _ in range(TIMING_REPEATS)) for m in (len(x) // 4, 4 * len(x)))
+    fwd_rate = (4 * len(x) - len(x) // 4) / max(big - small, 1e-9)
     return scrub_rate, fwd_rate, time.perf_counter() - t0
 
 
