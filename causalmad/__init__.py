@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from causalmad.cost import CostEstimate, StageCost, estimate_fit_cost, estimate_score_cost
 from causalmad.detectors import (
     DETECTORS,
     Detector,
@@ -51,6 +52,7 @@ __all__ = [
     "DETECTORS",
     "AlignmentError",
     "CausalMADError",
+    "CostEstimate",
     "Detector",
     "ExplainResult",
     "HuggingFaceAdapter",
@@ -76,6 +78,7 @@ __all__ = [
     "SiteError",
     "SpectralSignatureDetector",
     "Split",
+    "StageCost",
     "SupervisedProbeDetector",
     "Task",
     "TaskError",
@@ -84,6 +87,8 @@ __all__ = [
     "adapt",
     "available_tasks",
     "environment",
+    "estimate_fit_cost",
+    "estimate_score_cost",
     "load_detector",
     "load_task",
     "progress_bar",

@@ -337,6 +337,12 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.detector not in DETECTORS:
         raise InputError(f"unknown detector {args.detector!r}; known: {sorted(DETECTORS)}.")
+    budget = _budget(args)
+    if budget is not None and args.detector != "scrubbing":
+        raise InputError(
+            f"--budget chooses the scrubbing detector's resamples and explanation budget; a "
+            f"{args.detector!r} detector has none: drop --budget."
+        )
     out = Path(args.out)
     _check_outputs(
         {"--out": out},
@@ -383,13 +389,58 @@ def _fit(args: argparse.Namespace) -> int:
         det = cls(model, random_state=args.seed, **kwargs)
     except TypeError as exc:
         raise InputError(f"--param: {exc}.") from exc
+    estimate = _fit_estimate(args, det, trusted, budget) if args.detector == "scrubbing" else None
     _say(args, f"fitting {args.detector} on {len(trusted)} trusted inputs ...")
     t0 = time.perf_counter()
     det.fit(trusted, untrusted) if untrusted is not None else det.fit(trusted)
     fit_seconds = round(time.perf_counter() - t0, 2)
-    save_detector(det, out, overwrite=args.force, extra={"source": source, "fit_seconds": fit_seconds})
-    _say(args, f"saved {out} (fit {fit_seconds:.0f} s)")
+    extra: dict[str, Any] = {"source": source, "fit_seconds": fit_seconds}
+    if estimate is not None:
+        extra["estimate"] = {"rows": estimate.rows, "seconds": round(estimate.seconds, 2)}
+    save_detector(det, out, overwrite=args.force, extra=extra)
+    told = f"; estimated {estimate.seconds:.0f} s" if estimate is not None else ""
+    _say(args, f"saved {out} (fit {fit_seconds:.0f} s{told})")
     return 0
+
+
+def _budget(args: argparse.Namespace) -> Any:
+    """``--budget`` parsed (``causalmad.cost.Budget``), or None; a bad one refused at once."""
+    from causalmad.cost import parse_budget
+
+    return None if args.budget is None else parse_budget(args.budget)
+
+
+def _fit_estimate(args: argparse.Namespace, det: Any, trusted: torch.Tensor, budget: Any) -> Any:
+    """Print the fit's estimated rows and time (``causalmad.cost``); with ``budget``, first
+    reduce the detector's cost-scaling parameters until the estimate fits and say what
+    was reduced. Returns the estimate the fit goes on with (None: quiet and no budget)."""
+    from causalmad.cost import FitCost, duration
+
+    if args.quiet and budget is None:
+        return None  # the timing pass is only for what is printed
+    cost = FitCost(det, trusted)
+    estimate = cost.estimate()
+    _say(args, estimate.line())
+    if budget is None:
+        return estimate
+    changed, estimate, fits = cost.within(budget)
+    if not changed:
+        _say(args, f"budget {budget}: the run fits as it is")
+        return estimate
+    what = ", ".join(f"{k} {getattr(det, k)} -> {v}" for k, v in changed.items())
+    det.set_params(**changed)
+    _say(
+        args,
+        f"budget {budget}: reduced {what}; now {estimate.rows:,} rows, about {duration(estimate.seconds)}",
+    )
+    if not fits:
+        warnings.warn(
+            f"--budget {budget}: even at the least resamples and explanation budget the fit is "
+            f"estimated at {duration(estimate.seconds)} ({estimate.rows:,} rows); going on at that least",
+            CausalMADWarning,
+            stacklevel=1,
+        )
+    return estimate
 
 
 def _read_any_shape(path: str, dtype: str) -> torch.Tensor:
@@ -431,6 +482,9 @@ def _score(args: argparse.Namespace) -> int:
         raise InputError(
             "--ray-actors is the number of Ray actors: add --ray (and a cluster address if any)."
         )
+    budget = _budget(args)
+    if budget is not None and args.ray is not None:
+        raise InputError("--budget checks single-process scoring; drop it with --ray.")
     if args.ray is not None:
         from causalmad.distributed import require_ray
 
@@ -445,6 +499,11 @@ def _score(args: argparse.Namespace) -> int:
         args.detector_dir, args.trust_modified
     )  # a bad folder fails here, before anything runs
     shape, dtype = config["input_shape"], config["input_dtype"]
+    if budget is not None and config.get("detector") != "scrubbing":
+        raise InputError(
+            f"--budget checks a scrubbing detector's scoring; {args.detector_dir} holds a "
+            f"{config.get('detector')!r} detector: drop --budget."
+        )
     # every input checked before the model loads
     n = count_inputs(args.inputs, shape, dtype, args.chunk or CHUNK)
     if args.ray is not None:
@@ -458,6 +517,8 @@ def _score(args: argparse.Namespace) -> int:
     threshold = det.threshold(args.fpr)
     if hasattr(det, "progress"):
         det.progress = False
+    if hasattr(det, "valid_") and (budget is not None or not args.quiet):
+        _score_estimate(args, det, config, n, budget)
     _say(args, f"scoring {n} inputs in chunks of {min(chunk, n)}")
 
     def here(parts: Iterator[Any]) -> Iterator[tuple[Any, np.ndarray]]:
@@ -469,6 +530,32 @@ def _score(args: argparse.Namespace) -> int:
 
     flagged, kept = _write_scores(args, out, partial, fmt, config, n, chunk, threshold, here, eta=True)
     return _scored(args, out, n, flagged, threshold, kept, lambda: det)
+
+
+#: share of the inputs ``score`` times its estimate on, twice over (at least one, at most
+#: ``ESTIMATE_MOST``): about 3% of the run
+ESTIMATE_SHARE = 0.02
+ESTIMATE_MOST = 16
+
+
+def _score_estimate(args: argparse.Namespace, det: Any, config: dict[str, Any], n: int, budget: Any) -> None:
+    """Print the run's estimated rows and time, timed on its first few inputs; with
+    ``budget``, refuse the run when the estimate exceeds it (the explanations of a fitted
+    detector are fixed, so nothing can be reduced)."""
+    from causalmad.cost import duration, estimate_score_cost
+    from causalmad.inputs import check_rows, iter_inputs
+
+    few = max(1, min(ESTIMATE_MOST, int(n * ESTIMATE_SHARE)))
+    part = next(iter_inputs(args.inputs, config["input_shape"], config["input_dtype"], few))
+    check_rows(det, part, args.inputs)
+    estimate = estimate_score_cost(det, part.inputs, n, args.chunk or CHUNK)
+    _say(args, f"{estimate.line()}, on the first {len(part.inputs)} input(s)")
+    if budget is not None and not budget.fits(estimate):
+        raise InputError(
+            f"--budget {budget}: scoring {n} inputs is estimated at {duration(estimate.seconds)} "
+            f"({estimate.rows:,} forward rows); a fitted detector's explanations are fixed: score fewer "
+            "inputs, raise --budget, or refit with `causalmad fit --budget`."
+        )
 
 
 def _score_on_ray(args: argparse.Namespace, config: dict[str, Any], out: Path, fmt: str, n: int) -> int:
@@ -812,6 +899,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="detector argument, value as JSON (repeatable), e.g. --param resamples=8",
     )
+    fit.add_argument(
+        "--budget",
+        metavar="LIMIT",
+        help="fit within this many seconds (600s, 10min, 1.5h) or forward rows (2e6rows): reduces the "
+        "scrubbing detector's resamples and explanation budget to fit, never below their floors",
+    )
     fit.add_argument("--out", required=True, help="detector folder to write")
     fit.add_argument("--force", action="store_true", help="replace an existing detector folder")
     fit.set_defaults(func=_fit)
@@ -832,6 +925,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"inputs scored per step (default {CHUNK}; with --ray about 4 per actor, at most {CHUNK})",
+    )
+    score.add_argument(
+        "--budget",
+        metavar="LIMIT",
+        help="refuse the run, before scoring, if its estimate exceeds this many seconds (600s, 10min, "
+        "1.5h) or forward rows (2e6rows); a fitted detector's explanations are fixed",
     )
     score.add_argument("--fail-on-flag", action="store_true", help="exit with code 3 if any input is flagged")
     score.add_argument("--trust-modified", action="store_true", help=TRUST_HELP)
