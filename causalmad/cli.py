@@ -418,6 +418,7 @@ def _fit_estimate(args: argparse.Namespace, det: Any, trusted: torch.Tensor, bud
 
     if args.quiet and budget is None:
         return None  # the timing pass is only for what is printed
+    det._check_params()  # a bad argument is one line, before the timing pass runs the detector
     cost = FitCost(det, trusted)
     estimate = cost.estimate()
     _say(args, estimate.line())
@@ -545,7 +546,7 @@ def _score_estimate(args: argparse.Namespace, det: Any, config: dict[str, Any], 
     from causalmad.cost import duration, estimate_score_cost
     from causalmad.inputs import check_rows, iter_inputs
 
-    few = max(1, min(ESTIMATE_MOST, int(n * ESTIMATE_SHARE)))
+    few = max(min(2, n), min(ESTIMATE_MOST, int(n * ESTIMATE_SHARE)))  # 2+: the fixed cost apart
     part = next(iter_inputs(args.inputs, config["input_shape"], config["input_dtype"], few))
     check_rows(det, part, args.inputs)
     estimate = estimate_score_cost(det, part.inputs, n, args.chunk or CHUNK)

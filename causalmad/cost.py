@@ -30,6 +30,7 @@ few trusted inputs under a sample of hypothesis-free explanations,
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -179,14 +180,16 @@ def parse_budget(text: str) -> Budget:
         The budget.
 
     Raises:
-        InputError: if ``text`` is not a positive number followed by one of those units.
+        InputError: if ``text`` is not a positive, finite number (a whole number of rows)
+            followed by one of those units.
     """
     m = _BUDGET.match(text)
     value = float(m.group(1)) if m else 0.0
-    if not m or not value > 0:
+    rows = m is not None and m.group(2).lower().startswith("row")
+    if not m or not 0 < value < math.inf or (rows and (value < 1 or value != int(value))):
         raise InputError(
-            f"--budget {text!r}: give a positive number of seconds or forward rows with its unit, "
-            "e.g. 600s, 10min, 1.5h or 2e6rows."
+            f"--budget {text!r}: give a positive, finite number of seconds or a whole number of "
+            "forward rows, with its unit: e.g. 600s, 10min, 1.5h or 2e6rows."
         )
     unit = m.group(2).lower()
     return Budget(rows=value) if unit.startswith("row") else Budget(seconds=value * _UNITS[unit])

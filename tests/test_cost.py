@@ -43,7 +43,10 @@ def test_a_budget_is_seconds_or_rows_with_its_unit(text, budget):
     assert parse_budget(text) == budget
 
 
-@pytest.mark.parametrize("text", ["600", "0s", "-5s", "10 minutes", "rows", "1e6 bytes"])
+@pytest.mark.parametrize(
+    "text",
+    ["600", "0s", "-5s", "10 minutes", "rows", "1e6 bytes", "1e400s", "1e400rows", "0.5rows", "2.5rows"],
+)
 def test_a_budget_without_a_known_unit_is_one_clear_error(text):
     with pytest.raises(cm.InputError, match="600s, 10min, 1.5h or 2e6rows"):
         parse_budget(text)
@@ -170,6 +173,11 @@ def test_bad_budgets_are_refused_before_any_work(files, capsys):
     assert err.startswith("causalmad: error: --budget 'ten minutes'") and err.count("\n") == 1
     assert main([*fit, "--budget", "60s", "--detector", "mahalanobis"]) == 2
     assert "a 'mahalanobis' detector has none" in capsys.readouterr().err
+    # a bad argument is refused in one line before the estimate's timing pass runs it
+    for param, message in (("resamples=0", "must be >= 1"), ('resamples="4"', "whole number")):
+        assert main([*fit, "--param", param]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "internal error" not in err, err
     assert not (root / "never").exists()
 
 

@@ -18,6 +18,7 @@ et al. 2022).
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from collections import Counter
 from collections.abc import Hashable
@@ -283,6 +284,30 @@ class ScrubbingDetector(Detector):
     # ------------------------------------------------------------------ fit
     def fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> ScrubbingDetector:
         """Align, build and validate the explanation family on trusted inputs only."""
+        self._check_params()
+        super().fit(trusted, untrusted)
+        return self
+
+    def _check_params(self) -> None:
+        """Check the hypothesis and every argument before any work (``fit`` and the cost
+        estimate call it).
+
+        Raises:
+            HypothesisError: the hypothesis is not a [`Hypothesis`][causalmad.Hypothesis] or
+                does not validate.
+            InputError: an argument is out of its range or of the wrong type.
+        """
+        counts = {
+            "resamples": self.resamples,
+            "counterfactual_resamples": self.counterfactual_resamples,
+            "dual_resamples": self.dual_resamples,
+            "input_cut_budget": self.input_cut_budget,
+            "n_pairs": self.n_pairs,
+            "batch_size": self.batch_size,
+        }
+        for name, value in counts.items():
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise InputError(f"{name} must be a whole number, got {value!r}.")
         if self.hypothesis is not None:
             if not isinstance(self.hypothesis, Hypothesis):
                 raise HypothesisError(
@@ -323,8 +348,6 @@ class ScrubbingDetector(Detector):
                 )
         if len(self.split) != 4 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise InputError(f"split must be four positive fractions summing to 1, got {self.split}.")
-        super().fit(trusted, untrusted)
-        return self
 
     def _values(self, x: torch.Tensor) -> list[dict[str, Hashable]]:
         if self.hypothesis is None:
