@@ -243,8 +243,14 @@ class Scorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data: a numpy batch with an ``input`` column -> its ``score`` column."""
         self.ready()
-        x = torch.from_numpy(np.array(batch["input"]))  # a copy: Ray hands read-only arrays
-        x = x.to(getattr(torch, self.detector.input_dtype_))
+        raw = torch.from_numpy(np.array(batch["input"]))  # a copy: Ray hands read-only arrays
+        x = raw.to(getattr(torch, self.detector.input_dtype_))
+        if not x.is_floating_point() and x.dtype != raw.dtype and not torch.equal(x.to(raw.dtype), raw):
+            # token ids given as floats: 3.7 -> 3 would score another input
+            raise InputError(
+                f"Ray Dataset column 'input': {raw.dtype} values that {x.dtype} cannot hold exactly "
+                f"(the detector was fitted on {x.dtype} inputs); give them as {x.dtype}."
+            )
         return {"score": self.detector.score(x)}
 
 

@@ -166,3 +166,20 @@ def test_an_actor_s_loading_error_comes_back_as_itself(cluster, fitted):
 def test_an_address_where_no_cluster_answers_is_refused_at_once():
     with pytest.raises(cm.InputError, match="no Ray cluster answers at '127.0.0.1:1'"):
         distributed.check_reachable("127.0.0.1:1", timeout=5)
+
+
+def test_a_ray_dataset_s_token_ids_given_as_floats_must_be_whole():
+    class Tokens:  # what an actor holds: a detector fitted on int64 token ids
+        input_dtype_ = "int64"
+
+        def score(self, x: torch.Tensor) -> np.ndarray:
+            return x.sum(1).double().numpy()
+
+    threads = torch.get_num_threads()
+    try:
+        scorer = distributed.Scorer(Tokens)
+    finally:
+        torch.set_num_threads(threads)  # an actor runs one thread; this process keeps its own
+    assert scorer({"input": np.array([[1.0, 3.0]])})["score"].tolist() == [4.0]
+    with pytest.raises(cm.InputError, match="cannot hold exactly"):
+        scorer({"input": np.array([[1.0, 3.7]])})  # not 3: that would score another input
