@@ -483,6 +483,8 @@ def _score(args: argparse.Namespace) -> int:
         raise InputError(
             "--ray-actors is the number of Ray actors: add --ray (and a cluster address if any)."
         )
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise InputError(f"--ray-actors {args.ray_actors}: give the number of Ray actors, at least 1.")
     budget = _budget(args)
     if budget is not None and args.ray is not None:
         raise InputError("--budget checks single-process scoring; drop it with --ray.")

@@ -124,6 +124,8 @@ def test_ray_actors_without_ray_is_refused(fitted, tmp_path, capsys):
     argv = ["score", str(root / "det"), str(root / "inputs.jsonl"), *MODEL, "--ray-actors", "2"]
     assert main([*argv, "--out", str(tmp_path / "s.jsonl")]) == 2
     assert "add --ray" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "s.jsonl"), "--ray", "--ray-actors", "0"]) == 2
+    assert "--ray-actors 0: give the number of Ray actors, at least 1" in capsys.readouterr().err
 
 
 def test_a_folder_fitted_on_a_model_needs_the_model(fitted):
