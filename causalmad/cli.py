@@ -233,12 +233,7 @@ def _model_and_hypothesis(
         move_model(task.model, device)
         return task.model, task.hypothesis, task, {"task": task_name, "size": args.size, "seed": args.seed}
     if args.model is None:
-        if source and "model" in source:
-            raise InputError(
-                f"this detector was fitted on --model {source['model']}"
-                + (f" --hypothesis {source['hypothesis']}" if source.get("hypothesis") else "")
-                + "; pass them again (causalmad runs no code named in a detector folder)."
-            )
+        _refuse_missing_model(source)
         raise InputError("say which model: --task NAME, or --model module:function (with --hypothesis).")
     model = _import(args.model, "model")
     if not isinstance(model, torch.nn.Module):
@@ -601,12 +596,7 @@ def _ray_loader(args: argparse.Namespace, config: dict[str, Any]) -> Any:
     device = torch.device(_device_name(args.device))  # CUDA is the actors', not this machine's
     source = _source(config)
     if args.model is None:
-        if source and "model" in source:
-            raise InputError(
-                f"this detector was fitted on --model {source['model']}"
-                + (f" --hypothesis {source['hypothesis']}" if source.get("hypothesis") else "")
-                + "; pass them again (causalmad runs no code named in a detector folder)."
-            )
+        _refuse_missing_model(source)
         if not source or "task" not in source:
             raise InputError("say which model: --model module:function (with --hypothesis).")
         folder_task(source, args.detector_dir)
@@ -626,6 +616,16 @@ def _actor_model(spec: str) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"--model {spec}: expected a torch.nn.Module, got {type(model).__name__}.")
     return model
+
+
+def _refuse_missing_model(source: dict[str, Any] | None) -> None:
+    """A folder fitted on ``--model`` needs it passed again: causalmad runs no code a folder names."""
+    if source and "model" in source:
+        raise InputError(
+            f"this detector was fitted on --model {source['model']}"
+            + (f" --hypothesis {source['hypothesis']}" if source.get("hypothesis") else "")
+            + "; pass them again (causalmad runs no code named in a detector folder)."
+        )
 
 
 def _actor_hypothesis(spec: str) -> Any:
