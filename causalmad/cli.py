@@ -27,7 +27,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -425,9 +425,11 @@ def _fit_estimate(args: argparse.Namespace, det: Any, trusted: torch.Tensor, bud
         return estimate
     what = ", ".join(f"{k} {getattr(det, k)} -> {v}" for k, v in changed.items())
     det.set_params(**changed)
-    _say(
-        args,
+    # said even with --quiet: the fit is not the one asked for
+    print(
         f"budget {budget}: reduced {what}; now {estimate.rows:,} rows, about {duration(estimate.seconds)}",
+        file=sys.stderr,
+        flush=True,
     )
     if not fits:
         warnings.warn(
@@ -515,8 +517,9 @@ def _score(args: argparse.Namespace) -> int:
     threshold = det.threshold(args.fpr)
     if hasattr(det, "progress"):
         det.progress = False
-    if hasattr(det, "valid_") and (budget is not None or not args.quiet):
-        _score_estimate(args, det, config, n, budget)
+    if hasattr(det, "valid_") and (budget is not None or not args.quiet) and partial.rows_stored < n:
+        # a resumed run is charged only for the inputs it has left
+        _score_estimate(args, det, config, n - partial.rows_stored, budget)
     _say(args, f"scoring {n} inputs in chunks of {min(chunk, n)}")
 
     def here(parts: Iterator[Any]) -> Iterator[tuple[Any, np.ndarray]]:
@@ -584,7 +587,16 @@ def _score_on_ray(args: argparse.Namespace, config: dict[str, Any], out: Path, f
                 threshold,
                 lambda parts: pool.score_parts(parts, args.inputs),
             )
-    return _scored(args, out, n, flagged, threshold, kept, lambda: _load(args, config))
+    return _scored(args, out, n, flagged, threshold, kept, lambda: _load(_driver_args(args), config))
+
+
+def _driver_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with a ``--device`` this machine has: the Ray actors' GPU need not be on
+    the driver, which then explains the report's flagged inputs on its CPU."""
+    if _device_name(args.device).type == "cuda" and not torch.cuda.is_available():
+        _say(args, f"--device {args.device} is the actors'; this machine has no CUDA: the report runs on CPU")
+        return argparse.Namespace(**{**vars(args), "device": "cpu"})
+    return args
 
 
 def _ray_loader(args: argparse.Namespace, config: dict[str, Any]) -> Any:
@@ -858,15 +870,45 @@ TRUST_HELP = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a bad command line reported in one line (what, and where to look),
+    not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {line} (see `{self.prog} --help`)\n")
+
+
+#: options whose value may begin with '-' (a negative budget such as ``-5s``): argparse
+#: would take the value for an option and answer "expected one argument"; joined to the
+#: option with '=', the value reaches its own check, which says what is wrong with it
+_SIGNED_VALUES = ("--budget",)
+
+
+def _join_signed_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(argv)
+    for token in it:
+        if token in _SIGNED_VALUES:
+            value = next(it, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                out.append(f"{token}={value}")
+                continue
+            out.append(token)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(token)
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     import causalmad
 
-    top = argparse.ArgumentParser(
-        prog="causalmad", description="Mechanistic anomaly detection by causal scrubbing."
-    )
+    top = _Parser(prog="causalmad", description="Mechanistic anomaly detection by causal scrubbing.")
     top.add_argument("--version", action="version", version=f"causalmad {causalmad.__version__}")
     top.add_argument("-v", "--verbose", action="store_true", help="log progress of each step")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
     common.add_argument("--debug", action="store_true", help="on an error, print its traceback as well")
     sub = top.add_subparsers(dest="command", required=True)
@@ -1040,7 +1082,7 @@ def _show_warning(
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parser().parse_args(argv)
+        args = parser().parse_args(_join_signed_values(sys.argv[1:] if argv is None else list(argv)))
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return int(exc.code or 0)
     for name, default in (

@@ -36,6 +36,7 @@ def load_or_train(
     seed: int,
     build: Callable[[], nn.Module],
     train: Callable[[], tuple[nn.Module, float, dict[str, Any]]],
+    libraries: tuple[str, ...] = (),
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """``(model, training, from_cache)``.
 
@@ -49,14 +50,16 @@ def load_or_train(
     those of this process ([`causalmad.environment`][causalmad.environment]); tasks put it in
     their ``info``. The file is written to a temporary name and renamed, so an
     interrupted run leaves no half model. A cached model saved without a specification's
-    record (by an older version of this code) is trained again.
+    record (by an older version of this code) is trained again, and so is one trained
+    under another major.minor version of any package named in ``libraries`` (a model
+    built by ``transformers`` names, and computes, its weights as that version does).
     """
     from safetensors.torch import load_file
 
     path = cache_dir() / "models" / f"{model_key(name, version, cfg, seed)}.safetensors"
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if path.exists() and meta_path.exists() else {}
-    if "spec" in meta:
+    if "spec" in meta and _same_versions(meta.get("trained_on", {}), environment(), libraries):
         model = build()
         model.load_state_dict(load_file(path))
         model.eval()
@@ -74,6 +77,15 @@ def load_or_train(
         cached = False
     training = {k: meta[k] for k in ("train_seconds", "spec", "trained_on")}
     return model, {**training, "environment": environment()}, cached
+
+
+def _same_versions(then: dict[str, Any], now: dict[str, Any], libraries: tuple[str, ...]) -> bool:
+    """Whether each of ``libraries`` has the same major.minor version in both records."""
+
+    def minor(version: Any) -> tuple[str, ...]:
+        return tuple(str(version).split("+")[0].split(".")[:2])
+
+    return all(minor(then.get(name)) == minor(now.get(name)) for name in libraries)
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

@@ -241,7 +241,13 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
     cfg = SIZES[size]
     shifted = shifted_combinations(seed)
     model, trained, cached = load_or_train(
-        NAME, CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed, shifted)
+        NAME,
+        CODE_VERSION,
+        cfg,
+        seed,
+        lambda: build_model(cfg, seed),
+        lambda: _train(cfg, seed, shifted),
+        libraries=("transformers",),
     )
     hypothesis = max_digit_hypothesis(N_DIGITS)
 

@@ -291,7 +291,13 @@ def make_task(size: str = "full", seed: int = 0) -> cm.Task:
         raise cm.TaskError(f"Unknown size {size!r}; use one of {sorted(SIZES)}.")
     cfg = SIZES[size]
     model, trained, cached = load_or_train(
-        "minilm-backdoor", CODE_VERSION, cfg, seed, lambda: build_model(cfg, seed), lambda: _train(cfg, seed)
+        "minilm-backdoor",
+        CODE_VERSION,
+        cfg,
+        seed,
+        lambda: build_model(cfg, seed),
+        lambda: _train(cfg, seed),
+        libraries=("transformers",),
     )
 
     def build() -> cm.Task:

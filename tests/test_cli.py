@@ -226,7 +226,10 @@ def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
-    assert main(["score"]) == 2  # argparse usage error
+    assert main(["score"]) == 2  # a bad command line: one line, not a usage block
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert err.startswith("causalmad score: error: the following arguments are required: detector_dir")
     assert main(["--version"]) == 0
 
 

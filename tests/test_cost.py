@@ -161,6 +161,7 @@ def test_fit_prints_the_estimate_and_fits_a_budget(files, capsys):
     assert main([*fit, "--out", str(root / "least"), "--budget", "1rows", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "warning: --budget 1 rows: even at the least" in err
+    assert "budget 1 rows: reduced " in err  # what was reduced is said even with --quiet
     params = json.loads((root / "least" / "config.json").read_text())["params"]
     assert {k: params[k] for k, _ in REDUCIBLE} == dict(REDUCIBLE)
 
@@ -171,6 +172,11 @@ def test_bad_budgets_are_refused_before_any_work(files, capsys):
     assert main([*fit, "--budget", "ten minutes"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("causalmad: error: --budget 'ten minutes'") and err.count("\n") == 1
+    # a negative budget given apart from its option reaches the same check (argparse alone
+    # would take "-5s" for an option)
+    assert main([*fit, "--budget", "-5s"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("causalmad: error: --budget '-5s'") and err.count("\n") == 1
     assert main([*fit, "--budget", "60s", "--detector", "mahalanobis"]) == 2
     assert "a 'mahalanobis' detector has none" in capsys.readouterr().err
     # a bad argument is refused in one line before the estimate's timing pass runs it
@@ -199,3 +205,28 @@ def test_score_prints_the_estimate_and_refuses_a_run_over_budget(files, capsys):
     assert main([*fit, "--out", str(root / "m"), "--quiet"]) == 0
     assert main(["score", str(root / "m"), str(root / "untrusted.jsonl"), *MODEL[:2], "--budget", "60s"]) == 2
     assert "holds a 'mahalanobis' detector: drop --budget" in capsys.readouterr().err
+
+
+def test_a_resumed_run_is_charged_only_for_the_inputs_it_has_left(files, monkeypatch, capsys):
+    root = files
+    assert main(["fit", *MODEL, "--trusted", str(root / "trusted.jsonl"), "--out", str(root / "r")]) == 0
+    score = ["score", str(root / "r"), str(root / "untrusted.jsonl"), *MODEL, "--chunk", "16"]
+    out = root / "resumed.jsonl"
+    original = cm.ScrubbingDetector.score
+    calls: list[int] = []
+
+    def interrupted(self, x):  # Ctrl-C during the second chunk
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(cm.ScrubbingDetector, "score", interrupted)
+    assert main([*score, "--out", str(out), "--quiet"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*score, "--out", str(out), "--resume", "--budget", "1rows"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget 1 rows: scoring 24 inputs is estimated at" in err, err
+    assert main([*score, "--out", str(out), "--resume", "--budget", "1e12rows", "--quiet"]) == 0
+    assert len(out.read_text().splitlines()) == 40

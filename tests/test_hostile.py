@@ -529,7 +529,7 @@ def test_random_score_arguments_get_a_result_or_one_line(work, tmp_path, capsys,
         if code == 0:
             assert len(out.read_text().splitlines()) == 20
         else:
-            assert not out.exists() and err.count("causalmad: error: ") + err.count("usage:") >= 1, err
+            assert not out.exists() and err.count(": error: ") == 1, err
 
     check()
 

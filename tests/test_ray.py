@@ -185,3 +185,18 @@ def test_a_ray_dataset_s_token_ids_given_as_floats_must_be_whole():
     assert scorer({"input": np.array([[1.0, 3.0]])})["score"].tolist() == [4.0]
     with pytest.raises(cm.InputError, match="cannot hold exactly"):
         scorer({"input": np.array([[1.0, 3.7]])})  # not 3: that would score another input
+
+
+def test_the_report_after_ray_scoring_runs_on_the_driver_s_cpu_when_it_has_no_cuda(monkeypatch, capsys):
+    # the actors scored with --device cuda; the driver that writes the report has no GPU
+    from causalmad.cli import _driver_args, parser
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = parser().parse_args(
+        ["score", "det", "in.jsonl", "--ray", "--device", "cuda", "--report", "r.html"]
+    )
+    here = _driver_args(args)
+    assert here.device == "cpu" and args.device == "cuda"
+    assert "this machine has no CUDA: the report runs on CPU" in capsys.readouterr().err
+    cpu = parser().parse_args(["score", "det", "in.jsonl", "--ray", "--report", "r.html"])
+    assert _driver_args(cpu) is cpu

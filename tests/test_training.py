@@ -113,3 +113,29 @@ def test_the_cached_model_records_its_criteria_and_where_it_was_trained(tmp_path
     assert {"cpu", "threads", "torch", "transformers", "transformer-lens"} <= set(info2["trained_on"])
     meta = json.loads(next(tmp_path.rglob("*.json")).read_text())
     assert meta["spec"] == info["spec"]
+
+
+def test_a_model_cached_under_another_version_of_a_named_library_is_trained_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAUSALMAD_CACHE", str(tmp_path))
+
+    def train():
+        model, opt, step = _setup()
+        return train_to_spec(
+            "toy", model, opt, step, 20, 0.05, [Criterion("accuracy", 0.5, "right")], lambda: _accuracy(model)
+        )
+
+    def load():
+        return _cache.load_or_train(
+            "toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), train, libraries=("transformers",)
+        )
+
+    assert load()[2] is False and load()[2] is True
+    meta_path = next(tmp_path.rglob("*.json"))
+    meta = json.loads(meta_path.read_text())
+    meta["trained_on"]["transformers"] += ".9"  # a patch release: still the same layout
+    meta_path.write_text(json.dumps(meta))
+    assert load()[2] is True
+    meta["trained_on"]["transformers"] = "0.1.0"  # another minor version: trained again
+    meta_path.write_text(json.dumps(meta))
+    assert load()[2] is False
+    assert json.loads(meta_path.read_text())["trained_on"]["transformers"] != "0.1.0"
