@@ -105,8 +105,12 @@ def _demo(args: argparse.Namespace) -> int:
         f"AUROC ({r0['split']} split): all valid explanations and scrubs {r0['auroc']:.3f} | "
         f"declared hypothesis alone {fmt(r0['auroc_declared_hypothesis'])} | hypothesis, subsets and "
         f"interchanges {fmt(r0['auroc_hypothesis_and_subsets'])} | "
-        f"input cut alone {fmt(r0.get('auroc_input_cut_only'))} | "
-        f"hypothesis-free alone {fmt(r0['auroc_hypothesis_free_only'])}"
+        f"input cut alone {fmt(r0.get('auroc_input_cut_only'))}"
+        + (
+            ""  # none built: the hypothesis' own claims are the tests (hypothesis_free="auto")
+            if r0["auroc_hypothesis_free_only"] is None
+            else f" | hypothesis-free alone {fmt(r0['auroc_hypothesis_free_only'])}"
+        )
     )
     valid_declared = [e["name"] for e in scrub.explanations_ if e["family"] == "hypothesis" and e["valid"]]
     print(f"valid declared-hypothesis explanations: {valid_declared or 'none'}")

@@ -210,7 +210,9 @@ def _family_counts(detector: Any, adapter: Any, seq_len: int) -> dict[str, int]:
         k for k in adapter.candidate_hooks() if k.component in ("resid_pre", "resid_post", "module", "attn_z")
     ]
     n_pos = seq_len if adapter.has_positions else 1
-    plain = sum((k.n_heads or 2) * n_pos for k in hooks)  # heads, or a PCA claim and the whole site
+    free = h is None if detector.hypothesis_free == "auto" else bool(detector.hypothesis_free)
+    # heads, or a PCA claim and the whole site
+    plain = sum((k.n_heads or 2) * n_pos for k in hooks) if free else 0
     matched = interchange = 0
     if h is not None:
         n_var = len(h.inner)

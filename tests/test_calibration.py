@@ -58,7 +58,12 @@ def test_appending_100_explanations_that_do_not_matter_moves_the_auroc_by_less_t
 
     def auroc() -> tuple[float, cm.ScrubbingDetector]:
         det = cm.ScrubbingDetector(
-            PlantedSum(), sum_hypothesis(), resamples=4, aggregation=aggregation, random_state=0
+            PlantedSum(),
+            sum_hypothesis(),
+            resamples=4,
+            aggregation=aggregation,
+            hypothesis_free=True,  # the nulls are appended to the hypothesis-free family
+            random_state=0,
         ).fit(trusted)
         return roc_auc_score(labels, det.score(x)), det
 

@@ -259,3 +259,22 @@ def test_que_on_wide_activations_equals_the_eigenvector_form():
     state = det._fit_site(x, u)
     assert "projection" not in state and state["directions"].shape[0] == 200
     np.testing.assert_allclose(det._score_site(state, y), expected, rtol=1e-9)
+
+
+def test_hypothesis_free_claims_join_only_without_a_hypothesis_unless_asked(planted, data):
+    model, h = planted
+    trusted, _ = data
+
+    def families(**kwargs):
+        det = cm.ScrubbingDetector(model, resamples=2, random_state=0, **kwargs).fit(trusted)
+        return set(det.families_)
+
+    assert "hypothesis-free" not in families(hypothesis=h)  # "auto": the hypothesis' own claims
+    assert "hypothesis-free" in families(hypothesis=h, hypothesis_free=True)
+    assert families() == {"hypothesis-free"}  # without a hypothesis they are all there is
+    for bad, message in (
+        ({"hypothesis_free": "yes"}, "hypothesis_free must be True, False or 'auto'"),
+        ({"hypothesis_free": False}, "leaves no explanation without a hypothesis"),
+    ):
+        with pytest.raises(cm.InputError, match=message):
+            cm.ScrubbingDetector(model, **bad).fit(trusted)

@@ -176,6 +176,16 @@ class ScrubbingDetector(Detector):
         sites: variable -> candidate sites alignment tries for it, in place of the
             default grid (every candidate hook at the readout positions of the outputs
             the variable affects); ``None`` (default): the grid for every variable.
+        hypothesis_free: whether the hypothesis-free claims (``causalmad.explanations``:
+            "this head, this position, this complement of a principal subspace does not
+            matter", at every hook and position) join the explanations: ``"auto"``
+            (default): only without a hypothesis, when they are the only claims there
+            are; ``True``; ``False``. With a hypothesis, its own claims (each variable,
+            each output mechanism, the interchanges, the input cut) are the tests of the
+            mechanism; the hypothesis-free ones are many (most of a transformer's
+            explanations and forward rows), test no stated mechanism, and over the
+            benchmark's tasks add noise that normal inputs break more often than
+            signal (``docs/benchmarks.md``, "What each mechanism buys").
         pca_variance: variance share of the principal subspace in hypothesis-free claims.
         das_rank: rank of the DAS subspaces alignment learns: an int learns them for every
             variable; ``"auto"`` (default) learns rank-4 ones only for variables that no
@@ -224,6 +234,7 @@ class ScrubbingDetector(Detector):
         "hypothesis_statistic": "mean",
         "interchange_outputs": "all",
         "counterfactual_resolution": None,
+        "hypothesis_free": True,
     }
 
     def __init__(
@@ -240,6 +251,7 @@ class ScrubbingDetector(Detector):
         min_iia: float = 0.8,
         site_choice: str = "earliest",
         sites: dict[str, list[Site]] | None = None,
+        hypothesis_free: bool | str = "auto",
         pca_variance: float = 0.99,
         das_rank: int | str | None = "auto",
         n_pairs: int = 256,
@@ -267,6 +279,7 @@ class ScrubbingDetector(Detector):
         self.min_iia = min_iia
         self.site_choice = site_choice
         self.sites = sites
+        self.hypothesis_free = hypothesis_free
         self.pca_variance = pca_variance
         self.das_rank = das_rank
         self.n_pairs = n_pairs
@@ -329,6 +342,13 @@ class ScrubbingDetector(Detector):
             or (isinstance(self.das_rank, int) and not isinstance(self.das_rank, bool) and self.das_rank > 0)
         ):
             raise InputError(f"das_rank must be a positive int, 'auto' or None, got {self.das_rank!r}.")
+        if self.hypothesis_free not in (True, False, "auto"):
+            raise InputError(f"hypothesis_free must be True, False or 'auto', got {self.hypothesis_free!r}.")
+        if self.hypothesis is None and self.hypothesis_free in (False,):
+            raise InputError(
+                "hypothesis_free=False leaves no explanation without a hypothesis: give a hypothesis, "
+                "or hypothesis_free='auto'."
+            )
         if not set(self.input_cut) <= set(input_cut.DIRECTIONS) or isinstance(self.input_cut, str):
             raise InputError(f"input_cut must be a tuple of {input_cut.DIRECTIONS}, got {self.input_cut!r}.")
         self._check_scoring_params()
@@ -386,7 +406,8 @@ class ScrubbingDetector(Detector):
         family: list[Explanation] = []
         if h is not None:
             family += hypothesis_explanations(adapter, h, self.alignment_, self.min_iia, seq_len)
-        family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
+        if h is None if self.hypothesis_free == "auto" else bool(self.hypothesis_free):
+            family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
         self.pool_.gather([s for e in family for s in e.sites])
 
         # each conditional explanation beside its own sites resampled from *any* trusted
