@@ -544,6 +544,7 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
         if len(sizes) > 1:
             lines += [f"## size `{size}`", ""]
         lines += [*_summary_table(rs), ""]
+        lines += [*_summary_table(rs, "tpr_at_1pct_fpr", "TPR at 1 % FPR"), ""]
         lines += _family_table(rs)
         for task, split in sorted({(r["task"], r["split"]) for r in rs}):
             lines += [
@@ -635,33 +636,39 @@ def _best(groups: dict[str, list[dict[str, Any]]], key: str, higher: bool = True
     return {d for d, m in means.items() if m == target}
 
 
-def _summary_table(records: list[dict[str, Any]]) -> list[str]:
+def _summary_table(records: list[dict[str, Any]], key: str = "auroc", title: str = "AUROC") -> list[str]:
+    """One row per (task, split), one column per detector: ``key``'s mean ± std over
+    seeds, the best non-skyline baseline and scrubbing's difference from it, and the
+    seeds the row holds."""
     dets = list(_by_detector(records))
     sky = {r["detector"] for r in records if r.get("skyline")}
     has_scrub = "scrubbing" in dets
     head = ["task", "split", *(_label(d, d in sky) for d in dets)]
     if has_scrub:
         head += ["best baseline", "scrubbing − best baseline"]
-    lines = ["### AUROC, every detector", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head.append("seeds")
+    lines = [f"### {title}, every detector", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for task, split in sorted({(r["task"], r["split"]) for r in records}):
-        groups = _by_detector([r for r in records if r["task"] == task and r["split"] == split])
-        best = _best(groups, "auroc")
+        rows = [r for r in records if r["task"] == task and r["split"] == split]
+        groups = _by_detector(rows)
+        best = _best(groups, key)
         row = [task, split]
         for d in dets:
-            cell = _fmt([r["auroc"] for r in groups[d]]) if d in groups else "–"
+            cell = _fmt([r[key] for r in groups[d]]) if d in groups else "–"
             row.append(f"**{cell}**" if d in best else cell)
         if has_scrub:
             baselines = {
-                d: _mean_std([r["auroc"] for r in rs])[0]
+                d: _mean_std([r[key] for r in rs])[0]
                 for d, rs in groups.items()
                 if d != "scrubbing" and not rs[0].get("skyline")
             }
             if "scrubbing" in groups and baselines:
                 top = max(baselines, key=lambda d: baselines[d])
-                gap = _mean_std([r["auroc"] for r in groups["scrubbing"]])[0] - baselines[top]
+                gap = _mean_std([r[key] for r in groups["scrubbing"]])[0] - baselines[top]
                 row += [f"{top} ({baselines[top]:.3f})", f"{gap:+.3f}"]
             else:
                 row += ["–", "–"]
+        row.append(" ".join(str(s) for s in sorted({r.get("seed") for r in rows}, key=str)))
         lines.append("| " + " | ".join(row) + " |")
     return lines
 

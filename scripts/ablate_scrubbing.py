@@ -4,8 +4,8 @@ score from the same divergences (no refit, so the rows differ only in the mechan
 for the mechanisms that change what is fitted, refitted with each switched off (``REFITS``:
 the highest-IIA site instead of the earliest reaching the bar; 8 sources per interchange
 instead of 32; the mean over an explanation's sources instead of the median; interchanges
-scored on every output, not only those downstream of their variable), scored on
-``--refit-splits``.
+scored on every output, not only those downstream of their variable; the hypothesis-free
+claims built beside the hypothesis' own), scored on ``--refit-splits``.
 
     python scripts/ablate_scrubbing.py --size tiny --seed 0 --out results/ablation.json
 
@@ -55,6 +55,7 @@ REFITS = {
     "8 interchange sources": (cm.ScrubbingDetector, {"counterfactual_resamples": 8}),
     "mean over sources": (cm.ScrubbingDetector, {"hypothesis_statistic": "mean"}),
     "interchanges on all outputs": (cm.ScrubbingDetector, {"interchange_outputs": "all"}),
+    "with hypothesis-free claims": (cm.ScrubbingDetector, {"hypothesis_free": True}),
 }
 
 

@@ -245,7 +245,8 @@ def test_table_bolds_the_best_non_skyline_detector_and_reports_mean_and_std():
     md = results_markdown(records)
     row = next(line for line in md.splitlines() if line.startswith("| t | hard"))
     assert row.split(" | ")[2:5] == ["**0.850 ± 0.050**", "0.600 ± 0.000", "1.000 ± 0.000"]
-    assert "mahalanobis (0.600) | +0.250" in row
+    assert "mahalanobis (0.600) | +0.250 | 0 1 |" in row  # the seeds the row holds, last
+    assert "### TPR at 1 % FPR, every detector" in md  # the same rows at the flag's threshold
     assert "**1.000" not in md  # the skyline is never bolded
     assert "by explanation family" not in md  # no family figures in these records
 
