@@ -686,23 +686,25 @@ FAMILY_KEYS = [
 def _family_table(records: list[dict[str, Any]]) -> list[str]:
     """Scrubbing AUROC per (task, split) when the score combines one explanation family
     only: which explanations carry the signal, and which dilute it. No lines when no
-    scrubbing record carries the per-family figures."""
+    scrubbing record carries the per-family figures; no column for a family that no record
+    has (the hypothesis-free claims, under a hypothesis, by default)."""
     scrub = [r for r in records if r["detector"] == "scrubbing" and "auroc_declared_hypothesis" in r]
     if not scrub:
         return []
+    keys = [(k, label) for k, label in FAMILY_KEYS if any(r.get(k) is not None for r in scrub)]
     lines = [
         "### Scrubbing AUROC by explanation family",
         "",
         "The detector's score over every valid explanation and input-cut scrub beside the same",
         "combination over one family alone; `–`: the family has no valid column there.",
         "",
-        "| task | split | " + " | ".join(label for _, label in FAMILY_KEYS) + " |",
-        "|---|---|" + "---|" * len(FAMILY_KEYS),
+        "| task | split | " + " | ".join(label for _, label in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
     ]
     for task, split in sorted({(r["task"], r["split"]) for r in scrub}):
         rs = [r for r in scrub if r["task"] == task and r["split"] == split]
         cells = []
-        for key, _ in FAMILY_KEYS:
+        for key, _ in keys:
             vals = [r[key] for r in rs if r.get(key) is not None]
             cells.append(_fmt(vals) if len(vals) == len(rs) else "–")
         lines.append(f"| {task} | {split} | " + " | ".join(cells) + " |")

@@ -7,7 +7,8 @@ Settings (each fitted on the same trusted inputs, scored on the same splits, in 
 
 * ``earlier``: the largest standardised divergence over the explanations alone
   (``aggregation="max-z"``, ``input_cut=()``) with interchanges drawn ``resamples`` times
-  (``counterfactual_resamples=4``), the detector before the input cut and calibration;
+  (``counterfactual_resamples=4``) and the hypothesis-free claims beside the hypothesis'
+  (``hypothesis_free=True``), the detector before the input cut and calibration;
 * ``default``: the detector as constructed with no arguments.
 
 Alignment (the earliest site reaching the IIA bar) is the same in both.
@@ -26,7 +27,12 @@ from sklearn.metrics import roc_auc_score
 import causalmad as cm
 
 SETTINGS = {
-    "earlier": {"aggregation": "max-z", "input_cut": (), "counterfactual_resamples": 4},
+    "earlier": {
+        "aggregation": "max-z",
+        "input_cut": (),
+        "counterfactual_resamples": 4,
+        "hypothesis_free": True,
+    },
     "default": {},
 }
 

@@ -263,7 +263,13 @@ def test_family_table_reports_each_explanation_family_of_the_scrubbing_records()
     md = results_markdown(records)
     assert "### Scrubbing AUROC by explanation family" in md
     row = next(line for line in md.splitlines() if line.startswith("| t | hard | 0.850"))
-    assert row.split(" | ")[2:] == ["0.850 ± 0.050", "0.500 ± 0.000", "0.950 ± 0.000", "0.700 ± 0.000", "– |"]
+    assert row.split(" | ")[2:] == ["0.850 ± 0.050", "0.500 ± 0.000", "0.950 ± 0.000", "0.700 ± 0.000 |"]
+    assert "hypothesis-free only" not in md  # no record has that family: no column
+    records[0]["auroc_hypothesis_free_only"] = 0.6
+    row = next(
+        line for line in results_markdown(records).splitlines() if line.startswith("| t | hard | 0.850")
+    )
+    assert row.endswith("| 0.700 ± 0.000 | – |")  # one seed has the family, the row does not
 
 
 def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tmp_path, monkeypatch, capsys):
