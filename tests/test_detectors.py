@@ -272,6 +272,9 @@ def test_hypothesis_free_claims_join_only_without_a_hypothesis_unless_asked(plan
     assert "hypothesis-free" not in families(hypothesis=h)  # "auto": the hypothesis' own claims
     assert "hypothesis-free" in families(hypothesis=h, hypothesis_free=True)
     assert families() == {"hypothesis-free"}  # without a hypothesis they are all there is
+    # no variable reaches the IIA bar and no output is read at a position: the hypothesis
+    # has no claim of its own, and the hypothesis-free ones are all there is again
+    assert "hypothesis-free" in families(hypothesis=h, min_iia=1.01)
     for bad, message in (
         ({"hypothesis_free": "yes"}, "hypothesis_free must be True, False or 'auto'"),
         ({"hypothesis_free": False}, "leaves no explanation without a hypothesis"),

@@ -179,13 +179,15 @@ class ScrubbingDetector(Detector):
         hypothesis_free: whether the hypothesis-free claims (``causalmad.explanations``:
             "this head, this position, this complement of a principal subspace does not
             matter", at every hook and position) join the explanations: ``"auto"``
-            (default): only without a hypothesis, when they are the only claims there
-            are; ``True``; ``False``. With a hypothesis, its own claims (each variable,
-            each output mechanism, the interchanges, the input cut) are the tests of the
-            mechanism; the hypothesis-free ones are many (most of a transformer's
-            explanations and forward rows), test no stated mechanism, and over the
-            benchmark's tasks add noise that normal inputs break more often than
-            signal (``docs/benchmarks.md``, "What each mechanism buys").
+            (default): only when the hypothesis gives no claim of its own (there is none,
+            or none of its variables reaches ``min_iia`` and no output is read at a
+            position), so that they are the only claims there are; ``True``;
+            ``False``. With a hypothesis, its own claims (each variable, each output
+            mechanism, the interchanges, the input cut) are the tests of the mechanism;
+            the hypothesis-free ones are many (most of a transformer's explanations and
+            forward rows) and test no stated mechanism; over the benchmark's tiny tasks
+            leaving them out raises or keeps every hard split but one at chance either
+            way (``docs/benchmarks.md``, "What each mechanism buys").
         pca_variance: variance share of the principal subspace in hypothesis-free claims.
         das_rank: rank of the DAS subspaces alignment learns: an int learns them for every
             variable; ``"auto"`` (default) learns rank-4 ones only for variables that no
@@ -406,7 +408,9 @@ class ScrubbingDetector(Detector):
         family: list[Explanation] = []
         if h is not None:
             family += hypothesis_explanations(adapter, h, self.alignment_, self.min_iia, seq_len)
-        if h is None if self.hypothesis_free == "auto" else bool(self.hypothesis_free):
+        # "auto": without a hypothesis, or when it gives no claim of its own to test (no
+        # variable reached the IIA bar and no output is read at a position)
+        if not family if self.hypothesis_free == "auto" else bool(self.hypothesis_free):
             family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
         self.pool_.gather([s for e in family for s in e.sites])
 
