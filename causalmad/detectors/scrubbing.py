@@ -919,7 +919,8 @@ class ScrubbingDetector(Detector):
         )
 
     def summary(self) -> dict[str, Any]:
-        """Counts of searched / valid explanations per family, and the alignment."""
+        """Counts of searched / valid explanations and input-cut scrubs, in all and per
+        family, and the alignment."""
         self._require_fitted()
         fams: dict[str, dict[str, int]] = {}
         for e in self.explanations_:
@@ -928,7 +929,7 @@ class ScrubbingDetector(Detector):
             f["valid"] += int(e["valid"])
         return {
             "searched": len(self.explanations_),
-            "valid": len(self.valid_),
+            "valid": sum(f["valid"] for f in fams.values()),  # of those searched: the scrubs too
             "by_family": fams,
             "heldout_iia": self.alignment_.heldout_iia() if self.alignment_ else {},
         }
