@@ -311,8 +311,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _say(args: argparse.Namespace, message: str) -> None:
-    if not args.quiet:
+def _say(args: argparse.Namespace, message: str, even_quiet: bool = False) -> None:
+    """``message`` on stderr, unless ``--quiet`` (``even_quiet``: what the user must know)."""
+    if even_quiet or not args.quiet:
         print(message, file=sys.stderr, flush=True)
 
 
@@ -429,11 +430,10 @@ def _fit_estimate(args: argparse.Namespace, det: Any, trusted: torch.Tensor, bud
         return estimate
     what = ", ".join(f"{k} {getattr(det, k)} -> {v}" for k, v in changed.items())
     det.set_params(**changed)
-    # said even with --quiet: the fit is not the one asked for
-    print(
+    _say(  # even with --quiet: the fit is not the one asked for
+        args,
         f"budget {budget}: reduced {what}; now {estimate.rows:,} rows, about {duration(estimate.seconds)}",
-        file=sys.stderr,
-        flush=True,
+        even_quiet=True,
     )
     if not fits:
         warnings.warn(

@@ -97,17 +97,21 @@ def test_an_unmet_specification_stops_task_construction_with_the_criterion_named
     assert not list(tmp_path.rglob("*.safetensors"))
 
 
+def _train_toy():
+    """The toy task trained to a spec it meets (accuracy 0.5)."""
+    model, opt, step = _setup()
+    return train_to_spec(
+        "toy", model, opt, step, 20, 0.05, [Criterion("accuracy", 0.5, "right")], lambda: _accuracy(model)
+    )
+
+
 def test_the_cached_model_records_its_criteria_and_where_it_was_trained(tmp_path, monkeypatch):
     monkeypatch.setenv("CAUSALMAD_CACHE", str(tmp_path))
 
-    def train():
-        model, opt, step = _setup()
-        return train_to_spec(
-            "toy", model, opt, step, 20, 0.05, [Criterion("accuracy", 0.5, "right")], lambda: _accuracy(model)
-        )
-
-    first, info, cached = _cache.load_or_train("toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), train)
-    again, info2, cached2 = _cache.load_or_train("toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), train)
+    first, info, cached = _cache.load_or_train("toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), _train_toy)
+    again, info2, cached2 = _cache.load_or_train(
+        "toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), _train_toy
+    )
     assert (cached, cached2) == (False, True) and torch.equal(first.weight, again.weight)
     assert info2["spec"] == info["spec"] and info2["spec"]["criteria"]["accuracy"]["value"] >= 0.5
     assert {"cpu", "threads", "torch", "transformers", "transformer-lens"} <= set(info2["trained_on"])
@@ -118,15 +122,9 @@ def test_the_cached_model_records_its_criteria_and_where_it_was_trained(tmp_path
 def test_a_model_cached_under_another_version_of_a_named_library_is_trained_again(tmp_path, monkeypatch):
     monkeypatch.setenv("CAUSALMAD_CACHE", str(tmp_path))
 
-    def train():
-        model, opt, step = _setup()
-        return train_to_spec(
-            "toy", model, opt, step, 20, 0.05, [Criterion("accuracy", 0.5, "right")], lambda: _accuracy(model)
-        )
-
     def load():
         return _cache.load_or_train(
-            "toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), train, libraries=("transformers",)
+            "toy", 1, _Cfg(), 0, lambda: torch.nn.Linear(4, 2), _train_toy, libraries=("transformers",)
         )
 
     assert load()[2] is False and load()[2] is True
