@@ -678,6 +678,7 @@ FAMILY_KEYS = [
     ("auroc", "all valid (the score)"),
     ("auroc_declared_hypothesis", "declared hypothesis"),
     ("auroc_hypothesis_and_subsets", "hypothesis, subsets and interchanges"),
+    ("auroc_pieces_only", "pieces of sites only"),
     ("auroc_input_cut_only", "input cut only"),
     ("auroc_hypothesis_free_only", "hypothesis-free only"),
 ]

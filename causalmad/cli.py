@@ -105,6 +105,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"AUROC ({r0['split']} split): all valid explanations and scrubs {r0['auroc']:.3f} | "
         f"declared hypothesis alone {fmt(r0['auroc_declared_hypothesis'])} | hypothesis, subsets and "
         f"interchanges {fmt(r0['auroc_hypothesis_and_subsets'])} | "
+        f"pieces of sites alone {fmt(r0.get('auroc_pieces_only'))} | "
         f"input cut alone {fmt(r0.get('auroc_input_cut_only'))}"
         + (
             ""  # none built: the hypothesis' own claims are the tests (hypothesis_free="auto")

@@ -210,7 +210,7 @@ def _family_counts(detector: Any, adapter: Any, seq_len: int) -> dict[str, int]:
         k for k in adapter.candidate_hooks() if k.component in ("resid_pre", "resid_post", "module", "attn_z")
     ]
     n_pos = seq_len if adapter.has_positions else 1
-    matched = interchange = 0
+    matched = interchange = pieces = 0
     if h is not None:
         n_var = len(h.inner)
         outputs = (
@@ -218,11 +218,14 @@ def _family_counts(detector: Any, adapter: Any, seq_len: int) -> dict[str, int]:
         )
         matched = (1 + n_var if n_var else 0) + len(outputs) + (1 if len(outputs) > 1 else 0)
         interchange = INTERCHANGE_SITES * n_var
+        # each variable's and each output's claim on pieces of its sites (no any-source run)
+        pieces = (n_var + len(outputs)) * detector.site_parts if detector.site_parts > 1 else 0
     # the hypothesis-free claims: with "auto", only where the hypothesis has no claim of its own
     auto = detector.hypothesis_free == "auto"
     free = not (matched or interchange) if auto else bool(detector.hypothesis_free)
     # heads, or a PCA claim and the whole site
     plain = sum((k.n_heads or 2) * n_pos for k in hooks) if free else 0
+    plain += pieces if h is not None else 0
     return {"plain": plain, "matched": matched, "interchange": interchange}
 
 

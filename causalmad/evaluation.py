@@ -159,7 +159,10 @@ def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> di
         "explanations_valid": summary["valid"],
         "explanations_by_family": summary["by_family"],
         "auroc_declared_hypothesis": alone(fam == "hypothesis"),
-        "auroc_hypothesis_and_subsets": alone((fam != "hypothesis-free") & ~cut),
+        "auroc_hypothesis_and_subsets": alone(
+            (fam != "hypothesis-free") & (fam != "hypothesis-pieces") & ~cut
+        ),
+        "auroc_pieces_only": alone(fam == "hypothesis-pieces"),
         "auroc_hypothesis_free_only": alone(fam == "hypothesis-free"),
         "auroc_input_cut_only": alone(cut),
     }

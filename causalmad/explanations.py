@@ -16,6 +16,17 @@ anomalous if *some* explanation that holds on all trusted data fails on it). The
   cannot see an input on which the model ignores a variable whose value happens to give
   the normal answer (a backdoor that overrides part of the computation with the same
   output); changing the variable can.
+* **hypothesis-pieces** — each claim of ``hypothesis-subset`` (a variable at its site, an
+  output mechanism) tested on pieces of its sites: the site's coordinates (or its
+  subspace's basis vectors) in ``parts`` seeded random groups, one group resampled from
+  an agreeing source while the rest keeps ``x``'s values. The claim implies each such
+  hybrid gives the output too (every piece of a site that is a function of the variable
+  is one), so these are valid exactly where their claim is. A whole site resampled
+  replaces all of ``x``'s activation there, so the scrubbed output is a trusted source's
+  and an anomaly whose cause sits at the site too (a trigger that overdetermines the
+  answer) is gone from it; a piece leaves the rest of the cause in place, and a model
+  that still depends on it shows it (an output that barely moves where trusted inputs'
+  moves, or one that moves far more).
 * **hypothesis-free** — per hook and token position: "only the top-k trusted principal
   subspace matters" (the orthogonal complement resampled from a random trusted input),
   "this position does not matter" (all of it resampled); per attention head and
@@ -116,6 +127,52 @@ def hypothesis_explanations(
                 )
             )
     return family
+
+
+def piece_explanations(
+    adapter: ModelAdapter, pool: SourcePool, family: list[Explanation], parts: int, seed: int
+) -> list[tuple[Explanation, int]]:
+    """Each ``hypothesis-subset`` claim of ``family`` on ``parts`` pieces of its sites.
+
+    Args:
+        adapter: the model's adapter (head widths).
+        pool: the trusted source pool; gathers the claims' sites (a site's width).
+        family: the explanations built so far.
+        parts: pieces per site (``< 2``: none); a site (or subspace) narrower than
+            ``parts`` is not split.
+        seed: seeds each site's random grouping of coordinates.
+
+    Returns:
+        ``(piece explanation, index of its claim in family)`` pairs, claim by claim.
+    """
+    if parts < 2:
+        return []
+    claims = [(i, e) for i, e in enumerate(family) if e.family == "hypothesis-subset"]
+    pool.gather([s for _, e in claims for s in e.sites])
+    out: list[tuple[Explanation, int]] = []
+    for i, e in claims:
+        # the coordinates a piece groups: the subspace's basis vectors, or the site's axes
+        bases = [
+            r.site.basis
+            if r.site.basis is not None
+            else torch.eye(
+                adapter.head_width(r.site.hook) if r.site.head is not None else pool.acts(r.site).shape[-1]
+            )
+            for r in e.resamples
+        ]
+        if min(b.shape[1] for b in bases) < parts:
+            continue
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        orders = [torch.randperm(b.shape[1], generator=gen) for b in bases]
+        for j in range(parts):
+            rules = [
+                Resample(r.site.with_basis(b[:, o[j::parts]].contiguous(), f"piece {j + 1}/{parts}"), r.match)
+                for r, b, o in zip(e.resamples, bases, orders)
+            ]
+            out.append(
+                (Explanation(f"{e.name}, piece {j + 1}/{parts}", "hypothesis-pieces", rules, e.variables), i)
+            )
+    return out
 
 
 def principal_basis(acts: torch.Tensor, variance: float) -> tuple[torch.Tensor, int]:

@@ -16,7 +16,7 @@ counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (
 columns dropped); ``only input cut``, ``only interchanges`` (those columns alone);
 ``coarse interchanges`` (interchange columns compared at ``min_scale``, not
 ``counterfactual_resolution``); ``previous`` (calibration and the input cut off: the
-largest standardised divergence over the explanations alone); then the refitted variants.
+largest standardised divergence over the whole-site explanations alone); then the refitted variants.
 Prints a markdown table of AUROCs, one column per variant.
 """
 
@@ -44,6 +44,7 @@ VARIANTS = (
     "no base input cut",
     "only input cut",
     "only interchanges",
+    "no pieces",
     "coarse interchanges",
     "previous",
 )
@@ -63,6 +64,7 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
     fam = np.asarray(det.families_)
     cut = np.char.startswith(fam.astype(str), "input-cut")
     dual, base = fam == "input-cut (dual)", fam == "input-cut (base)"
+    pieces = fam == "hypothesis-pieces"
 
     fine = det.column_resolutions()
 
@@ -78,7 +80,7 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "all": calibrated(everything),
         "max-z": z.max(1),
-        "previous": z[:, ~cut].max(1),
+        "previous": z[:, ~cut & ~pieces].max(1),
         "one-sided": calibrated(everything, two_sided=False),
         "two-sided": calibrated(everything, True),
         "no input cut": calibrated(~cut),
@@ -86,6 +88,7 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
         "no base input cut": calibrated(~base),
         "only input cut": calibrated(cut),
         "only interchanges": calibrated(fam == "hypothesis-interchange"),
+        "no pieces": calibrated(~pieces),
         "coarse interchanges": calibrated(everything, resolution=np.full(len(fam), det.min_scale)),
     }
 

@@ -32,7 +32,7 @@ from causalmad import calibration, input_cut
 from causalmad.alignment import Alignment, search
 from causalmad.detectors.base import Detector, ExplainResult, ScoreDetails, register, split_indices
 from causalmad.errors import HypothesisError, InputError, PersistenceError
-from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations
+from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations, piece_explanations
 from causalmad.hypothesis import Hypothesis, Readout
 from causalmad.scrubbing import (
     STATISTICS,
@@ -218,6 +218,13 @@ class ScrubbingDetector(Detector):
             hypothesis, or without parts (``causalmad.input_cut.part_masks``), none.
         input_cut_budget: at most this many subsets of input parts, each tested in every
             direction of ``input_cut``.
+        site_parts: each claim of the hypothesis (a variable at its site, an output
+            mechanism) is also tested on this many pieces of its sites
+            (``causalmad.explanations.piece_explanations``: seeded random groups of the
+            site's coordinates, one resampled at a time, the rest kept from ``x``); ``1``:
+            none. A whole site resampled leaves nothing of ``x`` there, so an anomaly whose
+            cause sits at the site too (a trigger that overdetermines the answer) leaves
+            the scrubbed output; a piece keeps the rest of the cause in place.
         batch_size: most rows per scrubbed forward pass (fewer if ``memory_mb`` says so).
         memory_mb: memory budget of scoring (MiB): inputs are processed in chunks and
             passes capped so that cached activations plus one pass stay under it.
@@ -237,6 +244,7 @@ class ScrubbingDetector(Detector):
         "interchange_outputs": "all",
         "counterfactual_resolution": None,
         "hypothesis_free": True,
+        "site_parts": 1,
     }
 
     def __init__(
@@ -264,6 +272,7 @@ class ScrubbingDetector(Detector):
         aggregation: str = "calibrated",
         input_cut: tuple[str, ...] = ("base", "dual"),
         input_cut_budget: int = 32,
+        site_parts: int = 2,
         batch_size: int = 1024,
         memory_mb: float = 2048.0,
         random_state: int = 0,
@@ -292,6 +301,7 @@ class ScrubbingDetector(Detector):
         self.aggregation = aggregation
         self.input_cut = input_cut
         self.input_cut_budget = input_cut_budget
+        self.site_parts = site_parts
         self.batch_size = batch_size
         self.memory_mb = memory_mb
         self.progress = progress
@@ -317,6 +327,7 @@ class ScrubbingDetector(Detector):
             "counterfactual_resamples": self.counterfactual_resamples,
             "dual_resamples": self.dual_resamples,
             "input_cut_budget": self.input_cut_budget,
+            "site_parts": self.site_parts,
             "n_pairs": self.n_pairs,
             "batch_size": self.batch_size,
         }
@@ -334,6 +345,8 @@ class ScrubbingDetector(Detector):
                 f"resamples, counterfactual_resamples and dual_resamples must be >= 1, got "
                 f"{self.resamples}, {self.counterfactual_resamples} and {self.dual_resamples}."
             )
+        if self.site_parts < 1:
+            raise InputError(f"site_parts must be >= 1 (1: no pieces), got {self.site_parts}.")
         if not self.memory_mb > 0 or self.batch_size < 1:
             raise InputError(
                 f"memory_mb must be > 0 and batch_size >= 1, got {self.memory_mb} and {self.batch_size}."
@@ -412,12 +425,18 @@ class ScrubbingDetector(Detector):
         # variable reached the IIA bar and no output is read at a position)
         if not family if self.hypothesis_free == "auto" else bool(self.hypothesis_free):
             family += hypothesis_free_explanations(adapter, self.pool_, seq_len, self.pca_variance)
+        # each claim of the hypothesis also on pieces of its sites, valid where the claim is
+        pieces = piece_explanations(adapter, self.pool_, family, self.site_parts, self.random_state)
+        claim_of = {len(family) + n: i for n, (_, i) in enumerate(pieces)}
+        family += [e for e, _ in pieces]
         self.pool_.gather([s for e in family for s in e.sites])
 
         # each conditional explanation beside its own sites resampled from *any* trusted
         # source: how much of the output that destroys, the explanation must give back
         conditional = [
-            i for i, e in enumerate(family) if e.target is None and any(r.match for r in e.resamples)
+            i
+            for i, e in enumerate(family)
+            if e.target is None and i not in claim_of and any(r.match for r in e.resamples)
         ]
         ablations = [
             Explanation(
@@ -450,6 +469,8 @@ class ScrubbingDetector(Detector):
                 key = " + ".join(s.key for s in e.sites)
                 cand = next(c for c in self.alignment_.candidates[e.target] if c.key == key)
                 valid[i] = cand.heldout_iia >= self.min_iia
+        for i, claim in claim_of.items():
+            valid[i] = valid[claim]
         self.explanations_: list[dict[str, Any]] = [
             {
                 "name": e.name,
