@@ -53,8 +53,10 @@ class Explanation:
     Attributes:
         name: readable, unique within a family.
         family: ``"hypothesis"`` (the declared graph at a cut), ``"hypothesis-subset"``
-            (some of its variables) or ``"hypothesis-free"`` (principal-subspace and
-            component claims that need no hypothesis).
+            (some of its variables), ``"hypothesis-interchange"``, ``"hypothesis-pieces"``
+            (a claim of ``"hypothesis-subset"`` on a piece of its sites) or
+            ``"hypothesis-free"`` (principal-subspace and component claims that need no
+            hypothesis); ``causalmad.explanations`` describes each.
         resamples: the rules, all applied together.
         variables: hypothesis variables the explanation speaks about.
         target: set for an interchange explanation (see below).
