@@ -4,8 +4,11 @@ separate invocations, side by side) into one file, and print their tables.
     python scripts/merge_bench.py docs/data/bench-full.json results/bench-full results/bench-full-s1
 
 A cell (task, split, detector, seed, size) found in more than one folder is refused: the
-folders must be parts of one benchmark, not reruns of the same cells. Each record keeps
-its ``environment`` (machine, threads, package versions).
+folders must be parts of one benchmark, not reruns of the same cells; with ``--replace``,
+a later folder's cell replaces an earlier folder's (some cells rerun, say one detector
+after its defaults changed:
+``python scripts/merge_bench.py --replace OUT results/bench-full results/bench-full-scrub-s0``).
+Each record keeps its ``environment`` (machine, threads, package versions).
 """
 
 from __future__ import annotations
@@ -22,19 +25,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="merged records (JSON list)")
     ap.add_argument("folders", type=Path, nargs="+", help="bench output folders")
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="a later folder's cell replaces the same cell of an earlier folder",
+    )
     a = ap.parse_args()
-    records, seen = [], {}
+    cells: dict[tuple, dict] = {}
+    seen: dict[tuple, Path] = {}
     for folder in a.folders:
         if not (folder / "results.json").is_file():
             print(f"merge_bench: {folder}/results.json does not exist", file=sys.stderr)
             return 2
         for r in read_records(folder):
             cell = (r["task"], r["split"], r["detector"], r.get("seed"), r.get("size"))
-            if cell in seen:
+            if cell in seen and (not a.replace or seen[cell] == folder):
                 print(f"merge_bench: {cell} is in both {seen[cell]} and {folder}", file=sys.stderr)
                 return 2
-            seen[cell] = folder
-            records.append(r)
+            seen[cell], cells[cell] = folder, r
+    records = list(cells.values())
     records.sort(key=lambda r: (r["task"], r["split"], r["detector"], str(r.get("seed"))))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(records, indent=1) + "\n")

@@ -316,3 +316,27 @@ def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tm
     assert [(r["task"], r["device"]) for r in json.loads((tmp_path / "results.json").read_text())] == [
         ("planted", "cpu")
     ]
+
+
+def test_merge_bench_refuses_a_cell_twice_unless_a_later_folder_replaces_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "merge_bench.py"
+    first, rerun = tmp_path / "first", tmp_path / "rerun"
+    for folder, records in (
+        (first, [_record("scrubbing", 0, 0.6), _record("mahalanobis", 0, 0.7)]),
+        (rerun, [_record("scrubbing", 0, 0.9)]),
+    ):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(records))
+    out = tmp_path / "merged.json"
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(script), *args, str(out), str(first), str(rerun)], capture_output=True, text=True
+    )
+    refused = run()
+    assert refused.returncode == 2 and "is in both" in refused.stderr and not out.exists()
+    assert run("--replace").returncode == 0
+    merged = {r["detector"]: r["auroc"] for r in json.loads(out.read_text())}
+    assert merged == {"scrubbing": 0.9, "mahalanobis": 0.7}  # the rerun's cell, the rest kept
