@@ -156,6 +156,21 @@ def _flat(adapter: ModelAdapter, act: torch.Tensor) -> torch.Tensor:
     return act.reshape(act.shape[0], -1)
 
 
+def coordinates(proj: torch.Tensor | None) -> torch.Tensor | None:
+    """``proj`` as the indices of the coordinates it selects (a ``long`` tensor) when its
+    columns are distinct axes of the activation (each column one 1, the rest 0), so that
+    ``_apply`` copies those coordinates instead of projecting (``d x k`` multiplies a row
+    otherwise; a piece of a site is such a basis); any other ``proj`` as it is."""
+    if proj is None or proj.dtype == torch.long:
+        return proj
+    ones = proj == 1
+    if bool(((proj == 0) | ones).all()) and bool((ones.sum(0) == 1).all()):
+        idx = ones.to(torch.int8).argmax(0)
+        if len(torch.unique(idx)) == len(idx):
+            return idx
+    return proj
+
+
 def _apply(
     act: torch.Tensor, pos: torch.Tensor | None, values: torch.Tensor, proj: torch.Tensor | None
 ) -> torch.Tensor:
@@ -163,6 +178,10 @@ def _apply(
     cur = _gather(act, pos)
     if proj is None:
         new = values
+    elif proj.dtype == torch.long:  # a selection of coordinates (``coordinates``)
+        proj = proj.to(act.device)
+        new = cur.clone()
+        new[..., proj] = values[..., proj]
     else:
         proj = proj.to(act.device, act.dtype)
         new = cur + ((values - cur) @ proj) @ proj.T

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from causalmad.hypothesis import Readout
-from causalmad.interventions import Patch, capture, run_patched, to_device
+from causalmad.interventions import Patch, capture, coordinates, run_patched, to_device
 from causalmad.models import CleanWindow, ModelAdapter
 from causalmad.progress import progress_bar
 from causalmad.sites import Site
@@ -597,7 +597,10 @@ def scrub_many(
     projections: dict[int, torch.Tensor | None] = {i: None for i, b in bases if b is None}
     with_basis = [(i, b) for i, b in bases if b is not None]
     projections.update(
-        zip([i for i, _ in with_basis], to_device([b.numpy() for _, b in with_basis], device, np.float32))
+        zip(
+            [i for i, _ in with_basis],
+            map(coordinates, to_device([b.numpy() for _, b in with_basis], device, np.float32)),
+        )
     )
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
@@ -929,7 +932,8 @@ def _run_segments(
             for seg, site, vals, pos in patches_at[hook]:
                 if id(site) not in projections:
                     proj = site.projection(flat.shape[-1], adapter.head_width(hook))
-                    projections[id(site)] = None if proj is None else proj.to(flat.device, flat.dtype)
+                    proj = None if proj is None else proj.to(flat.device, flat.dtype)
+                    projections[id(site)] = coordinates(proj)
                 flat[seg] = _apply(flat[seg], pos, vals, projections[id(site)])
             return _replace(output, flat.reshape(act.shape))
 

@@ -540,3 +540,31 @@ def test_an_interchange_scores_only_the_outputs_it_names():
     first = counterfactual_nll(q, np.array([[0, UNSCORED], [1, UNSCORED]]))
     torch.testing.assert_close(first, -torch.stack([q[0][0, 0], q[0][1, 1]]))
     assert (both > first).all()
+
+
+def test_engine_matches_on_pieces_of_sites_which_it_copies_coordinate_by_coordinate(tiny_bridge):
+    from causalmad.explanations import piece_explanations
+    from causalmad.interventions import _apply, coordinates
+    from causalmad.scrubbing import Explanation, Resample
+
+    adapter = cm.adapt(tiny_bridge)
+    g = torch.Generator().manual_seed(1)
+    pool_x, x = torch.randint(0, 12, (80, 11), generator=g), torch.randint(0, 12, (25, 11), generator=g)
+    pool = SourcePool(adapter, pool_x, None)
+    claims = [
+        Explanation(f"{hook} irrelevant", "hypothesis-subset", [Resample(cm.Site(hook, (3,)))])
+        for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre")
+    ]
+    pieces = [e for e, _ in piece_explanations(adapter, pool, claims, 2, seed=0)]
+    assert len(pieces) == 4
+    # the straightforward path projects onto the piece's basis; the engine copies coordinates
+    div = check_same(adapter, pieces, x, [{} for _ in range(len(x))], pool, [cm.Readout(position=-1)])
+    assert (div > 0).all()
+    basis = pieces[0].resamples[0].site.basis
+    idx = coordinates(basis)
+    assert idx.dtype == torch.long and sorted(idx.tolist()) == torch.nonzero(basis.sum(1))[:, 0].tolist()
+    act, values = torch.randn(5, 2, basis.shape[0]), torch.randn(5, 1, basis.shape[0])
+    pos = torch.full((5, 1), 1)
+    torch.testing.assert_close(_apply(act, pos, values, idx), _apply(act, pos, values, basis))
+    rotated = torch.linalg.qr(torch.randn(basis.shape[0], 3))[0]
+    assert coordinates(rotated) is rotated  # any other basis is projected as before
