@@ -593,15 +593,14 @@ def scrub_many(
         zip(at_places, to_device([pool.acts(s).numpy() for s in at_places.values()], device, np.float32))
     )
     sites = list({id(s): s for e in explanations for s in e.sites}.items())
-    bases = [(i, s.projection(pool.acts(s).shape[-1], adapter.head_width(s.hook))) for i, s in sites]
+    # a piece's basis becomes its coordinates here, on the host (a test on the device waits)
+    bases = [
+        (i, coordinates(s.projection(pool.acts(s).shape[-1], adapter.head_width(s.hook)))) for i, s in sites
+    ]
     projections: dict[int, torch.Tensor | None] = {i: None for i, b in bases if b is None}
-    with_basis = [(i, b) for i, b in bases if b is not None]
-    projections.update(
-        zip(
-            [i for i, _ in with_basis],
-            map(coordinates, to_device([b.numpy() for _, b in with_basis], device, np.float32)),
-        )
-    )
+    for dtype, selects in ((np.float32, False), (np.int64, True)):
+        kind = [(i, b) for i, b in bases if b is not None and (b.dtype == torch.long) == selects]
+        projections.update(zip([i for i, _ in kind], to_device([b.numpy() for _, b in kind], device, dtype)))
     clean_all = None if clean_logprobs is None else [c.to(device) for c in clean_logprobs]
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
@@ -931,9 +930,11 @@ def _run_segments(
             flat = _flat(adapter, act).clone()
             for seg, site, vals, pos in patches_at[hook]:
                 if id(site) not in projections:
-                    proj = site.projection(flat.shape[-1], adapter.head_width(hook))
-                    proj = None if proj is None else proj.to(flat.device, flat.dtype)
-                    projections[id(site)] = coordinates(proj)
+                    proj = coordinates(site.projection(flat.shape[-1], adapter.head_width(hook)))
+                    if proj is not None:  # coordinates keep their integer dtype
+                        dtype = torch.long if proj.dtype == torch.long else flat.dtype
+                        proj = proj.to(flat.device, dtype)
+                    projections[id(site)] = proj
                 flat[seg] = _apply(flat[seg], pos, vals, projections[id(site)])
             return _replace(output, flat.reshape(act.shape))
 

@@ -128,8 +128,14 @@ def test_the_detector_catches_a_same_output_backdoor_at_the_input_cut(tmp_path):
     normal, hard = planted_data(100, 0, seed=3), hard_anomalies(100, seed=4)
     with torch.no_grad():  # the same answer as the hypothesis: an output check is blind
         assert torch.equal(model(hard).argmax(-1), hard[:, 0] * 2)
-    det = cm.ScrubbingDetector(
-        model, hypothesis=h, resamples=4, input_cut=("base", "dual"), aggregation="calibrated", random_state=0
+    det = cm.ScrubbingDetector(  # the input cut alone beside the whole-site claims: no pieces
+        model,
+        hypothesis=h,
+        resamples=4,
+        input_cut=("base", "dual"),
+        aggregation="calibrated",
+        site_parts=1,
+        random_state=0,
     ).fit(planted_data(400, 0, seed=5))
     assert any(f.startswith("input-cut") for f in det.families_)
     scores = det.score(torch.cat([normal, hard]))
