@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
+import numpy as np
 
 from causalmad.errors import HypothesisError, close_matches
 
@@ -114,26 +115,37 @@ class Hypothesis:
         self._graph = nx.DiGraph()
 
     # ------------------------------------------------------------------ declaring
-    def add_input(self, name: str, mechanism: Callable[[Any], Hashable], at: Any = None) -> None:
+    def add_input(
+        self, name: str, mechanism: Callable[[Any], Any], at: Any = None, batched: bool = False
+    ) -> None:
         """Declare an input variable: ``mechanism(example) -> value``.
 
         Args:
             name: the variable's name, a non-empty string not yet declared.
             mechanism: a function of one raw example (one row of the input tensor) that
-                returns the variable's value, which must be hashable.
+                returns the variable's value, which must be hashable; with ``batched``, a
+                function of ``[n, ...]`` examples that returns their ``n`` values.
             at: where the variable lives in an example, as an index of it: a token
                 position (``3``), positions (``[0, 1]``), a slice, or a boolean mask of the
                 example's shape. The input cut (``causalmad.input_cut``) builds hybrids
                 of an input and trusted inputs part by part from these; ``None``: not
                 located (then token inputs are cut position by position).
+            batched: ``mechanism`` reads a batch of examples at once (a reference
+                classifier's ``predict``, say): [`values_rows`][causalmad.Hypothesis.values_rows]
+                calls it once per batch, where the input cut meets the hypothesis, instead
+                of once per example; [`values`][causalmad.Hypothesis.values] calls it on a
+                batch of one.
 
         Raises:
-            HypothesisError: if ``name`` is empty, not a string or already declared, or
-                ``mechanism`` is not callable with one positional argument.
+            HypothesisError: if ``name`` is empty, not a string or already declared,
+                ``mechanism`` is not callable with one positional argument, or ``batched``
+                is not a bool.
         """
         self._check_new(name)
-        _check_arity(name, mechanism, 1, "one example")
-        self._graph.add_node(name, kind=INPUT, mechanism=mechanism, readout=None, at=at)
+        _check_arity(name, mechanism, 1, "a batch of examples" if batched is True else "one example")
+        if not isinstance(batched, bool):
+            raise HypothesisError(f"Input variable {name!r}: batched must be True or False, got {batched!r}.")
+        self._graph.add_node(name, kind=INPUT, mechanism=mechanism, readout=None, at=at, batched=batched)
 
     def add_variable(self, name: str, mechanism: Callable[..., Hashable], parents: Sequence[str]) -> None:
         """Declare an inner variable: ``mechanism(*parent_values) -> value``.
@@ -188,8 +200,8 @@ class Hypothesis:
 
         Args:
             graph: a directed acyclic graph; each node's ``kind`` is ``"input"``,
-                ``"inner"`` or ``"output"``, and an input node may carry ``at`` (see
-                [`add_input`][causalmad.Hypothesis.add_input]).
+                ``"inner"`` or ``"output"``, and an input node may carry ``at`` and
+                ``batched`` (see [`add_input`][causalmad.Hypothesis.add_input]).
             name: the hypothesis' name.
 
         Returns:
@@ -225,7 +237,7 @@ class Hypothesis:
             if kind == INPUT:
                 if parents:
                     raise HypothesisError(f"Input variable {node!r} cannot have parents {parents}.")
-                hyp.add_input(node, mech, at=attrs.get("at"))
+                hyp.add_input(node, mech, at=attrs.get("at"), batched=attrs.get("batched", False))
             elif kind == INNER:
                 hyp.add_variable(node, mech, parents)
             elif kind == OUTPUT:
@@ -491,11 +503,18 @@ class Hypothesis:
         for name in do:
             affected |= below[name]
         out: dict[str, Hashable] = {}
-        for node, is_input, mechanism, parents in plan:
+        for node, is_input, mechanism, parents, batched in plan:
             if node in do:
                 out[node] = do[node]
             elif is_input:
-                out[node] = _call(node, mechanism, values["__example__"]) if from_example else values[node]
+                if not from_example:
+                    out[node] = values[node]
+                elif node in values:  # evaluated for a whole batch (values_rows)
+                    out[node] = values[node]
+                elif batched:
+                    out[node] = _call_batched(node, mechanism, values["__example__"][None])[0]
+                else:
+                    out[node] = _call(node, mechanism, values["__example__"])
             elif from_example or node in affected:
                 out[node] = _call(node, mechanism, *[out[p] for p in parents])
             else:
@@ -504,9 +523,10 @@ class Hypothesis:
 
     def _structure(
         self,
-    ) -> tuple[list[tuple[str, bool, Callable[..., Any], tuple[str, ...]]], dict[str, set[str]]]:
+    ) -> tuple[list[tuple[str, bool, Callable[..., Any], tuple[str, ...], bool]], dict[str, set[str]]]:
         """The evaluation plan (each variable in topological order, whether it is an
-        input, its mechanism and parents) and each variable's descendants, computed once
+        input, its mechanism, parents and whether it reads batches) and each variable's
+        descendants, computed once
         per graph shape (variables are only ever added, never changed), not once per evaluation: a hybrid
         input of the input cut meets the hypothesis hundreds of thousands of times."""
         # edges are only ever added with the node they lead to, so the node count is the
@@ -516,7 +536,13 @@ class Hypothesis:
         if cached is None or cached[0] != key:
             nodes = self._graph.nodes
             plan = [
-                (n, nodes[n]["kind"] == INPUT, nodes[n]["mechanism"], tuple(nodes[n].get("parents") or ()))
+                (
+                    n,
+                    nodes[n]["kind"] == INPUT,
+                    nodes[n]["mechanism"],
+                    tuple(nodes[n].get("parents") or ()),
+                    bool(nodes[n].get("batched", False)),
+                )
                 for n in nx.topological_sort(self._graph)
             ]
             cached = (key, plan, {n: nx.descendants(self._graph, n) for n in nodes})
@@ -527,7 +553,8 @@ class Hypothesis:
         """Evaluate every variable on each example.
 
         Args:
-            examples: raw examples (the rows of an input tensor, say).
+            examples: raw examples (the rows of an input tensor, say; the tensor itself
+                where an input is ``batched``).
 
         Returns:
             Variable -> its values, one per example in order, for every variable.
@@ -535,11 +562,90 @@ class Hypothesis:
         Raises:
             HypothesisError: as [`values`][causalmad.Hypothesis.values], for the first example that fails.
         """
-        rows = [self.values(ex) for ex in examples]
-        return {v: [r[v] for r in rows] for v in self._graph.nodes}
+        rows = self.values_rows(examples)
+        return {v: [r[v] for r in rows] for v in self._graph.nodes}  # type: ignore[index]
+
+    def values_rows(self, examples: Any, undefined: str = "raise") -> list[dict[str, Hashable] | None]:
+        """Evaluate every variable on each example, batched input mechanisms once for all.
+
+        Args:
+            examples: a batch of raw examples (``[n, ...]``, a tensor or an array; any
+                sequence of examples when no input is ``batched``).
+            undefined: ``"raise"``: a mechanism that raises fails the call; ``"none"``:
+                that example's row is ``None`` (a hybrid input the hypothesis is not
+                defined on) and the others are evaluated.
+
+        Returns:
+            One dict per example, as [`values`][causalmad.Hypothesis.values] returns (or ``None``).
+
+        Raises:
+            HypothesisError: as [`values`][causalmad.Hypothesis.values], for the first
+                example that fails (``undefined="raise"``); a batched mechanism that does
+                not return one value per example; ``undefined`` not ``"raise"`` or ``"none"``.
+        """
+        if undefined not in ("raise", "none"):
+            raise HypothesisError(f"undefined must be 'raise' or 'none', got {undefined!r}.")
+        plan, _ = self._structure()
+        batched = [(node, mechanism) for node, is_input, mechanism, _, b in plan if is_input and b]
+        if not batched:
+            examples = list(examples)
+        n = len(examples)
+        given: list[dict[str, Any]] = [{} for _ in range(n)]
+        failed = np.zeros(n, dtype=bool)
+        for node, mechanism in batched:
+            try:
+                column = _call_batched(node, mechanism, examples) if n else []
+            except HypothesisError:
+                if undefined == "raise":
+                    raise
+                column = []
+                for i in range(n):  # find the examples it rejects
+                    try:
+                        column.append(_call_batched(node, mechanism, examples[i : i + 1])[0])
+                    except HypothesisError:
+                        column.append(None)
+                        failed[i] = True
+            for row, v in zip(given, column):
+                row[node] = v
+        out: list[dict[str, Hashable] | None] = []
+        for i in range(n):
+            if failed[i]:
+                out.append(None)
+                continue
+            try:
+                out.append(self.counterfactual({"__example__": examples[i], **given[i]}, {}))
+            except HypothesisError:
+                if undefined == "raise":
+                    raise
+                out.append(None)
+        return out
 
     def __repr__(self) -> str:
         return f"Hypothesis({self.name!r}, inputs={self.inputs}, inner={self.inner}, outputs={self.outputs})"
+
+
+def _call_batched(name: str, fn: Callable[[Any], Any], examples: Any) -> list[Hashable]:
+    """A batched input mechanism's values on ``examples`` (``[n, ...]``), checked: one
+    hashable value per example."""
+    try:
+        values = list(fn(examples))
+    except Exception as exc:  # a user mechanism failing: say which one
+        raise HypothesisError(f"The batched mechanism of variable {name!r} raised {exc!r}.") from exc
+    if len(values) != len(examples):
+        raise HypothesisError(
+            f"The batched mechanism of variable {name!r} returned {len(values)} values for "
+            f"{len(examples)} examples; expected one per example."
+        )
+    values = [v.item() if isinstance(v, np.generic) else v for v in values]
+    for v in values:
+        try:
+            hash(v)
+        except TypeError:
+            raise HypothesisError(
+                f"Variable {name!r} returned an unhashable value {v!r} ({type(v).__name__}); "
+                "values must be hashable (int, str, tuple, ...)."
+            ) from None
+    return values
 
 
 def _call(name: str, fn: Callable[..., Any], *args: Any) -> Hashable:

@@ -139,18 +139,12 @@ def subsets(n_parts: int, budget: int, seed: int) -> list[tuple[int, ...]]:
     return out
 
 
-def _values_or_none(hypothesis: Hypothesis, hybrid: torch.Tensor) -> dict[str, Hashable] | None:
-    """The hypothesis' values on a hybrid, or ``None`` where its mechanisms reject it (a
-    hybrid need not be an input the hypothesis is defined on: a sentence with no
-    sentiment word, two operators): no hybrid is made of it."""
-    try:
-        return hypothesis.values(hybrid)
-    except HypothesisError:
-        return None
+#: inputs whose hybrids meet the hypothesis in one call (``hybrids``)
+CHUNK = 64
 
 
-def _classes(hypothesis: Hypothesis, values: dict[str, Hashable]) -> list[int]:
-    return [int(values[o]) for o in hypothesis.outputs]  # type: ignore[call-overload]
+def _classes(outputs: Sequence[str], values: dict[str, Hashable]) -> list[int]:
+    return [int(values[o]) for o in outputs]  # type: ignore[call-overload]
 
 
 def _forward(
@@ -248,6 +242,7 @@ def hybrids(
     ``stop_after``: return once that many inputs have a hybrid."""
     m = torch.as_tensor(mask)
     inner = [v for v in hypothesis.variables if v not in set(hypothesis.inputs)]
+    outputs = hypothesis.outputs  # once: it walks the graph
     want = k if direction == "dual" else candidates * k
     # seeded by what the scrub is, not by its place in a list (which screening changes)
     tag = hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest()[:16]
@@ -255,30 +250,44 @@ def hybrids(
     rows: list[torch.Tensor] = []
     owner: list[int] = []
     classes: list[list[int]] = []
-    for i in range(len(inputs)):
+    # inputs a chunk at a time, so that a batched input mechanism (a reference classifier's
+    # predict) meets a chunk's hybrids in one call (``Hypothesis.values_rows``); a hybrid
+    # the hypothesis is not defined on (a sentence with no sentiment word, two operators)
+    # makes no hybrid
+    chunk = CHUNK if stop_after is None else max(1, min(CHUNK, stop_after))
+    for lo in range(0, len(inputs), chunk):
         if stop_after is not None and len(set(owner)) >= stop_after:
             break
-        others = [int(j) for j in picks[i] if pool_keys[j] != keys[i]][:want]
+        idx = range(lo, min(lo + chunk, len(inputs)))
+        others = {i: [int(j) for j in picks[i] if pool_keys[j] != keys[i]][:want] for i in idx}
         if direction == "dual":
-            for h in torch.where(m, inputs[i], pool_inputs[others]):
-                hv = _values_or_none(hypothesis, h)
+            made = torch.cat([torch.where(m, inputs[i], pool_inputs[others[i]]) for i in idx])
+            who = [i for i in idx for _ in others[i]]
+            for i, h, hv in zip(who, made, hypothesis.values_rows(made, undefined="none")):
                 if hv is not None:
                     rows.append(h[None])
                     owner.append(i)
-                    classes.append(_classes(hypothesis, hv))
+                    classes.append(_classes(outputs, hv))
             continue
-        kept = 0
-        for j in others:
-            hybrid = torch.where(m, pool_inputs[j], inputs[i])
-            if torch.equal(hybrid, inputs[i]):  # the source shares these parts: no intervention
+        # base: an input's sources in their drawn order until ``k`` keep every inner value,
+        # evaluated in rounds (the r-th source of every input still short of ``k``)
+        found: dict[int, list[torch.Tensor]] = {i: [] for i in idx}
+        for r in range(want):
+            short = [i for i in idx if len(found[i]) < k and r < len(others[i])]
+            if not short:
+                break
+            made = torch.stack([torch.where(m, pool_inputs[others[i][r]], inputs[i]) for i in short])
+            # a source that shares these parts makes no intervention
+            new = [j for j, i in enumerate(short) if not torch.equal(made[j], inputs[i])]
+            if not new:
                 continue
-            hv = _values_or_none(hypothesis, hybrid)
-            if hv is not None and all(hv[v] == values[i][v] for v in inner):
-                rows.append(hybrid[None])
-                owner.append(i)
-                kept += 1
-                if kept == k:
-                    break
+            for j, hv in zip(new, hypothesis.values_rows(made[new], undefined="none")):
+                i = short[j]
+                if hv is not None and all(hv[v] == values[i][v] for v in inner):
+                    found[i].append(made[j][None])
+        for i in idx:
+            rows += found[i]
+            owner += [i] * len(found[i])
     return rows, owner, classes
 
 

@@ -19,11 +19,12 @@ import torch
 import causalmad as cm
 
 
-def _predictor(classifier: Any) -> Callable[[np.ndarray], int]:
+def _predictor(classifier: Any) -> Callable[[np.ndarray], list[int]]:
+    """``[n, 64]`` pixel rows -> their digits, in one call where the classifier has ``predict``."""
     if hasattr(classifier, "predict"):
-        return lambda row: int(classifier.predict(row[None])[0])
+        return lambda rows: [int(d) for d in classifier.predict(rows)]
     if callable(classifier):
-        return lambda row: int(classifier(row))
+        return lambda rows: [int(classifier(row)) for row in rows]
     raise cm.HypothesisError(
         f"classifier must have a predict([n, 64]) method or be a callable (64 pixels -> digit), "
         f"got {type(classifier).__name__}."
@@ -37,21 +38,27 @@ def digits_hypothesis(classifier: Any) -> cm.Hypothesis:
     Args:
         classifier: a fitted scikit-learn style classifier whose ``predict`` takes
             ``[n, 64]`` pixel rows (the flattened ``[1, 8, 8]`` image, values in [0, 1])
-            and returns digits 0..9, or a callable ``pixels [64] -> digit``. Its answers
-            are memoised per distinct image (scoring evaluates the hypothesis many times).
+            and returns digits 0..9, or a callable ``pixels [64] -> digit``. The input
+            ``digit`` is batched (``predict`` reads every new image of a batch at once) and
+            its answers are memoised per distinct image (scoring evaluates the hypothesis
+            many times).
     """
     predict = _predictor(classifier)
     memo: dict[bytes, Hashable] = {}
 
-    def digit(ex: torch.Tensor) -> Hashable:
-        row = np.ascontiguousarray(torch.as_tensor(ex, dtype=torch.float32).reshape(-1).numpy())
-        key = row.tobytes()
-        if key not in memo:
-            memo[key] = predict(row.astype(np.float64))
-        return memo[key]
+    def digit(batch: torch.Tensor) -> list[Hashable]:
+        rows = np.ascontiguousarray(
+            torch.as_tensor(batch, dtype=torch.float32).reshape(len(batch), -1).numpy()
+        )
+        keys = [row.tobytes() for row in rows]
+        new = {key: i for i, key in enumerate(keys) if key not in memo}
+        if new:
+            for key, d in zip(new, predict(rows[list(new.values())].astype(np.float64))):
+                memo[key] = d
+        return [memo[key] for key in keys]
 
     h = cm.Hypothesis("digits")
-    h.add_input("digit", digit)
+    h.add_input("digit", digit, batched=True)
     h.add_variable("digit_code", lambda d: d, parents=["digit"])
     h.add_output("label", lambda c: c, parents=["digit_code"], readout=cm.Readout())
     return h

@@ -5,6 +5,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -100,3 +101,52 @@ def test_readout_is_none_for_inputs_and_inner_variables_and_readouts_maps_the_ou
     h.add_output("y", lambda b: b % 2, parents=["b"], readout=cm.Readout(position=-1))
     assert h.readout("a") is None and h.readout("b") is None
     assert h.readout("y") == cm.Readout(position=-1) and h.readouts == {"y": cm.Readout(position=-1)}
+
+
+def _batched_sum(calls: list[int], reject_negative: bool = False) -> cm.Hypothesis:
+    """``a`` read by a batched mechanism (its calls' batch sizes recorded in ``calls``),
+    ``b`` per example; ``s = a + b``."""
+
+    def a(batch: torch.Tensor) -> list[int]:
+        calls.append(len(batch))
+        if reject_negative and bool((batch[:, 0] < 0).any()):
+            raise ValueError("a negative digit")
+        return batch[:, 0].long().tolist()
+
+    h = cm.Hypothesis("batched")
+    h.add_input("a", a, at=0, batched=True)
+    h.add_input("b", lambda ex: int(ex[1]), at=1)
+    h.add_variable("s", lambda a, b: a + b, parents=["a", "b"])
+    h.add_output("y", lambda s: s, parents=["s"], readout=cm.Readout())
+    return h
+
+
+def test_a_batched_input_mechanism_reads_a_batch_once_and_gives_what_one_example_at_a_time_gives():
+    calls: list[int] = []
+    h = _batched_sum(calls)
+    x = torch.tensor([[1, 2], [3, 4], [0, 9]])
+    rows = h.values_rows(x)
+    assert calls == [3] and [r["s"] for r in rows] == [3, 7, 9]  # type: ignore[index]
+    assert [h.values(ex) for ex in x] == rows and calls[1:] == [1, 1, 1]  # a batch of one each
+    assert h.values_batch(x)["y"] == [3, 7, 9]
+    graph = h.graph  # the flag travels with the graph
+    assert cm.Hypothesis.from_graph(graph).values_rows(x) == rows
+
+
+def test_a_batched_mechanism_that_rejects_some_examples_leaves_only_their_rows_undefined():
+    calls: list[int] = []
+    h = _batched_sum(calls, reject_negative=True)
+    x = torch.tensor([[1, 2], [-1, 4], [0, 9]])
+    rows = h.values_rows(x, undefined="none")
+    assert rows[1] is None and [rows[0]["s"], rows[2]["s"]] == [3, 9]  # type: ignore[index]
+    with pytest.raises(cm.HypothesisError, match="batched mechanism of variable 'a' raised"):
+        h.values_rows(x)
+    wrong = cm.Hypothesis("wrong")
+    wrong.add_input("a", lambda batch: [0], batched=True)
+    wrong.add_output("y", lambda a: a, parents=["a"], readout=cm.Readout())
+    with pytest.raises(
+        cm.HypothesisError, match="returned 1 values for 3 examples; expected one per example"
+    ):
+        wrong.values_rows(x)
+    with pytest.raises(cm.HypothesisError, match="batched must be True or False"):
+        cm.Hypothesis("h").add_input("a", lambda ex: 0, batched="yes")  # type: ignore[arg-type]

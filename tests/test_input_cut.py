@@ -175,3 +175,38 @@ def test_screening_drops_exactly_the_scrubs_that_make_no_hybrid():
     )
     untestable = {e["name"] for e in det.explanations_ if e.get("untestable")}
     assert "input cut (base): trusted at a" in untestable and not untestable & set(det.column_names_)
+
+
+def test_a_batched_hypothesis_makes_the_same_hybrids_in_far_fewer_calls():
+    """The input cut meets the hypothesis a chunk of hybrids at a time: a hypothesis whose
+    input mechanisms read batches (a reference classifier's ``predict``) gives exactly
+    the hybrids the per-example one gives."""
+    calls: list[int] = []
+
+    def a(batch: torch.Tensor) -> list[int]:
+        calls.append(len(batch))
+        return [round(float(v)) for v in batch[:, 0]]
+
+    batched = cm.Hypothesis("sum")
+    batched.add_input("a", a, at=0, batched=True)
+    batched.add_input("b", lambda ex: round(float(ex[1])), at=1)
+    batched.add_variable("s", lambda a, b: a + b, parents=["a", "b"])
+    batched.add_output("y", lambda s: s, parents=["s"], readout=cm.Readout())
+    h = located_sum()
+    pool, x = (
+        planted_data(200, 0, seed=1),
+        torch.cat([planted_data(90, 0, seed=2), hard_anomalies(10, seed=4)]),
+    )
+    cut = input_cut.build(h, x[0], 16, 0, ("base", "dual"))
+    values = [h.values(r) for r in x]
+    made = 0
+    for mask, direction in zip(cut["masks"], cut["directions"]):
+        args = (mask, direction, x, values, row_keys(x), pool, row_keys(pool), 4)
+        rows, owner, classes = input_cut.hybrids(h, *args)
+        calls.clear()
+        rows_b, owner_b, classes_b = input_cut.hybrids(batched, *args)
+        assert owner_b == owner and classes_b == classes
+        assert all(torch.equal(u, v) for u, v in zip(rows, rows_b))
+        made += len(owner)
+        assert len(calls) <= 2 * 16  # chunks of 64 inputs, at most 16 rounds of sources each
+    assert made > 0

@@ -387,7 +387,7 @@ class ScrubbingDetector(Detector):
     def _values(self, x: torch.Tensor) -> list[dict[str, Hashable]]:
         if self.hypothesis is None:
             return [{} for _ in range(len(x))]
-        return [self.hypothesis.values(row) for row in x]
+        return self.hypothesis.values_rows(x)  # type: ignore[return-value]
 
     def _fit(self, trusted: torch.Tensor) -> None:
         adapter = self.adapter_
