@@ -7,8 +7,9 @@ Settings (each fitted on the same trusted inputs, scored on the same splits, in 
 
 * ``earlier``: the largest standardised divergence over the explanations alone
   (``aggregation="max-z"``, ``input_cut=()``) with interchanges drawn ``resamples`` times
-  (``counterfactual_resamples=4``) and the hypothesis-free claims beside the hypothesis'
-  (``hypothesis_free=True``), the detector before the input cut and calibration;
+  (``counterfactual_resamples=4``), the hypothesis-free claims beside the hypothesis'
+  (``hypothesis_free=True``) and no pieces of sites (``site_parts=1``), the detector
+  before the input cut and calibration;
 * ``default``: the detector as constructed with no arguments.
 
 Alignment (the earliest site reaching the IIA bar) is the same in both.
@@ -32,6 +33,7 @@ SETTINGS = {
         "input_cut": (),
         "counterfactual_resamples": 4,
         "hypothesis_free": True,
+        "site_parts": 1,
     },
     "default": {},
 }
