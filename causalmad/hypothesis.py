@@ -26,15 +26,13 @@ import inspect
 import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 import numpy as np
+import torch
 
 from causalmad.errors import HypothesisError, close_matches
-
-if TYPE_CHECKING:
-    import torch
 
 #: the kinds of variable (what [`Hypothesis.kind`][causalmad.Hypothesis.kind] returns)
 INPUT, INNER, OUTPUT = "input", "inner", "output"
@@ -569,8 +567,8 @@ class Hypothesis:
         """Evaluate every variable on each example, batched input mechanisms once for all.
 
         Args:
-            examples: a batch of raw examples (``[n, ...]``, a tensor or an array; any
-                sequence of examples when no input is ``batched``).
+            examples: a batch of raw examples (``[n, ...]``, a tensor or an array; a
+                sequence of rows is stacked into a tensor where an input is ``batched``).
             undefined: ``"raise"``: a mechanism that raises fails the call; ``"none"``:
                 that example's row is ``None`` (a hybrid input the hypothesis is not
                 defined on) and the others are evaluated.
@@ -589,6 +587,8 @@ class Hypothesis:
         batched = [(node, mechanism) for node, is_input, mechanism, _, b in plan if is_input and b]
         if not batched:
             examples = list(examples)
+        elif not hasattr(examples, "shape"):  # a list of rows: a batched mechanism reads one tensor
+            examples = torch.stack([torch.as_tensor(e) for e in examples]) if len(examples) else examples
         n = len(examples)
         given: list[dict[str, Any]] = [{} for _ in range(n)]
         failed = np.zeros(n, dtype=bool)

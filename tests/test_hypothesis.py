@@ -128,7 +128,7 @@ def test_a_batched_input_mechanism_reads_a_batch_once_and_gives_what_one_example
     rows = h.values_rows(x)
     assert calls == [3] and [r["s"] for r in rows] == [3, 7, 9]  # type: ignore[index]
     assert [h.values(ex) for ex in x] == rows and calls[1:] == [1, 1, 1]  # a batch of one each
-    assert h.values_batch(x)["y"] == [3, 7, 9]
+    assert h.values_batch(x)["y"] == [3, 7, 9] and h.values_batch(list(x))["y"] == [3, 7, 9]
     graph = h.graph  # the flag travels with the graph
     assert cm.Hypothesis.from_graph(graph).values_rows(x) == rows
 
