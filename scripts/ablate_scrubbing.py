@@ -5,7 +5,8 @@ for the mechanisms that change what is fitted, refitted with each switched off (
 the highest-IIA site instead of the earliest reaching the bar; 8 sources per interchange
 instead of 32; the mean over an explanation's sources instead of the median; interchanges
 scored on every output, not only those downstream of their variable; the hypothesis-free
-claims built beside the hypothesis' own), scored on ``--refit-splits``.
+claims built beside the hypothesis' own; rank-4 DAS subspaces learned for every variable,
+not only those no whole site carries), scored on ``--refit-splits``.
 
     python scripts/ablate_scrubbing.py --size tiny --seed 0 --out results/ablation.json
 
@@ -57,6 +58,7 @@ REFITS = {
     "mean over sources": (cm.ScrubbingDetector, {"hypothesis_statistic": "mean"}),
     "interchanges on all outputs": (cm.ScrubbingDetector, {"interchange_outputs": "all"}),
     "with hypothesis-free claims": (cm.ScrubbingDetector, {"hypothesis_free": True}),
+    "DAS for every variable": (cm.ScrubbingDetector, {"das_rank": 4}),
 }
 
 
