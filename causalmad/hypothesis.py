@@ -495,6 +495,13 @@ class Hypothesis:
         """
         for name in do:
             self._require(name)
+        return self._evaluate(values, do, {})
+
+    def _evaluate(
+        self, values: Mapping[str, Any], do: Mapping[str, Hashable], given: Mapping[str, Hashable]
+    ) -> dict[str, Hashable]:
+        """``counterfactual``, with ``given``: input values already evaluated for a whole
+        batch (``values_rows``), used instead of their mechanisms."""
         from_example = "__example__" in values
         plan, below = self._structure()
         affected: set[str] = set()
@@ -507,8 +514,8 @@ class Hypothesis:
             elif is_input:
                 if not from_example:
                     out[node] = values[node]
-                elif node in values:  # evaluated for a whole batch (values_rows)
-                    out[node] = values[node]
+                elif node in given:
+                    out[node] = given[node]
                 elif batched:
                     out[node] = _call_batched(node, mechanism, values["__example__"][None])[0]
                 else:
@@ -613,7 +620,7 @@ class Hypothesis:
                 out.append(None)
                 continue
             try:
-                out.append(self.counterfactual({"__example__": examples[i], **given[i]}, {}))
+                out.append(self._evaluate({"__example__": examples[i]}, {}, given[i]))
             except HypothesisError:
                 if undefined == "raise":
                     raise
@@ -638,13 +645,7 @@ def _call_batched(name: str, fn: Callable[[Any], Any], examples: Any) -> list[Ha
         )
     values = [v.item() if isinstance(v, np.generic) else v for v in values]
     for v in values:
-        try:
-            hash(v)
-        except TypeError:
-            raise HypothesisError(
-                f"Variable {name!r} returned an unhashable value {v!r} ({type(v).__name__}); "
-                "values must be hashable (int, str, tuple, ...)."
-            ) from None
+        _check_hashable(name, v)
     return values
 
 
@@ -653,6 +654,11 @@ def _call(name: str, fn: Callable[..., Any], *args: Any) -> Hashable:
         value = fn(*args)
     except Exception as exc:  # a user mechanism failing: say which one
         raise HypothesisError(f"The mechanism of variable {name!r} raised {exc!r}.") from exc
+    _check_hashable(name, value)
+    return value
+
+
+def _check_hashable(name: str, value: Any) -> None:
     try:
         hash(value)
     except TypeError:
@@ -661,7 +667,6 @@ def _call(name: str, fn: Callable[..., Any], *args: Any) -> Hashable:
             f"({type(value).__name__}); values must be hashable (int, str, tuple, ...) so "
             "trusted inputs can be matched on them."
         ) from None
-    return value
 
 
 def _check_arity(name: str, fn: Any, n: int, what: str) -> None:

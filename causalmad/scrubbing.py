@@ -932,8 +932,7 @@ def _run_segments(
                 if id(site) not in projections:
                     proj = coordinates(site.projection(flat.shape[-1], adapter.head_width(hook)))
                     if proj is not None:  # coordinates keep their integer dtype
-                        dtype = torch.long if proj.dtype == torch.long else flat.dtype
-                        proj = proj.to(flat.device, dtype)
+                        proj = proj.to(flat.device, flat.dtype if proj.is_floating_point() else proj.dtype)
                     projections[id(site)] = proj
                 flat[seg] = _apply(flat[seg], pos, vals, projections[id(site)])
             return _replace(output, flat.reshape(act.shape))
