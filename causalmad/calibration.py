@@ -16,12 +16,21 @@ held-out trusted inputs:
   is suspicious too (a trigger that holds the output in place, an overdetermined output),
   so ``p = min(1, 2 min(p_upper, p_lower))``;
 
-and the p-values are combined with Simes' test within each family of explanations, then
-across families (Simes, "An improved Bonferroni procedure for multiple tests of
-significance", Biometrika 1986): valid under positive dependence, and an explanation whose
-p-values are uniform on normal and anomalous inputs alike cannot pull a small p-value up
-by more than the factor its family's size grows by, the same factor for every input, so
-the ranking of inputs (and so the AUROC) stays where the informative explanations put it.
+and the p-values are combined with Simes' test (Simes, "An improved Bonferroni procedure
+for multiple tests of significance", Biometrika 1986: valid under positive dependence; an
+explanation whose p-values are uniform on normal and anomalous inputs alike cannot pull a
+small p-value up by more than the factor the number of tests grows by, the same factor for
+every input). Two Simes combinations see different anomalies, and the score takes the
+better of the two, paying a factor 2 for the choice (Bonferroni over the two tests):
+
+* **by family**: Simes within each family of explanations, then across families. A signal
+  that one small family carries (one interchange among many explanations) pays only for the
+  number of families, not for every explanation;
+* **flat**: Simes over every explanation at once. A signal spread over many explanations of
+  a large family (a trigger that every input-cut scrub containing its part fires) adds up
+  there, while by family it would count once, level with a single noisy explanation of a
+  one-explanation family.
+
 The detector's score is ``-log`` of the combined p-value: higher = more anomalous.
 """
 
@@ -116,13 +125,22 @@ def simes(log_p: np.ndarray) -> np.ndarray:
     return np.where(count[:, 0] > 0, adjusted.min(1), 0.0)
 
 
-def combine(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
-    """``[n]`` combined log p-values: Simes within each family of columns, then across families."""
+def by_family(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
+    """``[n]`` log p-values: Simes within each family of columns, then across families."""
     names = sorted(set(families))
     if not names:
         return np.zeros(len(log_p))
     fam = np.asarray(families)
     return simes(np.stack([simes(log_p[:, fam == f]) for f in names], 1))
+
+
+def combine(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
+    """``[n]`` combined log p-values: the smaller of Simes by family (``by_family``) and
+    Simes over every column (``simes``), doubled (Bonferroni over the two tests; like
+    ``simes``, not clipped at p = 1, so the order of inputs stays that of the smaller one)."""
+    if np.shape(log_p)[1] == 0:
+        return np.zeros(len(log_p))
+    return np.log(2.0) + np.minimum(by_family(log_p, families), simes(log_p))
 
 
 def score(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:

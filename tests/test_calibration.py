@@ -75,3 +75,25 @@ def test_appending_100_explanations_that_do_not_matter_moves_the_auroc_by_less_t
     after, det = auroc()
     assert sum(name.startswith("null") for name in det.column_names_) == 100  # all valid, all scored
     assert before >= 0.9 and abs(after - before) < 0.01
+
+
+def test_the_combination_is_the_better_of_simes_by_family_and_flat_and_stays_a_valid_p_value():
+    rng = np.random.default_rng(0)
+    families = ["one"] + ["many"] * 20 + ["noise"] * 9
+    lp = np.log(rng.uniform(size=(20000, 30)))
+    combined = calibration.combine(lp, families)
+    both = np.minimum(calibration.by_family(lp, families), calibration.simes(lp))
+    np.testing.assert_allclose(combined, np.log(2.0) + both)
+    # a valid p-value on null inputs (uniform, independent p-values): P(p <= a) <= a
+    for a in (0.01, 0.05, 0.2):
+        assert np.mean(combined <= np.log(a)) <= a * 1.1
+    # a signal in a one-column family (the by-family test sees it) ...
+    one = np.log(np.full((1, 30), 0.5))
+    one[0, 0] = np.log(1e-4)
+    # ... and one spread over a large family (the flat test sees it)
+    spread = np.log(np.full((1, 30), 0.5))
+    spread[0, 1:21] = np.log(0.01)
+    assert calibration.combine(one, families)[0] == pytest.approx(np.log(2 * 3 * 1e-4))
+    assert calibration.by_family(spread, families)[0] == pytest.approx(np.log(3 * 0.01))
+    assert calibration.simes(spread)[0] == pytest.approx(np.log(30 / 20 * 0.01))
+    assert calibration.combine(spread, families)[0] == pytest.approx(np.log(2 * 30 / 20 * 0.01))

@@ -208,8 +208,8 @@ class ScrubbingDetector(Detector):
             but the interchanges' (``counterfactual_resolution``).
         aggregation: how the divergences become one score: ``"calibrated"`` (default):
             two-sided tail probabilities under each explanation's trusted divergences,
-            combined by Simes' test within and across families
-            (``causalmad.calibration``), score ``-log p``; ``"max-z"``: the largest
+            combined by Simes' test, by family and over every column, the better of the
+            two (``causalmad.calibration``), score ``-log p``; ``"max-z"``: the largest
             standardised divergence (many noisy columns bury the few that carry signal).
         input_cut: directions of the input-cut scrubs (``causalmad.input_cut``):
             ``"base"`` (trusted parts into ``x``, every hypothesis value kept) and
