@@ -41,6 +41,8 @@ from collections.abc import Sequence
 import numpy as np
 
 TAIL = 0.1  # share of the largest (smallest) trusted values the exponential tail is fitted to
+#: ``combine``'s ways: the better of the two Simes tests (default), or one of them alone
+COMBINATIONS = ("both", "by-family", "flat")
 
 
 def sorted_columns(trusted: np.ndarray) -> np.ndarray:
@@ -134,17 +136,23 @@ def by_family(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
     return simes(np.stack([simes(log_p[:, fam == f]) for f in names], 1))
 
 
-def combine(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
-    """``[n]`` combined log p-values: the smaller of Simes by family (``by_family``) and
-    Simes over every column (``simes``), doubled (Bonferroni over the two tests; like
-    ``simes``, not clipped at p = 1, so the order of inputs stays that of the smaller one)."""
-    if np.shape(log_p)[1] == 0:
-        return np.zeros(len(log_p))
+def combine(log_p: np.ndarray, families: Sequence[str], how: str = "both") -> np.ndarray:
+    """``[n]`` combined log p-values. ``how="both"``: the smaller of Simes by family
+    (``by_family``) and Simes over every column (``simes``), doubled (Bonferroni over the
+    two tests; like ``simes``, not clipped at p = 1, so the order of inputs stays that of
+    the smaller one); ``"by-family"`` or ``"flat"``: that test alone."""
+    if how not in COMBINATIONS:
+        raise ValueError(f"how must be one of {COMBINATIONS}, got {how!r}.")
+    if how == "by-family":
+        return by_family(log_p, families)
+    if how == "flat" or np.shape(log_p)[1] == 0:
+        return simes(log_p)
     return np.log(2.0) + np.minimum(by_family(log_p, families), simes(log_p))
 
 
-def score(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
-    """``[n]`` anomaly scores, ``-log`` of the combined p-value (higher = more anomalous).
+def score(log_p: np.ndarray, families: Sequence[str], how: str = "both") -> np.ndarray:
+    """``[n]`` anomaly scores, ``-log`` of the combined p-value (``combine``; higher = more
+    anomalous).
 
     Example:
         >>> import numpy as np
@@ -154,4 +162,4 @@ def score(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
         >>> bool(s[1] > s[0] + 5)
         True
     """
-    return -combine(log_p, families)
+    return -combine(log_p, families, how)

@@ -10,8 +10,9 @@ not only those no whole site carries), scored on ``--refit-splits``.
 
     python scripts/ablate_scrubbing.py --size tiny --seed 0 --out results/ablation.json
 
-Columns: ``all`` (calibrated, with the input cut); ``max-z`` (no calibration: the largest
-standardised divergence); ``one-sided`` (upper tails only: no credit for moving the output
+Columns: ``all`` (calibrated, with the input cut); ``by family`` and ``flat`` (one of the
+two Simes combinations the score takes the better of: within and across families, or over
+every column at once); ``max-z`` (no calibration: the largest standardised divergence); ``one-sided`` (upper tails only: no credit for moving the output
 less than trusted inputs do); ``two-sided`` (both tails for every column, the
 counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those
 columns dropped); ``only input cut``, ``only interchanges`` (those columns alone);
@@ -37,6 +38,8 @@ from causalmad import calibration
 
 VARIANTS = (
     "all",
+    "by family",
+    "flat",
     "max-z",
     "one-sided",
     "two-sided",
@@ -71,16 +74,21 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
     fine = det.column_resolutions()
 
     def calibrated(
-        keep: np.ndarray, two_sided: bool | np.ndarray = det.two_sided_, resolution: np.ndarray = fine
+        keep: np.ndarray,
+        two_sided: bool | np.ndarray = det.two_sided_,
+        resolution: np.ndarray = fine,
+        combination: str = "both",
     ) -> np.ndarray:
         sides = np.broadcast_to(two_sided, keep.shape)[keep]
         lp = calibration.log_p_values(div[:, keep], det.calibration_[:, keep], resolution[keep], sides)
-        return calibration.score(lp, list(fam[keep]))
+        return calibration.score(lp, list(fam[keep]), combination)
 
     everything = np.ones(len(fam), dtype=bool)
     z = np.where(np.isnan(div), -np.inf, (div - det.loc_) / det.scale_)
     return {
         "all": calibrated(everything),
+        "by family": calibrated(everything, combination="by-family"),
+        "flat": calibrated(everything, combination="flat"),
         "max-z": z.max(1),
         "previous": z[:, ~cut & ~pieces].max(1),
         "one-sided": calibrated(everything, two_sided=False),

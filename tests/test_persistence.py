@@ -20,7 +20,7 @@ from test_detectors import fit_kwargs
 from test_detectors import make as make_detector
 
 import causalmad as cm
-from causalmad import persistence
+from causalmad import calibration, persistence
 from causalmad.errors import CausalMADWarning
 
 ROUND_TRIP = sorted(cm.DETECTORS)  # every registered detector, baselines and skyline included
@@ -326,6 +326,24 @@ def test_a_format_1_folder_is_refused_unless_trusted(saved, data, tmp_path):
     with pytest.warns(CausalMADWarning, match="format version 1"):
         det = cm.load_detector(old, PlantedSum(), trust_modified=True)
     np.testing.assert_array_equal(det.score(data[1]), scores)
+
+
+def test_a_folder_saved_before_an_argument_existed_loads_with_what_it_was_fitted_with(saved, data, tmp_path):
+    """``params_before_saved``: a scrubbing folder without ``combination`` was fitted,
+    and its threshold set, with Simes by family alone; it loads with that, not the default."""
+    src, _ = saved["scrubbing"]
+    old = copy_folder(src, tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    assert config["params"].pop("combination") == "both"
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.warns(CausalMADWarning, match="config.json does not match its checksum"):
+        det = cm.load_detector(old, PlantedSum(), sum_hypothesis(), trust_modified=True)
+    assert det.combination == "by-family"
+    lp = calibration.log_p_values(
+        det.divergences(data[1]), det.calibration_, det.column_resolutions(), det.two_sided_
+    )
+    np.testing.assert_allclose(det.score(data[1]), -calibration.by_family(lp, det.families_))
+    assert cm.load_detector(src, PlantedSum(), sum_hypothesis()).combination == "both"
 
 
 # ---------------------------------------------------------------- overwrite=True and leftovers

@@ -208,9 +208,15 @@ class ScrubbingDetector(Detector):
             but the interchanges' (``counterfactual_resolution``).
         aggregation: how the divergences become one score: ``"calibrated"`` (default):
             two-sided tail probabilities under each explanation's trusted divergences,
-            combined by Simes' test, by family and over every column, the better of the
-            two (``causalmad.calibration``), score ``-log p``; ``"max-z"``: the largest
+            combined by Simes' test (``combination``; ``causalmad.calibration``), score
+            ``-log p``; ``"max-z"``: the largest
             standardised divergence (many noisy columns bury the few that carry signal).
+        combination: how ``"calibrated"`` combines the tail probabilities:
+            ``"both"`` (default): the better of Simes' test by family (within, then across
+            families: a signal one small family carries) and over every column at once (a
+            signal spread over many columns), at twice its p-value; ``"by-family"`` or
+            ``"flat"``: that test alone. Folders saved before it existed load with
+            ``"by-family"``, what they were fitted and thresholded with.
         input_cut: directions of the input-cut scrubs (``causalmad.input_cut``):
             ``"base"`` (trusted parts into ``x``, every hypothesis value kept) and
             ``"dual"`` (``x``'s parts into trusted inputs, scored against the hypothesis'
@@ -245,6 +251,7 @@ class ScrubbingDetector(Detector):
         "counterfactual_resolution": None,
         "hypothesis_free": True,
         "site_parts": 1,
+        "combination": "by-family",
     }
 
     def __init__(
@@ -270,6 +277,7 @@ class ScrubbingDetector(Detector):
         min_scale: float = 1e-3,
         counterfactual_resolution: float | None = 1e-6,
         aggregation: str = "calibrated",
+        combination: str = "both",
         input_cut: tuple[str, ...] = ("base", "dual"),
         input_cut_budget: int = 32,
         site_parts: int = 2,
@@ -299,6 +307,7 @@ class ScrubbingDetector(Detector):
         self.min_scale = min_scale
         self.counterfactual_resolution = counterfactual_resolution
         self.aggregation = aggregation
+        self.combination = combination
         self.input_cut = input_cut
         self.input_cut_budget = input_cut_budget
         self.site_parts = site_parts
@@ -788,6 +797,7 @@ class ScrubbingDetector(Detector):
                 div, self.calibration_[:, keep], self.column_resolutions()[keep], self._two_sided()[keep]
             ),
             [f for f, k in zip(self.families_, keep) if k],
+            self.combination,
         )
 
     def column_resolutions(self) -> np.ndarray:
@@ -827,6 +837,8 @@ class ScrubbingDetector(Detector):
             raise InputError(
                 f"hypothesis_statistic must be one of {STATISTICS}, got {self.hypothesis_statistic!r}."
             )
+        if self.combination not in calibration.COMBINATIONS:
+            raise InputError(f"combination must be one of {calibration.COMBINATIONS}, got {self.combination!r}.")
         if self.interchange_outputs not in INTERCHANGE_OUTPUTS:
             raise InputError(
                 f"interchange_outputs must be one of {INTERCHANGE_OUTPUTS}, got {self.interchange_outputs!r}."
