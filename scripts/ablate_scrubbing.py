@@ -12,8 +12,9 @@ not only those no whole site carries), scored on ``--refit-splits``.
 
 Columns: ``all`` (calibrated, with the input cut); ``by family`` and ``flat`` (one of the
 two Simes combinations the score takes the better of: within and across families, or over
-every column at once); ``max-z`` (no calibration: the largest standardised divergence); ``one-sided`` (upper tails only: no credit for moving the output
-less than trusted inputs do); ``two-sided`` (both tails for every column, the
+every column at once); ``max-z`` (no calibration: the largest standardised divergence);
+``one-sided`` (upper tails only: no credit for moving the output less than trusted inputs
+do); ``two-sided`` (both tails for every column, the
 counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those
 columns dropped); ``only input cut``, ``only interchanges`` (those columns alone);
 ``coarse interchanges`` (interchange columns compared at ``min_scale``, not

@@ -838,7 +838,9 @@ class ScrubbingDetector(Detector):
                 f"hypothesis_statistic must be one of {STATISTICS}, got {self.hypothesis_statistic!r}."
             )
         if self.combination not in calibration.COMBINATIONS:
-            raise InputError(f"combination must be one of {calibration.COMBINATIONS}, got {self.combination!r}.")
+            raise InputError(
+                f"combination must be one of {calibration.COMBINATIONS}, got {self.combination!r}."
+            )
         if self.interchange_outputs not in INTERCHANGE_OUTPUTS:
             raise InputError(
                 f"interchange_outputs must be one of {INTERCHANGE_OUTPUTS}, got {self.interchange_outputs!r}."
