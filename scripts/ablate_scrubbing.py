@@ -72,17 +72,16 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
     dual, base = fam == "input-cut (dual)", fam == "input-cut (base)"
     pieces = fam == "hypothesis-pieces"
 
-    fine = det.column_resolutions()
+    def log_p(two_sided: bool | np.ndarray, resolution: np.ndarray) -> np.ndarray:
+        sides = np.broadcast_to(two_sided, fam.shape)
+        return calibration.log_p_values(div, det.calibration_, resolution, sides)
 
-    def calibrated(
-        keep: np.ndarray,
-        two_sided: bool | np.ndarray = det.two_sided_,
-        resolution: np.ndarray = fine,
-        combination: str = "both",
-    ) -> np.ndarray:
-        sides = np.broadcast_to(two_sided, keep.shape)[keep]
-        lp = calibration.log_p_values(div[:, keep], det.calibration_[:, keep], resolution[keep], sides)
-        return calibration.score(lp, list(fam[keep]), combination)
+    fine, coarse = det.column_resolutions(), np.full(len(fam), det.min_scale)
+    # each column's tail probability is its own: the variants that drop columns share one
+    fitted = log_p(det.two_sided_, fine)
+
+    def calibrated(keep: np.ndarray, lp: np.ndarray = fitted, combination: str = "both") -> np.ndarray:
+        return calibration.score(lp[:, keep], list(fam[keep]), combination)
 
     everything = np.ones(len(fam), dtype=bool)
     z = np.where(np.isnan(div), -np.inf, (div - det.loc_) / det.scale_)
@@ -92,15 +91,15 @@ def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
         "flat": calibrated(everything, combination="flat"),
         "max-z": z.max(1),
         "previous": z[:, ~cut & ~pieces].max(1),
-        "one-sided": calibrated(everything, two_sided=False),
-        "two-sided": calibrated(everything, True),
+        "one-sided": calibrated(everything, log_p(False, fine)),
+        "two-sided": calibrated(everything, log_p(True, fine)),
         "no input cut": calibrated(~cut),
         "no dual": calibrated(~dual),
         "no base input cut": calibrated(~base),
         "only input cut": calibrated(cut),
         "only interchanges": calibrated(fam == "hypothesis-interchange"),
         "no pieces": calibrated(~pieces),
-        "coarse interchanges": calibrated(everything, resolution=np.full(len(fam), det.min_scale)),
+        "coarse interchanges": calibrated(everything, log_p(det.two_sided_, coarse)),
     }
 
 
