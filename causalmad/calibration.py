@@ -31,6 +31,17 @@ better of the two, paying a factor 2 for the choice (Bonferroni over the two tes
   there, while by family it would count once, level with a single noisy explanation of a
   one-explanation family.
 
+Given an unlabeled untrusted batch (``batch_weights``), a third test joins the two, at
+three times the smallest p-value: Simes over every column, each p-value divided by a
+weight that says how much signal its column shows on the batch (Genovese, Roeder and
+Wasserman, "False discovery control with p-value weighting", Biometrika 2006: weights
+that average 1 keep the test valid). A column's weight is ``(1 - pi0) / pi0``, with
+``pi0`` its share of null p-values on the batch as Storey's estimator gives it (the
+group-weighted procedure of Hu, Zhao and Zhou, "False discovery rate control with groups",
+JASA 2010, with each column a group): a column whose p-values on the batch are as uniform
+as on trusted inputs weighs nothing, one where many inputs have small p-values weighs
+most. The weights are fitted once and kept, so a score still depends only on its input.
+
 The detector's score is ``-log`` of the combined p-value: higher = more anomalous.
 """
 
@@ -43,6 +54,8 @@ import numpy as np
 TAIL = 0.1  # share of the largest (smallest) trusted values the exponential tail is fitted to
 #: ``combine``'s ways: the better of the two Simes tests (default), or one of them alone
 COMBINATIONS = ("both", "by-family", "flat")
+#: Storey's lambda: a column's share of null p-values is estimated from those above it
+STOREY_LAMBDA = 0.5
 
 
 def sorted_columns(trusted: np.ndarray) -> np.ndarray:
@@ -136,21 +149,100 @@ def by_family(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:
     return simes(np.stack([simes(log_p[:, fam == f]) for f in names], 1))
 
 
-def combine(log_p: np.ndarray, families: Sequence[str], how: str = "both") -> np.ndarray:
+def batch_weights(
+    log_p: np.ndarray, trusted_log_p: np.ndarray | None = None, lam: float = STOREY_LAMBDA
+) -> np.ndarray:
+    """``[E]`` column weights from an unlabeled batch's ``[m, E]`` log p-values: ``(1 -
+    pi0) / pi0`` per column, normalised to mean 1. ``pi0``, the column's share of null
+    inputs in the batch, is Storey's estimate (Storey, Taylor and Siegmund, JRSS B 2004):
+    the share of the batch's p-values above ``lam`` (plus one, conservatively) over the
+    share a null column has there, at most 1. That share is ``1 - lam`` for uniform
+    p-values; given ``trusted_log_p`` (``[m', E]``, trusted inputs held out of the
+    calibration), it is the trusted inputs' own share, so that a column whose p-values tie
+    at 1 for most trusted inputs (a scrub that rarely moves the output) is judged against
+    the ties it has, not against a uniform law. NaN cells do not count. A column with no
+    counted cell, or whose batch looks null, weighs 0; if every column does, every weight
+    is 1 (the weighted test is then Simes over every column).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> p = rng.uniform(size=(400, 3))
+        >>> p[:200, 2] = 1e-4  # half the batch is caught by the third column
+        >>> w = batch_weights(np.log(p))
+        >>> bool(w[2] > 2.5 and w[:2].max() < 0.3)
+        True
+    """
+    if not 0 < lam < 1:
+        raise ValueError(f"lam must be in (0, 1), got {lam}.")
+
+    def share_above(lp: np.ndarray, extra: float) -> tuple[np.ndarray, np.ndarray]:
+        ok = ~np.isnan(lp)
+        n = ok.sum(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (extra + (ok & (lp > np.log(lam))).sum(0)) / n, n
+
+    log_p = np.asarray(log_p, dtype=np.float64)
+    batch, counted = share_above(log_p, 1.0)
+    if trusted_log_p is None:
+        null = np.full(log_p.shape[1], 1.0 - lam)
+    else:
+        null, _ = share_above(np.asarray(trusted_log_p, dtype=np.float64), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pi0 = np.minimum(1.0, batch / null)
+        w = np.where((counted > 0) & (null > 0), (1.0 - pi0) / pi0, 0.0)
+    w = np.nan_to_num(w, nan=0.0, posinf=0.0)
+    if not w.sum() > 0:
+        return np.ones(log_p.shape[1])
+    return w / w.mean()
+
+
+def weighted_simes(log_p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted Simes over every column (Benjamini and Hochberg, "Multiple hypotheses
+    testing with weights", Scand. J. Statist. 1997), as a log: ``min_j E' q_(j) / j``
+    with ``q = p / w`` in ascending order. As in ``simes``, a row's untestable cells
+    (NaN, p = 1) do not count; its other columns' weights are rescaled to mean 1 over
+    them, so that what cannot reject passes its weight on. A column of weight 0 counts
+    but never rejects; a row whose testable columns all weigh 0 gets 0 (p = 1)."""
+    log_p = np.asarray(log_p, dtype=np.float64)
+    if log_p.shape[1] == 0:
+        return np.zeros(len(log_p))
+    testable = ~(np.isnan(log_p) | (log_p >= 0))
+    w = np.where(testable, np.asarray(weights, dtype=np.float64)[None], 0.0)
+    count = testable.sum(1)
+    total = w.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = w * np.where(total > 0, count / total, 0.0)[:, None]
+        q = np.sort(np.where(w > 0, log_p - np.log(w), np.inf), axis=1)
+        rank = np.arange(1, log_p.shape[1] + 1)[None]
+        adjusted = np.where(np.isfinite(q), q + np.log(count)[:, None] - np.log(rank), np.inf)
+    return np.where((count > 0) & (total > 0), adjusted.min(1), 0.0)
+
+
+def combine(
+    log_p: np.ndarray, families: Sequence[str], how: str = "both", weights: np.ndarray | None = None
+) -> np.ndarray:
     """``[n]`` combined log p-values. ``how="both"``: the smaller of Simes by family
     (``by_family``) and Simes over every column (``simes``), doubled (Bonferroni over the
     two tests; like ``simes``, not clipped at p = 1, so the order of inputs stays that of
-    the smaller one); ``"by-family"`` or ``"flat"``: that test alone."""
+    the smaller one); ``"by-family"`` or ``"flat"``: that test alone. With ``weights``
+    (``batch_weights``), ``weighted_simes`` joins the test(s), and the factor counts it."""
     if how not in COMBINATIONS:
         raise ValueError(f"how must be one of {COMBINATIONS}, got {how!r}.")
-    if how == "by-family":
-        return by_family(log_p, families)
-    if how == "flat" or np.shape(log_p)[1] == 0:
+    if np.shape(log_p)[1] == 0:
         return simes(log_p)
-    return np.log(2.0) + np.minimum(by_family(log_p, families), simes(log_p))
+    tests = {"both": ("by-family", "flat"), "by-family": ("by-family",), "flat": ("flat",)}[how]
+    found = [by_family(log_p, families) if t == "by-family" else simes(log_p) for t in tests]
+    if weights is not None:
+        found.append(weighted_simes(log_p, weights))
+    if len(found) == 1:
+        return found[0]
+    return np.log(len(found)) + np.min(np.stack(found), 0)
 
 
-def score(log_p: np.ndarray, families: Sequence[str], how: str = "both") -> np.ndarray:
+def score(
+    log_p: np.ndarray, families: Sequence[str], how: str = "both", weights: np.ndarray | None = None
+) -> np.ndarray:
     """``[n]`` anomaly scores, ``-log`` of the combined p-value (``combine``; higher = more
     anomalous).
 
@@ -162,4 +254,4 @@ def score(log_p: np.ndarray, families: Sequence[str], how: str = "both") -> np.n
         >>> bool(s[1] > s[0] + 5)
         True
     """
-    return -combine(log_p, families, how)
+    return -combine(log_p, families, how, weights)

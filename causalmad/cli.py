@@ -376,7 +376,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise InputError(
             f"{args.detector!r} also fits on an unlabeled untrusted batch: pass --untrusted FILE."
         )
-    if args.untrusted is not None and not cls.needs_untrusted:
+    if args.untrusted is not None and not (cls.needs_untrusted or cls.accepts_untrusted):
         raise InputError(f"{args.detector!r} fits on trusted inputs only; drop --untrusted.")
     untrusted = _read_any_shape(args.untrusted, dtype) if args.untrusted else None
     kwargs = _params(args.param)
@@ -938,7 +938,8 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--trusted", help="with --model: trusted inputs file (JSON lines or .npy)")
     fit.add_argument(
         "--untrusted",
-        help="unlabeled untrusted batch, for detectors that fit on one (que, spectral-signature)",
+        help="unlabeled untrusted batch, for detectors that fit on one (que, spectral-signature; scrubbing "
+        "weights its columns by it)",
     )
     fit.add_argument("--detector", default="scrubbing", help="detector name (default scrubbing)")
     fit.add_argument("--seed", type=int, default=0, help="task seed and detector random_state")

@@ -59,10 +59,13 @@ def test_labels_never_reach_fit(task, monkeypatch):
     monkeypatch.setattr(cm.ScrubbingDetector, "_fit", record)
     cm.ScrubbingDetector(task.model, task.hypothesis, resamples=1).fit(task.trusted)
     assert len(seen) == 1 and len(seen[0]) == 1 and torch.equal(seen[0][0], task.trusted)
-    with pytest.raises(cm.InputError, match="trusted inputs only"):  # an untrusted batch is refused
-        cm.ScrubbingDetector(task.model, task.hypothesis).fit(
-            task.trusted, untrusted=task.splits["easy"].inputs
-        )
+    # an unlabeled batch may come along (it weights the columns, ScrubbingDetector.adapt);
+    # labels never do
+    batch = task.splits["easy"].inputs
+    cm.ScrubbingDetector(task.model, task.hypothesis, resamples=1).fit(task.trusted, untrusted=batch)
+    assert len(seen) == 2 and torch.equal(seen[1][0], task.trusted) and torch.equal(seen[1][1], batch)
+    with pytest.raises(TypeError, match="labels"):
+        cm.ScrubbingDetector(task.model, task.hypothesis).fit(task.trusted, labels=task.splits["easy"].labels)
 
 
 def test_demo_command_writes_results(task, tmp_path, capsys):

@@ -97,3 +97,122 @@ def test_the_combination_is_the_better_of_simes_by_family_and_flat_and_stays_a_v
     assert calibration.by_family(spread, families)[0] == pytest.approx(np.log(3 * 0.01))
     assert calibration.simes(spread)[0] == pytest.approx(np.log(30 / 20 * 0.01))
     assert calibration.combine(spread, families)[0] == pytest.approx(np.log(2 * 30 / 20 * 0.01))
+
+
+def test_batch_weights_follow_the_columns_that_show_signal_on_the_batch():
+    rng = np.random.default_rng(0)
+    lp = np.log(rng.uniform(size=(600, 5)))
+    lp[:200, 3] = np.log(rng.uniform(0, 1e-3, size=200))  # a third of the batch is caught by column 3
+    lp[:, 4] = np.nan  # an untestable column
+    w = calibration.batch_weights(lp)
+    assert w.mean() == pytest.approx(1.0) and w[4] == 0.0
+    assert w[3] > 4 * w[:3].max() and w[3] <= 5.0
+    # Storey's conservative estimate by hand for column 3: 1 + #{p > 1/2} over 600 * (1 - 1/2)
+    pi0 = min(1.0, (1 + np.sum(lp[:, 3] > np.log(0.5))) / 300)
+    raw = [(1 - min(1.0, (1 + np.sum(lp[:, j] > np.log(0.5))) / 300)) for j in range(4)]
+    raw = [r / (1 - r) for r in raw]
+    assert w[3] == pytest.approx((1 - pi0) / pi0 / (sum(raw) / 5))
+    # a batch with no signal anywhere: every weight 1, and the weighted test is the flat one
+    null = np.zeros((50, 4))  # p = 1 everywhere
+    np.testing.assert_array_equal(calibration.batch_weights(null), np.ones(4))
+    np.testing.assert_allclose(
+        calibration.weighted_simes(lp[:, :4], np.ones(4)), calibration.simes(lp[:, :4])
+    )
+    with pytest.raises(ValueError, match="lam"):
+        calibration.batch_weights(lp, lam=1.0)
+
+
+def test_the_weighted_test_joins_the_combination_at_three_times_and_stays_valid_on_null_inputs():
+    rng = np.random.default_rng(1)
+    families = ["one"] + ["many"] * 20 + ["noise"] * 9
+    # weights fitted on one null batch, applied to independent null inputs
+    w = calibration.batch_weights(np.log(rng.uniform(size=(300, 30))))
+    lp = np.log(rng.uniform(size=(20000, 30)))
+    combined = calibration.combine(lp, families, weights=w)
+    three = np.minimum(
+        np.minimum(calibration.by_family(lp, families), calibration.simes(lp)),
+        calibration.weighted_simes(lp, w),
+    )
+    np.testing.assert_allclose(combined, np.log(3.0) + three)
+    for a in (0.01, 0.05, 0.2):
+        assert np.mean(combined <= np.log(a)) <= a * 1.1
+    # a signal the weights point at: column 5 alone, weight 30 (all the mass)
+    one = np.log(np.full((1, 30), 0.5))
+    one[0, 5] = np.log(1e-3)
+    focus = np.zeros(30)
+    focus[5] = 30.0
+    # weighted Bonferroni at its sharpest: E p / w = 30 * 1e-3 / 30
+    assert calibration.combine(one, families, weights=focus)[0] == pytest.approx(np.log(3 * 1e-3))
+
+
+def test_weighting_by_an_unlabeled_batch_finds_the_one_column_among_many_that_carries_the_signal():
+    """500 columns, the signal in one: unweighted, Simes pays for all 500; weighted by a
+    batch in which a third of the inputs are anomalous, it pays for far fewer."""
+    rng = np.random.default_rng(2)
+    n, e = 600, 500
+    labels = np.r_[np.zeros(400), np.ones(200)]
+    lp = np.log(rng.uniform(size=(n, e)))
+    lp[400:, 7] = np.log(rng.uniform(0, 0.02, size=200))
+    families = ["f"] * e
+    w = calibration.batch_weights(lp)
+    before = roc_auc_score(labels, -calibration.combine(lp, families))
+    after = roc_auc_score(labels, -calibration.combine(lp, families, weights=w))
+    assert after > before + 0.2
+
+
+def test_adapting_to_an_unlabeled_batch_weights_the_columns_and_keeps_scores_per_input(monkeypatch, tmp_path):
+    """The dilution setup above with 100 null explanations: adapted to the batch, the
+    nulls weigh little, the scores stay per input, and the weights persist."""
+    import causalmad.detectors.scrubbing as scrubbing_detector
+
+    trusted = planted_data(400, 0, seed=0, noise=0.4)
+    x = torch.cat([planted_data(100, 0, seed=1, noise=0.4), planted_data(100, 0.01, seed=2, noise=0.4)])
+    labels = np.r_[np.zeros(100), np.ones(100)]
+    a_minus_b = torch.tensor([[0.0], [1.0], [0.0]])
+    nulls = [
+        Explanation(
+            f"null {i}", "hypothesis-free", [Resample(cm.Site("enc").with_basis(a_minus_b, f"a-b {i}"))]
+        )
+        for i in range(100)
+    ]
+    original = scrubbing_detector.hypothesis_free_explanations
+    monkeypatch.setattr(
+        scrubbing_detector, "hypothesis_free_explanations", lambda *a, **k: original(*a, **k) + nulls
+    )
+
+    def make() -> cm.ScrubbingDetector:
+        return cm.ScrubbingDetector(
+            PlantedSum(), sum_hypothesis(), resamples=4, hypothesis_free=True, random_state=0
+        )
+
+    det = make().fit(trusted)
+    assert "column_weights_" not in vars(det)  # fitted on trusted inputs alone: no weights
+    unweighted, threshold = det.score(x), det.threshold_
+    np.testing.assert_array_equal(unweighted, det.combine(det.divergences(x)))
+    det.adapt(x)
+    w = det.column_weights_
+    null = np.array([n.startswith("null") for n in det.column_names_])
+    assert w.mean() == pytest.approx(1.0) and w[null].max() < w[~null].max()
+    weighted = det.score(x)  # reuses the divergences adapt computed
+    assert det.threshold_ != threshold and det.threshold_ == det.threshold(0.01)
+    assert roc_auc_score(labels, weighted) >= roc_auc_score(labels, unweighted) - 0.005
+    # per input: the same scores in another order and another batch, computed afresh
+    np.testing.assert_array_equal(det.score(x.flip(0)).copy()[::-1], weighted)
+    np.testing.assert_array_equal(det.score(x[:7]), weighted[:7])
+    # fit(trusted, untrusted=x) is fit then adapt
+    np.testing.assert_array_equal(make().fit(trusted, untrusted=x).score(x), weighted)
+    # the weights and the threshold persist
+    det.save(tmp_path / "det")
+    loaded = cm.load_detector(tmp_path / "det", PlantedSum(), hypothesis=sum_hypothesis())
+    np.testing.assert_array_equal(loaded.column_weights_, w)
+    assert loaded.threshold_ == det.threshold_
+    np.testing.assert_array_equal(loaded.score(x), weighted)
+    # refitting without a batch drops them; weight_by_batch=False never sets them
+    det.fit(trusted)
+    assert "column_weights_" not in vars(det)
+    np.testing.assert_array_equal(det.score(x), unweighted)
+    off = make().set_params(weight_by_batch=False).fit(trusted, untrusted=x)
+    assert "column_weights_" not in vars(off)
+    np.testing.assert_array_equal(off.score(x), unweighted)
+    with pytest.raises(cm.InputError, match="empty"):
+        det.adapt(x[:0])

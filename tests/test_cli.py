@@ -204,7 +204,18 @@ def test_bad_folders_models_and_usage_are_clear_errors(work, tmp_path, capsys):
             "--untrusted FILE",
         ),
         (
-            ["fit", *MODEL, "--trusted", inputs, "--untrusted", inputs, "--out", str(tmp_path / "d7")],
+            [
+                "fit",
+                *MODEL,
+                "--trusted",
+                inputs,
+                "--untrusted",
+                inputs,
+                "--detector",
+                "mahalanobis",
+                "--out",
+                str(tmp_path / "d7"),
+            ],
             "drop --untrusted",
         ),
         (

@@ -98,6 +98,9 @@ def test_untrusted_batch_is_required_exactly_where_it_is_used(name, planted, dat
     if det.needs_untrusted:
         with pytest.raises(cm.InputError, match="untrusted batch"):
             det.fit(trusted)
+    elif det.accepts_untrusted:  # optional: fits with and without one
+        assert "column_weights_" not in vars(det.fit(trusted))
+        assert "column_weights_" in vars(det.fit(trusted, untrusted=untrusted))
     else:
         with pytest.raises(cm.InputError, match="trusted inputs only"):
             det.fit(trusted, untrusted=untrusted)

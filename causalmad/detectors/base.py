@@ -195,6 +195,9 @@ class Detector(ABC):
         needs_untrusted: class attribute: ``fit`` also takes an unlabeled batch of
             untrusted inputs (``fit(trusted, untrusted=...)``), e.g. QUE's untrusted
             covariance.
+        accepts_untrusted: class attribute: ``fit`` may take such a batch, and fits without
+            one too (the scrubbing detector's column weights); evaluation gives it the
+            split, through ``adapt(untrusted)`` after one fit on trusted inputs.
         skyline: class attribute: the detector sees anomaly labels; tables mark it and
             never rank it.
     """
@@ -202,6 +205,7 @@ class Detector(ABC):
     name = "detector"
     min_trusted = 20
     needs_untrusted = False
+    accepts_untrusted = False
     skyline = False
     _transient: tuple[str, ...] = ()
     heldout_scores_: np.ndarray
@@ -217,7 +221,7 @@ class Detector(ABC):
         Args:
             trusted: ``[n, ...]`` inputs on which the model behaves normally.
             untrusted: an unlabeled ``[m, ...]`` batch, for detectors with
-                ``needs_untrusted`` only (QUE, the skyline).
+                ``needs_untrusted`` (QUE, the skyline) or ``accepts_untrusted`` (scrubbing) only.
 
         Returns:
             ``self``, fitted.
@@ -234,7 +238,7 @@ class Detector(ABC):
                 f"{type(self).__name__} needs an unlabeled untrusted batch at fit time: "
                 "fit(trusted, untrusted=batch)."
             )
-        if not self.needs_untrusted and untrusted is not None:
+        if not (self.needs_untrusted or self.accepts_untrusted) and untrusted is not None:
             raise InputError(f"{type(self).__name__} fits on trusted inputs only; do not pass untrusted=.")
         u = None if untrusted is None else adapter.check_inputs(untrusted, "untrusted inputs")
         if u is not None and tuple(u.shape[1:]) != tuple(x.shape[1:]):

@@ -17,6 +17,7 @@ et al. 2022).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 import warnings
@@ -30,7 +31,14 @@ import torch
 
 from causalmad import calibration, input_cut
 from causalmad.alignment import Alignment, search
-from causalmad.detectors.base import Detector, ExplainResult, ScoreDetails, register, split_indices
+from causalmad.detectors.base import (
+    DEFAULT_FPR,
+    Detector,
+    ExplainResult,
+    ScoreDetails,
+    register,
+    split_indices,
+)
 from causalmad.errors import HypothesisError, InputError, PersistenceError
 from causalmad.explanations import hypothesis_explanations, hypothesis_free_explanations, piece_explanations
 from causalmad.hypothesis import Hypothesis, Readout
@@ -217,6 +225,12 @@ class ScrubbingDetector(Detector):
             signal spread over many columns), at twice its p-value; ``"by-family"`` or
             ``"flat"``: that test alone. Folders saved before it existed load with
             ``"by-family"``, what they were fitted and thresholded with.
+        weight_by_batch: when ``fit`` (or [`adapt`][causalmad.ScrubbingDetector.adapt])
+            is given an unlabeled untrusted batch, a third test joins the combination:
+            Simes over every column with each column's p-values weighted by how much
+            signal the column shows on that batch (``causalmad.calibration.batch_weights``;
+            stored as ``column_weights_``, so scores still depend on their input alone).
+            ``False``: the batch is not used. Without a batch it changes nothing.
         input_cut: directions of the input-cut scrubs (``causalmad.input_cut``):
             ``"base"`` (trusted parts into ``x``, every hypothesis value kept) and
             ``"dual"`` (``x``'s parts into trusted inputs, scored against the hypothesis'
@@ -252,7 +266,9 @@ class ScrubbingDetector(Detector):
         "hypothesis_free": True,
         "site_parts": 1,
         "combination": "by-family",
+        "weight_by_batch": True,
     }
+    accepts_untrusted = True
 
     def __init__(
         self,
@@ -278,6 +294,7 @@ class ScrubbingDetector(Detector):
         counterfactual_resolution: float | None = 1e-6,
         aggregation: str = "calibrated",
         combination: str = "both",
+        weight_by_batch: bool = True,
         input_cut: tuple[str, ...] = ("base", "dual"),
         input_cut_budget: int = 32,
         site_parts: int = 2,
@@ -308,6 +325,7 @@ class ScrubbingDetector(Detector):
         self.counterfactual_resolution = counterfactual_resolution
         self.aggregation = aggregation
         self.combination = combination
+        self.weight_by_batch = weight_by_batch
         self.input_cut = input_cut
         self.input_cut_budget = input_cut_budget
         self.site_parts = site_parts
@@ -317,10 +335,83 @@ class ScrubbingDetector(Detector):
 
     # ------------------------------------------------------------------ fit
     def fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> ScrubbingDetector:
-        """Align, build and validate the explanation family on trusted inputs only."""
+        """Align, build and validate the explanation family on trusted inputs, then (given
+        ``untrusted``, an unlabeled batch, and ``weight_by_batch``) weight its columns by the
+        signal each shows on that batch ([`adapt`][causalmad.ScrubbingDetector.adapt]).
+
+        Args:
+            trusted: ``[n, ...]`` inputs on which the model behaves normally.
+            untrusted: an optional unlabeled ``[m, ...]`` batch of the inputs to be scored.
+
+        Returns:
+            ``self``, fitted.
+
+        Raises:
+            InputError: as [`Detector.fit`][causalmad.Detector.fit]; an argument out of range.
+            HypothesisError: the hypothesis is not usable on the inputs.
+        """
         self._check_params()
         super().fit(trusted, untrusted)
         return self
+
+    def adapt(self, untrusted: torch.Tensor) -> ScrubbingDetector:
+        """Weight the fitted columns by the signal each shows on an unlabeled untrusted
+        batch, keeping everything fitted on trusted inputs: the batch's tail probabilities
+        give each column a weight (``causalmad.calibration.batch_weights``), and the score
+        adds Simes' test over the weighted columns to its combination; the held-out trusted
+        scores and ``threshold_`` are recomputed with it. Scores stay per input: the
+        weights are fixed until the next ``adapt`` or ``fit``. What
+        ``fit(trusted, untrusted)`` does after fitting; calling it again replaces the weights.
+
+        Args:
+            untrusted: ``[m, ...]`` unlabeled inputs (at least one).
+
+        Returns:
+            ``self``, with ``column_weights_`` set (or unset if ``weight_by_batch`` is off or
+            ``aggregation`` is ``"max-z"``).
+
+        Raises:
+            NotFittedError: if the detector is not fitted.
+            InputError: if the inputs do not fit the model or the fitted shape, or the batch is empty.
+            PersistenceError: a detector loaded from a folder saved before ``adapt`` existed
+                (it lacks the held-out divergences the threshold is recomputed from): refit it.
+        """
+        x = self._check(untrusted)
+        if "heldout_divergences_" not in self.__dict__:
+            raise PersistenceError(
+                "This detector was saved before adapt() existed and lacks its held-out trusted divergences; "
+                "refit it to weight it by a batch."
+            )
+        self._adapt(x)
+        self.threshold_ = self.threshold(DEFAULT_FPR)
+        return self
+
+    def _adapt(self, x: torch.Tensor) -> None:
+        self.__dict__.pop("column_weights_", None)
+        self.__dict__.pop("_adapted", None)
+        if self.weight_by_batch and self.aggregation == "calibrated" and len(self.column_names_):
+            if len(x) == 0:
+                raise InputError("adapt needs at least one untrusted input, got an empty batch.")
+            found = self._explanation_scores(x, self._values(x))
+            self.column_weights_ = calibration.batch_weights(
+                self._log_p(found[0]), self._log_p(self.heldout_divergences_)
+            )
+            # scoring the same batch next (as the benchmark does) reuses these divergences
+            self._adapted = (self._scoring_key(x), found)
+        self.heldout_scores_ = self.combine(self.heldout_divergences_)
+
+    def _scoring_key(self, x: torch.Tensor) -> tuple[Any, ...]:
+        """What an input batch's divergences depend on besides the fitted state."""
+        digest = hashlib.sha256(np.ascontiguousarray(x.cpu().numpy()).tobytes()).hexdigest()
+        return (
+            digest,
+            tuple(x.shape),
+            self.resamples,
+            self.counterfactual_resamples,
+            self.dual_resamples,
+            self.hypothesis_statistic,
+            self.random_state,
+        )
 
     def _check_params(self) -> None:
         """Check the hypothesis and every argument before any work (``fit`` and the cost
@@ -398,7 +489,9 @@ class ScrubbingDetector(Detector):
             return [{} for _ in range(len(x))]
         return self.hypothesis.values_rows(x)  # type: ignore[return-value]
 
-    def _fit(self, trusted: torch.Tensor) -> None:
+    def _fit(self, trusted: torch.Tensor, untrusted: torch.Tensor | None = None) -> None:
+        for stale in ("column_weights_", "_adapted"):
+            self.__dict__.pop(stale, None)
         adapter = self.adapter_
         h = self.hypothesis
         seq_len = int(trusted.shape[1]) if adapter.has_positions else 1
@@ -526,7 +619,12 @@ class ScrubbingDetector(Detector):
                 f"None of the {len(family)} candidate explanations holds on the trusted calibration split "
                 f"(tolerance={self.tolerance} nats). Raise tolerance or check the hypothesis' readouts."
             )
-        self.heldout_scores_ = self._score(thr[0])
+        # the held-out trusted inputs' divergences: the threshold's scores, recomputed
+        # from them when adapt weights the columns
+        self.heldout_divergences_ = self._explanation_scores(thr[0], thr[1])[0]
+        self.heldout_scores_ = self.combine(self.heldout_divergences_)
+        if untrusted is not None:
+            self._adapt(untrusted)
 
     def _fit_input_cut(
         self, example: torch.Tensor, cal: tuple[torch.Tensor, list[dict[str, Hashable]]]
@@ -734,6 +832,9 @@ class ScrubbingDetector(Detector):
         self, x: torch.Tensor, values: list[dict[str, Hashable]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[n, E]`` divergences, z-scores and unmatched mask under the valid explanations."""
+        adapted = self.__dict__.pop("_adapted", None)
+        if adapted is not None and adapted[0] == self._scoring_key(x):
+            return adapted[1]  # type: ignore[no-any-return]
         div, unmatched = self._divergences(self.valid_, x, values)
         cut, _ = self._input_cut_divergences(self.input_cut_, x, values)
         raw = np.concatenate([div, cut], 1)
@@ -779,11 +880,15 @@ class ScrubbingDetector(Detector):
             {"divergences": div, "z": z, "unmatched": unmatched, "unmatched_any": unmatched_any},
         )
 
-    def combine(self, divergences: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    def combine(
+        self, divergences: np.ndarray, columns: np.ndarray | None = None, weighted: bool = True
+    ) -> np.ndarray:
         """``[n]`` scores from ``[n, C]`` divergences
         ([`divergences`][causalmad.ScrubbingDetector.divergences]), combined as ``score``
         combines them, over the ``columns`` mask only (default: all): what the detector
-        would score with only those explanations and scrubs."""
+        would score with only those explanations and scrubs (with ``column_weights_``, if
+        set and ``weighted``, renormalised over them; ``weighted=False``: as if ``adapt``
+        had not run)."""
         keep = (
             np.ones(len(self.column_names_), dtype=bool)
             if columns is None
@@ -792,12 +897,19 @@ class ScrubbingDetector(Detector):
         div = np.asarray(divergences)[:, keep]
         if self.aggregation == "max-z":
             return nan_max((div - self.loc_[keep]) / self.scale_[keep])
+        weights = self.__dict__.get("column_weights_") if weighted else None
+        if weights is not None:
+            weights = np.asarray(weights)[keep]
+            weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
         return calibration.score(
-            calibration.log_p_values(
-                div, self.calibration_[:, keep], self.column_resolutions()[keep], self._two_sided()[keep]
-            ),
-            [f for f, k in zip(self.families_, keep) if k],
-            self.combination,
+            self._log_p(div, keep), [f for f, k in zip(self.families_, keep) if k], self.combination, weights
+        )
+
+    def _log_p(self, divergences: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+        """``[n, C']`` log tail probabilities of ``divergences`` under the trusted columns ``keep``."""
+        keep = np.ones(len(self.column_names_), dtype=bool) if keep is None else keep
+        return calibration.log_p_values(
+            divergences, self.calibration_[:, keep], self.column_resolutions()[keep], self._two_sided()[keep]
         )
 
     def column_resolutions(self) -> np.ndarray:
@@ -827,6 +939,8 @@ class ScrubbingDetector(Detector):
         "scale_": (1, "column_names_"),
         "calibration_": (2, "column_names_"),
         "two_sided_": (1, "column_names_"),
+        "heldout_divergences_": (2, "column_names_"),
+        "column_weights_": (1, "column_names_"),
     }
 
     def _check_scoring_params(self) -> None:
