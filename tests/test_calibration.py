@@ -35,16 +35,9 @@ def test_simes_ignores_untestable_cells_and_ties_with_trusted():
     assert calibration.simes(np.zeros((2, 0))).tolist() == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("aggregation", ["calibrated", "max-z"])
-def test_appending_100_explanations_that_do_not_matter_moves_the_auroc_by_less_than_a_hundredth(
-    aggregation, monkeypatch
-):
-    """The planted model reads ``a + b`` and the flag, never ``a - b``: scrubbing the
-    ``a - b`` direction of ``enc`` from any trusted source provably changes nothing. A
-    weak flag (0.01: the answer moves by 0.05) keeps the AUROC below 1, where dilution
-    would show."""
-    import causalmad.detectors.scrubbing as scrubbing_detector
-
+def dilution_setup() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[Explanation]]:
+    """Trusted inputs, 100 normal and 100 weakly flagged inputs with their labels, and 100
+    explanations that provably do not matter (the ``a - b`` direction of ``enc``)."""
     trusted = planted_data(400, 0, seed=0, noise=0.4)
     x = torch.cat([planted_data(100, 0, seed=1, noise=0.4), planted_data(100, 0.01, seed=2, noise=0.4)])
     labels = np.r_[np.zeros(100), np.ones(100)]
@@ -55,6 +48,20 @@ def test_appending_100_explanations_that_do_not_matter_moves_the_auroc_by_less_t
         )
         for i in range(100)
     ]
+    return trusted, x, labels, nulls
+
+
+@pytest.mark.parametrize("aggregation", ["calibrated", "max-z"])
+def test_appending_100_explanations_that_do_not_matter_moves_the_auroc_by_less_than_a_hundredth(
+    aggregation, monkeypatch
+):
+    """The planted model reads ``a + b`` and the flag, never ``a - b``: scrubbing the
+    ``a - b`` direction of ``enc`` from any trusted source provably changes nothing. A
+    weak flag (0.01: the answer moves by 0.05) keeps the AUROC below 1, where dilution
+    would show."""
+    import causalmad.detectors.scrubbing as scrubbing_detector
+
+    trusted, x, labels, nulls = dilution_setup()
 
     def auroc() -> tuple[float, cm.ScrubbingDetector]:
         det = cm.ScrubbingDetector(
@@ -165,16 +172,7 @@ def test_adapting_to_an_unlabeled_batch_weights_the_columns_and_keeps_scores_per
     nulls weigh little, the scores stay per input, and the weights persist."""
     import causalmad.detectors.scrubbing as scrubbing_detector
 
-    trusted = planted_data(400, 0, seed=0, noise=0.4)
-    x = torch.cat([planted_data(100, 0, seed=1, noise=0.4), planted_data(100, 0.01, seed=2, noise=0.4)])
-    labels = np.r_[np.zeros(100), np.ones(100)]
-    a_minus_b = torch.tensor([[0.0], [1.0], [0.0]])
-    nulls = [
-        Explanation(
-            f"null {i}", "hypothesis-free", [Resample(cm.Site("enc").with_basis(a_minus_b, f"a-b {i}"))]
-        )
-        for i in range(100)
-    ]
+    trusted, x, labels, nulls = dilution_setup()
     original = scrubbing_detector.hypothesis_free_explanations
     monkeypatch.setattr(
         scrubbing_detector, "hypothesis_free_explanations", lambda *a, **k: original(*a, **k) + nulls
