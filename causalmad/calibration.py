@@ -130,14 +130,7 @@ def simes(log_p: np.ndarray) -> np.ndarray:
     data", Biometrics 1990): appending explanations that do not matter leaves every
     score as it was."""
     log_p = np.asarray(log_p, dtype=np.float64)
-    if log_p.shape[1] == 0:
-        return np.zeros(len(log_p))
-    s = np.sort(np.where(np.isnan(log_p) | (log_p >= 0), np.inf, log_p), axis=1)
-    count = np.isfinite(s).sum(1, keepdims=True)
-    rank = np.arange(1, log_p.shape[1] + 1)[None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        adjusted = np.where(np.isfinite(s), s + np.log(count) - np.log(rank), np.inf)
-    return np.where(count[:, 0] > 0, adjusted.min(1), 0.0)
+    return weighted_simes(log_p, np.ones(log_p.shape[1]))
 
 
 def by_family(log_p: np.ndarray, families: Sequence[str]) -> np.ndarray:

@@ -17,7 +17,6 @@ et al. 2022).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import numbers
 import warnings
@@ -402,9 +401,8 @@ class ScrubbingDetector(Detector):
 
     def _scoring_key(self, x: torch.Tensor) -> tuple[Any, ...]:
         """What an input batch's divergences depend on besides the fitted state."""
-        digest = hashlib.sha256(np.ascontiguousarray(x.cpu().numpy()).tobytes()).hexdigest()
         return (
-            digest,
+            row_keys(x).tobytes(),
             tuple(x.shape),
             self.resamples,
             self.counterfactual_resamples,
