@@ -406,7 +406,7 @@ def scrub(
 
 #: how a cell's divergences under its resampled sources are reduced to one
 #: (``reduce_resamples``)
-STATISTICS = ("median", "mean")
+STATISTICS = ("median", "mean", "trimmed")
 
 
 def reduce_resamples(div: np.ndarray, statistic: str = "median") -> np.ndarray:
@@ -418,11 +418,18 @@ def reduce_resamples(div: np.ndarray, statistic: str = "median") -> np.ndarray:
     and anomalous inputs alike, and their divergences are orders of magnitude above the
     rest; the mean of ``k`` then ranks inputs by how many such sources they happened to
     draw, while the median measures how the input's output moves under a typical
-    source. ``"mean"``: the average (the estimate of the expected divergence)."""
+    source. ``"mean"``: the average (the estimate of the expected divergence).
+    ``"trimmed"``: the mean without the largest of the ``k`` (the value itself when
+    ``k = 1``): a divergence that several draws show still counts, while one draw that
+    breaks the output by accident (a hybrid that completes a trigger by chance, a source
+    at the edge of a variable's range) no longer decides the input's rank."""
     if statistic == "median":
         return np.median(div, axis=1)
     if statistic == "mean":
         return div.mean(1)
+    if statistic == "trimmed":
+        k = div.shape[1]
+        return div.mean(1) if k < 2 else np.sort(div, axis=1)[:, : k - 1].mean(1)
     raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
 
 

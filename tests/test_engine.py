@@ -517,7 +517,7 @@ def test_the_statistic_over_sources_is_chosen_per_explanation(tiny_bridge):
     family = hypothesis_free_explanations(adapter, pool, 11, positions=[4])[:6]
     readouts, values = [cm.Readout(position=-1)], [{} for _ in range(len(x))]
     clean = clean_log_probs(adapter, x, readouts)
-    stats = ["median", "mean"] * 3
+    stats = ["median", "mean", "trimmed"] * 2
     got, _ = scrub_many(adapter, family, x, values, clean, pool, readouts, 5, seed=0, statistic=stats)
     for j, (e, st) in enumerate(zip(family, stats)):
         ref, _ = scrub(adapter, e, x, values, clean, pool, readouts, 5, seed=0, statistic=st)
@@ -526,6 +526,17 @@ def test_the_statistic_over_sources_is_chosen_per_explanation(tiny_bridge):
     assert not np.allclose(means[:, 0], got[:, 0])
     with pytest.raises(ValueError, match="statistic must be one of"):
         cm.scrubbing.reduce_resamples(np.zeros((2, 3)), "max")
+
+
+def test_the_trimmed_statistic_drops_one_accident_and_keeps_a_repeated_divergence():
+    """``"trimmed"``: one draw that breaks the output (a hybrid that completes a trigger by
+    chance) no longer decides the input's divergence; two draws that show it still do."""
+    from causalmad.scrubbing import reduce_resamples
+
+    div = np.array([[0.1, 0.2, 0.1, 50.0], [0.1, 0.2, 50.0, 50.0], [0.4, 0.4, 0.4, 0.4]])
+    np.testing.assert_allclose(reduce_resamples(div, "trimmed"), [0.4 / 3, 50.3 / 3, 0.4])
+    assert reduce_resamples(div, "mean")[0] > 12  # the mean is the accident's
+    np.testing.assert_allclose(reduce_resamples(np.array([[3.0], [5.0]]), "trimmed"), [3.0, 5.0])
 
 
 def test_an_interchange_scores_only_the_outputs_it_names():

@@ -157,11 +157,17 @@ class ScrubbingDetector(Detector):
             agrees (or, for an interchange, differs) on its variables; a few sources break
             any input's output, trusted or not, by orders of magnitude more than the rest
             (a carry at the edge of its range), and the mean ranks inputs by how many of
-            them they drew, the median by how the output moves under a typical one. The
-            other families keep the mean: a piece that matters under only some draws (a
-            trigger that fires in some of the dual's bases) is what they look for. (The
+            them they drew, the median by how the output moves under a typical one. (The
             "any source" runs that ``min_recovered`` compares an explanation with use its
             statistic too.)
+        part_statistic: the same for the other families (pieces of sites, the input
+            cut), whose signal may show under only some draws (a trigger that fires in
+            some of the dual's bases): ``"trimmed"`` (default): the mean without the
+            largest draw, so that a divergence two or more draws show counts while one
+            hybrid that breaks the output by accident does not (a dual hybrid that
+            completes a conjunctive trigger by chance, on a normal input, moves the
+            output by orders of magnitude more than any trusted input's draws);
+            ``"mean"``; ``"median"``.
         interchange_outputs: which outputs an interchange is scored on: ``"downstream"``
             (default): those downstream of its variable, whose change the hypothesis
             predicts (the others cannot change and add only their noise); ``"all"``.
@@ -260,6 +266,7 @@ class ScrubbingDetector(Detector):
     #: what a folder saved before these arguments existed was fitted with
     params_before_saved: ClassVar[dict[str, Any]] = {
         "hypothesis_statistic": "mean",
+        "part_statistic": "mean",
         "interchange_outputs": "all",
         "counterfactual_resolution": None,
         "hypothesis_free": True,
@@ -277,6 +284,7 @@ class ScrubbingDetector(Detector):
         counterfactual_resamples: int = 32,
         dual_resamples: int = 8,
         hypothesis_statistic: str = "median",
+        part_statistic: str = "trimmed",
         interchange_outputs: str = "downstream",
         tolerance: float = 0.1,
         min_recovered: float | None = 0.9,
@@ -308,6 +316,7 @@ class ScrubbingDetector(Detector):
         self.counterfactual_resamples = counterfactual_resamples
         self.dual_resamples = dual_resamples
         self.hypothesis_statistic = hypothesis_statistic
+        self.part_statistic = part_statistic
         self.interchange_outputs = interchange_outputs
         self.tolerance = tolerance
         self.min_recovered = min_recovered
@@ -408,6 +417,7 @@ class ScrubbingDetector(Detector):
             self.counterfactual_resamples,
             self.dual_resamples,
             self.hypothesis_statistic,
+            self.part_statistic,
             self.random_state,
         )
 
@@ -731,7 +741,7 @@ class ScrubbingDetector(Detector):
             seed=self.random_state,
             batch_size=self.batch_size,
             dual_resamples=self.dual_resamples,
-            statistic="mean",
+            statistic=self.part_statistic,
         )
 
     def _das_options(self) -> dict[str, Any]:
@@ -785,7 +795,7 @@ class ScrubbingDetector(Detector):
         return div, unmatched
 
     def _statistic(self, e: Explanation) -> str:
-        return self.hypothesis_statistic if e.family in HYPOTHESIS_FAMILIES else "mean"
+        return self.hypothesis_statistic if e.family in HYPOTHESIS_FAMILIES else self.part_statistic
 
     def _resamples(self, e: Explanation) -> int:
         return self.counterfactual_resamples if e.target is not None else self.resamples
@@ -945,10 +955,9 @@ class ScrubbingDetector(Detector):
         res = self.counterfactual_resolution
         if res is not None and (isinstance(res, bool) or not isinstance(res, (int, float)) or not res > 0):
             raise InputError(f"counterfactual_resolution must be a positive number or None, got {res!r}.")
-        if self.hypothesis_statistic not in STATISTICS:
-            raise InputError(
-                f"hypothesis_statistic must be one of {STATISTICS}, got {self.hypothesis_statistic!r}."
-            )
+        for name in ("hypothesis_statistic", "part_statistic"):
+            if getattr(self, name) not in STATISTICS:
+                raise InputError(f"{name} must be one of {STATISTICS}, got {getattr(self, name)!r}.")
         if self.combination not in calibration.COMBINATIONS:
             raise InputError(
                 f"combination must be one of {calibration.COMBINATIONS}, got {self.combination!r}."
