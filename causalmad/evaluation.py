@@ -142,13 +142,73 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.ndarray]:
+    """The scrubbing detector's scores with each mechanism switched off alone, recomputed
+    from the same ``[n, C]`` divergences (``ScrubbingDetector.divergences``; no refit, so
+    the variants differ only in that mechanism). Keys: ``"all"`` (the score as it is);
+    ``"no batch weights"`` (as if ``adapt`` had not run); ``"by family"`` and ``"flat"``
+    (one of the Simes tests alone); ``"max-z"`` (no calibration: the largest
+    standardised divergence); ``"one-sided"`` (upper tails only); ``"two-sided"`` (both
+    tails for every column); ``"coarse interchanges"`` (interchange columns compared at
+    ``min_scale``); ``"no input cut"``, ``"no dual"``, ``"no base input cut"``, ``"no
+    pieces"``, ``"no interchanges"`` (those columns dropped); ``"only input cut"``,
+    ``"only interchanges"`` (those columns alone). A variant whose columns are empty is
+    left out."""
+    from causalmad import calibration
+
+    div = np.asarray(divergences, dtype=np.float64)
+    fam = np.asarray(detector.families_).astype(str)
+    weights = detector.__dict__.get("column_weights_")
+    fine = detector.column_resolutions()
+    sides = detector._two_sided()
+
+    def log_p(two_sided: Any, resolution: np.ndarray) -> np.ndarray:
+        return calibration.log_p_values(
+            div, detector.calibration_, resolution, np.broadcast_to(np.asarray(two_sided), fam.shape)
+        )
+
+    fitted = log_p(sides, fine)
+
+    def calibrated(
+        keep: np.ndarray, lp: np.ndarray = fitted, combination: str | None = None, weighted: bool = True
+    ) -> np.ndarray:
+        w = None
+        if weighted and weights is not None:
+            w = np.asarray(weights, dtype=np.float64)[keep]
+            w = w / w.mean() if w.sum() > 0 else np.ones(len(w))
+        return calibration.score(lp[:, keep], list(fam[keep]), combination or detector.combination, w)
+
+    cut = np.char.startswith(fam, "input-cut")
+    every = np.ones(len(fam), dtype=bool)
+    z = np.where(np.isnan(div), -np.inf, (div - detector.loc_) / detector.scale_)
+    out = {
+        "all": calibrated(every),
+        "no batch weights": calibrated(every, weighted=False),
+        "by family": calibrated(every, combination="by-family"),
+        "flat": calibrated(every, combination="flat"),
+        "max-z": z.max(1) if len(fam) else np.zeros(len(div)),
+        "one-sided": calibrated(every, log_p(False, fine)),
+        "two-sided": calibrated(every, log_p(True, fine)),
+        "coarse interchanges": calibrated(every, log_p(sides, np.full(len(fam), detector.min_scale))),
+    }
+    keeps = {
+        "no input cut": ~cut,
+        "no dual": fam != "input-cut (dual)",
+        "no base input cut": fam != "input-cut (base)",
+        "no pieces": fam != "hypothesis-pieces",
+        "no interchanges": fam != "hypothesis-interchange",
+        "only input cut": cut,
+        "only interchanges": fam == "hypothesis-interchange",
+    }
+    out.update({name: calibrated(keep) for name, keep in keeps.items() if keep.any()})
+    return out
+
+
 def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> dict[str, Any]:
     """Extra record fields for a scrubbing detector, right after it scored ``split``
     (``details``: what that scoring computed):
     explanation counts, held-out IIA, and the AUROC of the detector's score combined over
     each family of explanations alone (``None`` where the family has no valid column)."""
-    from sklearn.metrics import roc_auc_score
-
     div, summary = details.parts["divergences"], detector.summary()
     fam = np.asarray(detector.families_, dtype=object)
     cut = np.array([str(f).startswith("input-cut") for f in fam], dtype=bool)
@@ -156,10 +216,7 @@ def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> di
     def alone(columns: np.ndarray, weighted: bool = True) -> float | None:
         if not columns.any():
             return None
-        s = detector.combine(div, columns, weighted=weighted)
-        finite = s[np.isfinite(s)]
-        s = np.where(np.isfinite(s), s, (finite.min() - 1) if len(finite) else 0.0)
-        return float(roc_auc_score(split.labels, s))
+        return _auroc(split.labels, detector.combine(div, columns, weighted=weighted))
 
     return {
         "heldout_iia": summary["heldout_iia"],
@@ -175,4 +232,20 @@ def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> di
         "auroc_pieces_only": alone(fam == "hypothesis-pieces"),
         "auroc_hypothesis_free_only": alone(fam == "hypothesis-free"),
         "auroc_input_cut_only": alone(cut),
+        # each mechanism switched off alone, from the same divergences (scrubbing_variants)
+        "auroc_variants": {
+            name: _auroc(split.labels, s) for name, s in scrubbing_variants(detector, div).items()
+        },
     }
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC with infinite scores (a column past float range) ranked in place."""
+    from sklearn.metrics import roc_auc_score
+
+    s = np.asarray(scores, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    lo, hi = (finite.min() - 1, finite.max() + 1) if len(finite) else (0.0, 0.0)
+    return float(
+        roc_auc_score(labels, np.where(np.isnan(s) | (s == -np.inf), lo, np.where(s == np.inf, hi, s)))
+    )

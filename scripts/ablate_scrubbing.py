@@ -1,26 +1,25 @@
 """What each mechanism of the scrubbing detector buys, on every split: the detector fitted
-once with its defaults (every mechanism on), then each switched off alone by recomputing the
-score from the same divergences (no refit, so the rows differ only in the mechanism); and,
-for the mechanisms that change what is fitted, refitted with each switched off (``REFITS``:
-the highest-IIA site instead of the earliest reaching the bar; 8 sources per interchange
-instead of 32; the mean over an explanation's sources instead of the median; interchanges
-scored on every output, not only those downstream of their variable; the hypothesis-free
-claims built beside the hypothesis' own; rank-4 DAS subspaces learned for every variable,
-not only those no whole site carries), scored on ``--refit-splits``.
+once with its defaults (every mechanism on) and adapted to the split without its labels, as
+the benchmark does; then each mechanism switched off alone by recomputing the score from
+the same divergences (``causalmad.evaluation.scrubbing_variants``, no refit, so the
+columns differ only in that mechanism; the benchmark records the same variants as
+``auroc_variants``); and, for the mechanisms that change what is fitted, refitted with each
+switched off (``REFITS``: the highest-IIA site instead of the earliest reaching the bar; 8
+sources per interchange instead of 32; the mean over an explanation's sources instead of
+the median; the mean over the draws of pieces and input-cut scrubs instead of the trimmed
+mean; interchanges scored on every output, not only those downstream of their variable;
+the hypothesis-free claims built beside the hypothesis' own; rank-4 DAS subspaces learned
+for every variable, not only those no whole site carries), scored on ``--refit-splits``.
 
     python scripts/ablate_scrubbing.py --size tiny --seed 0 --out results/ablation.json
 
-Columns: ``all`` (calibrated, with the input cut); ``by family`` and ``flat`` (one of the
-two Simes combinations the score takes the better of: within and across families, or over
-every column at once); ``max-z`` (no calibration: the largest standardised divergence);
-``one-sided`` (upper tails only: no credit for moving the output less than trusted inputs
-do); ``two-sided`` (both tails for every column, the
-counterfactual ones too); ``no input cut``, ``no dual``, ``no base input cut`` (those
-columns dropped); ``only input cut``, ``only interchanges`` (those columns alone);
-``coarse interchanges`` (interchange columns compared at ``min_scale``, not
-``counterfactual_resolution``); ``previous`` (calibration and the input cut off: the
-largest standardised divergence over the whole-site explanations alone); then the refitted variants.
-Prints a markdown table of AUROCs, one column per variant.
+Columns: those of ``scrubbing_variants`` (``all``: the score; ``no batch weights``: not
+adapted; ``by family``, ``flat``: one Simes test alone; ``max-z``: no calibration;
+``one-sided``, ``two-sided``: the tails; ``no ...``/``only ...``: those columns dropped or
+alone; ``coarse interchanges``: interchange columns at ``min_scale``); ``previous``
+(calibration, the input cut and the pieces off: the largest standardised divergence over
+the whole-site explanations alone); then the refitted variants. Prints a markdown table of
+AUROCs, one column per variant.
 """
 
 from __future__ import annotations
@@ -35,10 +34,13 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 import causalmad as cm
-from causalmad import calibration
+from causalmad.evaluation import scrubbing_variants
 
+#: the variants ``causalmad.evaluation.scrubbing_variants`` recomputes from the same
+#: divergences, and ``previous``
 VARIANTS = (
     "all",
+    "no batch weights",
     "by family",
     "flat",
     "max-z",
@@ -49,6 +51,7 @@ VARIANTS = (
     "no base input cut",
     "only input cut",
     "only interchanges",
+    "no interchanges",
     "no pieces",
     "coarse interchanges",
     "previous",
@@ -60,6 +63,7 @@ REFITS = {
     "highest-IIA sites": (cm.ScrubbingDetector, {"site_choice": "highest-iia"}),
     "8 interchange sources": (cm.ScrubbingDetector, {"counterfactual_resamples": 8}),
     "mean over sources": (cm.ScrubbingDetector, {"hypothesis_statistic": "mean"}),
+    "untrimmed parts": (cm.ScrubbingDetector, {"part_statistic": "mean"}),
     "interchanges on all outputs": (cm.ScrubbingDetector, {"interchange_outputs": "all"}),
     "with hypothesis-free claims": (cm.ScrubbingDetector, {"hypothesis_free": True}),
     "DAS for every variable": (cm.ScrubbingDetector, {"das_rank": 4}),
@@ -67,40 +71,10 @@ REFITS = {
 
 
 def scores(det: cm.ScrubbingDetector, div: np.ndarray) -> dict[str, np.ndarray]:
-    fam = np.asarray(det.families_)
-    cut = np.char.startswith(fam.astype(str), "input-cut")
-    dual, base = fam == "input-cut (dual)", fam == "input-cut (base)"
-    pieces = fam == "hypothesis-pieces"
-
-    def log_p(two_sided: bool | np.ndarray, resolution: np.ndarray) -> np.ndarray:
-        sides = np.broadcast_to(two_sided, fam.shape)
-        return calibration.log_p_values(div, det.calibration_, resolution, sides)
-
-    fine, coarse = det.column_resolutions(), np.full(len(fam), det.min_scale)
-    # each column's tail probability is its own: the variants that drop columns share one
-    fitted = log_p(det.two_sided_, fine)
-
-    def calibrated(keep: np.ndarray, lp: np.ndarray = fitted, combination: str = "both") -> np.ndarray:
-        return calibration.score(lp[:, keep], list(fam[keep]), combination)
-
-    everything = np.ones(len(fam), dtype=bool)
+    fam = np.asarray(det.families_).astype(str)
+    drop = np.char.startswith(fam, "input-cut") | (fam == "hypothesis-pieces")
     z = np.where(np.isnan(div), -np.inf, (div - det.loc_) / det.scale_)
-    return {
-        "all": calibrated(everything),
-        "by family": calibrated(everything, combination="by-family"),
-        "flat": calibrated(everything, combination="flat"),
-        "max-z": z.max(1),
-        "previous": z[:, ~cut & ~pieces].max(1),
-        "one-sided": calibrated(everything, log_p(False, fine)),
-        "two-sided": calibrated(everything, log_p(True, fine)),
-        "no input cut": calibrated(~cut),
-        "no dual": calibrated(~dual),
-        "no base input cut": calibrated(~base),
-        "only input cut": calibrated(cut),
-        "only interchanges": calibrated(fam == "hypothesis-interchange"),
-        "no pieces": calibrated(~pieces),
-        "coarse interchanges": calibrated(everything, log_p(det.two_sided_, coarse)),
-    }
+    return {**scrubbing_variants(det, div), "previous": z[:, ~drop].max(1)}
 
 
 def main() -> int:
@@ -138,6 +112,7 @@ def main() -> int:
         )
         for split in a.splits:
             sp = task.splits[split]
+            det.adapt(sp.inputs)  # as the benchmark does: weighted by the split, without labels
             by = scores(det, det.divergences(sp.inputs))
             auroc = {
                 v: float(roc_auc_score(sp.labels, s)) if np.isfinite(s).any() else float("nan")
@@ -145,7 +120,7 @@ def main() -> int:
             }
             for variant, other in refits.items():
                 auroc[variant] = (
-                    float(roc_auc_score(sp.labels, other.score(sp.inputs)))
+                    float(roc_auc_score(sp.labels, other.adapt(sp.inputs).score(sp.inputs)))
                     if split in a.refit_splits
                     else float("nan")
                 )

@@ -192,6 +192,18 @@ def test_adapting_to_an_unlabeled_batch_weights_the_columns_and_keeps_scores_per
     null = np.array([n.startswith("null") for n in det.column_names_])
     assert w.mean() == pytest.approx(1.0) and w[null].max() < w[~null].max()
     weighted = det.score(x)  # reuses the divergences adapt computed
+    # the benchmark's ablation recomputes the score, and the score without the weights,
+    # from the same divergences
+    from causalmad.evaluation import scrubbing_variants
+
+    div = det.divergences(x)
+    variants = scrubbing_variants(det, div)
+    np.testing.assert_array_equal(variants["all"], weighted)
+    np.testing.assert_array_equal(variants["no batch weights"], unweighted)
+    np.testing.assert_array_equal(
+        variants["no pieces"], det.combine(div, np.asarray(det.families_) != "hypothesis-pieces")
+    )
+    assert "no input cut" in variants and variants["max-z"].shape == weighted.shape
     assert det.threshold_ != threshold and det.threshold_ == det.threshold(0.01)
     assert roc_auc_score(labels, weighted) >= roc_auc_score(labels, unweighted) - 0.005
     # per input: the same scores in another order and another batch, computed afresh
