@@ -272,6 +272,19 @@ def test_family_table_reports_each_explanation_family_of_the_scrubbing_records()
     assert row.endswith("| 0.700 ± 0.000 | – |")  # one seed has the family, the row does not
 
 
+def test_variants_table_reports_each_mechanism_switched_off_alone():
+    records = [
+        _record("scrubbing", 0, 0.9) | {"auroc_variants": {"all": 0.9, "no input cut": 0.6, "no dual": 0.8}},
+        _record("scrubbing", 1, 0.8) | {"auroc_variants": {"all": 0.8, "no input cut": 0.7}},
+    ]
+    md = results_markdown(records)
+    assert "### Scrubbing AUROC with each mechanism switched off alone" in md
+    assert "| task | split | all | no input cut | no dual | seeds |" in md
+    # the mean over seeds; a variant one seed lacks is no figure for the row
+    assert "| t | hard | 0.850 | 0.650 | – | 0 1 |" in md
+    assert "switched off alone" not in results_markdown([_record("scrubbing", 0, 0.9)])
+
+
 def test_a_task_that_cannot_be_loaded_is_reported_and_the_others_run(planted, tmp_path, monkeypatch, capsys):
     """A task factory raising TaskError (an optional extra missing, say) fails its cells
     only: the other tasks run, and the command reports the failure and exits 1."""
