@@ -9,6 +9,9 @@ a later folder's cell replaces an earlier folder's (some cells rerun, say one de
 after its defaults changed:
 ``python scripts/merge_bench.py --replace OUT results/bench-full results/bench-full-scrub-s0``).
 Each record keeps its ``environment`` (machine, threads, package versions).
+``--same-seeds scrubbing`` prints the tables over only the (task, seed) pairs that the
+named detector has records for, so that every row compares detectors on the same seeds
+(the merged file keeps every record).
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ def main() -> int:
         action="store_true",
         help="a later folder's cell replaces the same cell of an earlier folder",
     )
+    ap.add_argument(
+        "--same-seeds",
+        metavar="DETECTOR",
+        help="tables over the (task, seed) pairs this detector has records for",
+    )
     a = ap.parse_args()
     cells: dict[tuple, dict] = {}
     seen: dict[tuple, Path] = {}
@@ -47,6 +55,9 @@ def main() -> int:
     records.sort(key=lambda r: (r["task"], r["split"], r["detector"], str(r.get("seed"))))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(records, indent=1) + "\n")
+    if a.same_seeds:
+        pairs = {(r["task"], r.get("seed")) for r in records if r["detector"] == a.same_seeds}
+        records = [r for r in records if (r["task"], r.get("seed")) in pairs]
     print(results_markdown(records))
     return 0
 

@@ -353,3 +353,12 @@ def test_merge_bench_refuses_a_cell_twice_unless_a_later_folder_replaces_it(tmp_
     assert run("--replace").returncode == 0
     merged = {r["detector"]: r["auroc"] for r in json.loads(out.read_text())}
     assert merged == {"scrubbing": 0.9, "mahalanobis": 0.7}  # the rerun's cell, the rest kept
+    # --same-seeds: the tables compare on the seeds the named detector has; the file keeps all
+    (first / "results.json").write_text(
+        json.dumps(
+            [_record("scrubbing", 0, 0.6), _record("mahalanobis", 0, 0.7), _record("mahalanobis", 1, 0.1)]
+        )
+    )
+    same = run("--replace", "--same-seeds", "scrubbing")
+    assert same.returncode == 0 and len(json.loads(out.read_text())) == 3
+    assert "**0.900** | 0.700" in same.stdout and "0.400" not in same.stdout
