@@ -9,9 +9,24 @@ divergence on an input becomes a p-value against the same explanation's divergen
 held-out trusted inputs:
 
 * the empirical tail, ``(1 + #{trusted >= d}) / (m + 1)``, and beyond the top
-  ``TAIL`` share of trusted values an exponential tail fitted to their excesses (the
-  peaks-over-threshold model with shape 0), so that values past every trusted one keep
-  their order instead of tying at ``1 / (m + 1)``;
+  ``TAIL`` share of trusted values a fitted tail, so that values past every trusted one
+  keep their order instead of tying at ``1 / (m + 1)``: an exponential tail fitted to the
+  excesses over the threshold (the peaks-over-threshold model with shape 0;
+  ``tail="exponential"``, the default), or for the upper tail a Pareto tail
+  (``tail="pareto"``): Hill's estimator of the tail index from the
+  log-excesses of the top values over the threshold (Hill, "A simple general approach to
+  inference about the tail of a distribution", Ann. Statist. 1975), on ``d + resolution``
+  so that a column whose trusted values are mostly zero has one. A divergence is a KL or
+  a negative log-likelihood, heavy-tailed: a scrub that breaks the output by accident
+  (a hybrid that completes a trigger by chance) moves it a thousand times more than a
+  typical one, and an exponential tail fitted to ``m`` trusted values, most of them tiny,
+  puts such a value at ``e^-1000``; one accident then outranks every real signal, on
+  held-out trusted inputs too, where it sets the 1 % FPR threshold. A Pareto tail falls
+  polynomially: ten times further out is a fixed factor less likely. It costs power where
+  nothing breaks by accident and anomalies sit far out (a corner patch that fires in
+  every hybrid holding it), and ``docs/benchmarks.md`` measures both (``auroc_variants``'
+  ``pareto tail``). The lower tail of a divergence is bounded by zero and is always
+  exponential;
 * two-sided: an input whose scrub moves the output far *less* than trusted inputs ever do
   is suspicious too (a trigger that holds the output in place, an overdetermined output),
   so ``p = min(1, 2 min(p_upper, p_lower))``;
@@ -54,6 +69,8 @@ import numpy as np
 TAIL = 0.1  # share of the largest (smallest) trusted values the exponential tail is fitted to
 #: ``combine``'s ways: the better of the two Simes tests (default), or one of them alone
 COMBINATIONS = ("both", "by-family", "flat")
+#: the upper tail models ``log_p_values`` fits past the top ``TAIL`` share
+TAILS = ("pareto", "exponential")
 #: Storey's lambda: a column's share of null p-values is estimated from those above it
 STOREY_LAMBDA = 0.5
 
@@ -64,15 +81,24 @@ def sorted_columns(trusted: np.ndarray) -> np.ndarray:
     return np.sort(np.asarray(trusted, dtype=np.float64), axis=0)
 
 
-def _log_upper(column: np.ndarray, d: np.ndarray, floor: float) -> np.ndarray:
-    """Log upper-tail probability of each of ``d`` under the sorted finite trusted ``column``."""
+def _log_upper(column: np.ndarray, d: np.ndarray, floor: float, tail: str = "exponential") -> np.ndarray:
+    """Log upper-tail probability of each of ``d`` under the sorted finite trusted
+    ``column``: empirical up to the top ``TAIL`` share, then the ``tail`` model (see the
+    module docstring; ``"pareto"`` reads the values as nonnegative divergences)."""
     m = len(column)
     at_least = m - np.searchsorted(column, d, side="left")
     log_p = np.log((1.0 + at_least) / (m + 1.0))
     k = max(1, int(np.ceil(TAIL * m)))
     u = column[m - k]
-    beta = max(float(np.mean(column[m - k :] - u)), floor)
-    log_tail = np.log((k + 1.0) / (m + 1.0)) - (d - u) / beta
+    if tail == "pareto":
+        # Hill's estimator on log(v + floor): no tail steeper than one resolution step at u
+        g = lambda v: np.log(np.maximum(v, 0.0) + floor)  # noqa: E731
+        scale = max(float(np.mean(g(column[m - k :]) - g(u))), floor / (max(u, 0.0) + floor))
+        excess = g(d) - g(u)
+    else:
+        scale = max(float(np.mean(column[m - k :] - u)), floor)
+        excess = d - u
+    log_tail = np.log((k + 1.0) / (m + 1.0)) - excess / scale
     return np.where(d > u, log_tail, log_p)
 
 
@@ -81,6 +107,7 @@ def log_p_values(
     trusted_sorted: np.ndarray,
     floor: float | Sequence[float] | np.ndarray,
     two_sided: bool | Sequence[bool] | np.ndarray = True,
+    tail: str = "exponential",
 ) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
     under each column's trusted distribution (``trusted_sorted`` from
@@ -95,8 +122,11 @@ def log_p_values(
     and every p-value is 1. ``floor``: one resolution for every column, or one per column.
     NaN divergences (untestable cells) and columns without trusted values give NaN.
     ``two_sided``: one flag for every column, or one per column; ``False``: the upper tail
-    alone.
+    alone. ``tail``: the upper tail's model past the top ``TAIL`` share, ``"exponential"``
+    (default) or ``"pareto"`` (the module docstring compares them).
     """
+    if tail not in TAILS:
+        raise ValueError(f"tail must be one of {TAILS}, got {tail!r}.")
     floors = np.broadcast_to(np.asarray(floor, dtype=np.float64), (np.shape(divergences)[1],))
     d = np.floor(np.asarray(divergences, dtype=np.float64) / floors) * floors
     trusted_sorted = np.floor(trusted_sorted / floors) * floors
@@ -109,10 +139,11 @@ def log_p_values(
         if len(col) == 0 or not ok.any():
             continue
         x = d[ok, j]
+        upper = _log_upper(col, x, floors[j], tail)
         if not sides[j]:
-            out[ok, j] = _log_upper(col, x, floors[j])
+            out[ok, j] = upper
             continue
-        lowest = np.minimum(_log_upper(col, x, floors[j]), _log_upper(-col[::-1], -x, floors[j]))
+        lowest = np.minimum(upper, _log_upper(-col[::-1], -x, floors[j]))
         out[ok, j] = np.minimum(0.0, np.log(2.0) + lowest)
     return out
 

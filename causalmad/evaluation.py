@@ -150,9 +150,11 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
     (one of the Simes tests alone); ``"max-z"`` (no calibration: the largest
     standardised divergence); ``"one-sided"`` (upper tails only); ``"two-sided"`` (both
     tails for every column); ``"coarse interchanges"`` (interchange columns compared at
-    ``min_scale``); ``"no input cut"``, ``"no dual"``, ``"no base input cut"``, ``"no
-    pieces"``, ``"no interchanges"`` (those columns dropped); ``"only input cut"``,
-    ``"only interchanges"`` (those columns alone). A variant whose columns are empty is
+    ``min_scale``); ``"pareto tail"`` (the upper tails modelled as Pareto, not
+    exponential: not a mechanism switched off but the alternative ``upper_tail``); ``"no
+    input cut"``, ``"no dual"``, ``"no base input cut"``, ``"no pieces"``, ``"no
+    interchanges"`` (those columns dropped); ``"only input cut"``, ``"only
+    interchanges"`` (those columns alone). A variant whose columns are empty is
     left out."""
     from causalmad import calibration
 
@@ -162,9 +164,9 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
     fine = detector.column_resolutions()
     sides = detector._two_sided()
 
-    def log_p(two_sided: Any, resolution: np.ndarray) -> np.ndarray:
+    def log_p(two_sided: Any, resolution: np.ndarray, tail: str = detector.upper_tail) -> np.ndarray:
         return calibration.log_p_values(
-            div, detector.calibration_, resolution, np.broadcast_to(np.asarray(two_sided), fam.shape)
+            div, detector.calibration_, resolution, np.broadcast_to(np.asarray(two_sided), fam.shape), tail
         )
 
     fitted = log_p(sides, fine)
@@ -190,6 +192,7 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
         "one-sided": calibrated(every, log_p(False, fine)),
         "two-sided": calibrated(every, log_p(True, fine)),
         "coarse interchanges": calibrated(every, log_p(sides, np.full(len(fam), detector.min_scale))),
+        "pareto tail": calibrated(every, log_p(sides, fine, "pareto")),
     }
     keeps = {
         "no input cut": ~cut,

@@ -54,6 +54,7 @@ VARIANTS = (
     "no interchanges",
     "no pieces",
     "coarse interchanges",
+    "pareto tail",
     "previous",
 )
 

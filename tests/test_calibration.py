@@ -28,6 +28,23 @@ def test_tail_probabilities_are_uniform_on_trusted_like_values_and_extrapolate_p
     assert np.exp(calibration.log_p_values(np.array([[0.0]]), trusted, 1e-3))[0, 0] < 0.05
 
 
+def test_the_pareto_tail_keeps_an_accident_unlikely_not_impossible():
+    """Trusted divergences that are mostly float noise: an exponential tail fitted to them
+    puts a divergence a thousand resolutions out at about e^-1000, past anything a real
+    signal shows; the Pareto tail (Hill's estimator on log(d + resolution)) keeps it
+    ordered, past every trusted value, but finite, and both tails agree inside the data."""
+    rng = np.random.default_rng(0)
+    trusted = calibration.sorted_columns(np.r_[np.zeros(500), rng.exponential(2e-3, size=100)][:, None])
+    d = np.array([[1.0], [5.0], [0.0]])
+    exp = calibration.log_p_values(d, trusted, 1e-3, False, tail="exponential")[:, 0]
+    par = calibration.log_p_values(d, trusted, 1e-3, False, tail="pareto")[:, 0]
+    assert exp[0] < -200 and -30 < par[0] < np.log(1 / 601)
+    assert par[1] < par[0]  # still ordered past every trusted value
+    assert exp[2] == par[2] == 0.0  # inside the data both are the empirical tail
+    with pytest.raises(ValueError, match="tail must be one of"):
+        calibration.log_p_values(d, trusted, 1e-3, tail="gaussian")
+
+
 def test_simes_ignores_untestable_cells_and_ties_with_trusted():
     lp = np.log(np.array([[0.01, 1.0, np.nan], [0.01, 0.5, 0.5]]))
     assert calibration.simes(lp[:1]) == pytest.approx(np.log(0.01))  # one informative cell

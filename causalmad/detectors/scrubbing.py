@@ -230,6 +230,12 @@ class ScrubbingDetector(Detector):
             signal spread over many columns), at twice its p-value; ``"by-family"`` or
             ``"flat"``: that test alone. Folders saved before it existed load with
             ``"by-family"``, what they were fitted and thresholded with.
+        upper_tail: the model of each column's upper tail past its trusted values
+            (``causalmad.calibration``): ``"exponential"`` (default), or ``"pareto"``
+            (Hill's estimator: a tail that falls polynomially, as a heavy-tailed
+            divergence's may, so that one scrub that breaks the output by accident is
+            unlikely rather than near ``e^-1000``, at the cost of power where anomalies
+            sit far out; ``docs/benchmarks.md`` measures both).
         weight_by_batch: when ``fit`` (or [`adapt`][causalmad.ScrubbingDetector.adapt])
             is given an unlabeled untrusted batch, a third test joins the combination:
             Simes over every column with each column's p-values weighted by how much
@@ -301,6 +307,7 @@ class ScrubbingDetector(Detector):
         counterfactual_resolution: float | None = 1e-6,
         aggregation: str = "calibrated",
         combination: str = "both",
+        upper_tail: str = "exponential",
         weight_by_batch: bool = True,
         input_cut: tuple[str, ...] = ("base", "dual"),
         input_cut_budget: int = 32,
@@ -333,6 +340,7 @@ class ScrubbingDetector(Detector):
         self.counterfactual_resolution = counterfactual_resolution
         self.aggregation = aggregation
         self.combination = combination
+        self.upper_tail = upper_tail
         self.weight_by_batch = weight_by_batch
         self.input_cut = input_cut
         self.input_cut_budget = input_cut_budget
@@ -917,7 +925,11 @@ class ScrubbingDetector(Detector):
         """``[n, C']`` log tail probabilities of ``divergences`` under the trusted columns ``keep``."""
         keep = np.ones(len(self.column_names_), dtype=bool) if keep is None else keep
         return calibration.log_p_values(
-            divergences, self.calibration_[:, keep], self.column_resolutions()[keep], self._two_sided()[keep]
+            divergences,
+            self.calibration_[:, keep],
+            self.column_resolutions()[keep],
+            self._two_sided()[keep],
+            self.upper_tail,
         )
 
     def column_resolutions(self) -> np.ndarray:
@@ -958,6 +970,8 @@ class ScrubbingDetector(Detector):
         for name in ("hypothesis_statistic", "part_statistic"):
             if getattr(self, name) not in STATISTICS:
                 raise InputError(f"{name} must be one of {STATISTICS}, got {getattr(self, name)!r}.")
+        if self.upper_tail not in calibration.TAILS:
+            raise InputError(f"upper_tail must be one of {calibration.TAILS}, got {self.upper_tail!r}.")
         if self.combination not in calibration.COMBINATIONS:
             raise InputError(
                 f"combination must be one of {calibration.COMBINATIONS}, got {self.combination!r}."
@@ -1019,7 +1033,7 @@ class ScrubbingDetector(Detector):
         score = float(self.combine(div[None])[0])
         p = np.exp(
             calibration.log_p_values(
-                div[None], self.calibration_, self.column_resolutions(), self._two_sided()
+                div[None], self.calibration_, self.column_resolutions(), self._two_sided(), self.upper_tail
             )[0]
         )
         stats = {e["name"]: e for e in self.explanations_}
