@@ -268,7 +268,7 @@ def _run_here(
                 task = limit_task(task, max_inputs)
             move_model(task.model, device)
             run.recorded.add(task.name)  # records go by the task's name ("module:function" factories too)
-            _record_task_info(run.out, task.name, run.size, task.seed, task.info)
+            _record_task_info(run.out, task.name, run.size, task.seed, task.info, list(task.splits))
             for det_name in run.det_names:
                 todo = run.todo(task.name, list(task.splits), det_name, seed)
                 if todo:
@@ -305,11 +305,15 @@ def limit_task(task: Task, max_inputs: int) -> Task:
     return dataclasses.replace(task, trusted=task.trusted[: 8 * max_inputs], splits=splits)
 
 
-def _record_task_info(out: Path, name: str, size: str, seed: int, info: dict[str, Any]) -> None:
-    """Keep each loaded task's ``info`` (accuracies, training time) in ``out/tasks.json``."""
+def _record_task_info(
+    out: Path, name: str, size: str, seed: int, info: dict[str, Any], splits: list[str] | None = None
+) -> None:
+    """Keep each loaded task's ``info`` (accuracies, training time) in ``out/tasks.json``,
+    with the names of its splits (``"splits"``), so that a resumed run knows a task is
+    unfinished when it was interrupted between two of its splits."""
     path = out / "tasks.json"
     infos = json.loads(path.read_text()) if path.exists() else {}
-    infos[f"{name}/{size}/seed{seed}"] = info
+    infos[f"{name}/{size}/seed{seed}"] = {**info, **({"splits": splits} if splits is not None else {})}
     write_atomic(path, json.dumps(infos, indent=1, default=str))
 
 
@@ -401,13 +405,19 @@ class _RunState:
 
     def finished(self, task_name: str, seed: int) -> bool:
         """Whether every cell of a task and seed is finished, as far as earlier runs wrote
-        its splits (then it is not even loaded); counted as skipped if so."""
+        its splits (in records, and in ``tasks.json`` when a run loaded the task: a run
+        interrupted between two splits wrote only the first's records); then it is not even
+        loaded, and counted as skipped."""
+        path = self.out / "tasks.json"
+        infos = json.loads(path.read_text()) if path.exists() else {}
+        listed = infos.get(f"{task_name}/{self.size}/seed{seed}", {}).get("splits", [])
         known_splits = sorted(
             {
                 r["split"]
                 for r in self.records
                 if r["task"] == task_name and r.get("size") == self.size and int(r["seed"]) == seed
             }
+            | set(listed)
         )
         cells = [(task_name, self.size, s, d, seed) for s in known_splits for d in self.det_names]
         if not known_splits or not all(c in self.done for c in cells):
@@ -495,7 +505,7 @@ def _run_on_ray(
                 run.bar.update(len(run.det_names))
                 continue
             run.recorded.add(name)
-            _record_task_info(run.out, name, run.size, task_seed, info)
+            _record_task_info(run.out, name, run.size, task_seed, info, list(splits))
             for det in run.det_names:
                 todo = run.todo(name, splits, det, seed)
                 if not todo:

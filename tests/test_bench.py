@@ -164,6 +164,15 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
     auroc = lambda rs: {(r["task"], r["split"]): r["auroc"] for r in rs if r["detector"] == "mahalanobis"}  # noqa: E731
     assert auroc(again) == auroc(records)
 
+    # a run interrupted between a task's splits wrote only the first split's records; tasks.json
+    # lists the task's splits, so the next run loads the task and computes the rest
+    (out / "results.json").write_text(
+        json.dumps([r for r in again if not (r["task"] == "addition-backdoor" and r["split"] == "hard")])
+    )
+    argv = ["bench", "--size", "tiny", "--seeds", "0", "--out", str(out), "--quiet", "--max-inputs", "20"]
+    assert main([*argv, "--tasks", "addition-backdoor", "--detectors", "mahalanobis"]) == 0
+    assert "1 cell(s) computed, 1 finished cell(s) skipped" in capsys.readouterr().out
+
     # cells finished with other parameters are not finished for these: they are recomputed
     assert (
         main(
