@@ -200,7 +200,7 @@ class ScrubbingDetector(Detector):
             the hypothesis-free ones are many (most of a transformer's explanations and
             forward rows) and test no stated mechanism; over the benchmark's tiny tasks
             leaving them out raises or keeps every hard split but one at chance either
-            way (``docs/benchmarks.md``, "What each mechanism buys").
+            way (``CHANGELOG.md``, "Measurement history", "What each mechanism buys").
         pca_variance: variance share of the principal subspace in hypothesis-free claims.
         das_rank: rank of the DAS subspaces alignment learns: an int learns them for every
             variable; ``"auto"`` (default) learns rank-4 ones only for variables that no
