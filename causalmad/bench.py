@@ -21,6 +21,7 @@ finished is not even loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -403,14 +404,18 @@ class _RunState:
     bar: Any
     recorded: set[str]
 
+    @functools.cached_property
+    def earlier_infos(self) -> dict[str, Any]:
+        """``tasks.json`` as earlier runs left it, read once (what ``finished`` consults)."""
+        path = self.out / "tasks.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def finished(self, task_name: str, seed: int) -> bool:
         """Whether every cell of a task and seed is finished, as far as earlier runs wrote
         its splits (in records, and in ``tasks.json`` when a run loaded the task: a run
         interrupted between two splits wrote only the first's records); then it is not even
         loaded, and counted as skipped."""
-        path = self.out / "tasks.json"
-        infos = json.loads(path.read_text()) if path.exists() else {}
-        listed = infos.get(f"{task_name}/{self.size}/seed{seed}", {}).get("splits", [])
+        listed = self.earlier_infos.get(f"{task_name}/{self.size}/seed{seed}", {}).get("splits", [])
         known_splits = sorted(
             {
                 r["split"]

@@ -160,7 +160,6 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
 
     div = np.asarray(divergences, dtype=np.float64)
     fam = np.asarray(detector.families_).astype(str)
-    weights = detector.__dict__.get("column_weights_")
     fine = detector.column_resolutions()
     sides = detector._two_sided()
 
@@ -169,16 +168,10 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
             div, detector.calibration_, resolution, np.broadcast_to(np.asarray(two_sided), fam.shape), tail
         )
 
-    fitted = log_p(sides, fine)
-
     def calibrated(
-        keep: np.ndarray, lp: np.ndarray = fitted, combination: str | None = None, weighted: bool = True
+        keep: np.ndarray, lp: np.ndarray | None = None, combination: str | None = None, weighted: bool = True
     ) -> np.ndarray:
-        w = None
-        if weighted and weights is not None:
-            w = np.asarray(weights, dtype=np.float64)[keep]
-            w = w / w.mean() if w.sum() > 0 else np.ones(len(w))
-        return calibration.score(lp[:, keep], list(fam[keep]), combination or detector.combination, w)
+        return detector.combine(div, keep, weighted, lp, combination)  # type: ignore[no-any-return]
 
     cut = np.char.startswith(fam, "input-cut")
     every = np.ones(len(fam), dtype=bool)

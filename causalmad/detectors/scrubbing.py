@@ -897,14 +897,21 @@ class ScrubbingDetector(Detector):
         )
 
     def combine(
-        self, divergences: np.ndarray, columns: np.ndarray | None = None, weighted: bool = True
+        self,
+        divergences: np.ndarray,
+        columns: np.ndarray | None = None,
+        weighted: bool = True,
+        log_p: np.ndarray | None = None,
+        combination: str | None = None,
     ) -> np.ndarray:
         """``[n]`` scores from ``[n, C]`` divergences
         ([`divergences`][causalmad.ScrubbingDetector.divergences]), combined as ``score``
         combines them, over the ``columns`` mask only (default: all): what the detector
         would score with only those explanations and scrubs (with ``column_weights_``, if
         set and ``weighted``, renormalised over them; ``weighted=False``: as if ``adapt``
-        had not run)."""
+        had not run). ``log_p`` (``[n, C]``, every column) replaces the divergences' tail
+        probabilities, and ``combination`` the detector's, to score them another way
+        (``causalmad.evaluation.scrubbing_variants``)."""
         keep = (
             np.ones(len(self.column_names_), dtype=bool)
             if columns is None
@@ -917,9 +924,9 @@ class ScrubbingDetector(Detector):
         if weights is not None:
             weights = np.asarray(weights)[keep]
             weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
-        return calibration.score(
-            self._log_p(div, keep), [f for f, k in zip(self.families_, keep) if k], self.combination, weights
-        )
+        lp = self._log_p(div, keep) if log_p is None else np.asarray(log_p)[:, keep]
+        families = [f for f, k in zip(self.families_, keep) if k]
+        return calibration.score(lp, families, combination or self.combination, weights)
 
     def _log_p(self, divergences: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
         """``[n, C']`` log tail probabilities of ``divergences`` under the trusted columns ``keep``."""
@@ -1031,11 +1038,7 @@ class ScrubbingDetector(Detector):
         div, z, unmatched = self._explanation_scores(x, values)
         div, z, unmatched = div[0], z[0], unmatched[0]
         score = float(self.combine(div[None])[0])
-        p = np.exp(
-            calibration.log_p_values(
-                div[None], self.calibration_, self.column_resolutions(), self._two_sided(), self.upper_tail
-            )[0]
-        )
+        p = np.exp(self._log_p(div[None])[0])
         stats = {e["name"]: e for e in self.explanations_}
         # the explanations that broke most: the smallest tail probability (largest z under "max-z")
         order = (
