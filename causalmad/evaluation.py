@@ -150,8 +150,9 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
     (one of the Simes tests alone); ``"max-z"`` (no calibration: the largest
     standardised divergence); ``"one-sided"`` (upper tails only); ``"two-sided"`` (both
     tails for every column); ``"coarse interchanges"`` (interchange columns compared at
-    ``min_scale``); ``"pareto tail"`` (the upper tails modelled as Pareto, not
-    exponential: not a mechanism switched off but the alternative ``upper_tail``); ``"no
+    ``min_scale``); ``"pareto tail"`` and ``"gpd tail"`` (the upper tails modelled as
+    Pareto or generalized Pareto, not exponential: not mechanisms switched off but the
+    alternative ``upper_tail`` values); ``"no
     input cut"``, ``"no dual"``, ``"no base input cut"``, ``"no pieces"``, ``"no
     interchanges"`` (those columns dropped); ``"only input cut"``, ``"only
     interchanges"`` (those columns alone). A variant whose columns are empty is
@@ -186,6 +187,7 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
         "two-sided": calibrated(every, log_p(True, fine)),
         "coarse interchanges": calibrated(every, log_p(sides, np.full(len(fam), detector.min_scale))),
         "pareto tail": calibrated(every, log_p(sides, fine, "pareto")),
+        "gpd tail": calibrated(every, log_p(sides, fine, "gpd")),
     }
     keeps = {
         "no input cut": ~cut,

@@ -55,6 +55,7 @@ VARIANTS = (
     "no pieces",
     "coarse interchanges",
     "pareto tail",
+    "gpd tail",
     "previous",
 )
 

@@ -45,6 +45,29 @@ def test_the_pareto_tail_keeps_an_accident_unlikely_not_impossible():
         calibration.log_p_values(d, trusted, 1e-3, tail="gaussian")
 
 
+def test_the_gpd_tail_takes_its_shape_from_the_trusted_values():
+    """The generalized Pareto tail follows the column: on exponential trusted values it
+    is the exponential tail within a few percent far out; on heavy-tailed ones (log-normal
+    divergences) it falls polynomially, as the Pareto tail does, so a value a hundred
+    times the median is not near e^-50, though its shape (log-normal, not Pareto) makes
+    it lighter than Hill's estimate; inside the data it is the empirical tail."""
+    rng = np.random.default_rng(0)
+    light = calibration.sorted_columns(rng.exponential(size=(2000, 1)))
+    far = np.array([[15.0], [30.0], [0.5]])
+    exp = calibration.log_p_values(far, light, 1e-3, False, tail="exponential")[:, 0]
+    gpd = calibration.log_p_values(far, light, 1e-3, False, tail="gpd")[:, 0]
+    assert np.allclose(gpd[:2], exp[:2], rtol=0.1) and gpd[1] < gpd[0] < np.log(1 / 2001)
+    assert gpd[2] == exp[2]
+    heavy = calibration.sorted_columns(np.exp(rng.normal(-3.0, 2.0, size=(400, 1))))
+    out = np.array([[10.0], [100.0]])
+    exp = calibration.log_p_values(out, heavy, 1e-3, False, tail="exponential")[:, 0]
+    gpd = calibration.log_p_values(out, heavy, 1e-3, False, tail="gpd")[:, 0]
+    par = calibration.log_p_values(out, heavy, 1e-3, False, tail="pareto")[:, 0]
+    assert exp[1] < -50 and -15 < gpd[1] < gpd[0] < np.log(1 / 401)
+    assert exp[1] < gpd[1] < par[1] + 1  # between the exponential tail and Hill's, here
+    assert calibration.gpd_fit(np.ones(5)) == (0.0, 1.0)  # no spread: the exponential tail
+
+
 def test_simes_ignores_untestable_cells_and_ties_with_trusted():
     lp = np.log(np.array([[0.01, 1.0, np.nan], [0.01, 0.5, 0.5]]))
     assert calibration.simes(lp[:1]) == pytest.approx(np.log(0.01))  # one informative cell
@@ -221,6 +244,7 @@ def test_adapting_to_an_unlabeled_batch_weights_the_columns_and_keeps_scores_per
         variants["no pieces"], det.combine(div, np.asarray(det.families_) != "hypothesis-pieces")
     )
     assert "no input cut" in variants and variants["max-z"].shape == weighted.shape
+    assert np.isfinite(variants["gpd tail"]).all() and np.isfinite(variants["pareto tail"]).all()
     assert det.threshold_ != threshold and det.threshold_ == det.threshold(0.01)
     assert roc_auc_score(labels, weighted) >= roc_auc_score(labels, unweighted) - 0.005
     # per input: the same scores in another order and another batch, computed afresh

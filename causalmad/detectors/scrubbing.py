@@ -235,7 +235,9 @@ class ScrubbingDetector(Detector):
             (Hill's estimator: a tail that falls polynomially, as a heavy-tailed
             divergence's may, so that one scrub that breaks the output by accident is
             unlikely rather than near ``e^-1000``, at the cost of power where anomalies
-            sit far out; ``docs/benchmarks.md`` measures both).
+            sit far out), or ``"gpd"`` (a generalized Pareto tail whose shape each column's
+            trusted values choose, exponential where they show no heavier tail;
+            ``docs/benchmarks.md`` measures all three).
         weight_by_batch: when ``fit`` (or [`adapt`][causalmad.ScrubbingDetector.adapt])
             is given an unlabeled untrusted batch, a third test joins the combination:
             Simes over every column with each column's p-values weighted by how much
