@@ -9,6 +9,8 @@ held-out thresholds for every detector) and writes, under ``out``:
 * ``tasks.json`` — each loaded task's info (clean accuracy, attack success, training time);
 * ``scores/*.npz`` — every cell's scores, labels and held-out trusted scores (the plots
   are drawn from them, so a resumed run plots finished cells without recomputing them);
+  a scrubbing cell's file also keeps what any other combination of its explanations
+  needs (``scrubbing_arrays``), so that one can be measured without scrubbing again;
 * ``results.md`` — the tables, mean ± std over seeds, the best detector per row in bold
   (a skyline is marked and never bolded);
 * ``roc_<task>_<split>.png`` and ``hist_<task>_<split>.png`` — ROC curves of all detectors
@@ -356,13 +358,65 @@ def evaluate_cells(
     torch.manual_seed(seed)
     np.random.seed(seed)
     detector = build_detector(det_name, task, seed, progress, params)
-    for record, scores in evaluate_splits(det_name, detector, task, splits=splits, extras=extras):
+    kept: dict[str, np.ndarray] = {}
+
+    def extras_kept(det: Detector, split: Split, details: ScoreDetails) -> dict[str, Any]:
+        if isinstance(det, ScrubbingDetector):  # the split's divergences, for scrubbing_arrays
+            kept["divergences"] = np.asarray(details.parts["divergences"])
+        return extras(det, split, details)
+
+    for record, scores in evaluate_splits(det_name, detector, task, splits=splits, extras=extras_kept):
         record["size"] = size
         record["device"] = device
         if params:
             record["params"] = params
         labels = task.splits[record["split"]].labels
-        yield record, {"scores": scores, "labels": labels, "heldout": np.asarray(detector.heldout_scores_)}
+        arrays = {"scores": scores, "labels": labels, "heldout": np.asarray(detector.heldout_scores_)}
+        if isinstance(detector, ScrubbingDetector) and "divergences" in kept:
+            arrays |= scrubbing_arrays(detector, kept.pop("divergences"))
+        yield record, arrays
+
+
+def scrubbing_arrays(detector: ScrubbingDetector, divergences: np.ndarray) -> dict[str, np.ndarray]:
+    """What recomputing a scrubbing cell's score another way needs, without scrubbing
+    again: the split's ``[n, C]`` divergences, the trusted columns the tail probabilities
+    are read from (``calibration``, sorted) and the held-out trusted divergences, and per
+    column its family, resolution, sidedness, standardisation and, where the detector
+    was adapted to the split, its batch weight (``rescore_scrubbing`` reads them)."""
+    weights = detector.__dict__.get("column_weights_")
+    out = {
+        "divergences": np.asarray(divergences, dtype=np.float64),
+        "calibration": np.asarray(detector.calibration_),
+        "heldout_divergences": np.asarray(detector.heldout_divergences_),
+        "families": np.asarray(detector.families_, dtype=str),
+        "resolutions": detector.column_resolutions(),
+        "two_sided": detector._two_sided(),
+        "loc": np.asarray(detector.loc_),
+        "scale": np.asarray(detector.scale_),
+    }
+    if weights is not None:
+        out["column_weights"] = np.asarray(weights)
+    return out
+
+
+def rescore_scrubbing(
+    arrays: Any, upper_tail: str = "exponential", combination: str = "both", weighted: bool = True
+) -> np.ndarray:
+    """A scrubbing cell's ``[n]`` scores recomputed from its stored arrays
+    (``scrubbing_arrays``; a loaded ``scores/*.npz`` file): with the detector's defaults,
+    its score; with another ``upper_tail``, ``combination`` or ``weighted=False``, the
+    score it would have had (``causalmad.evaluation.scrubbing_variants`` computes the
+    same from a live detector)."""
+    from causalmad import calibration
+
+    log_p = calibration.log_p_values(
+        arrays["divergences"], arrays["calibration"], arrays["resolutions"], arrays["two_sided"], upper_tail
+    )
+    weights = None
+    if weighted and "column_weights" in arrays:
+        weights = np.asarray(arrays["column_weights"], dtype=np.float64)
+        weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
+    return calibration.score(log_p, [str(f) for f in arrays["families"]], combination, weights)
 
 
 def _store(
@@ -377,7 +431,7 @@ def _store(
     cell = cell_of(record)
     path = scores_path(out, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, scores=arrays["scores"], labels=arrays["labels"], heldout=arrays["heldout"])
+    np.savez_compressed(path, **arrays)
     records[:] = [r for r in records if "size" not in r or cell_of(r) != cell] + [record]
     write_atomic(out / "results.json", json.dumps(records, indent=1))
     write_atomic(out / "results.md", results_markdown(records))

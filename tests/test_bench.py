@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from floors import floor
+from sklearn.metrics import roc_auc_score
 
 import causalmad as cm
-from causalmad.bench import cell_of, results_markdown, scores_path
+from causalmad.bench import cell_of, rescore_scrubbing, results_markdown, scores_path
 from causalmad.cli import main
 from causalmad.evaluation import RECORD_KEYS
 from causalmad.metrics import tpr_at_fpr
@@ -114,6 +115,10 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
         with np.load(scores_path(out, cell_of(r))) as f:
             assert len(f["scores"]) == r["n_normal"] + r["n_anomalous"]
             assert tpr_at_fpr(f["scores"], f["labels"], f["heldout"], 0.01) == r["tpr_at_1pct_fpr"]
+            if r["detector"] == "scrubbing":  # its score and variants, again from the stored arrays
+                np.testing.assert_array_equal(rescore_scrubbing(f), f["scores"])
+                gpd = roc_auc_score(f["labels"], rescore_scrubbing(f, upper_tail="gpd"))
+                assert gpd == pytest.approx(r["auroc_variants"]["gpd tail"], abs=1e-12)
 
     md = (out / "results.md").read_text()
     assert "supervised-probe (skyline)" in md and "scrubbing − best baseline" in md
