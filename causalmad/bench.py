@@ -431,7 +431,7 @@ def _store(
     cell = cell_of(record)
     path = scores_path(out, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, allow_pickle=False, **arrays)
     records[:] = [r for r in records if "size" not in r or cell_of(r) != cell] + [record]
     write_atomic(out / "results.json", json.dumps(records, indent=1))
     write_atomic(out / "results.md", results_markdown(records))

@@ -135,7 +135,7 @@ def gpd_fit(excesses: np.ndarray) -> tuple[float, float]:
     x = np.sort(np.asarray(excesses, dtype=np.float64))
     n = len(x)
     if n < 2 or not x[-1] > x[0]:
-        return 0.0, float(max(np.mean(x), 0.0)) if n else 0.0
+        return 0.0, max(float(np.mean(x)), 0.0) if n else 0.0
     grid = 30 + int(np.sqrt(n))
     b = 1.0 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))
     b = b / (3.0 * x[max(int(n / 4 + 0.5) - 1, 0)]) + 1.0 / x[-1]
