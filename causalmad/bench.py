@@ -400,23 +400,39 @@ def scrubbing_arrays(detector: ScrubbingDetector, divergences: np.ndarray) -> di
 
 
 def rescore_scrubbing(
-    arrays: Any, upper_tail: str = "exponential", combination: str = "both", weighted: bool = True
-) -> np.ndarray:
-    """A scrubbing cell's ``[n]`` scores recomputed from its stored arrays
-    (``scrubbing_arrays``; a loaded ``scores/*.npz`` file): with the detector's defaults,
-    its score; with another ``upper_tail``, ``combination`` or ``weighted=False``, the
-    score it would have had (``causalmad.evaluation.scrubbing_variants`` computes the
-    same from a live detector)."""
+    arrays: Any,
+    upper_tail: str = "exponential",
+    lower_tail: str = "exponential",
+    combination: str = "both",
+    weighted: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A scrubbing cell's ``[n]`` scores and ``[m]`` held-out trusted scores recomputed
+    from its stored arrays (``scrubbing_arrays``; a loaded ``scores/*.npz`` file): with
+    the detector's defaults, its own; with other tail models or ``combination``, those a
+    detector with them would have given, its batch weights refitted as ``adapt`` fits
+    them; ``weighted=False``: as if ``adapt`` had not run. Nothing is scrubbed again: the
+    tail models and the combination only read the divergences."""
     from causalmad import calibration
 
-    log_p = calibration.log_p_values(
-        arrays["divergences"], arrays["calibration"], arrays["resolutions"], arrays["two_sided"], upper_tail
-    )
+    def log_p(divergences: np.ndarray) -> np.ndarray:
+        return calibration.log_p_values(
+            divergences,
+            arrays["calibration"],
+            arrays["resolutions"],
+            arrays["two_sided"],
+            upper_tail,
+            lower_tail,
+        )
+
+    lp, held = log_p(arrays["divergences"]), log_p(arrays["heldout_divergences"])
     weights = None
     if weighted and "column_weights" in arrays:
-        weights = np.asarray(arrays["column_weights"], dtype=np.float64)
+        weights = calibration.batch_weights(lp, held)
         weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
-    return calibration.score(log_p, [str(f) for f in arrays["families"]], combination, weights)
+    families = [str(f) for f in arrays["families"]]
+    return calibration.score(lp, families, combination, weights), calibration.score(
+        held, families, combination, weights
+    )
 
 
 def _store(

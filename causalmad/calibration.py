@@ -31,7 +31,13 @@ held-out trusted inputs:
   from the column's own top values (Zhang and Stephens, "A new and efficient estimation
   method for the generalized Pareto distribution", Technometrics 2009), never lighter
   than exponential: shape 0 is the exponential tail, a positive shape a polynomial one.
-  The lower tail of a divergence is bounded by zero and is always exponential;
+  The lower tail of a divergence is bounded by zero. Fitted as an exponential tail in
+  ``d`` (``lower_tail="exponential"``, the default), the evidence an input can give there
+  is capped: a scrub that leaves its output exactly where it was is at most
+  ``e^(-u / scale)`` below the threshold ``u``, however far every trusted scrub moves
+  the output. ``lower_tail="log"`` fits the exponential tail to ``log(d + resolution)``
+  instead: a power law toward zero, so that ten times less movement is a fixed factor
+  less likely, down to the resolution;
 * two-sided: an input whose scrub moves the output far *less* than trusted inputs ever do
   is suspicious too (a trigger that holds the output in place, an overdetermined output),
   so ``p = min(1, 2 min(p_upper, p_lower))``;
@@ -76,6 +82,8 @@ TAIL = 0.1  # share of the largest (smallest) trusted values the exponential tai
 COMBINATIONS = ("both", "by-family", "flat")
 #: the upper tail models ``log_p_values`` fits past the top ``TAIL`` share
 TAILS = ("pareto", "exponential", "gpd")
+#: the lower tail models ``log_p_values`` fits past the bottom ``TAIL`` share
+LOWER_TAILS = ("exponential", "log")
 #: Storey's lambda: a column's share of null p-values is estimated from those above it
 STOREY_LAMBDA = 0.5
 
@@ -117,6 +125,24 @@ def _log_upper(column: np.ndarray, d: np.ndarray, floor: float, tail: str = "exp
     return np.where(d > u, log_tail, log_p)
 
 
+def _log_lower(column: np.ndarray, d: np.ndarray, floor: float, tail: str = "exponential") -> np.ndarray:
+    """Log lower-tail probability of each of ``d`` under the sorted finite trusted
+    ``column``: empirical down to the bottom ``TAIL`` share, then an exponential tail in
+    ``d`` (``"exponential"``) or in ``log(d + floor)`` (``"log"``; see the module docstring)."""
+    if tail == "exponential":
+        return _log_upper(-column[::-1], -d, floor)
+    m = len(column)
+    at_most = np.searchsorted(column, d, side="right")
+    log_p = np.log((1.0 + at_most) / (m + 1.0))
+    k = max(1, int(np.ceil(TAIL * m)))
+    u = column[k - 1]
+    g = lambda v: np.log(np.maximum(v, 0.0) + floor)  # noqa: E731
+    # no tail steeper than one resolution step at u
+    scale = max(float(np.mean(g(u) - g(column[:k]))), floor / (max(u, 0.0) + floor))
+    log_tail = np.log((k + 1.0) / (m + 1.0)) - (g(u) - g(d)) / scale
+    return np.where(d < u, log_tail, log_p)
+
+
 def gpd_fit(excesses: np.ndarray) -> tuple[float, float]:
     """``(shape, scale)`` of a generalized Pareto law fitted to positive ``excesses`` by
     Zhang and Stephens' estimator (Technometrics 2009: a posterior mean over a grid of
@@ -155,6 +181,7 @@ def log_p_values(
     floor: float | Sequence[float] | np.ndarray,
     two_sided: bool | Sequence[bool] | np.ndarray = True,
     tail: str = "exponential",
+    lower_tail: str = "exponential",
 ) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
     under each column's trusted distribution (``trusted_sorted`` from
@@ -170,10 +197,13 @@ def log_p_values(
     NaN divergences (untestable cells) and columns without trusted values give NaN.
     ``two_sided``: one flag for every column, or one per column; ``False``: the upper tail
     alone. ``tail``: the upper tail's model past the top ``TAIL`` share, ``"exponential"``
-    (default), ``"pareto"`` or ``"gpd"`` (the module docstring compares them).
+    (default), ``"pareto"`` or ``"gpd"``; ``lower_tail``: the lower tail's, of two-sided
+    columns, ``"exponential"`` (default) or ``"log"`` (the module docstring compares them).
     """
     if tail not in TAILS:
         raise ValueError(f"tail must be one of {TAILS}, got {tail!r}.")
+    if lower_tail not in LOWER_TAILS:
+        raise ValueError(f"lower_tail must be one of {LOWER_TAILS}, got {lower_tail!r}.")
     floors = np.broadcast_to(np.asarray(floor, dtype=np.float64), (np.shape(divergences)[1],))
     d = np.floor(np.asarray(divergences, dtype=np.float64) / floors) * floors
     trusted_sorted = np.floor(trusted_sorted / floors) * floors
@@ -190,7 +220,7 @@ def log_p_values(
         if not sides[j]:
             out[ok, j] = upper
             continue
-        lowest = np.minimum(upper, _log_upper(-col[::-1], -x, floors[j]))
+        lowest = np.minimum(upper, _log_lower(col, x, floors[j], lower_tail))
         out[ok, j] = np.minimum(0.0, np.log(2.0) + lowest)
     return out
 

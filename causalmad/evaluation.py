@@ -152,7 +152,9 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
     tails for every column); ``"coarse interchanges"`` (interchange columns compared at
     ``min_scale``); ``"pareto tail"`` and ``"gpd tail"`` (the upper tails modelled as
     Pareto or generalized Pareto, not exponential: not mechanisms switched off but the
-    alternative ``upper_tail`` values); ``"no
+    alternative ``upper_tail`` values); ``"log lower tail"`` (``lower_tail="log"``), and
+    ``"gpd tail, log lower tail"`` (both); the tail variants refit the batch weights with
+    their tails, as ``adapt`` would; ``"no
     input cut"``, ``"no dual"``, ``"no base input cut"``, ``"no pieces"``, ``"no
     interchanges"`` (those columns dropped); ``"only input cut"``, ``"only
     interchanges"`` (those columns alone). A variant whose columns are empty is
@@ -164,15 +166,30 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
     fine = detector.column_resolutions()
     sides = detector._two_sided()
 
-    def log_p(two_sided: Any, resolution: np.ndarray, tail: str = detector.upper_tail) -> np.ndarray:
-        return calibration.log_p_values(
-            div, detector.calibration_, resolution, np.broadcast_to(np.asarray(two_sided), fam.shape), tail
-        )
+    def log_p(
+        two_sided: Any,
+        resolution: np.ndarray,
+        tail: str = detector.upper_tail,
+        lower: str = detector.lower_tail,
+    ) -> np.ndarray:
+        sided = np.broadcast_to(np.asarray(two_sided), fam.shape)
+        return calibration.log_p_values(div, detector.calibration_, resolution, sided, tail, lower)
 
     def calibrated(
         keep: np.ndarray, lp: np.ndarray | None = None, combination: str | None = None, weighted: bool = True
     ) -> np.ndarray:
         return detector.combine(div, keep, weighted, lp, combination)  # type: ignore[no-any-return]
+
+    def tails(upper: str, lower: str = detector.lower_tail) -> np.ndarray:
+        """The score of a detector with these tail models, batch weights refitted with them."""
+        lp = log_p(sides, fine, upper, lower)
+        weights = None
+        if "column_weights_" in vars(detector):
+            held = calibration.log_p_values(
+                detector.heldout_divergences_, detector.calibration_, fine, sides, upper, lower
+            )
+            weights = calibration.batch_weights(lp, held)
+        return detector.combine(div, every, True, lp, None, weights)  # type: ignore[no-any-return]
 
     cut = np.char.startswith(fam, "input-cut")
     every = np.ones(len(fam), dtype=bool)
@@ -186,8 +203,10 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
         "one-sided": calibrated(every, log_p(False, fine)),
         "two-sided": calibrated(every, log_p(True, fine)),
         "coarse interchanges": calibrated(every, log_p(sides, np.full(len(fam), detector.min_scale))),
-        "pareto tail": calibrated(every, log_p(sides, fine, "pareto")),
-        "gpd tail": calibrated(every, log_p(sides, fine, "gpd")),
+        "pareto tail": tails("pareto"),
+        "gpd tail": tails("gpd"),
+        "log lower tail": tails(detector.upper_tail, "log"),
+        "gpd tail, log lower tail": tails("gpd", "log"),
     }
     keeps = {
         "no input cut": ~cut,

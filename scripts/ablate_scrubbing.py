@@ -56,6 +56,8 @@ VARIANTS = (
     "coarse interchanges",
     "pareto tail",
     "gpd tail",
+    "log lower tail",
+    "gpd tail, log lower tail",
     "previous",
 )
 

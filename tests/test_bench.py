@@ -116,9 +116,11 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
             assert len(f["scores"]) == r["n_normal"] + r["n_anomalous"]
             assert tpr_at_fpr(f["scores"], f["labels"], f["heldout"], 0.01) == r["tpr_at_1pct_fpr"]
             if r["detector"] == "scrubbing":  # its score and variants, again from the stored arrays
-                np.testing.assert_array_equal(rescore_scrubbing(f), f["scores"])
-                gpd = roc_auc_score(f["labels"], rescore_scrubbing(f, upper_tail="gpd"))
-                assert gpd == pytest.approx(r["auroc_variants"]["gpd tail"], abs=1e-12)
+                scores, heldout = rescore_scrubbing(f)
+                np.testing.assert_array_equal(scores, f["scores"])
+                np.testing.assert_array_equal(heldout, f["heldout"])
+                gpd = roc_auc_score(f["labels"], rescore_scrubbing(f, "gpd", "log")[0])
+                assert gpd == pytest.approx(r["auroc_variants"]["gpd tail, log lower tail"], abs=1e-12)
 
     md = (out / "results.md").read_text()
     assert "supervised-probe (skyline)" in md and "scrubbing − best baseline" in md

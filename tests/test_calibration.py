@@ -68,6 +68,23 @@ def test_the_gpd_tail_takes_its_shape_from_the_trusted_values():
     assert calibration.gpd_fit(np.ones(5)) == (0.0, 1.0)  # no spread: the exponential tail
 
 
+def test_the_log_lower_tail_is_not_capped_near_zero():
+    """A nonnegative divergence with a density at zero is below ``eps`` with a probability
+    near ``eps`` times that density: the lower tail fitted in ``log(d + resolution)``
+    follows that power law; fitted in ``d`` it is capped at ``e^(-u / scale)``, so an input
+    whose output never moves is barely more suspect than one that moves a little."""
+    rng = np.random.default_rng(0)
+    trusted = calibration.sorted_columns(rng.exponential(size=(4000, 1)))
+    d = np.array([[0.0], [1e-3], [1e-2], [5.0]])
+    exp = calibration.log_p_values(d, trusted, 1e-4)[:, 0]
+    log = calibration.log_p_values(d, trusted, 1e-4, lower_tail="log")[:, 0]
+    truth = np.log(2 * (1 - np.exp(-np.maximum(d[:3, 0], 1e-4))))  # two-sided, at the resolution
+    assert np.all(np.abs(log[:3] - truth) < 1.5) and exp[0] > truth[0] + 4
+    assert log[0] < log[1] < log[2] and log[3] == exp[3]  # ordered; the upper tail untouched
+    with pytest.raises(ValueError, match="lower_tail must be one of"):
+        calibration.log_p_values(d, trusted, 1e-3, lower_tail="pareto")
+
+
 def test_simes_ignores_untestable_cells_and_ties_with_trusted():
     lp = np.log(np.array([[0.01, 1.0, np.nan], [0.01, 0.5, 0.5]]))
     assert calibration.simes(lp[:1]) == pytest.approx(np.log(0.01))  # one informative cell

@@ -238,6 +238,11 @@ class ScrubbingDetector(Detector):
             sit far out), or ``"gpd"`` (a generalized Pareto tail whose shape each column's
             trusted values choose, exponential where they show no heavier tail;
             ``docs/benchmarks.md`` measures all three).
+        lower_tail: the model of each two-sided column's lower tail below its trusted
+            values: ``"exponential"`` (default) in the divergence, or ``"log"``, in
+            ``log(divergence + resolution)``: a power law toward zero, so that a scrub
+            that moves an input's output a hundred times less than trusted inputs' is
+            not capped at a modest tail probability (``causalmad.calibration``).
         weight_by_batch: when ``fit`` (or [`adapt`][causalmad.ScrubbingDetector.adapt])
             is given an unlabeled untrusted batch, a third test joins the combination:
             Simes over every column with each column's p-values weighted by how much
@@ -310,6 +315,7 @@ class ScrubbingDetector(Detector):
         aggregation: str = "calibrated",
         combination: str = "both",
         upper_tail: str = "exponential",
+        lower_tail: str = "exponential",
         weight_by_batch: bool = True,
         input_cut: tuple[str, ...] = ("base", "dual"),
         input_cut_budget: int = 32,
@@ -343,6 +349,7 @@ class ScrubbingDetector(Detector):
         self.aggregation = aggregation
         self.combination = combination
         self.upper_tail = upper_tail
+        self.lower_tail = lower_tail
         self.weight_by_batch = weight_by_batch
         self.input_cut = input_cut
         self.input_cut_budget = input_cut_budget
@@ -905,6 +912,7 @@ class ScrubbingDetector(Detector):
         weighted: bool = True,
         log_p: np.ndarray | None = None,
         combination: str | None = None,
+        weights: np.ndarray | None = None,
     ) -> np.ndarray:
         """``[n]`` scores from ``[n, C]`` divergences
         ([`divergences`][causalmad.ScrubbingDetector.divergences]), combined as ``score``
@@ -912,7 +920,8 @@ class ScrubbingDetector(Detector):
         would score with only those explanations and scrubs (with ``column_weights_``, if
         set and ``weighted``, renormalised over them; ``weighted=False``: as if ``adapt``
         had not run). ``log_p`` (``[n, C]``, every column) replaces the divergences' tail
-        probabilities, and ``combination`` the detector's, to score them another way
+        probabilities, ``combination`` the detector's and ``weights`` (``[C]``) its
+        ``column_weights_``, to score them another way
         (``causalmad.evaluation.scrubbing_variants``)."""
         keep = (
             np.ones(len(self.column_names_), dtype=bool)
@@ -922,7 +931,10 @@ class ScrubbingDetector(Detector):
         div = np.asarray(divergences)[:, keep]
         if self.aggregation == "max-z":
             return nan_max((div - self.loc_[keep]) / self.scale_[keep])
-        weights = self.__dict__.get("column_weights_") if weighted else None
+        if weights is None:
+            weights = self.__dict__.get("column_weights_")
+        if not weighted:
+            weights = None
         if weights is not None:
             weights = np.asarray(weights)[keep]
             weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
@@ -939,6 +951,7 @@ class ScrubbingDetector(Detector):
             self.column_resolutions()[keep],
             self._two_sided()[keep],
             self.upper_tail,
+            self.lower_tail,
         )
 
     def column_resolutions(self) -> np.ndarray:
@@ -981,6 +994,8 @@ class ScrubbingDetector(Detector):
                 raise InputError(f"{name} must be one of {STATISTICS}, got {getattr(self, name)!r}.")
         if self.upper_tail not in calibration.TAILS:
             raise InputError(f"upper_tail must be one of {calibration.TAILS}, got {self.upper_tail!r}.")
+        if self.lower_tail not in calibration.LOWER_TAILS:
+            raise InputError(f"lower_tail must be one of {calibration.LOWER_TAILS}, got {self.lower_tail!r}.")
         if self.combination not in calibration.COMBINATIONS:
             raise InputError(
                 f"combination must be one of {calibration.COMBINATIONS}, got {self.combination!r}."
