@@ -41,7 +41,7 @@ from causalmad import persistence
 from causalmad.detectors import DETECTORS, ActivationDetector, Detector, ScrubbingDetector
 from causalmad.detectors.base import ScoreDetails
 from causalmad.errors import CausalMADError, InputError, TaskError, close_matches
-from causalmad.evaluation import evaluate_splits, scrubbing_ablation
+from causalmad.evaluation import evaluate_splits, scrubbing_ablation, scrubbing_arrays
 from causalmad.models import move_model
 from causalmad.progress import progress_bar, show_progress
 from causalmad.task import Split, Task, available_tasks, load_task
@@ -375,64 +375,6 @@ def evaluate_cells(
         if isinstance(detector, ScrubbingDetector) and "divergences" in kept:
             arrays |= scrubbing_arrays(detector, kept.pop("divergences"))
         yield record, arrays
-
-
-def scrubbing_arrays(detector: ScrubbingDetector, divergences: np.ndarray) -> dict[str, np.ndarray]:
-    """What recomputing a scrubbing cell's score another way needs, without scrubbing
-    again: the split's ``[n, C]`` divergences, the trusted columns the tail probabilities
-    are read from (``calibration``, sorted) and the held-out trusted divergences, and per
-    column its family, resolution, sidedness, standardisation and, where the detector
-    was adapted to the split, its batch weight (``rescore_scrubbing`` reads them)."""
-    weights = detector.__dict__.get("column_weights_")
-    out = {
-        "divergences": np.asarray(divergences, dtype=np.float64),
-        "calibration": np.asarray(detector.calibration_),
-        "heldout_divergences": np.asarray(detector.heldout_divergences_),
-        "families": np.asarray(detector.families_, dtype=str),
-        "resolutions": detector.column_resolutions(),
-        "two_sided": detector._two_sided(),
-        "loc": np.asarray(detector.loc_),
-        "scale": np.asarray(detector.scale_),
-    }
-    if weights is not None:
-        out["column_weights"] = np.asarray(weights)
-    return out
-
-
-def rescore_scrubbing(
-    arrays: Any,
-    upper_tail: str = "exponential",
-    lower_tail: str = "exponential",
-    combination: str = "both",
-    weighted: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A scrubbing cell's ``[n]`` scores and ``[m]`` held-out trusted scores recomputed
-    from its stored arrays (``scrubbing_arrays``; a loaded ``scores/*.npz`` file): with
-    the detector's defaults, its own; with other tail models or ``combination``, those a
-    detector with them would have given, its batch weights refitted as ``adapt`` fits
-    them; ``weighted=False``: as if ``adapt`` had not run. Nothing is scrubbed again: the
-    tail models and the combination only read the divergences."""
-    from causalmad import calibration
-
-    def log_p(divergences: np.ndarray) -> np.ndarray:
-        return calibration.log_p_values(
-            divergences,
-            arrays["calibration"],
-            arrays["resolutions"],
-            arrays["two_sided"],
-            upper_tail,
-            lower_tail,
-        )
-
-    lp, held = log_p(arrays["divergences"]), log_p(arrays["heldout_divergences"])
-    weights = None
-    if weighted and "column_weights" in arrays:
-        weights = calibration.batch_weights(lp, held)
-        weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
-    families = [str(f) for f in arrays["families"]]
-    return calibration.score(lp, families, combination, weights), calibration.score(
-        held, families, combination, weights
-    )
 
 
 def _store(

@@ -142,71 +142,138 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.ndarray]:
-    """The scrubbing detector's scores with each mechanism switched off alone, recomputed
-    from the same ``[n, C]`` divergences (``ScrubbingDetector.divergences``; no refit, so
-    the variants differ only in that mechanism). Keys: ``"all"`` (the score as it is);
-    ``"no batch weights"`` (as if ``adapt`` had not run); ``"by family"`` and ``"flat"``
-    (one of the Simes tests alone); ``"max-z"`` (no calibration: the largest
-    standardised divergence); ``"one-sided"`` (upper tails only); ``"two-sided"`` (both
-    tails for every column); ``"coarse interchanges"`` (interchange columns compared at
-    ``min_scale``); ``"pareto tail"`` and ``"gpd tail"`` (the upper tails modelled as
-    Pareto or generalized Pareto, not exponential: not mechanisms switched off but the
-    alternative ``upper_tail`` values); ``"log lower tail"`` (``lower_tail="log"``), and
-    ``"gpd tail, log lower tail"`` (both); the tail variants refit the batch weights with
-    their tails, as ``adapt`` would; ``"no
-    input cut"``, ``"no dual"``, ``"no base input cut"``, ``"no pieces"``, ``"no
-    interchanges"`` (those columns dropped); ``"only input cut"``, ``"only
-    interchanges"`` (those columns alone). A variant whose columns are empty is
-    left out."""
+def scrubbing_arrays(detector: Any, divergences: np.ndarray) -> dict[str, np.ndarray]:
+    """What scoring a scrubbing detector's ``[n, C]`` divergences another way needs,
+    without the detector or scrubbing again: the divergences, the trusted columns the tail
+    probabilities are read from (``calibration``, sorted), the held-out trusted
+    divergences, and per column its family, resolution, sidedness and standardisation;
+    where the detector was adapted to a batch, that batch's column weights (which
+    ``rescore_scrubbing`` refits from the divergences, as ``adapt`` fits them, so the
+    divergences must be the batch's); and the detector's tail models, combination and
+    ``min_scale``. The benchmark stores them in each scrubbing cell's scores file."""
+    out = {
+        "divergences": np.asarray(divergences, dtype=np.float64),
+        "calibration": np.asarray(detector.calibration_),
+        "heldout_divergences": np.asarray(detector.heldout_divergences_),
+        "families": np.asarray(detector.families_, dtype=str),
+        "resolutions": detector.column_resolutions(),
+        "two_sided": detector._two_sided(),
+        "loc": np.asarray(detector.loc_),
+        "scale": np.asarray(detector.scale_),
+        "upper_tail": np.asarray(detector.upper_tail),
+        "lower_tail": np.asarray(detector.lower_tail),
+        "combination": np.asarray(detector.combination),
+        "min_scale": np.asarray(detector.min_scale, dtype=np.float64),
+    }
+    weights = detector.__dict__.get("column_weights_")
+    if weights is not None:
+        out["column_weights"] = np.asarray(weights)
+    return out
+
+
+#: what arrays stored before a field existed were computed with
+_ARRAYS_BEFORE = {
+    "upper_tail": "exponential",
+    "lower_tail": "exponential",
+    "combination": "both",
+    "min_scale": 1e-3,
+}
+
+
+def _field(arrays: Any, name: str) -> Any:
+    files = arrays.files if hasattr(arrays, "files") else arrays
+    return arrays[name][()] if name in files else _ARRAYS_BEFORE[name]
+
+
+def rescore_scrubbing(
+    arrays: Any,
+    upper_tail: str | None = None,
+    lower_tail: str | None = None,
+    combination: str | None = None,
+    weighted: bool = True,
+    columns: np.ndarray | None = None,
+    two_sided: Any = None,
+    resolutions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[n]`` scores and ``[m]`` held-out trusted scores of a scrubbing detector
+    recomputed from its ``scrubbing_arrays`` (a dict, or a benchmark cell's loaded
+    ``scores/*.npz`` file). With no argument, the detector's own. Each argument scores
+    them another way, as a detector fitted with it would have, since none of them changes
+    what is scrubbed: ``upper_tail``, ``lower_tail``, ``combination`` (default: the
+    detector's); ``weighted=False``: as if ``adapt`` had not run; ``columns`` (``[C]``
+    mask): those columns alone; ``two_sided`` (one flag or ``[C]``) and ``resolutions``
+    (``[C]``) replace the stored ones. Batch weights are refitted from the stored
+    divergences and held-out divergences, as ``adapt`` fits them."""
     from causalmad import calibration
 
-    div = np.asarray(divergences, dtype=np.float64)
-    fam = np.asarray(detector.families_).astype(str)
-    fine = detector.column_resolutions()
-    sides = detector._two_sided()
+    families = np.asarray(arrays["families"]).astype(str)
+    sides = np.broadcast_to(
+        np.asarray(arrays["two_sided"] if two_sided is None else two_sided, dtype=bool), families.shape
+    )
+    res = np.asarray(arrays["resolutions"] if resolutions is None else resolutions, dtype=np.float64)
+    upper = upper_tail or str(_field(arrays, "upper_tail"))
+    lower = lower_tail or str(_field(arrays, "lower_tail"))
 
-    def log_p(
-        two_sided: Any,
-        resolution: np.ndarray,
-        tail: str = detector.upper_tail,
-        lower: str = detector.lower_tail,
-    ) -> np.ndarray:
-        sided = np.broadcast_to(np.asarray(two_sided), fam.shape)
-        return calibration.log_p_values(div, detector.calibration_, resolution, sided, tail, lower)
+    def log_p(divergences: np.ndarray) -> np.ndarray:
+        return calibration.log_p_values(divergences, arrays["calibration"], res, sides, upper, lower)
 
-    def calibrated(
-        keep: np.ndarray, lp: np.ndarray | None = None, combination: str | None = None, weighted: bool = True
-    ) -> np.ndarray:
-        return detector.combine(div, keep, weighted, lp, combination)  # type: ignore[no-any-return]
+    lp, held = log_p(arrays["divergences"]), log_p(arrays["heldout_divergences"])
+    files = arrays.files if hasattr(arrays, "files") else arrays
+    weights = calibration.batch_weights(lp, held) if weighted and "column_weights" in files else None
+    if columns is not None:  # (not indexed otherwise: a copy may round a last bit differently)
+        keep = np.asarray(columns, dtype=bool)
+        lp, held, families = lp[:, keep], held[:, keep], families[keep]
+        weights = None if weights is None else weights[keep]
+    if weights is not None:
+        weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
+    how = combination or str(_field(arrays, "combination"))
+    return calibration.score(lp, list(families), how, weights), calibration.score(
+        held, list(families), how, weights
+    )
 
-    def tails(upper: str, lower: str = detector.lower_tail) -> np.ndarray:
-        """The score of a detector with these tail models, batch weights refitted with them."""
-        lp = log_p(sides, fine, upper, lower)
-        weights = None
-        if "column_weights_" in vars(detector):
-            held = calibration.log_p_values(
-                detector.heldout_divergences_, detector.calibration_, fine, sides, upper, lower
-            )
-            weights = calibration.batch_weights(lp, held)
-        return detector.combine(div, every, True, lp, None, weights)  # type: ignore[no-any-return]
+
+def scrubbing_variants(detector: Any, divergences: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The scrubbing detector's scores with each mechanism switched off alone, recomputed
+    from the same ``[n, C]`` divergences (``ScrubbingDetector.divergences``; no refit, so
+    the variants differ only in that mechanism); ``detector`` may instead be its
+    ``scrubbing_arrays`` (``divergences`` then unused). Keys: ``"all"`` (the score as it
+    is); ``"no batch weights"`` (as if ``adapt`` had not run); ``"by family"`` and
+    ``"flat"`` (one of the Simes tests alone); ``"max-z"`` (no calibration: the largest
+    standardised divergence); ``"one-sided"`` (upper tails only); ``"two-sided"`` (both
+    tails for every column); ``"coarse interchanges"`` (interchange columns compared at
+    ``min_scale``); the other tail models, as ``upper_tail`` / ``lower_tail`` values
+    rather than mechanisms switched off: ``"pareto tail"``, ``"gpd tail"``, ``"log lower
+    tail"``, ``"gpd tail, log lower tail"`` (the detector's other tail kept), and
+    ``"exponential tails"`` (both tails exponential); ``"no input cut"``, ``"no dual"``,
+    ``"no base input cut"``, ``"no pieces"``, ``"no interchanges"`` (those columns
+    dropped); ``"only input cut"``, ``"only interchanges"`` (those columns alone). A
+    variant whose columns are empty is left out."""
+    arrays = detector if isinstance(detector, dict) or hasattr(detector, "files") else None
+    if arrays is None:
+        arrays = scrubbing_arrays(detector, np.asarray(divergences))
+    fam = np.asarray(arrays["families"]).astype(str)
+    div = np.asarray(arrays["divergences"], dtype=np.float64)
+
+    def score(**how: Any) -> np.ndarray:
+        return rescore_scrubbing(arrays, **how)[0]
 
     cut = np.char.startswith(fam, "input-cut")
-    every = np.ones(len(fam), dtype=bool)
-    z = np.where(np.isnan(div), -np.inf, (div - detector.loc_) / detector.scale_)
+    z = np.where(np.isnan(div), -np.inf, (div - arrays["loc"]) / arrays["scale"])
+    coarse = np.full(len(fam), float(_field(arrays, "min_scale")))
     out = {
-        "all": calibrated(every),
-        "no batch weights": calibrated(every, weighted=False),
-        "by family": calibrated(every, combination="by-family"),
-        "flat": calibrated(every, combination="flat"),
+        "all": score(),
+        "no batch weights": score(weighted=False),
+        "by family": score(combination="by-family"),
+        "flat": score(combination="flat"),
         "max-z": z.max(1) if len(fam) else np.zeros(len(div)),
-        "one-sided": calibrated(every, log_p(False, fine)),
-        "two-sided": calibrated(every, log_p(True, fine)),
-        "coarse interchanges": calibrated(every, log_p(sides, np.full(len(fam), detector.min_scale))),
-        "pareto tail": tails("pareto"),
-        "gpd tail": tails("gpd"),
-        "log lower tail": tails(detector.upper_tail, "log"),
-        "gpd tail, log lower tail": tails("gpd", "log"),
+        "one-sided": score(two_sided=False),
+        "two-sided": score(two_sided=True),
+        "coarse interchanges": score(resolutions=coarse),
+        "pareto tail": score(upper_tail="pareto"),
+        "gpd tail": score(upper_tail="gpd"),
+        "log lower tail": score(lower_tail="log"),
+        "gpd tail, log lower tail": score(upper_tail="gpd", lower_tail="log"),
+        "exponential tails": score(upper_tail="exponential", lower_tail="exponential"),
     }
     keeps = {
         "no input cut": ~cut,
@@ -217,29 +284,24 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray) -> dict[str, np.n
         "only input cut": cut,
         "only interchanges": fam == "hypothesis-interchange",
     }
-    out.update({name: calibrated(keep) for name, keep in keeps.items() if keep.any()})
+    out.update({name: score(columns=keep) for name, keep in keeps.items() if keep.any()})
     return out
 
 
-def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> dict[str, Any]:
-    """Extra record fields for a scrubbing detector, right after it scored ``split``
-    (``details``: what that scoring computed):
-    explanation counts, held-out IIA, and the AUROC of the detector's score combined over
-    each family of explanations alone (``None`` where the family has no valid column)."""
-    div, summary = details.parts["divergences"], detector.summary()
-    fam = np.asarray(detector.families_, dtype=object)
-    cut = np.array([str(f).startswith("input-cut") for f in fam], dtype=bool)
+def scrubbing_fields(arrays: Any, labels: np.ndarray) -> dict[str, Any]:
+    """The record fields a scrubbing cell's AUROCs fill, from its ``scrubbing_arrays``
+    and the split's labels: the score without batch weights, over each family of
+    explanations alone (``None`` where the family has no valid column), and with each
+    mechanism switched off alone (``auroc_variants``, from ``scrubbing_variants``)."""
+    fam = np.asarray(arrays["families"]).astype(str)
+    cut = np.char.startswith(fam, "input-cut")
 
     def alone(columns: np.ndarray, weighted: bool = True) -> float | None:
         if not columns.any():
             return None
-        return _auroc(split.labels, detector.combine(div, columns, weighted=weighted))
+        return _auroc(labels, rescore_scrubbing(arrays, weighted=weighted, columns=columns)[0])
 
     return {
-        "heldout_iia": summary["heldout_iia"],
-        "explanations_searched": summary["searched"],
-        "explanations_valid": summary["valid"],
-        "explanations_by_family": summary["by_family"],
         # the score as if fitted on trusted inputs alone (no adapt to the split)
         "auroc_without_batch_weights": alone(np.ones(len(fam), dtype=bool), weighted=False),
         "auroc_declared_hypothesis": alone(fam == "hypothesis"),
@@ -249,11 +311,25 @@ def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> di
         "auroc_pieces_only": alone(fam == "hypothesis-pieces"),
         "auroc_hypothesis_free_only": alone(fam == "hypothesis-free"),
         "auroc_input_cut_only": alone(cut),
-        # each mechanism switched off alone, from the same divergences (scrubbing_variants)
-        "auroc_variants": {
-            name: _auroc(split.labels, s) for name, s in scrubbing_variants(detector, div).items()
-        },
+        # each mechanism switched off alone, from the same divergences
+        "auroc_variants": {name: _auroc(labels, s) for name, s in scrubbing_variants(arrays).items()},
     }
+
+
+def scrubbing_ablation(detector: Any, split: Split, details: ScoreDetails) -> dict[str, Any]:
+    """Extra record fields for a scrubbing detector, right after it scored ``split``
+    (``details``: what that scoring computed): explanation counts, held-out IIA, and
+    ``scrubbing_fields`` (left out for ``aggregation="max-z"``, which reads no tails)."""
+    summary = detector.summary()
+    out = {
+        "heldout_iia": summary["heldout_iia"],
+        "explanations_searched": summary["searched"],
+        "explanations_valid": summary["valid"],
+        "explanations_by_family": summary["by_family"],
+    }
+    if detector.aggregation == "calibrated":
+        out |= scrubbing_fields(scrubbing_arrays(detector, details.parts["divergences"]), split.labels)
+    return out
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -11,9 +11,9 @@ from floors import floor
 from sklearn.metrics import roc_auc_score
 
 import causalmad as cm
-from causalmad.bench import cell_of, rescore_scrubbing, results_markdown, scores_path
+from causalmad.bench import cell_of, results_markdown, scores_path
 from causalmad.cli import main
-from causalmad.evaluation import RECORD_KEYS
+from causalmad.evaluation import RECORD_KEYS, rescore_scrubbing
 from causalmad.metrics import tpr_at_fpr
 
 TYPES = {

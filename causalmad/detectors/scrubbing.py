@@ -910,19 +910,14 @@ class ScrubbingDetector(Detector):
         divergences: np.ndarray,
         columns: np.ndarray | None = None,
         weighted: bool = True,
-        log_p: np.ndarray | None = None,
-        combination: str | None = None,
-        weights: np.ndarray | None = None,
     ) -> np.ndarray:
         """``[n]`` scores from ``[n, C]`` divergences
         ([`divergences`][causalmad.ScrubbingDetector.divergences]), combined as ``score``
         combines them, over the ``columns`` mask only (default: all): what the detector
         would score with only those explanations and scrubs (with ``column_weights_``, if
         set and ``weighted``, renormalised over them; ``weighted=False``: as if ``adapt``
-        had not run). ``log_p`` (``[n, C]``, every column) replaces the divergences' tail
-        probabilities, ``combination`` the detector's and ``weights`` (``[C]``) its
-        ``column_weights_``, to score them another way
-        (``causalmad.evaluation.scrubbing_variants``)."""
+        had not run). ``causalmad.evaluation.rescore_scrubbing`` scores them other ways
+        (other tail models, combinations) from the detector's stored arrays."""
         keep = (
             np.ones(len(self.column_names_), dtype=bool)
             if columns is None
@@ -931,16 +926,12 @@ class ScrubbingDetector(Detector):
         div = np.asarray(divergences)[:, keep]
         if self.aggregation == "max-z":
             return nan_max((div - self.loc_[keep]) / self.scale_[keep])
-        if weights is None:
-            weights = self.__dict__.get("column_weights_")
-        if not weighted:
-            weights = None
+        weights = self.__dict__.get("column_weights_") if weighted else None
         if weights is not None:
             weights = np.asarray(weights)[keep]
             weights = weights / weights.mean() if weights.sum() > 0 else np.ones(len(weights))
-        lp = self._log_p(div, keep) if log_p is None else np.asarray(log_p)[:, keep]
         families = [f for f, k in zip(self.families_, keep) if k]
-        return calibration.score(lp, families, combination or self.combination, weights)
+        return calibration.score(self._log_p(div, keep), families, self.combination, weights)
 
     def _log_p(self, divergences: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
         """``[n, C']`` log tail probabilities of ``divergences`` under the trusted columns ``keep``."""
