@@ -31,13 +31,14 @@ held-out trusted inputs:
   from the column's own top values (Zhang and Stephens, "A new and efficient estimation
   method for the generalized Pareto distribution", Technometrics 2009), never lighter
   than exponential: shape 0 is the exponential tail, a positive shape a polynomial one.
-  The lower tail of a divergence is bounded by zero. Fitted as an exponential tail in
-  ``d`` (``lower_tail="exponential"``, the default), the evidence an input can give there
-  is capped: a scrub that leaves its output exactly where it was is at most
-  ``e^(-u / scale)`` below the threshold ``u``, however far every trusted scrub moves
-  the output. ``lower_tail="log"`` fits the exponential tail to ``log(d + resolution)``
-  instead: a power law toward zero, so that ten times less movement is a fixed factor
-  less likely, down to the resolution;
+  The lower tail of a divergence is bounded by zero. A nonnegative quantity with a
+  density at zero is below ``eps`` with a probability proportional to ``eps``: a power
+  law, which ``lower_tail="log"`` (the default) fits as an exponential tail in
+  ``log(d + resolution)``, so that ten times less movement is a fixed factor less likely,
+  down to the resolution. An exponential tail in ``d`` itself
+  (``lower_tail="exponential"``) caps the evidence: a scrub that leaves an input's output
+  exactly where it was is then at most ``e^(-u / scale)`` below the threshold ``u``,
+  however far every trusted scrub moves the output;
 * two-sided: an input whose scrub moves the output far *less* than trusted inputs ever do
   is suspicious too (a trigger that holds the output in place, an overdetermined output),
   so ``p = min(1, 2 min(p_upper, p_lower))``;
@@ -83,7 +84,7 @@ COMBINATIONS = ("both", "by-family", "flat")
 #: the upper tail models ``log_p_values`` fits past the top ``TAIL`` share
 TAILS = ("pareto", "exponential", "gpd")
 #: the lower tail models ``log_p_values`` fits past the bottom ``TAIL`` share
-LOWER_TAILS = ("exponential", "log")
+LOWER_TAILS = ("log", "exponential")
 #: Storey's lambda: a column's share of null p-values is estimated from those above it
 STOREY_LAMBDA = 0.5
 
@@ -181,7 +182,7 @@ def log_p_values(
     floor: float | Sequence[float] | np.ndarray,
     two_sided: bool | Sequence[bool] | np.ndarray = True,
     tail: str = "exponential",
-    lower_tail: str = "exponential",
+    lower_tail: str = "log",
 ) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
     under each column's trusted distribution (``trusted_sorted`` from
@@ -198,7 +199,7 @@ def log_p_values(
     ``two_sided``: one flag for every column, or one per column; ``False``: the upper tail
     alone. ``tail``: the upper tail's model past the top ``TAIL`` share, ``"exponential"``
     (default), ``"pareto"`` or ``"gpd"``; ``lower_tail``: the lower tail's, of two-sided
-    columns, ``"exponential"`` (default) or ``"log"`` (the module docstring compares them).
+    columns, ``"log"`` (default) or ``"exponential"`` (the module docstring compares them).
     """
     if tail not in TAILS:
         raise ValueError(f"tail must be one of {TAILS}, got {tail!r}.")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from causalmad import calibration
 from causalmad.detectors.base import Detector, ScoreDetails
 from causalmad.errors import InputError
 from causalmad.metrics import evaluate
@@ -204,8 +205,6 @@ def rescore_scrubbing(
     mask): those columns alone; ``two_sided`` (one flag or ``[C]``) and ``resolutions``
     (``[C]``) replace the stored ones. Batch weights are refitted from the stored
     divergences and held-out divergences, as ``adapt`` fits them."""
-    from causalmad import calibration
-
     families = np.asarray(arrays["families"]).astype(str)
     sides = np.broadcast_to(
         np.asarray(arrays["two_sided"] if two_sided is None else two_sided, dtype=bool), families.shape
@@ -241,10 +240,10 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray | None = None) -> 
     ``"flat"`` (one of the Simes tests alone); ``"max-z"`` (no calibration: the largest
     standardised divergence); ``"one-sided"`` (upper tails only); ``"two-sided"`` (both
     tails for every column); ``"coarse interchanges"`` (interchange columns compared at
-    ``min_scale``); the other tail models, as ``upper_tail`` / ``lower_tail`` values
-    rather than mechanisms switched off: ``"pareto tail"``, ``"gpd tail"``, ``"log lower
-    tail"``, ``"gpd tail, log lower tail"`` (the detector's other tail kept), and
-    ``"exponential tails"`` (both tails exponential); ``"no input cut"``, ``"no dual"``,
+    ``min_scale``); each other tail model, the detector's other tail kept: ``"<model>
+    tail"`` for each other ``upper_tail`` (``"pareto tail"``, ``"gpd tail"`` at the
+    defaults) and ``"<model> lower tail"`` for the other ``lower_tail`` (``"exponential
+    lower tail"``: the lower tail's power law switched off); ``"no input cut"``, ``"no dual"``,
     ``"no base input cut"``, ``"no pieces"``, ``"no interchanges"`` (those columns
     dropped); ``"only input cut"``, ``"only interchanges"`` (those columns alone). A
     variant whose columns are empty is left out."""
@@ -269,12 +268,10 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray | None = None) -> 
         "one-sided": score(two_sided=False),
         "two-sided": score(two_sided=True),
         "coarse interchanges": score(resolutions=coarse),
-        "pareto tail": score(upper_tail="pareto"),
-        "gpd tail": score(upper_tail="gpd"),
-        "log lower tail": score(lower_tail="log"),
-        "gpd tail, log lower tail": score(upper_tail="gpd", lower_tail="log"),
-        "exponential tails": score(upper_tail="exponential", lower_tail="exponential"),
     }
+    upper, lower = str(_field(arrays, "upper_tail")), str(_field(arrays, "lower_tail"))
+    out |= {f"{t} tail": score(upper_tail=t) for t in calibration.TAILS if t != upper}
+    out |= {f"{t} lower tail": score(lower_tail=t) for t in calibration.LOWER_TAILS if t != lower}
     keeps = {
         "no input cut": ~cut,
         "no dual": fam != "input-cut (dual)",

@@ -56,8 +56,7 @@ VARIANTS = (
     "coarse interchanges",
     "pareto tail",
     "gpd tail",
-    "log lower tail",
-    "gpd tail, log lower tail",
+    "exponential lower tail",
     "previous",
 )
 

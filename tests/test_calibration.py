@@ -76,7 +76,7 @@ def test_the_log_lower_tail_is_not_capped_near_zero():
     rng = np.random.default_rng(0)
     trusted = calibration.sorted_columns(rng.exponential(size=(4000, 1)))
     d = np.array([[0.0], [1e-3], [1e-2], [5.0]])
-    exp = calibration.log_p_values(d, trusted, 1e-4)[:, 0]
+    exp = calibration.log_p_values(d, trusted, 1e-4, lower_tail="exponential")[:, 0]
     log = calibration.log_p_values(d, trusted, 1e-4, lower_tail="log")[:, 0]
     truth = np.log(2 * (1 - np.exp(-np.maximum(d[:3, 0], 1e-4))))  # two-sided, at the resolution
     assert np.all(np.abs(log[:3] - truth) < 1.5) and exp[0] > truth[0] + 4

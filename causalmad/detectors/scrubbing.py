@@ -239,10 +239,12 @@ class ScrubbingDetector(Detector):
             trusted values choose, exponential where they show no heavier tail;
             ``docs/benchmarks.md`` measures all three).
         lower_tail: the model of each two-sided column's lower tail below its trusted
-            values: ``"exponential"`` (default) in the divergence, or ``"log"``, in
-            ``log(divergence + resolution)``: a power law toward zero, so that a scrub
-            that moves an input's output a hundred times less than trusted inputs' is
-            not capped at a modest tail probability (``causalmad.calibration``).
+            values: ``"log"`` (default), an exponential tail in ``log(divergence +
+            resolution)``, a power law toward zero, so that a scrub that moves an input's
+            output a hundred times less than trusted inputs' is that much less likely; or
+            ``"exponential"``, in the divergence itself, which caps that evidence at a
+            modest tail probability (``causalmad.calibration``). Folders saved before it
+            existed load with ``"exponential"``.
         weight_by_batch: when ``fit`` (or [`adapt`][causalmad.ScrubbingDetector.adapt])
             is given an unlabeled untrusted batch, a third test joins the combination:
             Simes over every column with each column's p-values weighted by how much
@@ -286,6 +288,7 @@ class ScrubbingDetector(Detector):
         "site_parts": 1,
         "combination": "by-family",
         "weight_by_batch": True,
+        "lower_tail": "exponential",
     }
     accepts_untrusted = True
 
@@ -315,7 +318,7 @@ class ScrubbingDetector(Detector):
         aggregation: str = "calibrated",
         combination: str = "both",
         upper_tail: str = "exponential",
-        lower_tail: str = "exponential",
+        lower_tail: str = "log",
         weight_by_batch: bool = True,
         input_cut: tuple[str, ...] = ("base", "dual"),
         input_cut_budget: int = 32,
