@@ -9,8 +9,10 @@ held-out thresholds for every detector) and writes, under ``out``:
 * ``tasks.json`` — each loaded task's info (clean accuracy, attack success, training time);
 * ``scores/*.npz`` — every cell's scores, labels and held-out trusted scores (the plots
   are drawn from them, so a resumed run plots finished cells without recomputing them);
-  a scrubbing cell's file also keeps what any other combination of its explanations
-  needs (``scrubbing_arrays``), so that one can be measured without scrubbing again;
+  a scrubbing cell's file (``aggregation="calibrated"``, the default) also keeps what
+  scoring it with other tail models or combinations needs
+  (``causalmad.evaluation.scrubbing_arrays``), so that they can be measured without
+  scrubbing again;
 * ``results.md`` — the tables, mean ± std over seeds, the best detector per row in bold
   (a skyline is marked and never bolded);
 * ``roc_<task>_<split>.png`` and ``hist_<task>_<split>.png`` — ROC curves of all detectors
@@ -372,7 +374,11 @@ def evaluate_cells(
             record["params"] = params
         labels = task.splits[record["split"]].labels
         arrays = {"scores": scores, "labels": labels, "heldout": np.asarray(detector.heldout_scores_)}
-        if isinstance(detector, ScrubbingDetector) and "divergences" in kept:
+        if (
+            isinstance(detector, ScrubbingDetector)
+            and detector.aggregation == "calibrated"
+            and "divergences" in kept
+        ):
             arrays |= scrubbing_arrays(detector, kept.pop("divergences"))
         yield record, arrays
 
@@ -389,7 +395,7 @@ def _store(
     cell = cell_of(record)
     path = scores_path(out, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, allow_pickle=False, **arrays)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # (no object arrays: nothing pickled)
     records[:] = [r for r in records if "size" not in r or cell_of(r) != cell] + [record]
     write_atomic(out / "results.json", json.dumps(records, indent=1))
     write_atomic(out / "results.md", results_markdown(records))

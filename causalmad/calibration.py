@@ -30,7 +30,7 @@ held-out trusted inputs:
   inference using extreme order statistics", Ann. Statist. 1975), its shape estimated
   from the column's own top values (Zhang and Stephens, "A new and efficient estimation
   method for the generalized Pareto distribution", Technometrics 2009), never lighter
-  than exponential: shape 0 is the exponential tail, a positive shape a polynomial one.
+  than exponential: shape 0 is an exponential tail, a positive shape a polynomial one.
   The lower tail of a divergence is bounded by zero. A nonnegative quantity with a
   density at zero is below ``eps`` with a probability proportional to ``eps``: a power
   law, which ``lower_tail="log"`` (the default) fits as an exponential tail in
@@ -105,10 +105,11 @@ def _log_upper(column: np.ndarray, d: np.ndarray, floor: float, tail: str = "exp
     k = max(1, int(np.ceil(TAIL * m)))
     u = column[m - k]
     if tail == "gpd":
-        # excesses over one resolution step below u, so that every one is positive
+        # fitted to the excesses over one resolution step below u (every one positive),
+        # read at d - u, as the exponential tail is
         shape, scale = gpd_fit(column[m - k :] - u + floor)
         scale = max(scale, floor)
-        y = np.maximum(d - u + floor, 0.0)
+        y = np.maximum(d - u, 0.0)
         if shape > 1e-9:
             log_tail = np.log((k + 1.0) / (m + 1.0)) - np.log1p(shape * y / scale) / shape
         else:
@@ -141,6 +142,8 @@ def _log_lower(column: np.ndarray, d: np.ndarray, floor: float, tail: str = "exp
     # no tail steeper than one resolution step at u
     scale = max(float(np.mean(g(u) - g(column[:k]))), floor / (max(u, 0.0) + floor))
     log_tail = np.log((k + 1.0) / (m + 1.0)) - (g(u) - g(d)) / scale
+    # where trusted values lie at or below d (ties at zero), never below their frequency
+    log_tail = np.where(at_most > 0, np.maximum(log_tail, log_p), log_tail)
     return np.where(d < u, log_tail, log_p)
 
 
@@ -168,7 +171,7 @@ def gpd_fit(excesses: np.ndarray) -> tuple[float, float]:
     b = b / (3.0 * x[max(int(n / 4 + 0.5) - 1, 0)]) + 1.0 / x[-1]
     k = np.log1p(-b[:, None] * x[None]).mean(1)
     profile = n * (np.log(-b / k) - k - 1.0)
-    w = 1.0 / np.exp(profile[None] - profile[:, None]).sum(1)
+    w = np.exp(profile - profile.max())  # the candidates' posterior weights
     b_post = float(np.sum(b * w / w.sum()))  # -shape / scale
     shape = float(np.log1p(-b_post * x).mean())
     if not shape > 0.0 or not np.isfinite(shape):

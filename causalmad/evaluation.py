@@ -151,7 +151,16 @@ def scrubbing_arrays(detector: Any, divergences: np.ndarray) -> dict[str, np.nda
     where the detector was adapted to a batch, that batch's column weights (which
     ``rescore_scrubbing`` refits from the divergences, as ``adapt`` fits them, so the
     divergences must be the batch's); and the detector's tail models, combination and
-    ``min_scale``. The benchmark stores them in each scrubbing cell's scores file."""
+    ``min_scale``. The benchmark stores them in each scrubbing cell's scores file.
+
+    Raises:
+        InputError: the detector's ``aggregation`` is ``"max-z"``, which reads no tails.
+    """
+    if detector.aggregation != "calibrated":
+        raise InputError(
+            f"scrubbing_arrays needs aggregation='calibrated' (max-z reads no tails), "
+            f"got {detector.aggregation!r}."
+        )
     out = {
         "divergences": np.asarray(divergences, dtype=np.float64),
         "calibration": np.asarray(detector.calibration_),
@@ -172,7 +181,8 @@ def scrubbing_arrays(detector: Any, divergences: np.ndarray) -> dict[str, np.nda
     return out
 
 
-#: what arrays stored before a field existed were computed with
+#: what arrays stored before a field existed were computed with (the scrubbing
+#: detector's defaults when the benchmark began to store them)
 _ARRAYS_BEFORE = {
     "upper_tail": "exponential",
     "lower_tail": "exponential",

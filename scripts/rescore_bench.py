@@ -10,8 +10,9 @@ setting's mean over the easy and the hard cells:
     python scripts/rescore_bench.py results/bench-scrub-s0 results/bench-scrub-s2
 
 Write a benchmark folder whose scrubbing cells are rescored with the detector's current
-defaults for those settings (records, scores files and tables; other detectors' records
-copied; each rescored record names what it was rescored with under ``rescored``):
+defaults for those settings, save those a cell's run set explicitly (``params``): records,
+scores files, tables and ``tasks.json``, other detectors' records copied, each rescored
+record naming what it was rescored with under ``rescored`` (no pictures):
 
     python scripts/rescore_bench.py results/bench-scrub-s0 --write results/bench-scrub-s0-now
 
@@ -97,9 +98,11 @@ def write(folders: list[Path], out: Path) -> None:
     if out.exists():
         raise SystemExit(f"rescore_bench: {out} exists; give a new folder")
     now = current_defaults()
-    records, skipped = [], 0
+    records, skipped, infos = [], 0, {}
     (out / "scores").mkdir(parents=True)
     for folder, r, arrays in cells(folders):
+        if (folder / "tasks.json").is_file():
+            infos |= json.loads((folder / "tasks.json").read_text())
         src = scores_path(folder, cell_of(r))
         if arrays is None:
             records.append(r)
@@ -108,15 +111,18 @@ def write(folders: list[Path], out: Path) -> None:
         if not arrays:
             skipped += 1
             continue
-        arrays |= {name: np.asarray(value) for name, value in now.items()}
+        # what the cell's run set explicitly stays; the rest takes today's defaults
+        settings = now | {k: v for k, v in (r.get("params") or {}).items() if k in RESCORED}
+        arrays |= {name: np.asarray(value) for name, value in settings.items()}
         scores, heldout = rescore_scrubbing(arrays)
         labels = arrays["labels"]
-        r = r | evaluate(scores, labels, heldout) | scrubbing_fields(arrays, labels) | {"rescored": now}
+        r = r | evaluate(scores, labels, heldout) | scrubbing_fields(arrays, labels) | {"rescored": settings}
         arrays |= {"scores": scores, "heldout": heldout}
-        np.savez_compressed(scores_path(out, cell_of(r)), allow_pickle=False, **arrays)
+        np.savez_compressed(scores_path(out, cell_of(r)), **arrays)
         records.append(r)
     write_atomic(out / "results.json", json.dumps(records, indent=1))
     write_atomic(out / "results.md", results_markdown(records))
+    write_atomic(out / "tasks.json", json.dumps(infos, indent=1))
     print(f"wrote {out}: {len(records)} record(s) ({skipped} cell(s) without stored divergences left out)")
 
 

@@ -122,6 +122,24 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
                 gpd = roc_auc_score(f["labels"], rescore_scrubbing(f, upper_tail="gpd")[0])
                 assert gpd == pytest.approx(r["auroc_variants"]["gpd tail"], abs=1e-12)
 
+    # scripts/rescore_bench.py --write with today's defaults gives back every record
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "rescore_bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), "--write", str(tmp_path / "rescored")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rescored = json.loads((tmp_path / "rescored" / "results.json").read_text())
+    assert len(rescored) == len(records)
+    for before, after in zip(records, rescored):
+        assert {k: v for k, v in after.items() if k != "rescored"} == before
+        assert ("rescored" in after) == (before["detector"] == "scrubbing")
+
     md = (out / "results.md").read_text()
     assert "supervised-probe (skyline)" in md and "scrubbing − best baseline" in md
     for task, split in {(r["task"], r["split"]) for r in records}:

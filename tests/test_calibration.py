@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 import causalmad as cm
 from causalmad import calibration
+from causalmad.evaluation import rescore_scrubbing, scrubbing_arrays
 from causalmad.scrubbing import Explanation, Resample
 
 
@@ -81,6 +82,10 @@ def test_the_log_lower_tail_is_not_capped_near_zero():
     truth = np.log(2 * (1 - np.exp(-np.maximum(d[:3, 0], 1e-4))))  # two-sided, at the resolution
     assert np.all(np.abs(log[:3] - truth) < 1.5) and exp[0] > truth[0] + 4
     assert log[0] < log[1] < log[2] and log[3] == exp[3]  # ordered; the upper tail untouched
+    # ties: where 5 % of trusted divergences are exactly 0, a 0 is never rarer than that
+    tied = calibration.sorted_columns(np.r_[np.zeros(50), rng.exponential(size=950)][:, None])
+    at_zero = calibration.log_p_values(np.array([[0.0]]), tied, 1e-4)[0, 0]
+    assert at_zero == pytest.approx(np.log(2 * 51 / 1001))
     with pytest.raises(ValueError, match="lower_tail must be one of"):
         calibration.log_p_values(d, trusted, 1e-3, lower_tail="pareto")
 
@@ -284,3 +289,18 @@ def test_adapting_to_an_unlabeled_batch_weights_the_columns_and_keeps_scores_per
     np.testing.assert_array_equal(off.score(x), unweighted)
     with pytest.raises(cm.InputError, match="empty"):
         det.adapt(x[:0])
+    # the stored arrays give what a detector fitted with other tails and combination scores
+    det.adapt(x)
+    arrays = scrubbing_arrays(det, det.divergences(x))
+    for upper, lower, how in [("gpd", "exponential", "flat"), ("pareto", "log", "by-family")]:
+        other = det.set_params(upper_tail=upper, lower_tail=lower, combination=how).adapt(x)
+        scores, heldout = rescore_scrubbing(arrays, upper, lower, how)
+        np.testing.assert_array_equal(scores, other.score(x))
+        np.testing.assert_array_equal(heldout, other.heldout_scores_)
+    keep = np.asarray(det.families_) != "hypothesis-free"
+    np.testing.assert_array_equal(
+        rescore_scrubbing(arrays, "pareto", "log", "by-family", columns=keep)[0],
+        det.combine(det.divergences(x), keep),
+    )
+    with pytest.raises(cm.InputError, match="max-z"):
+        scrubbing_arrays(det.set_params(aggregation="max-z"), det.divergences(x))
