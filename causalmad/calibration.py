@@ -10,27 +10,26 @@ held-out trusted inputs:
 
 * the empirical tail, ``(1 + #{trusted >= d}) / (m + 1)``, and beyond the top
   ``TAIL`` share of trusted values a fitted tail, so that values past every trusted one
-  keep their order instead of tying at ``1 / (m + 1)``: an exponential tail fitted to the
-  excesses over the threshold (the peaks-over-threshold model with shape 0;
-  ``tail="exponential"``, the default), or for the upper tail a Pareto tail
-  (``tail="pareto"``): Hill's estimator of the tail index from the
-  log-excesses of the top values over the threshold (Hill, "A simple general approach to
-  inference about the tail of a distribution", Ann. Statist. 1975), on ``d + resolution``
-  so that a column whose trusted values are mostly zero has one. A divergence is a KL or
-  a negative log-likelihood, heavy-tailed: a scrub that breaks the output by accident
-  (a hybrid that completes a trigger by chance) moves it a thousand times more than a
-  typical one, and an exponential tail fitted to ``m`` trusted values, most of them tiny,
-  puts such a value at ``e^-1000``; one accident then outranks every real signal, on
-  held-out trusted inputs too, where it sets the 1 % FPR threshold. A Pareto tail falls
-  polynomially: ten times further out is a fixed factor less likely. It costs power where
-  nothing breaks by accident and anomalies sit far out (a corner patch that fires in
-  every hybrid holding it), and ``docs/benchmarks.md`` measures both (``auroc_variants``'
-  ``pareto tail``). Between the two, ``tail="gpd"`` lets each column's data choose: the
-  generalized Pareto law of the peaks-over-threshold model (Pickands, "Statistical
-  inference using extreme order statistics", Ann. Statist. 1975), its shape estimated
-  from the column's own top values (Zhang and Stephens, "A new and efficient estimation
-  method for the generalized Pareto distribution", Technometrics 2009), never lighter
-  than exponential: shape 0 is an exponential tail, a positive shape a polynomial one.
+  keep their order instead of tying at ``1 / (m + 1)``. By default
+  (``tail="gpd"``) the generalized Pareto law of the peaks-over-threshold model (Pickands,
+  "Statistical inference using extreme order statistics", Ann. Statist. 1975: the law
+  that the excesses over a high threshold tend to for a broad class of distributions),
+  its shape estimated from the column's own top values (Zhang and Stephens, "A new and
+  efficient estimation method for the generalized Pareto distribution", Technometrics
+  2009) and kept at 0 or above: shape 0 is an exponential tail, a positive shape a
+  polynomial one. The shape matters because a divergence is a KL or a negative
+  log-likelihood and can be heavy-tailed: a scrub that breaks the output by accident (a
+  hybrid that completes a trigger by chance) moves it a thousand times more than a
+  typical one, and an exponential tail (``tail="exponential"``, shape 0 imposed) fitted
+  to such a column puts a value far out at ``e^-1000``; one accident then outranks every
+  real signal, on held-out trusted inputs too, where it sets the 1 % FPR threshold.
+  Where a column's top values show no heavier tail, the estimate is near 0 and the two
+  agree. ``tail="pareto"`` imposes a polynomial tail instead: Hill's estimator of the
+  tail index from the log-excesses of the top values over the threshold (Hill, "A simple
+  general approach to inference about the tail of a distribution", Ann. Statist. 1975),
+  on ``d + resolution`` so that a column whose trusted values are mostly zero has one; it
+  costs power where nothing breaks by accident and anomalies sit far out (a corner patch
+  that fires in every hybrid holding it). ``docs/benchmarks.md`` measures the three.
   The lower tail of a divergence is bounded by zero. A nonnegative quantity with a
   density at zero is below ``eps`` with a probability proportional to ``eps``: a power
   law, which ``lower_tail="log"`` (the default) fits as an exponential tail in
@@ -82,7 +81,7 @@ TAIL = 0.1  # share of the largest (smallest) trusted values the exponential tai
 #: ``combine``'s ways: the better of the two Simes tests (default), or one of them alone
 COMBINATIONS = ("both", "by-family", "flat")
 #: the upper tail models ``log_p_values`` fits past the top ``TAIL`` share
-TAILS = ("pareto", "exponential", "gpd")
+TAILS = ("gpd", "exponential", "pareto")
 #: the lower tail models ``log_p_values`` fits past the bottom ``TAIL`` share
 LOWER_TAILS = ("log", "exponential")
 #: Storey's lambda: a column's share of null p-values is estimated from those above it
@@ -184,7 +183,7 @@ def log_p_values(
     trusted_sorted: np.ndarray,
     floor: float | Sequence[float] | np.ndarray,
     two_sided: bool | Sequence[bool] | np.ndarray = True,
-    tail: str = "exponential",
+    tail: str = "gpd",
     lower_tail: str = "log",
 ) -> np.ndarray:
     """``[n, E]`` logs of the two-sided tail probabilities of ``divergences`` (``[n, E]``)
@@ -200,8 +199,8 @@ def log_p_values(
     and every p-value is 1. ``floor``: one resolution for every column, or one per column.
     NaN divergences (untestable cells) and columns without trusted values give NaN.
     ``two_sided``: one flag for every column, or one per column; ``False``: the upper tail
-    alone. ``tail``: the upper tail's model past the top ``TAIL`` share, ``"exponential"``
-    (default), ``"pareto"`` or ``"gpd"``; ``lower_tail``: the lower tail's, of two-sided
+    alone. ``tail``: the upper tail's model past the top ``TAIL`` share, ``"gpd"``
+    (default), ``"exponential"`` or ``"pareto"``; ``lower_tail``: the lower tail's, of two-sided
     columns, ``"log"`` (default) or ``"exponential"`` (the module docstring compares them).
     """
     if tail not in TAILS:

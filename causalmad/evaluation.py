@@ -251,8 +251,8 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray | None = None) -> 
     standardised divergence); ``"one-sided"`` (upper tails only); ``"two-sided"`` (both
     tails for every column); ``"coarse interchanges"`` (interchange columns compared at
     ``min_scale``); each other tail model, the detector's other tail kept: ``"<model>
-    tail"`` for each other ``upper_tail`` (``"pareto tail"``, ``"gpd tail"`` at the
-    defaults) and ``"<model> lower tail"`` for the other ``lower_tail`` (``"exponential
+    tail"`` for each other ``upper_tail`` (``"exponential tail"``, ``"pareto tail"`` at
+    the defaults) and ``"<model> lower tail"`` for the other ``lower_tail`` (``"exponential
     lower tail"``: the lower tail's power law switched off); ``"no input cut"``, ``"no dual"``,
     ``"no base input cut"``, ``"no pieces"``, ``"no interchanges"`` (those columns
     dropped); ``"only input cut"``, ``"only interchanges"`` (those columns alone). A

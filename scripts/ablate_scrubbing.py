@@ -54,8 +54,8 @@ VARIANTS = (
     "no interchanges",
     "no pieces",
     "coarse interchanges",
+    "exponential tail",
     "pareto tail",
-    "gpd tail",
     "exponential lower tail",
     "previous",
 )

@@ -119,8 +119,8 @@ def test_tiny_bench_over_every_task_and_detector_writes_its_files_and_resumes(
                 scores, heldout = rescore_scrubbing(f)
                 np.testing.assert_array_equal(scores, f["scores"])
                 np.testing.assert_array_equal(heldout, f["heldout"])
-                gpd = roc_auc_score(f["labels"], rescore_scrubbing(f, upper_tail="gpd")[0])
-                assert gpd == pytest.approx(r["auroc_variants"]["gpd tail"], abs=1e-12)
+                exp = roc_auc_score(f["labels"], rescore_scrubbing(f, upper_tail="exponential")[0])
+                assert exp == pytest.approx(r["auroc_variants"]["exponential tail"], abs=1e-12)
 
     # scripts/rescore_bench.py --write with today's defaults gives back every record
     import subprocess

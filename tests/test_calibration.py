@@ -266,7 +266,7 @@ def test_adapting_to_an_unlabeled_batch_weights_the_columns_and_keeps_scores_per
         variants["no pieces"], det.combine(div, np.asarray(det.families_) != "hypothesis-pieces")
     )
     assert "no input cut" in variants and variants["max-z"].shape == weighted.shape
-    assert np.isfinite(variants["gpd tail"]).all() and np.isfinite(variants["pareto tail"]).all()
+    assert np.isfinite(variants["exponential tail"]).all() and np.isfinite(variants["pareto tail"]).all()
     assert det.threshold_ != threshold and det.threshold_ == det.threshold(0.01)
     assert roc_auc_score(labels, weighted) >= roc_auc_score(labels, unweighted) - 0.005
     # per input: the same scores in another order and another batch, computed afresh
@@ -292,7 +292,7 @@ def test_adapting_to_an_unlabeled_batch_weights_the_columns_and_keeps_scores_per
     # the stored arrays give what a detector fitted with other tails and combination scores
     det.adapt(x)
     arrays = scrubbing_arrays(det, det.divergences(x))
-    for upper, lower, how in [("gpd", "exponential", "flat"), ("pareto", "log", "by-family")]:
+    for upper, lower, how in [("exponential", "exponential", "flat"), ("pareto", "log", "by-family")]:
         other = det.set_params(upper_tail=upper, lower_tail=lower, combination=how).adapt(x)
         scores, heldout = rescore_scrubbing(arrays, upper, lower, how)
         np.testing.assert_array_equal(scores, other.score(x))

@@ -452,6 +452,7 @@ def test_a_folder_saved_before_an_argument_existed_loads_with_the_behaviour_it_w
     assert config["params"].pop("interchange_outputs") == "downstream"
     assert config["params"].pop("part_statistic") == "trimmed"
     assert config["params"].pop("lower_tail") == "log"
+    assert config["params"].pop("upper_tail") == "gpd"
     (folder / persistence.CONFIG).write_text(json.dumps(config))
     sums = "".join(
         f"{persistence.sha256_file(folder / n)}  {n}\n" for n in (persistence.CONFIG, persistence.STATE)
@@ -460,11 +461,11 @@ def test_a_folder_saved_before_an_argument_existed_loads_with_the_behaviour_it_w
     older = cm.ScrubbingDetector.load(folder, PlantedSum(), sum_hypothesis())
     assert older.hypothesis_statistic == "mean" and older.counterfactual_resolution is None
     assert older.interchange_outputs == "all" and older.part_statistic == "mean"
-    assert older.lower_tail == "exponential"
+    assert older.lower_tail == "exponential" and older.upper_tail == "exponential"
     np.testing.assert_array_equal(older.column_resolutions(), older.min_scale)
     today = cm.ScrubbingDetector.load(src, PlantedSum(), sum_hypothesis())
     assert today.hypothesis_statistic == "median" and today.counterfactual_resolution == 1e-6
-    assert today.part_statistic == "trimmed" and today.lower_tail == "log"
+    assert today.part_statistic == "trimmed" and today.lower_tail == "log" and today.upper_tail == "gpd"
     # what scoring reads is checked on loading, before anything computes with it
     for where, key, value, message in [
         ("params", "counterfactual_resolution", 0, "counterfactual_resolution must be a positive number"),

@@ -231,13 +231,14 @@ class ScrubbingDetector(Detector):
             ``"flat"``: that test alone. Folders saved before it existed load with
             ``"by-family"``, what they were fitted and thresholded with.
         upper_tail: the model of each column's upper tail past its trusted values
-            (``causalmad.calibration``): ``"exponential"`` (default), or ``"pareto"``
-            (Hill's estimator: a tail that falls polynomially, as a heavy-tailed
-            divergence's may, so that one scrub that breaks the output by accident is
-            unlikely rather than near ``e^-1000``, at the cost of power where anomalies
-            sit far out), or ``"gpd"`` (a generalized Pareto tail whose shape each column's
-            trusted values choose, exponential where they show no heavier tail;
-            ``docs/benchmarks.md`` measures all three).
+            (``causalmad.calibration``): ``"gpd"`` (default), a generalized Pareto tail
+            whose shape each column's trusted values choose (exponential where they show
+            no heavier tail; polynomial where they do, so that one scrub that breaks the
+            output by accident is unlikely rather than near ``e^-1000``);
+            ``"exponential"`` (the shape held at 0) or ``"pareto"`` (Hill's estimator,
+            always polynomial: at the cost of power where anomalies sit far out).
+            ``docs/benchmarks.md`` measures all three. Folders saved before it existed
+            load with ``"exponential"``.
         lower_tail: the model of each two-sided column's lower tail below its trusted
             values: ``"log"`` (default), an exponential tail in ``log(divergence +
             resolution)``, a power law toward zero, so that a scrub that moves an input's
@@ -288,6 +289,7 @@ class ScrubbingDetector(Detector):
         "site_parts": 1,
         "combination": "by-family",
         "weight_by_batch": True,
+        "upper_tail": "exponential",
         "lower_tail": "exponential",
     }
     accepts_untrusted = True
@@ -317,7 +319,7 @@ class ScrubbingDetector(Detector):
         counterfactual_resolution: float | None = 1e-6,
         aggregation: str = "calibrated",
         combination: str = "both",
-        upper_tail: str = "exponential",
+        upper_tail: str = "gpd",
         lower_tail: str = "log",
         weight_by_batch: bool = True,
         input_cut: tuple[str, ...] = ("base", "dual"),
