@@ -168,8 +168,13 @@ def gpd_fit(excesses: np.ndarray) -> tuple[float, float]:
     grid = 30 + int(np.sqrt(n))
     b = 1.0 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))
     b = b / (3.0 * x[max(int(n / 4 + 0.5) - 1, 0)]) + 1.0 / x[-1]
-    k = np.log1p(-b[:, None] * x[None]).mean(1)
-    profile = n * (np.log(-b / k) - k - 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.log1p(-b[:, None] * x[None]).mean(1)
+        profile = n * (np.log(-b / k) - k - 1.0)
+    # a candidate at b = 0 (0 / 0) has no likelihood of its own; it weighs nothing
+    profile = np.where(np.isfinite(profile), profile, -np.inf)
+    if not np.isfinite(profile).any():
+        return 0.0, float(np.mean(x))
     w = np.exp(profile - profile.max())  # the candidates' posterior weights
     b_post = float(np.sum(b * w / w.sum()))  # -shape / scale
     shape = float(np.log1p(-b_post * x).mean())
