@@ -191,9 +191,12 @@ _ARRAYS_BEFORE = {
 }
 
 
+def _has(arrays: Any, name: str) -> bool:
+    return name in (arrays.files if hasattr(arrays, "files") else arrays)
+
+
 def _field(arrays: Any, name: str) -> Any:
-    files = arrays.files if hasattr(arrays, "files") else arrays
-    return arrays[name][()] if name in files else _ARRAYS_BEFORE[name]
+    return arrays[name][()] if _has(arrays, name) else _ARRAYS_BEFORE[name]
 
 
 def rescore_scrubbing(
@@ -215,6 +218,24 @@ def rescore_scrubbing(
     mask): those columns alone; ``two_sided`` (one flag or ``[C]``) and ``resolutions``
     (``[C]``) replace the stored ones. Batch weights are refitted from the stored
     divergences and held-out divergences, as ``adapt`` fits them."""
+    how = (upper_tail, lower_tail, combination, weighted, columns, two_sided, resolutions)
+    return _rescore(arrays, {}, *how)
+
+
+def _rescore(
+    arrays: Any,
+    cache: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    upper_tail: str | None = None,
+    lower_tail: str | None = None,
+    combination: str | None = None,
+    weighted: bool = True,
+    columns: np.ndarray | None = None,
+    two_sided: Any = None,
+    resolutions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rescore_scrubbing`` with ``cache``: the tail probabilities and batch weights of
+    each (tails, sidedness, resolutions) setting, computed once for the many variants
+    that only drop columns or change the combination."""
     families = np.asarray(arrays["families"]).astype(str)
     sides = np.broadcast_to(
         np.asarray(arrays["two_sided"] if two_sided is None else two_sided, dtype=bool), families.shape
@@ -222,13 +243,16 @@ def rescore_scrubbing(
     res = np.asarray(arrays["resolutions"] if resolutions is None else resolutions, dtype=np.float64)
     upper = upper_tail or str(_field(arrays, "upper_tail"))
     lower = lower_tail or str(_field(arrays, "lower_tail"))
-
-    def log_p(divergences: np.ndarray) -> np.ndarray:
-        return calibration.log_p_values(divergences, arrays["calibration"], res, sides, upper, lower)
-
-    lp, held = log_p(arrays["divergences"]), log_p(arrays["heldout_divergences"])
-    files = arrays.files if hasattr(arrays, "files") else arrays
-    weights = calibration.batch_weights(lp, held) if weighted and "column_weights" in files else None
+    key = (upper, lower, sides.tobytes(), res.tobytes())
+    if key not in cache:
+        lp, held = (
+            calibration.log_p_values(d, arrays["calibration"], res, sides, upper, lower)
+            for d in (arrays["divergences"], arrays["heldout_divergences"])
+        )
+        fitted = calibration.batch_weights(lp, held) if _has(arrays, "column_weights") else None
+        cache[key] = (lp, held, fitted)
+    lp, held, fitted = cache[key]
+    weights = fitted if weighted else None
     if columns is not None:  # (not indexed otherwise: a copy may round a last bit differently)
         keep = np.asarray(columns, dtype=bool)
         lp, held, families = lp[:, keep], held[:, keep], families[keep]
@@ -260,11 +284,15 @@ def scrubbing_variants(detector: Any, divergences: np.ndarray | None = None) -> 
     arrays = detector if isinstance(detector, dict) or hasattr(detector, "files") else None
     if arrays is None:
         arrays = scrubbing_arrays(detector, np.asarray(divergences))
+    return _variants(arrays, {})
+
+
+def _variants(arrays: Any, cache: dict[tuple[Any, ...], Any]) -> dict[str, np.ndarray]:
     fam = np.asarray(arrays["families"]).astype(str)
     div = np.asarray(arrays["divergences"], dtype=np.float64)
 
     def score(**how: Any) -> np.ndarray:
-        return rescore_scrubbing(arrays, **how)[0]
+        return _rescore(arrays, cache, **how)[0]
 
     cut = np.char.startswith(fam, "input-cut")
     z = np.where(np.isnan(div), -np.inf, (div - arrays["loc"]) / arrays["scale"])
@@ -302,11 +330,12 @@ def scrubbing_fields(arrays: Any, labels: np.ndarray) -> dict[str, Any]:
     mechanism switched off alone (``auroc_variants``, from ``scrubbing_variants``)."""
     fam = np.asarray(arrays["families"]).astype(str)
     cut = np.char.startswith(fam, "input-cut")
+    cache: dict[tuple[Any, ...], Any] = {}
 
     def alone(columns: np.ndarray, weighted: bool = True) -> float | None:
         if not columns.any():
             return None
-        return _auroc(labels, rescore_scrubbing(arrays, weighted=weighted, columns=columns)[0])
+        return _auroc(labels, _rescore(arrays, cache, weighted=weighted, columns=columns)[0])
 
     return {
         # the score as if fitted on trusted inputs alone (no adapt to the split)
@@ -319,7 +348,7 @@ def scrubbing_fields(arrays: Any, labels: np.ndarray) -> dict[str, Any]:
         "auroc_hypothesis_free_only": alone(fam == "hypothesis-free"),
         "auroc_input_cut_only": alone(cut),
         # each mechanism switched off alone, from the same divergences
-        "auroc_variants": {name: _auroc(labels, s) for name, s in scrubbing_variants(arrays).items()},
+        "auroc_variants": {name: _auroc(labels, s) for name, s in _variants(arrays, cache).items()},
     }
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from causalmad import ScrubbingDetector, calibration
 from causalmad.bench import cell_of, read_records, results_markdown, scores_path, write_atomic
 from causalmad.evaluation import rescore_scrubbing, scrubbing_fields
-from causalmad.metrics import evaluate, tpr_at_fpr
+from causalmad.metrics import evaluate
 
 SETTINGS = list(itertools.product(calibration.TAILS, calibration.LOWER_TAILS))
 RESCORED = ("upper_tail", "lower_tail", "combination")
@@ -70,10 +70,8 @@ def compare(folders: list[Path]) -> None:
         found = {}
         for upper, lower in settings:
             scores, heldout = rescore_scrubbing(arrays, upper, lower)
-            found[(upper, lower)] = (
-                evaluate(scores, arrays["labels"], heldout)["auroc"],
-                tpr_at_fpr(scores, arrays["labels"], heldout, 0.01),
-            )
+            metrics = evaluate(scores, arrays["labels"], heldout)
+            found[(upper, lower)] = (metrics["auroc"], metrics["tpr_at_1pct_fpr"])
         rows.append((r["task"], r["split"], int(r["seed"]), found))
     names = [f"{u} / {lo}" for u, lo in settings]
     print("AUROC (TPR at 1 % FPR) of the scrubbing detector by upper / lower tail model:\n")
